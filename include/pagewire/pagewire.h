@@ -1,0 +1,74 @@
+/*
+ * pagewire.h - the C API of the Pagewire distributed shared-memory runtime.
+ *
+ * One global address range is reserved at the same virtual address in every
+ * process of a job. A load or store to it just works: the node's fault
+ * service resolves each fault asynchronously through the dataspace manager
+ * that backs the touched page.
+ *
+ * Every call that can fail returns a pw_status_t; pw_status_str() turns it
+ * into a sentence, and pw_last_error() gives the detail of the most recent
+ * failure on the calling thread (the problem and how to fix it).
+ *
+ * Usable from C, C++ and Fortran (ISO_C_BINDING): plain types only.
+ */
+#ifndef PAGEWIRE_PAGEWIRE_H_
+#define PAGEWIRE_PAGEWIRE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum pw_status {
+  PW_OK = 0,
+  PW_ERR_INVALID_ARGUMENT = 1, /* a parameter is out of range or malformed */
+  PW_ERR_NOT_INITIALIZED = 2,  /* pw_init() has not run (or pw_finalize() has) */
+  PW_ERR_ALREADY_INITIALIZED = 3,
+  PW_ERR_UNSUPPORTED = 4,      /* the kernel lacks a needed feature */
+  PW_ERR_PERMISSION = 5,       /* the kernel refused (see pw_last_error()) */
+  PW_ERR_NO_MEMORY = 6,        /* the global range or a pool is exhausted */
+  PW_ERR_NOT_FOUND = 7,        /* no such allocation / region */
+  PW_ERR_UNAVAILABLE = 8,      /* a peer or manager is gone */
+  PW_ERR_INTERNAL = 9
+} pw_status_t;
+
+/* How pages of a collective allocation are homed across the ranks. */
+typedef enum pw_placement {
+  PW_PLACE_BLOCK = 0,       /* a contiguous share per rank */
+  PW_PLACE_CYCLIC = 1,      /* page-interleaved */
+  PW_PLACE_FIRST_TOUCH = 2  /* homed where first touched */
+} pw_placement_t;
+
+/* Starts the runtime of this process (a rank). argc/argv may be NULL. */
+pw_status_t pw_init(int *argc, char ***argv);
+/* Stops the runtime: unregisters the global range, joins every thread. */
+pw_status_t pw_finalize(void);
+
+int pw_rank(void);
+int pw_nranks(void);
+
+/* Collective: returns the same address on every rank, or NULL (see
+ * pw_last_error()). Memory reads as zero until written. */
+void *pw_alloc(size_t bytes, pw_placement_t placement);
+void *pw_alloc_on(size_t bytes, int home_rank);
+pw_status_t pw_free(void *ptr);
+
+pw_status_t pw_barrier(void);
+
+/* The global range of this job: every pointer into it is valid on every
+ * rank. */
+void *pw_global_base(void);
+size_t pw_global_size(void);
+
+const char *pw_status_str(pw_status_t status);
+/* Detail of the last failure on this thread; "" if none. */
+const char *pw_last_error(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* PAGEWIRE_PAGEWIRE_H_ */

@@ -1,0 +1,183 @@
+// c_api.cc - the C API over Runtime: argument checks, status mapping, and the
+// process's one runtime.
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "pagewire/pagewire.h"
+#include "runtime/log.h"
+#include "runtime/runtime.h"
+
+namespace {
+
+using pagewire::Runtime;
+
+// The C API is process-wide by nature; the C++ runtime underneath is not.
+absl::Mutex runtime_mutex;
+Runtime* runtime ABSL_GUARDED_BY(runtime_mutex) = nullptr;
+
+thread_local std::string last_error;
+
+pw_status_t ToC(const absl::Status& s) {
+  if (s.ok()) {
+    return PW_OK;
+  }
+  last_error = std::string(s.message());
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return PW_ERR_INVALID_ARGUMENT;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnimplemented:
+      return PW_ERR_UNSUPPORTED;
+    case absl::StatusCode::kPermissionDenied:
+      return PW_ERR_PERMISSION;
+    case absl::StatusCode::kResourceExhausted:
+      return PW_ERR_NO_MEMORY;
+    case absl::StatusCode::kNotFound:
+      return PW_ERR_NOT_FOUND;
+    case absl::StatusCode::kUnavailable:
+      return PW_ERR_UNAVAILABLE;
+    default:
+      return PW_ERR_INTERNAL;
+  }
+}
+
+Runtime* Current() {
+  absl::MutexLock lock(&runtime_mutex);
+  return runtime;
+}
+
+pw_status_t NotInitialized(const char* call) {
+  last_error = std::string(call) + ": pw_init() has not been called (or "
+               "pw_finalize() already ran); call pw_init() first";
+  return PW_ERR_NOT_INITIALIZED;
+}
+
+}  // namespace
+
+extern "C" {
+
+pw_status_t pw_init(int* argc, char*** argv) {
+  (void)argc;
+  (void)argv;
+  absl::MutexLock lock(&runtime_mutex);
+  if (runtime != nullptr) {
+    last_error = "pw_init: the runtime is already initialised in this "
+                 "process; call pw_init() once (pw_finalize() ends it)";
+    return PW_ERR_ALREADY_INITIALIZED;
+  }
+  absl::StatusOr<pagewire::RuntimeConfig> config =
+      pagewire::RuntimeConfig::FromEnvironment();
+  if (!config.ok()) return ToC(config.status());
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Start(*config);
+  if (!rt.ok()) {
+    pagewire::Error("pw_init: %s", rt.status().message());
+    return ToC(rt.status());
+  }
+  runtime = rt->release();
+  return PW_OK;
+}
+
+pw_status_t pw_finalize(void) {
+  Runtime* rt;
+  {
+    absl::MutexLock lock(&runtime_mutex);
+    rt = runtime;
+    runtime = nullptr;
+  }
+  if (rt == nullptr) return NotInitialized("pw_finalize");
+  delete rt;
+  return PW_OK;
+}
+
+int pw_rank(void) {
+  Runtime* rt = Current();
+  return rt ? rt->rank() : -1;
+}
+
+int pw_nranks(void) {
+  Runtime* rt = Current();
+  return rt ? rt->nranks() : -1;
+}
+
+void* pw_alloc(size_t bytes, pw_placement_t placement) {
+  Runtime* rt = Current();
+  if (rt == nullptr) {
+    NotInitialized("pw_alloc");
+    return nullptr;
+  }
+  if (placement != PW_PLACE_BLOCK && placement != PW_PLACE_CYCLIC &&
+      placement != PW_PLACE_FIRST_TOUCH) {
+    last_error = "pw_alloc: unknown placement " + std::to_string(placement) +
+                 "; use PW_PLACE_BLOCK, PW_PLACE_CYCLIC or PW_PLACE_FIRST_TOUCH";
+    return nullptr;
+  }
+  absl::StatusOr<void*> p = rt->Alloc(bytes);
+  if (!p.ok()) {
+    ToC(p.status());
+    return nullptr;
+  }
+  return *p;
+}
+
+void* pw_alloc_on(size_t bytes, int home_rank) {
+  Runtime* rt = Current();
+  if (rt == nullptr) {
+    NotInitialized("pw_alloc_on");
+    return nullptr;
+  }
+  if (home_rank < 0 || home_rank >= rt->nranks()) {
+    last_error = "pw_alloc_on: home rank " + std::to_string(home_rank) +
+                 " is not a rank of this job (0.." +
+                 std::to_string(rt->nranks() - 1) + ")";
+    return nullptr;
+  }
+  return pw_alloc(bytes, PW_PLACE_BLOCK);
+}
+
+pw_status_t pw_free(void* ptr) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_free");
+  if (ptr == nullptr) {
+    last_error = "pw_free: the pointer is NULL; pass what pw_alloc returned";
+    return PW_ERR_INVALID_ARGUMENT;
+  }
+  return ToC(rt->Free(ptr));
+}
+
+pw_status_t pw_barrier(void) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_barrier");
+  return PW_OK;  // one rank: nothing to wait for
+}
+
+void* pw_global_base(void) {
+  Runtime* rt = Current();
+  return rt ? reinterpret_cast<void*>(rt->global_base()) : nullptr;
+}
+
+size_t pw_global_size(void) {
+  Runtime* rt = Current();
+  return rt ? rt->global_size() : 0;
+}
+
+const char* pw_status_str(pw_status_t status) {
+  switch (status) {
+    case PW_OK: return "success";
+    case PW_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case PW_ERR_NOT_INITIALIZED: return "runtime not initialised";
+    case PW_ERR_ALREADY_INITIALIZED: return "runtime already initialised";
+    case PW_ERR_UNSUPPORTED: return "unsupported by this kernel or build";
+    case PW_ERR_PERMISSION: return "permission denied";
+    case PW_ERR_NO_MEMORY: return "out of memory or address space";
+    case PW_ERR_NOT_FOUND: return "not found";
+    case PW_ERR_UNAVAILABLE: return "peer or manager unavailable";
+    case PW_ERR_INTERNAL: return "internal error";
+  }
+  return "unknown status code";
+}
+
+const char* pw_last_error(void) { return last_error.c_str(); }
+
+}  // extern "C"

@@ -1,0 +1,552 @@
+// fault_service.cc - the fault loop: read faults in batches, ask managers,
+// install answers in bursts.
+#include "runtime/fault_service.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "runtime/log.h"
+
+namespace pagewire {
+namespace {
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+constexpr uint32_t kNoSlot = UINT32_MAX;
+
+// Maps anonymous memory of `bytes` that is only backed once touched.
+void* MapLazily(uint64_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
+    const FaultServiceConfig& config, Dataspace& root) {
+  if (!PageAligned(config.base) || config.base == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "global range base 0x%x must be a non-zero multiple of the page size "
+        "(%d); set PAGEWIRE_GLOBAL_BASE to an aligned address",
+        config.base, kPageSize));
+  }
+  if (config.size == 0 || !PageAligned(config.size)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "global range size 0x%x must be a non-zero multiple of the page size "
+        "(%d); set PAGEWIRE_GLOBAL_SIZE accordingly",
+        config.size, kPageSize));
+  }
+  if (root.size() < config.size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the root dataspace (%s, 0x%x bytes) is smaller than the global range "
+        "(0x%x bytes)",
+        root.Describe(), root.size(), config.size));
+  }
+
+  absl::StatusOr<Userfaultfd> uffd = Userfaultfd::Open(config.syscalls);
+  if (!uffd.ok()) return uffd.status();
+
+  void* want = reinterpret_cast<void*>(config.base);
+  void* got = ::mmap(want, config.size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                         MAP_FIXED_NOREPLACE,
+                     -1, 0);
+  if (got == MAP_FAILED || got != want) {
+    int err = errno;
+    if (got != MAP_FAILED) ::munmap(got, config.size);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot reserve the global range [0x%x, 0x%x): %s. Every process of a "
+        "job maps global memory at the same address; fix: pick a free range "
+        "with PAGEWIRE_GLOBAL_BASE / PAGEWIRE_GLOBAL_SIZE (see "
+        "/proc/self/maps)",
+        config.base, config.base + config.size,
+        got == MAP_FAILED ? strerror(err) : "the kernel placed it elsewhere"));
+  }
+  if (absl::Status s = uffd->Register(config.base, config.size); !s.ok()) {
+    ::munmap(want, config.size);
+    return s;
+  }
+
+  auto cleanup = [&](void* a, uint64_t an, void* b, uint64_t bn) {
+    ::munmap(want, config.size);
+    if (a) ::munmap(a, an);
+    if (b) ::munmap(b, bn);
+  };
+  const uint64_t landing_bytes = uint64_t{kMaxPendingPages} * kPageSize;
+  const uint64_t resident_bytes =
+      PageUp(((config.size / kPageSize) + 63) / 64 * sizeof(uint64_t));
+  void* landing = MapLazily(landing_bytes);
+  void* resident = MapLazily(resident_bytes);
+  int control_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  int unbacked_fd = ::memfd_create("pagewire-unbacked", MFD_CLOEXEC);
+  auto cq = CompletionQueue::Create(kMaxPendingPages);
+  if (!landing || !resident || control_fd < 0 || unbacked_fd < 0 || !cq.ok()) {
+    int err = errno;
+    cleanup(landing, landing_bytes, resident, resident_bytes);
+    if (control_fd >= 0) ::close(control_fd);
+    if (unbacked_fd >= 0) ::close(unbacked_fd);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "fault service start-up: cannot allocate its buffers or descriptors: "
+        "%s. Fix: raise RLIMIT_NOFILE or free memory",
+        cq.ok() ? strerror(err) : cq.status().ToString()));
+  }
+
+  std::unique_ptr<FaultService> service(new FaultService(
+      config, root, *std::move(uffd), *std::move(cq), control_fd, unbacked_fd,
+      landing, static_cast<uint64_t*>(resident)));
+  FaultService* s = service.get();
+  s->loop_ = std::thread([s] { s->Loop(); });
+  s->loop_id_ = s->loop_.get_id();
+  return service;
+}
+
+FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
+                           Userfaultfd uffd,
+                           std::unique_ptr<CompletionQueue> cq, int control_fd,
+                           int unbacked_fd, void* landing, uint64_t* resident)
+    : base_(config.base),
+      size_(config.size),
+      root_(root),
+      uffd_(std::move(uffd)),
+      cq_(std::move(cq)),
+      control_fd_(control_fd),
+      unbacked_fd_(unbacked_fd),
+      landing_(landing),
+      resident_(resident),
+      slots_(kMaxPendingPages) {
+  for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
+    slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
+  }
+  // Everything the loop touches is sized now, so it never allocates while
+  // faults are flowing (the deferred queue only grows past a full table).
+  pending_index_.reserve(kMaxPendingPages);
+  deferred_.reserve(kMaxPendingPages);
+  drained_.reserve(kMaxPendingPages);
+}
+
+FaultService::~FaultService() {
+  Stop();
+  const uint64_t resident_bytes =
+      PageUp(((size_ / kPageSize) + 63) / 64 * sizeof(uint64_t));
+  ::munmap(landing_, uint64_t{kMaxPendingPages} * kPageSize);
+  ::munmap(resident_, resident_bytes);
+  ::close(control_fd_);
+  ::close(unbacked_fd_);
+}
+
+void FaultService::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    absl::MutexLock lock(&commands_mutex_);
+    stop_requested_ = true;
+  }
+  uint64_t one = 1;
+  ssize_t n = ::write(control_fd_, &one, sizeof(one));
+  (void)n;
+  loop_.join();
+
+  // Make the range inaccessible before unregistering: unregistering wakes
+  // every thread still blocked on it, and they must meet SIGSEGV, not a
+  // silently zero-filled page.
+  ::mprotect(reinterpret_cast<void*>(base_), size_, PROT_NONE);
+  if (absl::Status s = uffd_.Unregister(base_, size_); !s.ok()) {
+    // Unbacked pages split the registration; the remapped pages were never
+    // registered, which UFFDIO_UNREGISTER accepts. Anything else is worth
+    // saying, and the munmap below still releases the range.
+    Warning("%s", s.ToString());
+  }
+  ::munmap(reinterpret_cast<void*>(base_), size_);
+}
+
+FaultStats FaultService::stats() const {
+  FaultStats s;
+  auto get = [](const std::atomic<uint64_t>& a) {
+    return a.load(std::memory_order_relaxed);
+  };
+  s.faults = get(faults_);
+  s.requests = get(requests_);
+  s.coalesced = get(coalesced_);
+  s.installed = get(installed_);
+  s.upgrades = get(upgrades_);
+  s.failed = get(failed_);
+  s.evicted = get(evicted_);
+  s.max_outstanding = get(max_outstanding_);
+  s.mean_latency_ns = latency_.MeanNs();
+  s.p50_latency_ns = latency_.QuantileNs(0.50);
+  s.p99_latency_ns = latency_.QuantileNs(0.99);
+  return s;
+}
+
+void FaultService::Loop() {
+  pthread_setname_np(pthread_self(), "pw-fault");
+  cq_->BindConsumer(std::this_thread::get_id());
+  pollfd fds[3] = {{uffd_.fd(), POLLIN, 0},
+                   {cq_->event_fd(), POLLIN, 0},
+                   {control_fd_, POLLIN, 0}};
+  for (;;) {
+    // Infinite wait: the loop sleeps until a fault, an answer or a command
+    // arrives. Nothing here is ever timed.
+    int n = ::poll(fds, 3, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Error("fault loop: poll failed: %s; the fault service stops",
+            strerror(errno));
+      AbandonPending();
+      return;
+    }
+    if (fds[2].revents & POLLIN) {
+      uint64_t count;
+      ssize_t r = ::read(control_fd_, &count, sizeof(count));
+      (void)r;
+      if (RunCommands()) {
+        AbandonPending();
+        return;
+      }
+    }
+    if (fds[0].revents & POLLIN) ReadFaults();
+    DrainCompletions(fds[1].revents & POLLIN);
+    if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+      Error("fault loop: the userfaultfd reported an error; the fault "
+            "service stops");
+      AbandonPending();
+      return;
+    }
+  }
+}
+
+void FaultService::ReadFaults() {
+  uffd_msg msgs[kEventBatch];
+  for (;;) {
+    ssize_t n = ::read(uffd_.fd(), msgs, sizeof(msgs));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        Error("fault loop: reading the userfaultfd failed: %s",
+              strerror(errno));
+      }
+      return;
+    }
+    size_t count = static_cast<size_t>(n) / sizeof(uffd_msg);
+    for (size_t i = 0; i < count; ++i) HandleFault(msgs[i]);
+    // Install what managers answered inline before reading more, so pages
+    // reach their threads in bursts of at most one batch.
+    DrainCompletions(false);
+    if (count < static_cast<size_t>(kEventBatch)) return;
+  }
+}
+
+void FaultService::HandleFault(const uffd_msg& msg) {
+  if (msg.event != UFFD_EVENT_PAGEFAULT) {
+    Error("fault loop: unexpected userfaultfd event %d ignored",
+          static_cast<int>(msg.event));
+    return;
+  }
+  Bump(faults_);
+  const uintptr_t page = PageDown(msg.arg.pagefault.address);
+  const uint64_t flags = msg.arg.pagefault.flags;
+  const bool upgrade = flags & UFFD_PAGEFAULT_FLAG_WP;
+  if (!upgrade && Resident(PageIndex(page))) {
+    // A late event for a page already installed: its thread only needs a
+    // wake-up.
+    Wake(page);
+    return;
+  }
+  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
+    // Coalesce: the outstanding request's installation wakes every thread
+    // blocked on this page. A writer that finds the page write-protected
+    // after that faults again as an upgrade.
+    Bump(coalesced_);
+    return;
+  }
+  if (free_head_ == kNoSlot) {
+    deferred_.push_back(msg);
+    return;
+  }
+  const uint32_t slot = free_head_;
+  PendingPage& p = slots_[slot];
+  free_head_ = p.next_free;
+  p.page = page;
+  p.access = (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Access::kWrite
+                                                  : Access::kRead;
+  p.upgrade = upgrade;
+  p.in_use = true;
+  p.stale = false;
+  p.started_ns = NowNs();
+  pending_index_.emplace(page, slot);
+  if (++outstanding_ > max_outstanding_.load(std::memory_order_relaxed)) {
+    max_outstanding_.store(outstanding_, std::memory_order_relaxed);
+  }
+  Request(slot);
+}
+
+void FaultService::Request(uint32_t slot) {
+  const PendingPage& p = slots_[slot];
+  PageRequest request;
+  request.offset = p.page - base_;
+  request.access = p.access;
+  request.upgrade = p.upgrade;
+  request.slot = slot;
+  request.landing = Landing(slot);
+  request.completion_queue = cq_.get();
+  Bump(requests_);
+  root_.RequestPage(request);
+}
+
+void FaultService::DrainCompletions(bool bell_rang) {
+  cq_->Drain(drained_, bell_rang);
+  for (const PageCompletion& c : drained_) Complete(c);
+  if (!deferred_.empty() && free_head_ != kNoSlot) RunDeferred();
+}
+
+void FaultService::Complete(const PageCompletion& c) {
+  if (c.slot >= kMaxPendingPages || !slots_[c.slot].in_use) {
+    Error("fault loop: a manager answered slot %u, which has no request out; "
+          "answer ignored (a manager must answer each request exactly once)",
+          c.slot);
+    return;
+  }
+  PendingPage& p = slots_[c.slot];
+  if (p.stale) {
+    // The backing changed while this request was out: ask the new one.
+    p.stale = false;
+    Request(c.slot);
+    return;
+  }
+  Install(p, c);
+  latency_.Record(NowNs() - p.started_ns);
+  pending_index_.erase(p.page);
+  ReleaseSlot(c.slot);
+}
+
+void FaultService::Install(PendingPage& p, const PageCompletion& c) {
+  const uint64_t index = PageIndex(p.page);
+  switch (c.resolution) {
+    case Resolution::kData:
+    case Resolution::kZero: {
+      if (p.upgrade) {
+        // The page is mapped; new contents cannot replace it in place.
+        FailPage(p.page,
+                 absl::InternalError(
+                     "the manager answered a write upgrade with page data; "
+                     "it must answer kWritable or fail"),
+                 "failed");
+        return;
+      }
+      int rc;
+      for (;;) {
+        if (c.resolution == Resolution::kData) {
+          uffdio_copy copy{};
+          copy.dst = p.page;
+          copy.src = reinterpret_cast<uintptr_t>(c.data);
+          copy.len = kPageSize;
+          copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
+          rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
+        } else {
+          uffdio_zeropage zero{};
+          zero.range.start = p.page;
+          zero.range.len = kPageSize;
+          rc = ::ioctl(uffd_.fd(), UFFDIO_ZEROPAGE, &zero);
+        }
+        // EAGAIN: the address space is changing under a concurrent mremap or
+        // fork; the copy must simply be retried.
+        if (rc == 0 || errno != EAGAIN) break;
+      }
+      if (rc != 0 && errno == EEXIST) {
+        Wake(p.page);  // already there (installed behind our back): just wake
+      } else if (rc != 0) {
+        FailPage(p.page,
+                 absl::InternalError(absl::StrFormat(
+                     "installing the page failed: %s", strerror(errno))),
+                 "failed");
+        return;
+      }
+      SetResident(index, true);
+      Bump(installed_);
+      return;
+    }
+    case Resolution::kWritable: {
+      uffdio_writeprotect wp{};
+      wp.range.start = p.page;
+      wp.range.len = kPageSize;
+      wp.mode = 0;  // clear protection and wake the writers
+      if (::ioctl(uffd_.fd(), UFFDIO_WRITEPROTECT, &wp) != 0) {
+        FailPage(p.page,
+                 absl::InternalError(absl::StrFormat(
+                     "lifting write protection failed: %s", strerror(errno))),
+                 "failed");
+        return;
+      }
+      Bump(upgrades_);
+      return;
+    }
+    case Resolution::kNoRegion:
+    case Resolution::kFailed:
+      FailPage(p.page, c.error, ResolutionName(c.resolution));
+      return;
+  }
+}
+
+void FaultService::FailPage(uintptr_t page, const absl::Status& why,
+                            const char* outcome) {
+  Error("fault at 0x%x (global offset 0x%x) cannot be resolved (%s): %s; the "
+        "faulting thread gets SIGBUS",
+        page, page - base_, outcome, why.message());
+  Bump(failed_);
+  // A shared mapping of an empty file: any access raises SIGBUS (BUS_ADRERR)
+  // at this address, in user and kernel mode alike. It stays until the
+  // backing of the page changes.
+  void* at = ::mmap(reinterpret_cast<void*>(page), kPageSize,
+                    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                    unbacked_fd_, 0);
+  if (at == MAP_FAILED) {
+    Error("fault at 0x%x: mapping the SIGBUS page failed: %s", page,
+          strerror(errno));
+  } else {
+    unbacked_pages_.insert(page);
+    SetResident(PageIndex(page), false);
+  }
+  Wake(page);
+}
+
+void FaultService::Wake(uintptr_t page) {
+  uffdio_range range{page, kPageSize};
+  if (::ioctl(uffd_.fd(), UFFDIO_WAKE, &range) != 0) {
+    Error("fault at 0x%x: wake failed: %s", page, strerror(errno));
+  }
+}
+
+void FaultService::ReleaseSlot(uint32_t slot) {
+  PendingPage& p = slots_[slot];
+  p.in_use = false;
+  p.next_free = free_head_;
+  free_head_ = slot;
+  --outstanding_;
+}
+
+void FaultService::RunDeferred() {
+  // Faults that found the table full, oldest first, as long as slots last.
+  size_t taken = 0;
+  while (taken < deferred_.size() && free_head_ != kNoSlot) {
+    HandleFault(deferred_[taken++]);
+    --faults_;  // counted when first read
+  }
+  deferred_.erase(deferred_.begin(), deferred_.begin() + taken);
+}
+
+void FaultService::BackingChanged(uint64_t offset, uint64_t size) {
+  if (std::this_thread::get_id() == loop_id_) {
+    ChangeBacking(offset, size);
+    return;
+  }
+  absl::Notification done;
+  {
+    absl::MutexLock lock(&commands_mutex_);
+    if (stop_requested_) return;
+    commands_.push_back(Command{offset, size, &done});
+  }
+  uint64_t one = 1;
+  ssize_t n = ::write(control_fd_, &one, sizeof(one));
+  (void)n;
+  // Not a fault path: the loop never blocks, so it runs the command soon.
+  done.WaitForNotification();
+}
+
+bool FaultService::RunCommands() {
+  std::vector<Command> commands;
+  bool stop;
+  {
+    absl::MutexLock lock(&commands_mutex_);
+    commands.swap(commands_);
+    stop = stop_requested_;
+  }
+  for (const Command& c : commands) {
+    ChangeBacking(c.offset, c.size);
+    c.done->Notify();
+  }
+  return stop;
+}
+
+void FaultService::ChangeBacking(uint64_t offset, uint64_t size) {
+  if (offset >= size_) return;
+  size = std::min(size, size_ - offset);
+  const uintptr_t start = base_ + PageDown(offset);
+  const uintptr_t end = base_ + PageUp(offset + size);
+
+  // Pages that were answered SIGBUS get ordinary registered memory back.
+  for (auto it = unbacked_pages_.begin(); it != unbacked_pages_.end();) {
+    uintptr_t page = *it;
+    if (page < start || page >= end) {
+      ++it;
+      continue;
+    }
+    void* at = ::mmap(reinterpret_cast<void*>(page), kPageSize,
+                      PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+                      -1, 0);
+    absl::Status s = at == MAP_FAILED
+                         ? absl::InternalError(strerror(errno))
+                         : uffd_.Register(page, kPageSize);
+    if (!s.ok()) {
+      Error("restoring the page at 0x%x for its new backing failed: %s", page,
+            s.message());
+      ++it;
+      continue;
+    }
+    unbacked_pages_.erase(it++);
+  }
+
+  // Drop cached copies so the next access asks the new backing.
+  uint64_t dropped = 0;
+  for (uintptr_t page = start; page < end; page += kPageSize) {
+    uint64_t i = PageIndex(page);
+    if (Resident(i)) {
+      SetResident(i, false);
+      ++dropped;
+    }
+  }
+  if (dropped) {
+    ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+    Bump(evicted_, dropped);
+  }
+
+  // Requests still out to the old backing are asked again when they return.
+  for (PendingPage& p : slots_) {
+    if (p.in_use && p.page >= start && p.page < end) p.stale = true;
+  }
+}
+
+void FaultService::AbandonPending() {
+  for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
+    PendingPage& p = slots_[slot];
+    if (!p.in_use) continue;
+    FailPage(p.page,
+             absl::UnavailableError("the fault service stopped while the "
+                                    "page's manager had not answered"),
+             "abandoned");
+    pending_index_.erase(p.page);
+    ReleaseSlot(slot);
+  }
+  for (const uffd_msg& msg : deferred_) {
+    FailPage(PageDown(msg.arg.pagefault.address),
+             absl::UnavailableError("the fault service stopped"), "abandoned");
+  }
+  deferred_.clear();
+}
+
+}  // namespace pagewire

@@ -1,0 +1,190 @@
+// fault_service.h - the node's fault service: one userfaultfd over the global
+// range, one loop that turns faults into asynchronous page requests and
+// installs the answers.
+//
+// The loop reads fault events in batches and never blocks on a manager. Each
+// fault becomes a PageRequest to the root dataspace (normally a RegionMap),
+// which forwards it to whichever manager backs the page. Answers return
+// through the CompletionQueue; the loop drains it in bursts, installs each
+// page (UFFDIO_COPY, a zero page, or lifting write protection) and so wakes
+// the waiting threads. Concurrent faults on one page share one request; many
+// requests are outstanding at once. There is no wall-clock timeout anywhere
+// between a fault and its resolution: a manager that never answers keeps
+// exactly the faults that need it waiting.
+//
+// A fault that nothing backs, or whose manager fails, ends deterministically
+// in SIGBUS for the faulting thread (EFAULT for a system call): the page is
+// replaced by a page past the end of an empty file, the reason is logged, and
+// the thread is woken to meet it. It never silently maps zeros.
+//
+// Threads: Start() and Stop() from the owner; BackingChanged() from any thread
+// other than inside a manager's RequestPage(); stats() from any thread. The
+// loop runs on its own thread, named "pw-fault".
+#ifndef PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
+#define PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
+
+#include <linux/userfaultfd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "runtime/completion_queue.h"
+#include "runtime/dataspace.h"
+#include "runtime/latency_histogram.h"
+#include "runtime/page.h"
+#include "runtime/region_map.h"
+#include "runtime/userfaultfd.h"
+
+namespace pagewire {
+
+struct FaultServiceConfig {
+  uintptr_t base = 0;  // where the global range is reserved (page-aligned)
+  uint64_t size = 0;   // bytes (page multiple)
+  UffdSyscalls syscalls = UffdSyscalls::Kernel();
+};
+
+// Counters since start; any thread may read them.
+struct FaultStats {
+  uint64_t faults = 0;       // fault events read from the kernel
+  uint64_t requests = 0;     // page requests sent to managers
+  uint64_t coalesced = 0;    // faults that joined an outstanding request
+  uint64_t installed = 0;    // pages installed (copy or zero page)
+  uint64_t upgrades = 0;     // write-protected pages made writable
+  uint64_t failed = 0;       // faults ended in SIGBUS
+  uint64_t evicted = 0;      // pages dropped because their backing changed
+  uint64_t max_outstanding = 0;
+  double mean_latency_ns = 0;
+  uint64_t p50_latency_ns = 0;
+  uint64_t p99_latency_ns = 0;
+};
+
+class FaultService final : public RegionMap::Listener {
+ public:
+  // Reserves the global range at config.base (never moves it), opens the
+  // userfaultfd, registers the range and starts the loop. `root` must
+  // outlive the service.
+  static absl::StatusOr<std::unique_ptr<FaultService>> Start(
+      const FaultServiceConfig& config, Dataspace& root);
+
+  ~FaultService() override;
+  FaultService(const FaultService&) = delete;
+  FaultService& operator=(const FaultService&) = delete;
+
+  // Ends the loop. Faults still waiting for a manager fail loudly (SIGBUS,
+  // logged); the range is made inaccessible and unregistered, so no thread
+  // stays blocked in the kernel. Idempotent.
+  void Stop();
+
+  uintptr_t base() const { return base_; }
+  uint64_t size() const { return size_; }
+  CompletionQueue& completion_queue() { return *cq_; }
+  FaultStats stats() const;
+
+  // RegionMap::Listener: drops the cached pages of the range, readies the
+  // range for its new backing, and re-asks for pages whose requests were out
+  // to the old one. Returns once the loop has done so.
+  void BackingChanged(uint64_t offset, uint64_t size) override;
+
+  // How many distinct pages may wait for managers at once before further
+  // faults queue inside the service. Each blocked thread holds at most one.
+  static constexpr uint32_t kMaxPendingPages = 4096;
+  // Fault events read per read(2).
+  static constexpr int kEventBatch = 64;
+  static_assert(kEventBatch <= static_cast<int>(kMaxPendingPages),
+                "one batch of distinct faults must fit the pending table");
+
+ private:
+  struct PendingPage {
+    uintptr_t page = 0;
+    uint64_t started_ns = 0;
+    uint32_t next_free = 0;
+    Access access = Access::kRead;
+    bool upgrade = false;
+    bool in_use = false;
+    // The backing changed while the request was out: discard the answer and
+    // ask the new backing.
+    bool stale = false;
+  };
+  struct Command {
+    uint64_t offset;
+    uint64_t size;
+    absl::Notification* done;
+  };
+
+  FaultService(const FaultServiceConfig& config, Dataspace& root,
+               Userfaultfd uffd, std::unique_ptr<CompletionQueue> cq,
+               int control_fd, int unbacked_fd, void* landing,
+               uint64_t* resident);
+
+  void Loop();
+  void ReadFaults();
+  void HandleFault(const uffd_msg& msg);
+  void Request(uint32_t slot);
+  void DrainCompletions(bool bell_rang);
+  void Complete(const PageCompletion& c);
+  void Install(PendingPage& p, const PageCompletion& c);
+  void FailPage(uintptr_t page, const absl::Status& why, const char* outcome);
+  void Wake(uintptr_t page);
+  void ReleaseSlot(uint32_t slot);
+  void RunDeferred();
+  bool RunCommands();  // true: stop
+  void ChangeBacking(uint64_t offset, uint64_t size);
+  void AbandonPending();
+
+  uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
+  bool Resident(uint64_t i) const { return resident_[i >> 6] >> (i & 63) & 1; }
+  void SetResident(uint64_t i, bool on) {
+    if (on) resident_[i >> 6] |= uint64_t{1} << (i & 63);
+    else resident_[i >> 6] &= ~(uint64_t{1} << (i & 63));
+  }
+  void* Landing(uint32_t slot) const {
+    return static_cast<char*>(landing_) + uint64_t{slot} * kPageSize;
+  }
+  static void Bump(std::atomic<uint64_t>& a, uint64_t by = 1) {
+    a.store(a.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+  }
+
+  const uintptr_t base_;
+  const uint64_t size_;
+  Dataspace& root_;
+  Userfaultfd uffd_;
+  std::unique_ptr<CompletionQueue> cq_;
+  const int control_fd_;   // eventfd: commands or stop
+  const int unbacked_fd_;  // empty memfd: its pages raise SIGBUS
+  void* const landing_;    // kMaxPendingPages landing buffers
+  uint64_t* const resident_;  // one bit per page of the range, loop-only
+  std::thread loop_;
+  std::thread::id loop_id_;
+  bool stopped_ = false;  // owner only
+
+  // Loop-only state.
+  std::vector<PendingPage> slots_;
+  uint32_t free_head_ = 0;
+  uint32_t outstanding_ = 0;
+  absl::flat_hash_map<uintptr_t, uint32_t> pending_index_;
+  std::vector<uffd_msg> deferred_;  // faults waiting for a free slot
+  absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
+  std::vector<PageCompletion> drained_;
+
+  absl::Mutex commands_mutex_;
+  std::vector<Command> commands_ ABSL_GUARDED_BY(commands_mutex_);
+  bool stop_requested_ ABSL_GUARDED_BY(commands_mutex_) = false;
+
+  std::atomic<uint64_t> faults_{0}, requests_{0}, coalesced_{0},
+      installed_{0}, upgrades_{0}, failed_{0}, evicted_{0},
+      max_outstanding_{0};
+  LatencyHistogram latency_;
+};
+
+}  // namespace pagewire
+
+#endif  // PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
