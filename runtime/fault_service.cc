@@ -309,9 +309,15 @@ void FaultService::Request(uint32_t slot) {
 }
 
 void FaultService::DrainCompletions(bool bell_rang) {
-  cq_->Drain(drained_, bell_rang);
-  for (const PageCompletion& c : drained_) Complete(c);
-  if (!deferred_.empty() && free_head_ != kNoSlot) RunDeferred();
+  // Completing can ask again (stale answers, deferred faults), and managers
+  // that answer inline post from this thread without ringing: drain until
+  // nothing is left, or such answers would wait for an unrelated wake-up.
+  do {
+    cq_->Drain(drained_, bell_rang);
+    bell_rang = false;
+    for (const PageCompletion& c : drained_) Complete(c);
+    if (!deferred_.empty() && free_head_ != kNoSlot) RunDeferred();
+  } while (!drained_.empty());
 }
 
 void FaultService::Complete(const PageCompletion& c) {

@@ -1,0 +1,397 @@
+// fault_service_test.cc - the fault service end to end: real userfaultfd,
+// real threads, managers that answer inline, late, or never until told.
+#include "runtime/fault_service.h"
+
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "runtime/file_dataspace.h"
+#include "runtime/ram_dataspace.h"
+#include "runtime/testing/controlled_dataspace.h"
+#include "runtime/testing/pattern.h"
+#include "tests/fault_test_support.h"
+
+namespace pagewire::testing {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+using FaultServiceTest = FaultServiceFixture;
+
+// Where a leaf dataspace shows up in the global range.
+struct Leaf {
+  uint64_t global_at;
+  uint64_t size;
+  uint64_t seed;
+  uint64_t ds_offset;
+};
+
+// Waits (test side only) until `pred` holds; the code under test never does.
+template <typename Pred>
+void Eventually(Pred pred) {
+  while (!pred()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+}
+
+TEST_F(FaultServiceTest, StressSixteenThreadsOverNestedMapsVerifyEveryPage) {
+  // root ─┬─ l1 (512 MiB) at 0 ─┬─ seed 5 at 0 (64 MiB)
+  //       │                     ├─ l2 (256 MiB) at 128 MiB ── seeds 1..4
+  //       │                     └─ RAM (pattern 6) at 384 MiB (64 MiB)
+  //       └─ seed 7 at 512 MiB (48 MiB window from offset 16 MiB)
+  auto l1 = std::make_shared<RegionMap>(512 * kMiB, "l1");
+  auto l2 = std::make_shared<RegionMap>(256 * kMiB, "l2");
+  std::vector<Leaf> leaves;
+  std::vector<std::shared_ptr<ControlledDataspace>> managers;
+  for (uint64_t i = 0; i < 4; ++i) {
+    auto ds = std::make_shared<ControlledDataspace>(64 * kMiB, 1 + i);
+    if (i == 1) ds->AnswerAfter(absl::Microseconds(20));  // a slow one too
+    ASSERT_TRUE(l2->Attach(ds, {.at = i * 64 * kMiB}).ok());
+    leaves.push_back({128 * kMiB + i * 64 * kMiB, 64 * kMiB, 1 + i, 0});
+    managers.push_back(ds);
+  }
+  auto ds5 = std::make_shared<ControlledDataspace>(64 * kMiB, 5);
+  ASSERT_TRUE(l1->Attach(ds5, {.at = 0}).ok());
+  leaves.push_back({0, 64 * kMiB, 5, 0});
+  managers.push_back(ds5);
+  auto ram = RamDataspace::Create(64 * kMiB);
+  ASSERT_TRUE(ram.ok());
+  for (uint64_t off = 0; off < 64 * kMiB; off += kPageSize) {
+    FillPattern((*ram)->data() + off, 6, off);
+  }
+  ASSERT_TRUE(l1->Attach(*ram, {.at = 384 * kMiB}).ok());
+  leaves.push_back({384 * kMiB, 64 * kMiB, 6, 0});
+  ASSERT_TRUE(l1->Attach(l2, {.at = 128 * kMiB}).ok());
+  ASSERT_TRUE(root_->Attach(l1, {.at = 0}).ok());
+  auto ds7 = std::make_shared<ControlledDataspace>(64 * kMiB, 7);
+  ASSERT_TRUE(root_
+                  ->Attach(ds7, {.at = 512 * kMiB,
+                                 .size = 48 * kMiB,
+                                 .ds_offset = 16 * kMiB})
+                  .ok());
+  leaves.push_back({512 * kMiB, 48 * kMiB, 7, 16 * kMiB});
+  managers.push_back(ds7);
+
+  std::vector<std::pair<uint64_t, const Leaf*>> pages;  // global offset, leaf
+  for (const Leaf& leaf : leaves) {
+    for (uint64_t off = 0; off < leaf.size; off += kPageSize) {
+      pages.emplace_back(leaf.global_at + off, &leaf);
+    }
+  }
+  ASSERT_GE(pages.size(), 100000u);
+
+  constexpr int kThreads = 16;
+  std::atomic<uint64_t> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < pages.size(); i += kThreads) {
+        auto [global, leaf] = pages[i];
+        uint64_t ds_off = global - leaf->global_at + leaf->ds_offset;
+        if (FirstPatternMismatch(At(global), leaf->seed, ds_off) >= 0) ++bad;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0u);
+  FaultStats s = service_->stats();
+  EXPECT_EQ(s.installed, pages.size());
+  EXPECT_EQ(s.failed, 0u);
+  EXPECT_EQ(s.requests, pages.size()) << "each page asked for exactly once";
+  EXPECT_GT(s.max_outstanding, 1u) << "faults must overlap";
+}
+
+TEST_F(FaultServiceTest, ConcurrentFaultsOnOnePageMakeOneRequest) {
+  auto ds = std::make_shared<ControlledDataspace>(kMiB, 11);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  ds->Hold();
+  constexpr int kThreads = 12;
+  const uint64_t offset = 5 * kPageSize;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // Each thread reads a different word of the same page.
+      uint64_t word = *reinterpret_cast<volatile uint64_t*>(At(offset + 8 * t));
+      if (word == PatternWord(11, offset + 8 * t)) ++ok;
+    });
+  }
+  // Every thread's fault has reached the service before the page arrives.
+  Eventually([&] { return service_->stats().faults >= kThreads; });
+  EXPECT_EQ(ds->held(), 1u);
+  ds->Release();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kThreads);
+  EXPECT_EQ(ds->requests(), 1u);
+  EXPECT_EQ(ds->RequestsFor(offset), 1u);
+  EXPECT_EQ(service_->stats().coalesced, kThreads - 1u);
+}
+
+TEST_F(FaultServiceTest, StalledManagerDelaysOnlyItsOwnFaults) {
+  auto stalled = std::make_shared<ControlledDataspace>(kMiB, 21);
+  auto healthy = std::make_shared<ControlledDataspace>(64 * kMiB, 22);
+  ASSERT_TRUE(root_->Attach(stalled, {.at = 0}).ok());
+  ASSERT_TRUE(root_->Attach(healthy, {.at = 64 * kMiB}).ok());
+
+  auto fault_healthy = [&](uint64_t first_page, int n) {
+    std::vector<double> us;
+    for (int i = 0; i < n; ++i) {
+      uint64_t off = (first_page + i) * kPageSize;
+      auto t0 = std::chrono::steady_clock::now();
+      uint64_t w = *reinterpret_cast<volatile uint64_t*>(At(64 * kMiB + off));
+      auto t1 = std::chrono::steady_clock::now();
+      EXPECT_EQ(w, PatternWord(22, off));
+      us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+  };
+  const double before_us = fault_healthy(0, 2000);
+
+  stalled->Hold();
+  constexpr int kStalledThreads = 8;
+  std::atomic<int> done{0};
+  std::vector<std::thread> waiters;
+  for (int t = 0; t < kStalledThreads; ++t) {
+    waiters.emplace_back([&, t] {
+      uint64_t off = t * kPageSize;
+      uint64_t w = *reinterpret_cast<volatile uint64_t*>(At(off));
+      EXPECT_EQ(w, PatternWord(21, off));
+      ++done;
+    });
+  }
+  stalled->AwaitHeld(kStalledThreads);
+
+  const double during_us = fault_healthy(4000, 2000);
+  EXPECT_EQ(done.load(), 0) << "stalled faults must wait, not be dropped";
+  EXPECT_EQ(stalled->held(), static_cast<size_t>(kStalledThreads));
+  // Same order of latency; a service that queued behind the stalled manager
+  // would never get here at all.
+  EXPECT_LT(during_us, 5 * before_us + 200) << "before " << before_us
+                                            << " us, during " << during_us;
+
+  stalled->Release();
+  for (auto& t : waiters) t.join();
+  EXPECT_EQ(done.load(), kStalledThreads);
+  EXPECT_EQ(service_->stats().failed, 0u);
+}
+
+TEST_F(FaultServiceTest, KernelModeFaultsReadIntoAndWriteOutOfGlobalMemory) {
+  constexpr uint64_t kBytes = 64 * kPageSize;
+  auto ds = std::make_shared<ControlledDataspace>(kMiB, 31);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+
+  // write(2) out of unfetched global memory: the kernel faults the pages in.
+  char path[] = "/tmp/pagewire-kfault-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  unlink(path);
+  ASSERT_EQ(write(fd, At(0), kBytes), static_cast<ssize_t>(kBytes));
+  std::vector<char> page(kPageSize);
+  for (uint64_t off = 0; off < kBytes; off += kPageSize) {
+    ASSERT_EQ(pread(fd, page.data(), kPageSize, off),
+              static_cast<ssize_t>(kPageSize));
+    EXPECT_EQ(FirstPatternMismatch(page.data(), 31, off), -1) << off;
+  }
+
+  // read(2) into unfetched global memory, then check what landed.
+  std::vector<char> content(kBytes);
+  for (uint64_t i = 0; i < kBytes; ++i) content[i] = static_cast<char>(i * 7);
+  ASSERT_EQ(pwrite(fd, content.data(), kBytes, 0),
+            static_cast<ssize_t>(kBytes));
+  ASSERT_EQ(pread(fd, At(128 * kPageSize), kBytes, 0),
+            static_cast<ssize_t>(kBytes));
+  EXPECT_EQ(memcmp(At(128 * kPageSize), content.data(), kBytes), 0);
+  close(fd);
+  EXPECT_EQ(service_->stats().failed, 0u);
+}
+
+sigjmp_buf sigbus_jump;
+std::atomic<void*> sigbus_addr{nullptr};
+std::atomic<int> sigbus_code{0};
+
+void OnSigbus(int, siginfo_t* info, void*) {
+  sigbus_addr = info->si_addr;
+  sigbus_code = info->si_code;
+  siglongjmp(sigbus_jump, 1);
+}
+
+// Reads `p` and reports whether that raised SIGBUS (at `p`).
+bool ReadRaisesSigbus(volatile char* p) {
+  struct sigaction sa{}, old{};
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGBUS, &sa, &old);
+  sigbus_addr = nullptr;
+  bool raised = false;
+  if (sigsetjmp(sigbus_jump, 1) == 0) {
+    (void)*p;
+  } else {
+    raised = true;
+  }
+  sigaction(SIGBUS, &old, nullptr);
+  return raised;
+}
+
+TEST_F(FaultServiceTest, UnbackedAddressRaisesSigbusAndSaysWhy) {
+  LogCapture log;
+  volatile char* p = At(300 * kMiB + 123);
+  ASSERT_TRUE(ReadRaisesSigbus(p));
+  EXPECT_EQ(sigbus_addr.load(), const_cast<char*>(p));
+  EXPECT_EQ(sigbus_code.load(), BUS_ADRERR);
+  std::string said = log.All();
+  EXPECT_NE(said.find(absl::StrFormat("0x%x", kBase + 300 * kMiB)),
+            std::string::npos)
+      << said;
+  EXPECT_NE(said.find("not backed by any attached dataspace"),
+            std::string::npos)
+      << said;
+  // Deterministic: the same access fails the same way, and a system call
+  // touching it gets EFAULT instead of a zero-filled page.
+  EXPECT_TRUE(ReadRaisesSigbus(p));
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  errno = 0;
+  EXPECT_EQ(write(fds[1], const_cast<char*>(p), 16), -1);
+  EXPECT_EQ(errno, EFAULT);
+  close(fds[0]);
+  close(fds[1]);
+  EXPECT_GE(service_->stats().failed, 1u);
+
+  // Once something is attached there, the page works again.
+  auto ds = std::make_shared<ControlledDataspace>(kMiB, 41);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 300 * kMiB}).ok());
+  EXPECT_FALSE(ReadRaisesSigbus(p));
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(300 * kMiB)),
+            PatternWord(41, 0));
+}
+
+TEST_F(FaultServiceTest, FailingManagerRaisesSigbusNamingTheReason) {
+  LogCapture log;
+  auto ds = std::make_shared<ControlledDataspace>(kMiB, 51);
+  ds->FailWith(absl::UnavailableError("home node 3 left the job"));
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  EXPECT_TRUE(ReadRaisesSigbus(At(kPageSize)));
+  EXPECT_NE(log.All().find("home node 3 left the job"), std::string::npos)
+      << log.All();
+}
+
+TEST_F(FaultServiceTest, RegionMapsNestedFourDeepTranslateEveryHop) {
+  // Each level attaches the next at a different offset, with a window that
+  // starts inside it, so a translation error at any hop shows.
+  auto m1 = std::make_shared<RegionMap>(64 * kMiB, "m1");
+  auto m2 = std::make_shared<RegionMap>(32 * kMiB, "m2");
+  auto m3 = std::make_shared<RegionMap>(16 * kMiB, "m3");
+  auto m4 = std::make_shared<RegionMap>(8 * kMiB, "m4");
+  auto leaf = std::make_shared<ControlledDataspace>(4 * kMiB, 61);
+  ASSERT_TRUE(m4->Attach(leaf, {.at = 2 * kMiB, .size = 2 * kMiB,
+                                .ds_offset = kMiB}).ok());
+  ASSERT_TRUE(m3->Attach(m4, {.at = 4 * kMiB, .size = 4 * kMiB,
+                              .ds_offset = 2 * kMiB}).ok());
+  ASSERT_TRUE(m2->Attach(m3, {.at = 8 * kMiB, .size = 8 * kMiB,
+                              .ds_offset = 4 * kMiB}).ok());
+  ASSERT_TRUE(m1->Attach(m2, {.at = 16 * kMiB, .size = 16 * kMiB,
+                              .ds_offset = 8 * kMiB}).ok());
+  ASSERT_TRUE(root_->Attach(m1, {.at = 512 * kMiB}).ok());
+  // global 512+16 MiB -> m1 16 -> m2 8 -> m3 4 -> m4 2 -> leaf 1 MiB
+  const uint64_t g = 512 * kMiB + 16 * kMiB;
+  for (uint64_t off = 0; off < 2 * kMiB; off += kPageSize) {
+    ASSERT_EQ(FirstPatternMismatch(At(g + off), 61, kMiB + off), -1) << off;
+  }
+  // Just past the leaf's window in m4 nothing is attached.
+  EXPECT_TRUE(ReadRaisesSigbus(At(g + 2 * kMiB)));
+  EXPECT_EQ(leaf->requests(), 2 * kMiB / kPageSize);
+}
+
+TEST_F(FaultServiceTest, DetachDropsPagesAndReattachServesNewBacking) {
+  auto a = std::make_shared<ControlledDataspace>(kMiB, 71);
+  auto b = std::make_shared<ControlledDataspace>(kMiB, 72);
+  ASSERT_TRUE(root_->Attach(a, {.at = 0}).ok());
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(0)), PatternWord(71, 0));
+  ASSERT_TRUE(root_->Detach(0).ok());
+  EXPECT_TRUE(ReadRaisesSigbus(At(0)));
+  ASSERT_TRUE(root_->Attach(b, {.at = 0}).ok());
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(0)), PatternWord(72, 0));
+  EXPECT_GE(service_->stats().evicted, 1u);
+}
+
+TEST_F(FaultServiceTest, RequestOutWhenBackingChangesIsAskedAgain) {
+  auto old_ds = std::make_shared<ControlledDataspace>(kMiB, 81);
+  auto new_ds = std::make_shared<ControlledDataspace>(kMiB, 82);
+  ASSERT_TRUE(root_->Attach(old_ds, {.at = 0}).ok());
+  old_ds->Hold();
+  uint64_t seen = 0;
+  std::thread reader(
+      [&] { seen = *reinterpret_cast<volatile uint64_t*>(At(0)); });
+  old_ds->AwaitHeld(1);
+  ASSERT_TRUE(root_->Detach(0).ok());
+  ASSERT_TRUE(root_->Attach(new_ds, {.at = 0}).ok());
+  old_ds->Release();  // the stale answer must not be installed
+  reader.join();
+  EXPECT_EQ(seen, PatternWord(82, 0));
+}
+
+TEST_F(FaultServiceTest, FileDataspaceIsReadAsynchronously) {
+  char path[] = "/tmp/pagewire-file-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const uint64_t bytes = kMiB + 100;  // a partial last page
+  std::vector<char> content(bytes);
+  for (uint64_t i = 0; i < bytes; ++i) content[i] = static_cast<char>(i * 13 + 1);
+  ASSERT_EQ(write(fd, content.data(), bytes), static_cast<ssize_t>(bytes));
+  close(fd);
+  auto file = FileDataspace::Open(path, 2);
+  unlink(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->size(), PageUp(bytes));
+  ASSERT_TRUE(root_->Attach(*file, {.at = 0}).ok());
+
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint64_t off = t * kPageSize; off < PageUp(bytes); off += 4 * kPageSize) {
+        for (uint64_t i = 0; i < kPageSize; ++i) {
+          char want = off + i < bytes ? content[off + i] : 0;
+          if (At(0)[off + i] != want) {
+            ++bad;
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(FileDataspace::Open("/nonexistent/pagewire", 1).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(FaultServiceTest, WriteFaultsInstallWritablePages) {
+  auto ram = RamDataspace::Create(4 * kMiB);
+  ASSERT_TRUE(ram.ok());
+  ASSERT_TRUE(root_->Attach(*ram, {.at = 0}).ok());
+  for (uint64_t off = 0; off < 4 * kMiB; off += kPageSize) {
+    *reinterpret_cast<volatile uint64_t*>(At(off)) = off + 1;
+  }
+  for (uint64_t off = 0; off < 4 * kMiB; off += kPageSize) {
+    ASSERT_EQ(*reinterpret_cast<volatile uint64_t*>(At(off)), off + 1);
+  }
+}
+
+}  // namespace
+}  // namespace pagewire::testing
