@@ -1,0 +1,155 @@
+// transport.h - the data plane between nodes, modelled on verbs.
+//
+// A Transport moves bytes between registered memory of this node and its
+// peers:
+//   - memory regions are registered once (at attach time, never per fault)
+//     and addressed remotely by (remote_addr, rkey);
+//   - one-sided READ, WRITE and 64-bit atomics are posted as chains of
+//     WorkRequests tagged with a wr_id, and finish as WorkCompletions in the
+//     transport's completion queue, which the owner drains in bursts;
+//   - a small two-sided message channel carries requests to home managers.
+// The target of a one-sided operation serves it from registered memory on
+// the transport's own thread (TCP) or in the NIC (verbs), never on a home
+// manager's service loop. No operation has a timeout: a READ to a live peer
+// completes; a READ to a peer that dies completes with kPeerGone once the
+// connection breaks or membership declares the peer dead (PeerDied()).
+//
+// Implementations: TcpTransport (runtime/tcp_transport.h) and, later, the
+// libibverbs RC transport. Both implement exactly this interface.
+//
+// Threads: RegisterMemory/DeregisterMemory/Connect/PeerDied from the owner
+// (control-plane) threads; PostSend and SendMessage from any thread;
+// PollCompletions only from the one consumer thread (the fault loop);
+// the message handler is called on the transport's receive thread and must
+// not block.
+#ifndef PAGEWIRE_RUNTIME_TRANSPORT_H_
+#define PAGEWIRE_RUNTIME_TRANSPORT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace pagewire {
+
+// Memory registered with a transport. Peers address it by [addr, addr +
+// length) and rkey; local work requests name it by lkey.
+struct MemoryRegion {
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  uint32_t lkey = 0;
+  uint32_t rkey = 0;
+};
+
+enum class WorkOpcode : uint8_t {
+  kRead,         // remote -> local buffer
+  kWrite,        // local buffer -> remote
+  kFetchAdd,     // 8 bytes at remote_addr += compare_add; old value -> local
+  kCompareSwap,  // if remote == compare_add then remote = swap; old -> local
+};
+
+const char* WorkOpcodeName(WorkOpcode op);
+
+// One one-sided operation. Chains (via `next`) are posted in one call and
+// executed in order per peer.
+struct WorkRequest {
+  uint64_t wr_id = 0;  // returned in the completion; a slot index, O(1) lookup
+  WorkOpcode opcode = WorkOpcode::kRead;
+  void* local = nullptr;  // inside a region registered with this transport
+  uint32_t lkey = 0;
+  uint32_t length = 0;    // bytes; 8 for atomics (aligned)
+  uint64_t remote_addr = 0;
+  uint32_t rkey = 0;
+  uint64_t compare_add = 0;  // atomics operand
+  uint64_t swap = 0;         // kCompareSwap new value
+  // Produce a completion even on success. Unsignalled requests complete
+  // silently unless they fail; a signalled one implies all earlier ones on
+  // the same peer succeeded (verbs semantics).
+  bool signaled = true;
+  WorkRequest* next = nullptr;
+};
+
+enum class WcStatus : uint8_t {
+  kSuccess,
+  kRemoteAccessError,  // unknown rkey or address outside the region
+  kLocalProtectionError,  // local buffer not in a registered region
+  kPeerGone,           // connection broken or peer declared dead
+  kFlushed,            // the transport is shutting down
+  kTransportError,     // anything else; see the transport's log
+};
+
+const char* WcStatusName(WcStatus s);
+
+struct WorkCompletion {
+  uint64_t wr_id = 0;
+  WcStatus status = WcStatus::kSuccess;
+  WorkOpcode opcode = WorkOpcode::kRead;
+  int peer = -1;
+  uint32_t byte_len = 0;
+};
+
+// What a peer needs to reach this node's data plane, exchanged through the
+// control plane (proto Endpoint). For TCP: host and port. For verbs: QP
+// number, GID, PSN, and the registered keys.
+struct TransportEndpoint {
+  std::string host;
+  uint32_t port = 0;
+  // Verbs only.
+  uint32_t qp_num = 0;
+  std::string gid;  // 16 raw bytes
+  uint32_t psn = 0;
+};
+
+class Transport {
+ public:
+  // Receives a message on the transport's thread. Must not block.
+  using MessageHandler =
+      std::function<void(int peer, uint16_t type, absl::Span<const char> body)>;
+
+  virtual ~Transport() = default;
+
+  // A short name for diagnostics: "tcp", "verbs(rxe0:1)".
+  virtual std::string Name() const = 0;
+
+  virtual absl::StatusOr<MemoryRegion> RegisterMemory(void* addr,
+                                                      uint64_t length) = 0;
+  virtual absl::Status DeregisterMemory(const MemoryRegion& region) = 0;
+
+  // This node's endpoint, to publish through the control plane.
+  virtual TransportEndpoint LocalEndpoint() const = 0;
+  // Connects to `peer` (a rank) at `endpoint`. Idempotent per peer.
+  virtual absl::Status Connect(int peer, const TransportEndpoint& endpoint) = 0;
+  // Membership declared `peer` dead: its outstanding operations complete
+  // with kPeerGone, later posts to it fail at once. Other peers carry on.
+  virtual void PeerDied(int peer) = 0;
+
+  // Posts a chain of one-sided operations to `peer`. Never blocks on the
+  // network; back-pressure (a full send queue) makes it queue internally or
+  // return ResourceExhausted for the caller to retry after polling.
+  virtual absl::Status PostSend(int peer, WorkRequest* chain) = 0;
+
+  // Drains up to `max` completions into `out` without blocking; returns how
+  // many.
+  virtual int PollCompletions(WorkCompletion* out, int max) = 0;
+  // Readable while completions wait (eventfd or completion channel), so the
+  // consumer can poll() it alongside its other sources.
+  virtual int completion_fd() const = 0;
+  // Re-arms completion_fd after PollCompletions returned fewer than max
+  // (verbs needs ibv_req_notify_cq; TCP does nothing).
+  virtual void ArmCompletionFd() {}
+
+  // The message channel to peers' home managers. Bodies are small (at most
+  // kMaxMessageBytes). Delivered in order per peer.
+  static constexpr size_t kMaxMessageBytes = 64 * 1024;
+  virtual void SetMessageHandler(MessageHandler handler) = 0;
+  virtual absl::Status SendMessage(int peer, uint16_t type,
+                                   absl::Span<const char> body) = 0;
+};
+
+}  // namespace pagewire
+
+#endif  // PAGEWIRE_RUNTIME_TRANSPORT_H_
