@@ -128,7 +128,8 @@ FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
       unbacked_fd_(unbacked_fd),
       landing_(landing),
       resident_(resident),
-      slots_(kMaxPendingPages) {
+      slots_(kMaxPendingPages),
+      sources_(config.sources) {
   for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
     slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
   }
@@ -196,13 +197,18 @@ FaultStats FaultService::stats() const {
 void FaultService::Loop() {
   pthread_setname_np(pthread_self(), "pw-fault");
   cq_->BindConsumer(std::this_thread::get_id());
-  pollfd fds[3] = {{uffd_.fd(), POLLIN, 0},
-                   {cq_->event_fd(), POLLIN, 0},
-                   {control_fd_, POLLIN, 0}};
+  // Fixed sources first, then the completion sources (transports).
+  constexpr int kFixed = 3;
+  std::vector<pollfd> fds = {{uffd_.fd(), POLLIN, 0},
+                             {cq_->event_fd(), POLLIN, 0},
+                             {control_fd_, POLLIN, 0}};
+  for (CompletionSource* source : sources_) {
+    fds.push_back({source->fd(), POLLIN, 0});
+  }
   for (;;) {
     // Infinite wait: the loop sleeps until a fault, an answer or a command
     // arrives. Nothing here is ever timed.
-    int n = ::poll(fds, 3, -1);
+    int n = ::poll(fds.data(), fds.size(), -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       Error("fault loop: poll failed: %s; the fault service stops",
@@ -220,6 +226,9 @@ void FaultService::Loop() {
       }
     }
     if (fds[0].revents & POLLIN) ReadFaults();
+    for (size_t i = kFixed; i < fds.size(); ++i) {
+      if (fds[i].revents & POLLIN) sources_[i - kFixed]->Drain(*cq_);
+    }
     DrainCompletions(fds[1].revents & POLLIN);
     if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
       Error("fault loop: the userfaultfd reported an error; the fault "
@@ -359,7 +368,8 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
         if (c.resolution == Resolution::kData) {
           uffdio_copy copy{};
           copy.dst = p.page;
-          copy.src = reinterpret_cast<uintptr_t>(c.data);
+          copy.src = reinterpret_cast<uintptr_t>(
+              c.data != nullptr ? c.data : Landing(c.slot));
           copy.len = kPageSize;
           copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
           rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
@@ -456,15 +466,35 @@ void FaultService::RunDeferred() {
 }
 
 void FaultService::BackingChanged(uint64_t offset, uint64_t size) {
+  Submit(Command{Command::kChangeBacking, offset, size, nullptr, nullptr,
+                 nullptr});
+}
+
+void FaultService::Invalidate(uint64_t offset, uint64_t size,
+                              PagePredicate keep) {
+  Submit(Command{Command::kInvalidate, offset, size, &keep, nullptr, nullptr});
+}
+
+absl::Status FaultService::Populate(uint64_t offset, uint64_t size) {
+  absl::Status result;
+  Submit(Command{Command::kPopulate, offset, size, nullptr, &result, nullptr});
+  return result;
+}
+
+void FaultService::Submit(Command c) {
   if (std::this_thread::get_id() == loop_id_) {
-    ChangeBacking(offset, size);
+    RunCommand(c);
     return;
   }
   absl::Notification done;
+  c.done = &done;
   {
     absl::MutexLock lock(&commands_mutex_);
-    if (stop_requested_) return;
-    commands_.push_back(Command{offset, size, &done});
+    if (stop_requested_) {
+      if (c.result) *c.result = absl::UnavailableError("the fault service stopped");
+      return;
+    }
+    commands_.push_back(c);
   }
   uint64_t one = 1;
   ssize_t n = ::write(control_fd_, &one, sizeof(one));
@@ -482,13 +512,77 @@ bool FaultService::RunCommands() {
     stop = stop_requested_;
   }
   for (const Command& c : commands) {
-    ChangeBacking(c.offset, c.size);
+    RunCommand(c);
     c.done->Notify();
   }
   return stop;
 }
 
-void FaultService::ChangeBacking(uint64_t offset, uint64_t size) {
+void FaultService::RunCommand(const Command& c) {
+  switch (c.kind) {
+    case Command::kChangeBacking:
+      ChangeBacking(c.offset, c.size, nullptr);
+      return;
+    case Command::kInvalidate:
+      ChangeBacking(c.offset, c.size, c.keep);
+      return;
+    case Command::kPopulate:
+      *c.result = PopulateRange(c.offset, c.size);
+      return;
+  }
+}
+
+absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size) {
+  if (!PageAligned(offset) || !PageAligned(size) || offset > size_ ||
+      size > size_ - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "populate [0x%x, 0x%x): not page-aligned or outside the global range",
+        offset, offset + size));
+  }
+  // Zeros to copy from: the source of an untouched private mapping reads as
+  // the shared zero page, so this costs no memory.
+  constexpr uint64_t kChunk = uint64_t{2} << 20;
+  static const char* const zeros = static_cast<const char*>(
+      ::mmap(nullptr, kChunk, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  uint64_t off = offset;
+  while (off < offset + size) {
+    if (Resident(PageIndex(base_ + off))) {
+      off += kPageSize;
+      continue;
+    }
+    // The longest run of missing pages, at most one chunk.
+    uint64_t run = kPageSize;
+    while (off + run < offset + size && run < kChunk &&
+           !Resident(PageIndex(base_ + off + run))) {
+      run += kPageSize;
+    }
+    uffdio_copy copy{};
+    copy.dst = base_ + off;
+    copy.src = reinterpret_cast<uintptr_t>(zeros);
+    copy.len = run;
+    int rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
+    uint64_t done = copy.copy > 0 ? static_cast<uint64_t>(copy.copy) : 0;
+    for (uint64_t p = 0; p < done; p += kPageSize) {
+      SetResident(PageIndex(base_ + off + p), true);
+    }
+    if (rc != 0 && errno == EEXIST) {
+      // A page in the run was installed meanwhile: skip it.
+      SetResident(PageIndex(base_ + off + done), true);
+      off += done + kPageSize;
+      continue;
+    }
+    if (rc != 0 && errno != EAGAIN) {
+      return absl::InternalError(absl::StrFormat(
+          "populating [0x%x, 0x%x) failed: %s", base_ + off, base_ + off + run,
+          strerror(errno)));
+    }
+    off += done;
+  }
+  return absl::OkStatus();
+}
+
+void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
+                                 const PagePredicate* keep) {
   if (offset >= size_) return;
   size = std::min(size, size_ - offset);
   const uintptr_t start = base_ + PageDown(offset);
@@ -517,23 +611,37 @@ void FaultService::ChangeBacking(uint64_t offset, uint64_t size) {
     unbacked_pages_.erase(it++);
   }
 
-  // Drop cached copies so the next access asks the new backing.
+  // Drop cached copies so the next access asks the new backing, in runs so
+  // that one madvise covers many pages.
   uint64_t dropped = 0;
+  uintptr_t run_start = 0, run_end = 0;
+  auto flush = [&] {
+    if (run_end > run_start) {
+      ::madvise(reinterpret_cast<void*>(run_start), run_end - run_start,
+                MADV_DONTNEED);
+    }
+    run_start = run_end = 0;
+  };
   for (uintptr_t page = start; page < end; page += kPageSize) {
     uint64_t i = PageIndex(page);
-    if (Resident(i)) {
-      SetResident(i, false);
-      ++dropped;
+    if (!Resident(i) || (keep != nullptr && (*keep)(page - base_))) continue;
+    SetResident(i, false);
+    ++dropped;
+    if (run_end != page) {
+      flush();
+      run_start = page;
     }
+    run_end = page + kPageSize;
   }
-  if (dropped) {
-    ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
-    Bump(evicted_, dropped);
-  }
+  flush();
+  if (dropped) Bump(evicted_, dropped);
 
   // Requests still out to the old backing are asked again when they return.
   for (PendingPage& p : slots_) {
-    if (p.in_use && p.page >= start && p.page < end) p.stale = true;
+    if (p.in_use && p.page >= start && p.page < end &&
+        (keep == nullptr || !(*keep)(p.page - base_))) {
+      p.stale = true;
+    }
   }
 }
 

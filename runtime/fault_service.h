@@ -26,6 +26,7 @@
 #include <linux/userfaultfd.h>
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -46,10 +47,23 @@
 
 namespace pagewire {
 
+// A source of page completions the fault loop polls next to the userfaultfd,
+// such as a transport's completion queue: when fd() is readable the loop
+// calls Drain(), which turns finished work into PageCompletions posted to
+// `cq` (from the loop's own thread, so no wake-up is needed).
+class CompletionSource {
+ public:
+  virtual ~CompletionSource() = default;
+  virtual int fd() const = 0;
+  virtual void Drain(CompletionQueue& cq) = 0;
+};
+
 struct FaultServiceConfig {
   uintptr_t base = 0;  // where the global range is reserved (page-aligned)
   uint64_t size = 0;   // bytes (page multiple)
   UffdSyscalls syscalls = UffdSyscalls::Kernel();
+  // Polled by the loop for completions; must outlive Stop().
+  std::vector<CompletionSource*> sources;
 };
 
 // Counters since start; any thread may read them.
@@ -94,6 +108,26 @@ class FaultService final : public RegionMap::Listener {
   // to the old one. Returns once the loop has done so.
   void BackingChanged(uint64_t offset, uint64_t size) override;
 
+  // Drops the cached pages of [offset, offset + size) for which `keep`
+  // (called on the loop thread with each page's offset) returns false, and
+  // re-asks for such pages whose requests are out. Returns once done.
+  using PagePredicate = std::function<bool(uint64_t offset)>;
+  void Invalidate(uint64_t offset, uint64_t size, PagePredicate keep);
+
+  // Installs zero-filled, writable pages over [offset, offset + size) where
+  // none is installed yet, without asking any manager (a home's own pages).
+  // Returns once done.
+  absl::Status Populate(uint64_t offset, uint64_t size);
+
+  // The landing buffers, one page per slot: a transport registers them once
+  // so one-sided READs land there directly. A completion of kData whose
+  // `data` is null means "in the slot's landing buffer".
+  void* landing_area() const { return landing_; }
+  uint64_t landing_bytes() const { return uint64_t{kMaxPendingPages} * kPageSize; }
+  void* Landing(uint32_t slot) const {
+    return static_cast<char*>(landing_) + uint64_t{slot} * kPageSize;
+  }
+
   // How many distinct pages may wait for managers at once before further
   // faults queue inside the service. Each blocked thread holds at most one.
   static constexpr uint32_t kMaxPendingPages = 4096;
@@ -115,8 +149,11 @@ class FaultService final : public RegionMap::Listener {
     bool stale = false;
   };
   struct Command {
+    enum Kind { kChangeBacking, kInvalidate, kPopulate } kind;
     uint64_t offset;
     uint64_t size;
+    const PagePredicate* keep;  // kInvalidate
+    absl::Status* result;       // kPopulate
     absl::Notification* done;
   };
 
@@ -137,7 +174,10 @@ class FaultService final : public RegionMap::Listener {
   void ReleaseSlot(uint32_t slot);
   void RunDeferred();
   bool RunCommands();  // true: stop
-  void ChangeBacking(uint64_t offset, uint64_t size);
+  void RunCommand(const Command& c);
+  void Submit(Command c);
+  void ChangeBacking(uint64_t offset, uint64_t size, const PagePredicate* keep);
+  absl::Status PopulateRange(uint64_t offset, uint64_t size);
   void AbandonPending();
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
@@ -145,9 +185,6 @@ class FaultService final : public RegionMap::Listener {
   void SetResident(uint64_t i, bool on) {
     if (on) resident_[i >> 6] |= uint64_t{1} << (i & 63);
     else resident_[i >> 6] &= ~(uint64_t{1} << (i & 63));
-  }
-  void* Landing(uint32_t slot) const {
-    return static_cast<char*>(landing_) + uint64_t{slot} * kPageSize;
   }
   static void Bump(std::atomic<uint64_t>& a, uint64_t by = 1) {
     a.store(a.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
@@ -174,6 +211,7 @@ class FaultService final : public RegionMap::Listener {
   std::vector<uffd_msg> deferred_;  // faults waiting for a free slot
   absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
+  std::vector<CompletionSource*> sources_;
 
   absl::Mutex commands_mutex_;
   std::vector<Command> commands_ ABSL_GUARDED_BY(commands_mutex_);

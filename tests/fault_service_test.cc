@@ -395,3 +395,46 @@ TEST_F(FaultServiceTest, WriteFaultsInstallWritablePages) {
 
 }  // namespace
 }  // namespace pagewire::testing
+
+namespace pagewire::testing {
+namespace {
+
+TEST_F(FaultServiceTest, PopulateInstallsZerosWithoutAskingManagers) {
+  auto ds = std::make_shared<ControlledDataspace>(4 << 20, 91);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  ds->Hold();  // any request would hang the reads below
+  ASSERT_TRUE(service_->Populate(kPageSize, 8 * kPageSize).ok());
+  for (uint64_t off = kPageSize; off < 9 * kPageSize; off += kPageSize) {
+    EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(off)), 0u);
+    *reinterpret_cast<volatile uint64_t*>(At(off)) = off;  // writable
+  }
+  EXPECT_EQ(ds->requests(), 0u);
+  // Populating again keeps what was written.
+  ASSERT_TRUE(service_->Populate(0, 16 * kPageSize).ok());
+  EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(2 * kPageSize)),
+            2 * kPageSize);
+  EXPECT_FALSE(service_->Populate(1, kPageSize).ok());
+  ds->Release();
+}
+
+TEST_F(FaultServiceTest, InvalidateDropsOnlyPagesNotKept) {
+  auto ds = std::make_shared<ControlledDataspace>(4 << 20, 92);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  for (uint64_t i = 0; i < 8; ++i) {
+    (void)*reinterpret_cast<volatile uint64_t*>(At(i * kPageSize));
+  }
+  ASSERT_EQ(ds->requests(), 8u);
+  // Keep even pages; odd ones go and are fetched again on the next touch.
+  service_->Invalidate(0, 8 * kPageSize,
+                       [](uint64_t off) { return (off / kPageSize) % 2 == 0; });
+  for (uint64_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(*reinterpret_cast<volatile uint64_t*>(At(i * kPageSize)),
+              PatternWord(92, i * kPageSize));
+  }
+  EXPECT_EQ(ds->requests(), 12u);
+  EXPECT_EQ(ds->RequestsFor(kPageSize), 2u);
+  EXPECT_EQ(ds->RequestsFor(2 * kPageSize), 1u);
+}
+
+}  // namespace
+}  // namespace pagewire::testing
