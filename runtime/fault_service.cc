@@ -230,6 +230,7 @@ void FaultService::Loop() {
       if (fds[i].revents & POLLIN) sources_[i - kFixed]->Drain(*cq_);
     }
     DrainCompletions(fds[1].revents & POLLIN);
+    for (CompletionSource* source : sources_) source->AfterBurst();
     if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
       Error("fault loop: the userfaultfd reported an error; the fault "
             "service stops");
@@ -280,28 +281,71 @@ void FaultService::HandleFault(const uffd_msg& msg) {
     // Coalesce: the outstanding request's installation wakes every thread
     // blocked on this page. A writer that finds the page write-protected
     // after that faults again as an upgrade.
+    slots_[it->second].faulted = true;
     Bump(coalesced_);
     return;
   }
-  if (free_head_ == kNoSlot) {
+  const uint32_t slot = StartRequest(
+      page,
+      (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Access::kWrite : Access::kRead,
+      upgrade);
+  if (slot == kNoSlot) {
     deferred_.push_back(msg);
     return;
   }
+  slots_[slot].faulted = true;
+  Request(slot);
+}
+
+uint32_t FaultService::StartRequest(uintptr_t page, Access access,
+                                    bool upgrade) {
+  if (free_head_ == kNoSlot) return kNoSlot;
   const uint32_t slot = free_head_;
   PendingPage& p = slots_[slot];
   free_head_ = p.next_free;
   p.page = page;
-  p.access = (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Access::kWrite
-                                                  : Access::kRead;
+  p.access = access;
   p.upgrade = upgrade;
   p.in_use = true;
   p.stale = false;
+  p.faulted = false;
   p.started_ns = NowNs();
   pending_index_.emplace(page, slot);
   if (++outstanding_ > max_outstanding_.load(std::memory_order_relaxed)) {
     max_outstanding_.store(outstanding_, std::memory_order_relaxed);
   }
+  return slot;
+}
+
+void FaultService::StartPrefetch(uint64_t offset, PrefetchDone done) {
+  if (offset >= size_) {
+    done(absl::OutOfRangeError(absl::StrFormat(
+        "prefetch of offset 0x%x: outside the global range", offset)));
+    return;
+  }
+  const uintptr_t page = base_ + PageDown(offset);
+  if (Resident(PageIndex(page))) {
+    done(absl::OkStatus());
+    return;
+  }
+  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
+    slots_[it->second].watchers.push_back(std::move(done));
+    return;
+  }
+  const uint32_t slot = StartRequest(page, Access::kRead, false);
+  if (slot == kNoSlot) {
+    deferred_prefetches_.emplace_back(offset, std::move(done));
+    return;
+  }
+  slots_[slot].watchers.push_back(std::move(done));
   Request(slot);
+}
+
+void FaultService::NotifyWatchers(PendingPage& p, const absl::Status& status) {
+  if (p.watchers.empty()) return;
+  std::vector<PrefetchDone> watchers;
+  watchers.swap(p.watchers);
+  for (PrefetchDone& w : watchers) w(status);
 }
 
 void FaultService::Request(uint32_t slot) {
@@ -325,7 +369,10 @@ void FaultService::DrainCompletions(bool bell_rang) {
     cq_->Drain(drained_, bell_rang);
     bell_rang = false;
     for (const PageCompletion& c : drained_) Complete(c);
-    if (!deferred_.empty() && free_head_ != kNoSlot) RunDeferred();
+    if ((!deferred_.empty() || !deferred_prefetches_.empty()) &&
+        free_head_ != kNoSlot) {
+      RunDeferred();
+    }
   } while (!drained_.empty());
 }
 
@@ -343,8 +390,14 @@ void FaultService::Complete(const PageCompletion& c) {
     Request(c.slot);
     return;
   }
+  const uint64_t failed_before = failed_.load(std::memory_order_relaxed);
   Install(p, c);
-  latency_.Record(NowNs() - p.started_ns);
+  if (p.faulted) latency_.Record(NowNs() - p.started_ns);
+  NotifyWatchers(p, failed_.load(std::memory_order_relaxed) == failed_before
+                        ? absl::OkStatus()
+                        : (c.error.ok() ? absl::InternalError(
+                                              "the page could not be installed")
+                                        : c.error));
   pending_index_.erase(p.page);
   ReleaseSlot(c.slot);
 }
@@ -463,6 +516,13 @@ void FaultService::RunDeferred() {
     --faults_;  // counted when first read
   }
   deferred_.erase(deferred_.begin(), deferred_.begin() + taken);
+  taken = 0;
+  while (taken < deferred_prefetches_.size() && free_head_ != kNoSlot) {
+    auto& [offset, done] = deferred_prefetches_[taken++];
+    StartPrefetch(offset, std::move(done));
+  }
+  deferred_prefetches_.erase(deferred_prefetches_.begin(),
+                             deferred_prefetches_.begin() + taken);
 }
 
 void FaultService::BackingChanged(uint64_t offset, uint64_t size) {
@@ -473,6 +533,26 @@ void FaultService::BackingChanged(uint64_t offset, uint64_t size) {
 void FaultService::Invalidate(uint64_t offset, uint64_t size,
                               PagePredicate keep) {
   Submit(Command{Command::kInvalidate, offset, size, &keep, nullptr, nullptr});
+}
+
+void FaultService::Prefetch(uint64_t offset, PrefetchDone done) {
+  Command c{Command::kPrefetch, offset, kPageSize, nullptr, nullptr, nullptr,
+            std::move(done)};
+  if (std::this_thread::get_id() == loop_id_) {
+    RunCommand(c);
+    return;
+  }
+  {
+    absl::MutexLock lock(&commands_mutex_);
+    if (stop_requested_) {
+      c.prefetch_done(absl::UnavailableError("the fault service stopped"));
+      return;
+    }
+    commands_.push_back(std::move(c));
+  }
+  uint64_t one = 1;
+  ssize_t n = ::write(control_fd_, &one, sizeof(one));
+  (void)n;
 }
 
 absl::Status FaultService::Populate(uint64_t offset, uint64_t size) {
@@ -511,9 +591,9 @@ bool FaultService::RunCommands() {
     commands.swap(commands_);
     stop = stop_requested_;
   }
-  for (const Command& c : commands) {
+  for (Command& c : commands) {
     RunCommand(c);
-    c.done->Notify();
+    if (c.done != nullptr) c.done->Notify();
   }
   return stop;
 }
@@ -528,6 +608,9 @@ void FaultService::RunCommand(const Command& c) {
       return;
     case Command::kPopulate:
       *c.result = PopulateRange(c.offset, c.size);
+      return;
+    case Command::kPrefetch:
+      StartPrefetch(c.offset, c.prefetch_done);
       return;
   }
 }
@@ -649,10 +732,10 @@ void FaultService::AbandonPending() {
   for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
     PendingPage& p = slots_[slot];
     if (!p.in_use) continue;
-    FailPage(p.page,
-             absl::UnavailableError("the fault service stopped while the "
-                                    "page's manager had not answered"),
-             "abandoned");
+    absl::Status why = absl::UnavailableError(
+        "the fault service stopped while the page's manager had not answered");
+    FailPage(p.page, why, "abandoned");
+    NotifyWatchers(p, why);
     pending_index_.erase(p.page);
     ReleaseSlot(slot);
   }
@@ -661,6 +744,10 @@ void FaultService::AbandonPending() {
              absl::UnavailableError("the fault service stopped"), "abandoned");
   }
   deferred_.clear();
+  for (auto& [offset, done] : deferred_prefetches_) {
+    done(absl::UnavailableError("the fault service stopped"));
+  }
+  deferred_prefetches_.clear();
 }
 
 }  // namespace pagewire

@@ -56,6 +56,9 @@ class CompletionSource {
   virtual ~CompletionSource() = default;
   virtual int fd() const = 0;
   virtual void Drain(CompletionQueue& cq) = 0;
+  // Called after every burst of installations: a place for work that must
+  // not delay them (batched notices to home managers).
+  virtual void AfterBurst() {}
 };
 
 struct FaultServiceConfig {
@@ -114,6 +117,12 @@ class FaultService final : public RegionMap::Listener {
   using PagePredicate = std::function<bool(uint64_t offset)>;
   void Invalidate(uint64_t offset, uint64_t size, PagePredicate keep);
 
+  // Makes the page at `offset` resident as if a thread had faulted on it
+  // (read access), then calls `done` on the loop thread. Does not wait: a
+  // home manager uses it to serve a remote fetch from a nested backing.
+  using PrefetchDone = std::function<void(const absl::Status&)>;
+  void Prefetch(uint64_t offset, PrefetchDone done);
+
   // Installs zero-filled, writable pages over [offset, offset + size) where
   // none is installed yet, without asking any manager (a home's own pages).
   // Returns once done.
@@ -147,14 +156,17 @@ class FaultService final : public RegionMap::Listener {
     // The backing changed while the request was out: discard the answer and
     // ask the new backing.
     bool stale = false;
+    bool faulted = false;  // a thread waits (not only prefetch watchers)
+    std::vector<PrefetchDone> watchers;  // Prefetch callers, rare
   };
   struct Command {
-    enum Kind { kChangeBacking, kInvalidate, kPopulate } kind;
+    enum Kind { kChangeBacking, kInvalidate, kPopulate, kPrefetch } kind;
     uint64_t offset;
     uint64_t size;
     const PagePredicate* keep;  // kInvalidate
     absl::Status* result;       // kPopulate
-    absl::Notification* done;
+    absl::Notification* done;   // null: the submitter does not wait
+    PrefetchDone prefetch_done;  // kPrefetch
   };
 
   FaultService(const FaultServiceConfig& config, Dataspace& root,
@@ -165,6 +177,10 @@ class FaultService final : public RegionMap::Listener {
   void Loop();
   void ReadFaults();
   void HandleFault(const uffd_msg& msg);
+  // Finds or starts the request for `page`; kNoSlot if the table is full.
+  uint32_t StartRequest(uintptr_t page, Access access, bool upgrade);
+  void StartPrefetch(uint64_t offset, PrefetchDone done);
+  void NotifyWatchers(PendingPage& p, const absl::Status& status);
   void Request(uint32_t slot);
   void DrainCompletions(bool bell_rang);
   void Complete(const PageCompletion& c);
@@ -209,6 +225,7 @@ class FaultService final : public RegionMap::Listener {
   uint32_t outstanding_ = 0;
   absl::flat_hash_map<uintptr_t, uint32_t> pending_index_;
   std::vector<uffd_msg> deferred_;  // faults waiting for a free slot
+  std::vector<std::pair<uint64_t, PrefetchDone>> deferred_prefetches_;
   absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
   std::vector<CompletionSource*> sources_;

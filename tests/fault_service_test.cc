@@ -438,3 +438,42 @@ TEST_F(FaultServiceTest, InvalidateDropsOnlyPagesNotKept) {
 
 }  // namespace
 }  // namespace pagewire::testing
+
+namespace pagewire::testing {
+namespace {
+
+TEST_F(FaultServiceTest, PrefetchCompletesWhenTheManagerAnswers) {
+  auto ds = std::make_shared<ControlledDataspace>(1 << 20, 93);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  ds->Hold();
+  absl::Notification fetched;
+  absl::Status result = absl::UnknownError("not called");
+  service_->Prefetch(3 * kPageSize, [&](const absl::Status& s) {
+    result = s;
+    fetched.Notify();
+  });
+  ds->AwaitHeld(1);
+  // A thread faulting on the same page joins the same request.
+  uint64_t seen = 0;
+  std::thread reader(
+      [&] { seen = *reinterpret_cast<volatile uint64_t*>(At(3 * kPageSize)); });
+  Eventually([&] { return service_->stats().coalesced >= 1; });
+  EXPECT_FALSE(fetched.HasBeenNotified());
+  ds->Release();
+  fetched.WaitForNotification();
+  reader.join();
+  EXPECT_TRUE(result.ok()) << result;
+  EXPECT_EQ(seen, PatternWord(93, 3 * kPageSize));
+  EXPECT_EQ(ds->requests(), 1u);
+  // Already resident: answered at once.
+  absl::Notification again;
+  service_->Prefetch(3 * kPageSize, [&](const absl::Status& s) {
+    EXPECT_TRUE(s.ok());
+    again.Notify();
+  });
+  again.WaitForNotification();
+  EXPECT_EQ(ds->requests(), 1u);
+}
+
+}  // namespace
+}  // namespace pagewire::testing

@@ -1,0 +1,72 @@
+// home_protocol.h - the messages between a rank's fault path and the home
+// managers of other ranks, carried on the transport's message channel.
+//
+// Every message is a fixed little-endian POD (plus a page list for kCached),
+// checked for size on receipt; a malformed one is dropped with a warning
+// naming the sender. Replies echo the requester's fault slot so the
+// continuation is found in O(1). Nothing here waits with a timeout: a reply
+// that never comes keeps exactly that fault waiting until membership
+// declares the home dead, which fails it.
+#ifndef PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
+#define PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
+
+#include <cstdint>
+#include <cstring>
+
+#include "absl/types/span.h"
+
+namespace pagewire::home_protocol {
+
+enum Type : uint16_t {
+  kCached = 1,   // requester -> home: "I now cache these pages" (directory)
+  kFetch = 2,    // requester -> home: make this page readable, then kReady
+  kReady = 3,    // home -> requester: the page is readable (or failed)
+  kClaim = 4,    // requester -> directory rank: who homes this first-touch page?
+  kClaimed = 5,  // directory rank -> requester: the owner
+};
+
+struct CachedHeader {
+  uint32_t alloc_id;
+  uint32_t count;  // followed by `count` uint64 page indices
+};
+
+struct Fetch {
+  uint32_t alloc_id;
+  uint32_t slot;
+  uint64_t page;  // page index within the allocation
+};
+
+struct Ready {
+  uint32_t slot;
+  int32_t error;  // 0, or an errno-style code; the home logs the detail
+  uint64_t page;
+};
+
+struct Claim {
+  uint32_t alloc_id;
+  uint32_t slot;
+  uint64_t page;
+};
+
+struct Claimed {
+  uint32_t slot;
+  int32_t owner;
+  uint64_t page;
+};
+
+template <typename T>
+absl::Span<const char> AsBytes(const T& m) {
+  return absl::Span<const char>(reinterpret_cast<const char*>(&m), sizeof(m));
+}
+
+// Reads a fixed-size message; false if the body has the wrong size.
+template <typename T>
+bool Parse(absl::Span<const char> body, T* out) {
+  if (body.size() != sizeof(T)) return false;
+  std::memcpy(out, body.data(), sizeof(T));
+  return true;
+}
+
+}  // namespace pagewire::home_protocol
+
+#endif  // PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
