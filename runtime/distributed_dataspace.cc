@@ -1,0 +1,129 @@
+// distributed_dataspace.cc - routing a page request to the page's home.
+#include "runtime/distributed_dataspace.h"
+
+#include "absl/strings/str_format.h"
+#include "runtime/completion_queue.h"
+#include "runtime/page.h"
+
+namespace pagewire {
+namespace {
+
+// A page of zeros to copy from: a home's first-touch page starts empty.
+const void* ZeroPage() {
+  alignas(4096) static const char zeros[kPageSize] = {};
+  return zeros;
+}
+
+}  // namespace
+
+const char* PlacementName(Placement p) {
+  switch (p) {
+    case Placement::kBlock: return "block";
+    case Placement::kCyclic: return "cyclic";
+    case Placement::kOnRank: return "on-rank";
+    case Placement::kFirstTouch: return "first-touch";
+  }
+  return "unknown";
+}
+
+DistributedDataspace::DistributedDataspace(Params params,
+                                           RemoteFetcher& fetcher)
+    : params_(std::move(params)), fetcher_(fetcher) {
+  if (params_.placement.placement == Placement::kFirstTouch) {
+    owners_.reset(new std::atomic<int32_t>[params_.placement.pages]);
+    for (uint64_t i = 0; i < params_.placement.pages; ++i) owners_[i] = -1;
+  }
+}
+
+std::string DistributedDataspace::Describe() const {
+  return absl::StrFormat("allocation %d (%d KiB, %s)", params_.id,
+                         params_.size / 1024,
+                         PlacementName(params_.placement.placement));
+}
+
+int DistributedDataspace::OwnerOf(uint64_t page) const {
+  if (owners_) return owners_[page].load(std::memory_order_acquire);
+  return params_.placement.HomeOf(page);
+}
+
+bool DistributedDataspace::HomedHere(uint64_t page) const {
+  return OwnerOf(page) == params_.self;
+}
+
+int DistributedDataspace::ClaimAtDirectory(uint64_t page, int claimant) {
+  if (!owners_ || page >= params_.placement.pages) return -1;
+  int32_t expected = -1;
+  if (owners_[page].compare_exchange_strong(expected, claimant,
+                                            std::memory_order_acq_rel)) {
+    return claimant;
+  }
+  return expected;
+}
+
+void DistributedDataspace::RequestPage(const PageRequest& request) {
+  const uint64_t page = request.offset / kPageSize;
+  int owner = OwnerOf(page);
+  if (owner < 0) {
+    const int directory = params_.placement.DirectoryOf(page);
+    if (directory != params_.self) {
+      fetcher_.Claim(request, directory, this, params_.id, page);
+      return;
+    }
+    owner = ClaimAtDirectory(page, params_.self);
+  }
+  RequestFromOwner(request, page, owner);
+}
+
+void DistributedDataspace::ContinueClaim(const PageRequest& request,
+                                         uint64_t page, int owner) {
+  int32_t unknown = -1;
+  owners_[page].compare_exchange_strong(unknown, owner,
+                                        std::memory_order_acq_rel);
+  RequestFromOwner(request, page, owners_[page].load());
+}
+
+void DistributedDataspace::RequestFromOwner(const PageRequest& request,
+                                            uint64_t page, int owner) {
+  if (owner == params_.self) {
+    RequestHomePage(request);
+    return;
+  }
+  if (request.access == Access::kWrite || request.upgrade) {
+    request.completion_queue->Post(OutcomeCompletion(
+        request, Resolution::kFailed,
+        absl::FailedPreconditionError(absl::StrFormat(
+            "write to page %d of %s, which is homed on rank %d: until the "
+            "coherence protocol lands, a rank may write only the pages homed "
+            "on it (use block placement and write your own block, or "
+            "pw_alloc_on(bytes, pw_rank()))",
+            page, Describe(), owner))));
+    return;
+  }
+  const uint64_t remote_addr = params_.global_addr + page * kPageSize;
+  // A first-touch owner may not have installed its page yet; its home
+  // manager makes it resident before the READ, so its transport never
+  // touches a missing page.
+  if (params_.homes_always_readable &&
+      params_.placement.placement != Placement::kFirstTouch) {
+    fetcher_.Read(request, owner, remote_addr, params_.id, page);
+  } else {
+    fetcher_.FetchVia(request, owner, remote_addr, params_.id, page);
+  }
+}
+
+void DistributedDataspace::RequestHomePage(const PageRequest& request) {
+  if (params_.home_backing) {
+    params_.home_backing->RequestPage(request);  // nested, asynchronous
+    return;
+  }
+  if (request.upgrade) {
+    request.completion_queue->Post(
+        OutcomeCompletion(request, Resolution::kWritable));
+    return;
+  }
+  // Plain memory homed here and not populated yet (first touch): it starts
+  // as zeros, writable.
+  request.completion_queue->Post(DataCompletion(request, ZeroPage()));
+}
+
+}  // namespace pagewire

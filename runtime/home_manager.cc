@@ -1,0 +1,188 @@
+// home_manager.cc - fetch, claim and directory messages.
+#include "runtime/home_manager.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "runtime/home_protocol.h"
+#include "runtime/log.h"
+#include "runtime/page.h"
+
+namespace pagewire {
+
+namespace hp = home_protocol;
+
+HomeManager::HomeManager(Transport& transport, RemoteFetcher& fetcher,
+                         int self, int nranks)
+    : transport_(transport), fetcher_(fetcher), self_(self), nranks_(nranks) {}
+
+void HomeManager::SetFaultService(FaultService* service, uintptr_t base) {
+  absl::MutexLock lock(&mutex_);
+  service_ = service;
+  base_ = base;
+}
+
+void HomeManager::AddDataspace(DistributedDataspace* ds) {
+  absl::MutexLock lock(&mutex_);
+  dataspaces_[ds->id()] = ds;
+}
+
+void HomeManager::RemoveDataspace(uint32_t id) {
+  absl::MutexLock lock(&mutex_);
+  dataspaces_.erase(id);
+  directory_.erase(id);
+}
+
+DistributedDataspace* HomeManager::Find(uint32_t id) const {
+  auto it = dataspaces_.find(id);
+  return it == dataspaces_.end() ? nullptr : it->second;
+}
+
+void HomeManager::OnMessage(int peer, uint16_t type,
+                            absl::Span<const char> body) {
+  switch (type) {
+    case hp::kCached:
+      OnCached(peer, body);
+      return;
+    case hp::kFetch:
+      OnFetch(peer, body);
+      return;
+    case hp::kClaim:
+      OnClaim(peer, body);
+      return;
+    case hp::kReady: {
+      hp::Ready m;
+      if (!hp::Parse(body, &m)) break;
+      fetcher_.OnReady(peer, m.slot, m.error, m.page);
+      return;
+    }
+    case hp::kClaimed: {
+      hp::Claimed m;
+      if (!hp::Parse(body, &m)) break;
+      fetcher_.OnClaimed(peer, m.slot, m.owner, m.page);
+      return;
+    }
+    default:
+      Warning("home manager: rank %d sent unknown message type %d (%d bytes); "
+              "dropped",
+              peer, type, body.size());
+      return;
+  }
+  Warning("home manager: rank %d sent a malformed message of type %d (%d "
+          "bytes); dropped",
+          peer, type, body.size());
+}
+
+void HomeManager::OnCached(int peer, absl::Span<const char> body) {
+  hp::CachedHeader h;
+  if (body.size() < sizeof(h)) {
+    Warning("home manager: rank %d sent a truncated directory notice", peer);
+    return;
+  }
+  std::memcpy(&h, body.data(), sizeof(h));
+  if (body.size() != sizeof(h) + uint64_t{h.count} * sizeof(uint64_t) ||
+      peer < 0 || peer >= nranks_) {
+    Warning("home manager: rank %d sent a directory notice of %d bytes for %d "
+            "pages; dropped",
+            peer, body.size(), h.count);
+    return;
+  }
+  absl::MutexLock lock(&mutex_);
+  DistributedDataspace* ds = Find(h.alloc_id);
+  if (ds == nullptr) return;  // freed meanwhile
+  auto& pages = directory_[h.alloc_id];
+  const char* p = body.data() + sizeof(h);
+  for (uint32_t i = 0; i < h.count; ++i, p += sizeof(uint64_t)) {
+    uint64_t page;
+    std::memcpy(&page, p, sizeof(page));
+    if (page >= ds->placement().pages || !ds->HomedHere(page)) {
+      Warning("home manager: rank %d says it caches page %d of allocation %d, "
+              "which is not homed here; ignored",
+              peer, page, h.alloc_id);
+      continue;
+    }
+    std::vector<uint64_t>& bits = pages[page];
+    bits.resize((nranks_ + 63) / 64);
+    bits[peer / 64] |= uint64_t{1} << (peer % 64);
+  }
+}
+
+void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
+  hp::Fetch m;
+  if (!hp::Parse(body, &m)) {
+    Warning("home manager: rank %d sent a malformed fetch; dropped", peer);
+    return;
+  }
+  FaultService* service;
+  uint64_t offset;
+  {
+    absl::MutexLock lock(&mutex_);
+    DistributedDataspace* ds = Find(m.alloc_id);
+    service = service_;
+    if (ds == nullptr || service == nullptr || m.page >= ds->placement().pages) {
+      Warning("home manager: rank %d asked for page %d of allocation %d, which "
+              "does not exist here",
+              peer, m.page, m.alloc_id);
+      hp::Ready r{m.slot, EINVAL, m.page};
+      (void)transport_.SendMessage(peer, hp::kReady, hp::AsBytes(r));
+      return;
+    }
+    offset = ds->global_addr() - base_ + m.page * kPageSize;
+    ++fetches_served_;
+  }
+  // Make the home copy resident as if this rank had touched it: its backing
+  // answers asynchronously, and the answer goes out when it is installed.
+  Transport* transport = &transport_;
+  service->Prefetch(offset, [transport, peer, m](const absl::Status& s) {
+    if (!s.ok()) {
+      Error("home manager: page %d of allocation %d, asked for by rank %d, "
+            "cannot be provided: %s",
+            m.page, m.alloc_id, peer, s.message());
+    }
+    hp::Ready r{m.slot, s.ok() ? 0 : EIO, m.page};
+    (void)transport->SendMessage(peer, hp::kReady, hp::AsBytes(r));
+  });
+}
+
+void HomeManager::OnClaim(int peer, absl::Span<const char> body) {
+  hp::Claim m;
+  if (!hp::Parse(body, &m) || peer < 0 || peer >= nranks_) {
+    Warning("home manager: rank %d sent a malformed claim; dropped", peer);
+    return;
+  }
+  int owner;
+  {
+    absl::MutexLock lock(&mutex_);
+    DistributedDataspace* ds = Find(m.alloc_id);
+    if (ds == nullptr || m.page >= ds->placement().pages ||
+        ds->placement().DirectoryOf(m.page) != self_) {
+      Warning("home manager: rank %d claimed page %d of allocation %d, whose "
+              "ownership is not recorded here; dropped",
+              peer, m.page, m.alloc_id);
+      return;
+    }
+    owner = ds->ClaimAtDirectory(m.page, peer);
+  }
+  hp::Claimed r{m.slot, owner, m.page};
+  (void)transport_.SendMessage(peer, hp::kClaimed, hp::AsBytes(r));
+}
+
+std::vector<int> HomeManager::CachersOf(uint32_t id, uint64_t page) const {
+  std::vector<int> ranks;
+  absl::MutexLock lock(&mutex_);
+  auto a = directory_.find(id);
+  if (a == directory_.end()) return ranks;
+  auto p = a->second.find(page);
+  if (p == a->second.end()) return ranks;
+  for (int r = 0; r < nranks_; ++r) {
+    if (p->second[r / 64] >> (r % 64) & 1) ranks.push_back(r);
+  }
+  return ranks;
+}
+
+uint64_t HomeManager::fetches_served() const {
+  absl::MutexLock lock(&mutex_);
+  return fetches_served_;
+}
+
+}  // namespace pagewire

@@ -1,0 +1,75 @@
+// home_manager.h - serves the pages homed on this rank to the other ranks,
+// and keeps their directory.
+//
+// One-sided READs of home pages never come here: the transport serves them
+// from the global range directly. The home manager answers what needs a
+// decision: a fetch of a page whose backing is slow or nested (it makes the
+// page resident through this rank's fault service, asynchronously, then
+// answers kReady), the owner of a first-touch page (on the page's directory
+// rank), and directory notices ("rank r caches page p"), which the
+// coherence protocol uses to find the copies it must invalidate.
+//
+// Threads: OnMessage on the transport's receive thread (never blocks);
+// Add/RemoveDataspace and CachersOf from any thread.
+#ifndef PAGEWIRE_RUNTIME_HOME_MANAGER_H_
+#define PAGEWIRE_RUNTIME_HOME_MANAGER_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "runtime/distributed_dataspace.h"
+#include "runtime/fault_service.h"
+#include "runtime/remote_fetcher.h"
+#include "runtime/transport.h"
+
+namespace pagewire {
+
+class HomeManager {
+ public:
+  HomeManager(Transport& transport, RemoteFetcher& fetcher, int self,
+              int nranks);
+
+  // The fault service that holds this rank's home copies, at `base`.
+  void SetFaultService(FaultService* service, uintptr_t base);
+
+  void AddDataspace(DistributedDataspace* ds);
+  void RemoveDataspace(uint32_t id);
+
+  // The transport's message handler.
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
+
+  // Ranks known to cache `page` of allocation `id` (homed here).
+  std::vector<int> CachersOf(uint32_t id, uint64_t page) const;
+
+  uint64_t fetches_served() const;
+
+ private:
+  void OnCached(int peer, absl::Span<const char> body);
+  void OnFetch(int peer, absl::Span<const char> body);
+  void OnClaim(int peer, absl::Span<const char> body);
+  DistributedDataspace* Find(uint32_t id) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+
+  Transport& transport_;
+  RemoteFetcher& fetcher_;
+  const int self_;
+  const int nranks_;
+
+  mutable absl::Mutex mutex_;
+  FaultService* service_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  uintptr_t base_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::flat_hash_map<uint32_t, DistributedDataspace*> dataspaces_
+      ABSL_GUARDED_BY(mutex_);
+  // Per allocation, per page homed here: one bit per caching rank.
+  absl::flat_hash_map<uint32_t,
+                      absl::flat_hash_map<uint64_t, std::vector<uint64_t>>>
+      directory_ ABSL_GUARDED_BY(mutex_);
+  uint64_t fetches_served_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+}  // namespace pagewire
+
+#endif  // PAGEWIRE_RUNTIME_HOME_MANAGER_H_

@@ -1,0 +1,285 @@
+// remote_fetcher.cc - READs for faults, replies from homes, and batched
+// directory notices.
+#include "runtime/remote_fetcher.h"
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "runtime/completion_queue.h"
+#include "runtime/distributed_dataspace.h"
+#include "runtime/home_protocol.h"
+#include "runtime/log.h"
+
+namespace pagewire {
+
+namespace hp = home_protocol;
+
+RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks,
+                             MemoryRegion landing)
+    : transport_(transport),
+      self_(self),
+      nranks_(nranks),
+      landing_(landing),
+      pending_(FaultService::kMaxPendingPages),
+      rkeys_(nranks),
+      dead_(nranks),
+      death_(nranks),
+      notices_(nranks) {}
+
+void RemoteFetcher::SetPeerKey(int peer, uint32_t rkey) {
+  absl::MutexLock lock(&mutex_);
+  if (peer >= 0 && peer < nranks_) rkeys_[peer] = rkey;
+}
+
+void RemoteFetcher::Fail(const PageRequest& request, absl::Status why) {
+  failed_.fetch_add(1, std::memory_order_relaxed);
+  request.completion_queue->Post(
+      OutcomeCompletion(request, Resolution::kFailed, std::move(why)));
+}
+
+void RemoteFetcher::PeerDied(int peer, const std::string& why) {
+  std::vector<PageRequest> orphans;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (peer < 0 || peer >= nranks_ || dead_[peer]) return;
+    dead_[peer] = true;
+    death_[peer] = why;
+    for (Pending& p : pending_) {
+      // Outstanding READs are completed by the transport (kPeerGone);
+      // requests waiting for a message reply are failed here.
+      if (p.peer == peer && (p.state == State::kAwaitingHome ||
+                             p.state == State::kAwaitingOwner)) {
+        p.state = State::kIdle;
+        orphans.push_back(p.request);
+      }
+    }
+    notices_[peer].clear();
+  }
+  for (const PageRequest& r : orphans) {
+    Fail(r, absl::UnavailableError(absl::StrFormat(
+                "rank %d, which had to answer for this page, is dead: %s", peer,
+                why)));
+  }
+}
+
+void RemoteFetcher::PostRead(uint32_t slot) {
+  Pending& p = pending_[slot];
+  p.state = State::kReading;
+  WorkRequest wr;
+  wr.wr_id = slot;
+  wr.opcode = WorkOpcode::kRead;
+  wr.local = p.request.landing;
+  wr.lkey = landing_.lkey;
+  wr.length = static_cast<uint32_t>(kPageSize);
+  wr.remote_addr = p.remote_addr;
+  wr.rkey = rkeys_[p.peer];
+  wr.signaled = true;
+  remote_reads_.fetch_add(1, std::memory_order_relaxed);
+  absl::Status s = transport_.PostSend(p.peer, &wr);
+  if (!s.ok()) {
+    p.state = State::kIdle;
+    Fail(p.request, absl::UnavailableError(absl::StrFormat(
+                        "posting the READ of 0x%x to rank %d failed: %s",
+                        p.remote_addr, p.peer, s.message())));
+  }
+}
+
+void RemoteFetcher::Read(const PageRequest& request, int home,
+                         uint64_t remote_addr, uint32_t alloc_id,
+                         uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  if (!PeerAlive(home)) {
+    Fail(request, absl::UnavailableError(absl::StrFormat(
+                      "the page's home, rank %d, is dead: %s", home,
+                      home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
+    return;
+  }
+  Pending& p = pending_[request.slot];
+  p = Pending{State::kReading, home, request, remote_addr, alloc_id, page,
+              nullptr};
+  notices_[home].emplace_back(alloc_id, page);
+  notices_waiting_ = true;
+  PostRead(request.slot);
+}
+
+void RemoteFetcher::FetchVia(const PageRequest& request, int home,
+                             uint64_t remote_addr, uint32_t alloc_id,
+                             uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  if (!PeerAlive(home)) {
+    Fail(request, absl::UnavailableError(absl::StrFormat(
+                      "the page's home, rank %d, is dead: %s", home,
+                      home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
+    return;
+  }
+  pending_[request.slot] = Pending{State::kAwaitingHome, home, request,
+                                   remote_addr, alloc_id, page, nullptr};
+  notices_[home].emplace_back(alloc_id, page);
+  notices_waiting_ = true;
+  home_requests_.fetch_add(1, std::memory_order_relaxed);
+  hp::Fetch m{alloc_id, request.slot, page};
+  absl::Status s = transport_.SendMessage(home, hp::kFetch, hp::AsBytes(m));
+  if (!s.ok()) {
+    pending_[request.slot].state = State::kIdle;
+    Fail(request, absl::UnavailableError(absl::StrFormat(
+                      "asking rank %d for page %d failed: %s", home, page,
+                      s.message())));
+  }
+}
+
+void RemoteFetcher::Claim(const PageRequest& request, int directory,
+                          DistributedDataspace* ds, uint32_t alloc_id,
+                          uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  if (!PeerAlive(directory)) {
+    Fail(request, absl::UnavailableError(absl::StrFormat(
+                      "rank %d, which records who owns first-touch page %d, "
+                      "is dead: %s",
+                      directory, page,
+                      directory >= 0 && directory < nranks_ ? death_[directory]
+                                                            : "no such rank")));
+    return;
+  }
+  pending_[request.slot] = Pending{State::kAwaitingOwner, directory, request,
+                                   0, alloc_id, page, ds};
+  home_requests_.fetch_add(1, std::memory_order_relaxed);
+  hp::Claim m{alloc_id, request.slot, page};
+  absl::Status s = transport_.SendMessage(directory, hp::kClaim, hp::AsBytes(m));
+  if (!s.ok()) {
+    pending_[request.slot].state = State::kIdle;
+    Fail(request, absl::UnavailableError(absl::StrFormat(
+                      "asking rank %d who owns page %d failed: %s", directory,
+                      page, s.message())));
+  }
+}
+
+void RemoteFetcher::OnReady(int peer, uint32_t slot, int32_t error,
+                            uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  if (slot >= pending_.size() || pending_[slot].state != State::kAwaitingHome ||
+      pending_[slot].peer != peer || pending_[slot].page != page) {
+    Warning("rank %d answered 'ready' for slot %u / page %d, which waits for "
+            "no such answer; ignored",
+            peer, slot, page);
+    return;
+  }
+  Pending& p = pending_[slot];
+  if (error != 0) {
+    p.state = State::kIdle;
+    Fail(p.request, absl::DataLossError(absl::StrFormat(
+                        "rank %d could not provide page %d of allocation %d: "
+                        "%s (its log says more)",
+                        peer, page, p.alloc_id, strerror(error))));
+    return;
+  }
+  PostRead(slot);
+}
+
+void RemoteFetcher::OnClaimed(int peer, uint32_t slot, int32_t owner,
+                              uint64_t page) {
+  Pending p;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (slot >= pending_.size() ||
+        pending_[slot].state != State::kAwaitingOwner ||
+        pending_[slot].peer != peer || pending_[slot].page != page ||
+        owner < 0 || owner >= nranks_) {
+      Warning("rank %d answered 'owner %d' for slot %u / page %d, which waits "
+              "for no such answer; ignored",
+              peer, owner, slot, page);
+      return;
+    }
+    p = pending_[slot];
+    pending_[slot].state = State::kIdle;
+  }
+  p.ds->ContinueClaim(p.request, page, owner);
+}
+
+void RemoteFetcher::Drain(CompletionQueue& cq) {
+  WorkCompletion wcs[kCompletionBurst];
+  for (;;) {
+    int n = transport_.PollCompletions(wcs, kCompletionBurst);
+    for (int i = 0; i < n; ++i) {
+      const WorkCompletion& wc = wcs[i];
+      PageRequest request;
+      uint64_t addr;
+      std::string death;
+      {
+        absl::MutexLock lock(&mutex_);
+        if (wc.wr_id >= pending_.size() ||
+            pending_[wc.wr_id].state != State::kReading) {
+          Warning("a %s completion for wr_id %d matches no outstanding READ; "
+                  "ignored",
+                  WcStatusName(wc.status), wc.wr_id);
+          continue;
+        }
+        Pending& p = pending_[wc.wr_id];
+        p.state = State::kIdle;
+        request = p.request;
+        addr = p.remote_addr;
+        if (PeerAlive(p.peer) == false && p.peer >= 0 && p.peer < nranks_) {
+          death = death_[p.peer];
+        }
+      }
+      if (wc.status == WcStatus::kSuccess) {
+        // The page is in the slot's landing buffer.
+        cq.Post(DataCompletion(request, nullptr));
+      } else {
+        Fail(request,
+             absl::UnavailableError(absl::StrFormat(
+                 "the one-sided READ of 0x%x from rank %d failed: %s%s%s", addr,
+                 wc.peer, WcStatusName(wc.status), death.empty() ? "" : ": ",
+                 death)));
+      }
+    }
+    if (n < kCompletionBurst) break;
+  }
+  transport_.ArmCompletionFd();
+}
+
+void RemoteFetcher::AfterBurst() {
+  std::vector<std::vector<std::pair<uint32_t, uint64_t>>> batches;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (!notices_waiting_) return;
+    notices_waiting_ = false;
+    batches.resize(nranks_);
+    for (int r = 0; r < nranks_; ++r) batches[r].swap(notices_[r]);
+  }
+  constexpr size_t kMaxPages =
+      (Transport::kMaxMessageBytes - sizeof(hp::CachedHeader)) / sizeof(uint64_t);
+  std::vector<char> buf;
+  for (int home = 0; home < nranks_; ++home) {
+    const auto& list = batches[home];
+    size_t i = 0;
+    while (i < list.size()) {
+      // One message per run of the same allocation, at most kMaxPages long.
+      hp::CachedHeader h{list[i].first, 0};
+      buf.assign(sizeof(h), 0);
+      while (i < list.size() && list[i].first == h.alloc_id &&
+             h.count < kMaxPages) {
+        uint64_t page = list[i].second;
+        const char* b = reinterpret_cast<const char*>(&page);
+        buf.insert(buf.end(), b, b + sizeof(page));
+        ++h.count;
+        ++i;
+      }
+      std::memcpy(buf.data(), &h, sizeof(h));
+      // A lost notice only makes the directory conservative-incomplete for
+      // a dead home, whose pages fail anyway.
+      (void)transport_.SendMessage(home, hp::kCached,
+                                   absl::Span<const char>(buf.data(), buf.size()));
+    }
+  }
+}
+
+FetchStats RemoteFetcher::stats() const {
+  FetchStats s;
+  s.remote_reads = remote_reads_.load(std::memory_order_relaxed);
+  s.home_requests = home_requests_.load(std::memory_order_relaxed);
+  s.failed = failed_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace pagewire
