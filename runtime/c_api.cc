@@ -107,18 +107,23 @@ void* pw_alloc(size_t bytes, pw_placement_t placement) {
     NotInitialized("pw_alloc");
     return nullptr;
   }
-  if (placement != PW_PLACE_BLOCK && placement != PW_PLACE_CYCLIC &&
-      placement != PW_PLACE_FIRST_TOUCH) {
-    last_error = "pw_alloc: unknown placement " + std::to_string(placement) +
-                 "; use PW_PLACE_BLOCK, PW_PLACE_CYCLIC or PW_PLACE_FIRST_TOUCH";
+  pagewire::Placement p;
+  switch (placement) {
+    case PW_PLACE_BLOCK: p = pagewire::Placement::kBlock; break;
+    case PW_PLACE_CYCLIC: p = pagewire::Placement::kCyclic; break;
+    case PW_PLACE_FIRST_TOUCH: p = pagewire::Placement::kFirstTouch; break;
+    default:
+      last_error = "pw_alloc: unknown placement " + std::to_string(placement) +
+                   "; use PW_PLACE_BLOCK, PW_PLACE_CYCLIC or "
+                   "PW_PLACE_FIRST_TOUCH";
+      return nullptr;
+  }
+  absl::StatusOr<void*> ptr = rt->Alloc(bytes, p);
+  if (!ptr.ok()) {
+    ToC(ptr.status());
     return nullptr;
   }
-  absl::StatusOr<void*> p = rt->Alloc(bytes);
-  if (!p.ok()) {
-    ToC(p.status());
-    return nullptr;
-  }
-  return *p;
+  return *ptr;
 }
 
 void* pw_alloc_on(size_t bytes, int home_rank) {
@@ -127,13 +132,13 @@ void* pw_alloc_on(size_t bytes, int home_rank) {
     NotInitialized("pw_alloc_on");
     return nullptr;
   }
-  if (home_rank < 0 || home_rank >= rt->nranks()) {
-    last_error = "pw_alloc_on: home rank " + std::to_string(home_rank) +
-                 " is not a rank of this job (0.." +
-                 std::to_string(rt->nranks() - 1) + ")";
+  absl::StatusOr<void*> ptr =
+      rt->Alloc(bytes, pagewire::Placement::kOnRank, home_rank);
+  if (!ptr.ok()) {
+    ToC(ptr.status());
     return nullptr;
   }
-  return pw_alloc(bytes, PW_PLACE_BLOCK);
+  return *ptr;
 }
 
 pw_status_t pw_free(void* ptr) {
@@ -149,7 +154,26 @@ pw_status_t pw_free(void* ptr) {
 pw_status_t pw_barrier(void) {
   Runtime* rt = Current();
   if (rt == nullptr) return NotInitialized("pw_barrier");
-  return PW_OK;  // one rank: nothing to wait for
+  return ToC(rt->Barrier());
+}
+
+pw_status_t pw_get_stats(pw_stats_t* stats) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_get_stats");
+  if (stats == nullptr) {
+    last_error = "pw_get_stats: stats is NULL; pass a pw_stats_t to fill";
+    return PW_ERR_INVALID_ARGUMENT;
+  }
+  pagewire::RuntimeStats s = rt->stats();
+  stats->faults = s.faults.faults;
+  stats->remote_fetches = s.fetches.remote_reads;
+  stats->coalesced = s.faults.coalesced;
+  stats->failed = s.faults.failed;
+  stats->served = s.fetches_served;
+  stats->mean_latency_us = s.faults.mean_latency_ns / 1e3;
+  stats->p50_latency_us = s.faults.p50_latency_ns / 1e3;
+  stats->p99_latency_us = s.faults.p99_latency_ns / 1e3;
+  return PW_OK;
 }
 
 void* pw_global_base(void) {

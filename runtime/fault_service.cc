@@ -555,9 +555,11 @@ void FaultService::Prefetch(uint64_t offset, PrefetchDone done) {
   (void)n;
 }
 
-absl::Status FaultService::Populate(uint64_t offset, uint64_t size) {
+absl::Status FaultService::Populate(uint64_t offset, uint64_t size,
+                                    PagePredicate which) {
   absl::Status result;
-  Submit(Command{Command::kPopulate, offset, size, nullptr, &result, nullptr});
+  Submit(Command{Command::kPopulate, offset, size, which ? &which : nullptr,
+                 &result, nullptr});
   return result;
 }
 
@@ -607,7 +609,7 @@ void FaultService::RunCommand(const Command& c) {
       ChangeBacking(c.offset, c.size, c.keep);
       return;
     case Command::kPopulate:
-      *c.result = PopulateRange(c.offset, c.size);
+      *c.result = PopulateRange(c.offset, c.size, c.keep);
       return;
     case Command::kPrefetch:
       StartPrefetch(c.offset, c.prefetch_done);
@@ -615,7 +617,8 @@ void FaultService::RunCommand(const Command& c) {
   }
 }
 
-absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size) {
+absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size,
+                                         const PagePredicate* which) {
   if (!PageAligned(offset) || !PageAligned(size) || offset > size_ ||
       size > size_ - offset) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -627,16 +630,19 @@ absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size) {
   constexpr uint64_t kChunk = uint64_t{2} << 20;
   static const char* const zeros = static_cast<const char*>(
       ::mmap(nullptr, kChunk, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  auto wanted = [&](uint64_t off) {
+    return !Resident(PageIndex(base_ + off)) &&
+           (which == nullptr || (*which)(off));
+  };
   uint64_t off = offset;
   while (off < offset + size) {
-    if (Resident(PageIndex(base_ + off))) {
+    if (!wanted(off)) {
       off += kPageSize;
       continue;
     }
-    // The longest run of missing pages, at most one chunk.
+    // The longest run of wanted pages, at most one chunk.
     uint64_t run = kPageSize;
-    while (off + run < offset + size && run < kChunk &&
-           !Resident(PageIndex(base_ + off + run))) {
+    while (off + run < offset + size && run < kChunk && wanted(off + run)) {
       run += kPageSize;
     }
     uffdio_copy copy{};

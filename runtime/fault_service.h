@@ -124,9 +124,10 @@ class FaultService final : public RegionMap::Listener {
   void Prefetch(uint64_t offset, PrefetchDone done);
 
   // Installs zero-filled, writable pages over [offset, offset + size) where
-  // none is installed yet, without asking any manager (a home's own pages).
-  // Returns once done.
-  absl::Status Populate(uint64_t offset, uint64_t size);
+  // none is installed yet and `which` (if given) holds, without asking any
+  // manager (a home's own pages). Returns once done.
+  absl::Status Populate(uint64_t offset, uint64_t size,
+                        PagePredicate which = nullptr);
 
   // The landing buffers, one page per slot: a transport registers them once
   // so one-sided READs land there directly. A completion of kData whose
@@ -163,7 +164,7 @@ class FaultService final : public RegionMap::Listener {
     enum Kind { kChangeBacking, kInvalidate, kPopulate, kPrefetch } kind;
     uint64_t offset;
     uint64_t size;
-    const PagePredicate* keep;  // kInvalidate
+    const PagePredicate* keep;  // kInvalidate: keep; kPopulate: which
     absl::Status* result;       // kPopulate
     absl::Notification* done;   // null: the submitter does not wait
     PrefetchDone prefetch_done;  // kPrefetch
@@ -193,7 +194,8 @@ class FaultService final : public RegionMap::Listener {
   void RunCommand(const Command& c);
   void Submit(Command c);
   void ChangeBacking(uint64_t offset, uint64_t size, const PagePredicate* keep);
-  absl::Status PopulateRange(uint64_t offset, uint64_t size);
+  absl::Status PopulateRange(uint64_t offset, uint64_t size,
+                             const PagePredicate* which);
   void AbandonPending();
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }

@@ -15,17 +15,20 @@ namespace pagewire {
 
 namespace hp = home_protocol;
 
-RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks,
-                             MemoryRegion landing)
+RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
     : transport_(transport),
       self_(self),
       nranks_(nranks),
-      landing_(landing),
       pending_(FaultService::kMaxPendingPages),
       rkeys_(nranks),
       dead_(nranks),
       death_(nranks),
       notices_(nranks) {}
+
+void RemoteFetcher::SetLanding(MemoryRegion landing) {
+  absl::MutexLock lock(&mutex_);
+  landing_ = landing;
+}
 
 void RemoteFetcher::SetPeerKey(int peer, uint32_t rkey) {
   absl::MutexLock lock(&mutex_);

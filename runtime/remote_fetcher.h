@@ -43,10 +43,12 @@ struct FetchStats {
 
 class RemoteFetcher final : public CompletionSource {
  public:
-  // `landing` is the fault service's landing area registered with
-  // `transport`; `self` is this node's rank.
-  RemoteFetcher(Transport& transport, int self, int nranks,
-                MemoryRegion landing);
+  // `self` is this node's rank.
+  RemoteFetcher(Transport& transport, int self, int nranks);
+
+  // The fault service's landing area, registered with the transport. Set
+  // once, before the first fetch.
+  void SetLanding(MemoryRegion landing);
 
   // The rkey under which `peer` registered its global range.
   void SetPeerKey(int peer, uint32_t rkey);
@@ -100,9 +102,10 @@ class RemoteFetcher final : public CompletionSource {
   Transport& transport_;
   const int self_;
   const int nranks_;
-  const MemoryRegion landing_;
 
   mutable absl::Mutex mutex_;
+  MemoryRegion landing_ ABSL_GUARDED_BY(mutex_);
+
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   std::vector<uint32_t> rkeys_ ABSL_GUARDED_BY(mutex_);
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);

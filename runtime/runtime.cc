@@ -1,14 +1,28 @@
-// runtime.cc - start-up, allocation and shutdown of a node.
+// runtime.cc - bootstrap, collective allocation, barriers and shutdown of a
+// node.
 #include "runtime/runtime.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "runtime/control/control_client.h"
+#include "runtime/control/coordinator_server.h"
+#include "runtime/control/view.h"
+#include "runtime/distributed_dataspace.h"
+#include "runtime/file_dataspace.h"
+#include "runtime/home_manager.h"
+#include "runtime/log.h"
 #include "runtime/page.h"
 #include "runtime/ram_dataspace.h"
+#include "runtime/tcp_transport.h"
 
 namespace pagewire {
 namespace {
@@ -39,6 +53,27 @@ absl::StatusOr<uint64_t> ParseSize(const char* name, absl::string_view given) {
   return value << shift;
 }
 
+absl::StatusOr<int> ParseInt(const char* name, const char* text, int min) {
+  int value;
+  if (!absl::SimpleAtoi(text, &value) || value < min) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s=%s is not a whole number >= %d; the launcher (pagewire-run) sets "
+        "it, or set it yourself as cluster/launcher/README.md describes",
+        name, text, min));
+  }
+  return value;
+}
+
+proto::Placement ToProto(Placement p) {
+  switch (p) {
+    case Placement::kBlock: return proto::BLOCK;
+    case Placement::kCyclic: return proto::CYCLIC;
+    case Placement::kOnRank: return proto::ON_RANK;
+    case Placement::kFirstTouch: return proto::FIRST_TOUCH;
+  }
+  return proto::BLOCK;
+}
+
 }  // namespace
 
 absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
@@ -53,35 +88,268 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
     if (!size.ok()) return size.status();
     config.global_size = *size;
   }
+  const char* coordinator = std::getenv("PAGEWIRE_COORDINATOR");
+  const char* rank = std::getenv("PAGEWIRE_RANK");
+  const char* nranks = std::getenv("PAGEWIRE_NRANKS");
+  if (coordinator == nullptr) {
+    if (nranks != nullptr && std::string(nranks) != "1") {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_NRANKS=%s but PAGEWIRE_COORDINATOR is not set; start the "
+          "job with pagewire-run, or set PAGEWIRE_COORDINATOR=host:port",
+          nranks));
+    }
+    return config;  // a job of one
+  }
+  config.coordinator = coordinator;
+  if (rank == nullptr || nranks == nullptr) {
+    return absl::InvalidArgumentError(
+        "PAGEWIRE_COORDINATOR is set but PAGEWIRE_RANK or PAGEWIRE_NRANKS is "
+        "not; set all three (the launcher does)");
+  }
+  absl::StatusOr<int> r = ParseInt("PAGEWIRE_RANK", rank, 0);
+  if (!r.ok()) return r.status();
+  absl::StatusOr<int> n = ParseInt("PAGEWIRE_NRANKS", nranks, 1);
+  if (!n.ok()) return n.status();
+  if (*r >= *n) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "PAGEWIRE_RANK=%d is not below PAGEWIRE_NRANKS=%d; ranks count from 0",
+        *r, *n));
+  }
+  config.rank = *r;
+  config.nranks = *n;
+  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
+  if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
+  if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
+  if (const char* v = std::getenv("PAGEWIRE_COORDINATOR_EXTERNAL")) {
+    config.host_coordinator = std::string(v) != "1";
+  }
+  if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
+    absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
+    if (!ms.ok()) return ms.status();
+    config.lease = absl::Milliseconds(*ms);
+    config.heartbeat_interval =
+        std::min(config.heartbeat_interval, config.lease / 4);
+  }
   return config;
 }
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
     const RuntimeConfig& config) {
   std::unique_ptr<Runtime> rt(new Runtime());
+  rt->rank_ = config.rank;
+  rt->nranks_ = config.nranks;
   rt->root_ = std::make_shared<RegionMap>(config.global_size, "global range");
+  if (config.coordinator.empty()) {
+    FaultServiceConfig fs;
+    fs.base = config.global_base;
+    fs.size = config.global_size;
+    fs.syscalls = config.syscalls;
+    absl::StatusOr<std::unique_ptr<FaultService>> service =
+        FaultService::Start(fs, *rt->root_);
+    if (!service.ok()) return service.status();
+    rt->fault_service_ = *std::move(service);
+    rt->root_->AddListener(rt->fault_service_.get());
+    return rt;
+  }
+  if (absl::Status s = rt->StartCluster(config); !s.ok()) return s;
+  return rt;
+}
+
+absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
+  // The data plane first: its endpoint goes into the join.
+  TcpTransportConfig tc;
+  tc.rank = config.rank;
+  tc.bind_host = config.host;
+  tc.advertise_host = config.host;
+  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
+      TcpTransport::Create(tc);
+  if (!transport.ok()) return transport.status();
+  transport_ = *std::move(transport);
+  fetcher_ = std::make_unique<RemoteFetcher>(*transport_, rank_, nranks_);
+  home_ = std::make_unique<HomeManager>(*transport_, *fetcher_, rank_, nranks_);
+  HomeManager* home = home_.get();
+  transport_->SetMessageHandler(
+      [home](int peer, uint16_t type, absl::Span<const char> body) {
+        home->OnMessage(peer, type, body);
+      });
+
   FaultServiceConfig fs;
   fs.base = config.global_base;
   fs.size = config.global_size;
   fs.syscalls = config.syscalls;
+  fs.sources = {fetcher_.get()};
   absl::StatusOr<std::unique_ptr<FaultService>> service =
-      FaultService::Start(fs, *rt->root_);
+      FaultService::Start(fs, *root_);
   if (!service.ok()) return service.status();
-  rt->fault_service_ = *std::move(service);
-  rt->root_->AddListener(rt->fault_service_.get());
-  return rt;
+  fault_service_ = *std::move(service);
+  root_->AddListener(fault_service_.get());
+  home_->SetFaultService(fault_service_.get(), fault_service_->base());
+
+  // Registered once: the landing buffers (READs land there) and the whole
+  // global range (peers READ home pages from it).
+  absl::StatusOr<MemoryRegion> landing = transport_->RegisterMemory(
+      fault_service_->landing_area(), fault_service_->landing_bytes());
+  if (!landing.ok()) return landing.status();
+  fetcher_->SetLanding(*landing);
+  absl::StatusOr<MemoryRegion> global = transport_->RegisterMemory(
+      reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
+  if (!global.ok()) return global.status();
+
+  if (config.rank == 0 && config.host_coordinator) {
+    control::CoordinatorConfig cc;
+    cc.cluster_id = config.cluster_id;
+    cc.secret = config.secret;
+    cc.nranks = config.nranks;
+    cc.global_base = config.global_base;
+    cc.global_size = config.global_size;
+    cc.heartbeat_interval = config.heartbeat_interval;
+    cc.lease = config.lease;
+    absl::StatusOr<std::unique_ptr<control::CoordinatorServer>> server =
+        control::CoordinatorServer::Start(cc, config.coordinator);
+    if (!server.ok()) {
+      return absl::Status(
+          server.status().code(),
+          absl::StrCat("rank 0 hosts the coordinator at ", config.coordinator,
+                       ": ", server.status().message()));
+    }
+    coordinator_ = *std::move(server);
+  }
+
+  control::ControlClientConfig client;
+  client.coordinator = config.coordinator;
+  client.cluster_id = config.cluster_id;
+  client.secret = config.secret;
+  client.requested_rank = config.rank;
+  TransportEndpoint local = transport_->LocalEndpoint();
+  client.endpoint.set_host(local.host);
+  client.endpoint.mutable_tcp()->set_host(local.host);
+  client.endpoint.mutable_tcp()->set_port(local.port);
+  proto::MemoryKey* key = client.endpoint.mutable_tcp()->add_keys();
+  key->set_addr(global->addr);
+  key->set_length(global->length);
+  key->set_rkey(global->rkey);
+  client.on_view = [this](const control::View& view) { OnView(view); };
+  absl::StatusOr<std::unique_ptr<control::ControlClient>> joined =
+      control::ControlClient::Join(client);
+  if (!joined.ok()) return joined.status();
+  control_ = *std::move(joined);
+  if (control_->nranks() != nranks_ ||
+      control_->global_base() != config.global_base ||
+      control_->global_size() != config.global_size) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "rank %d was started for %d ranks with the global range [0x%x, +0x%x) "
+        "but the coordinator runs %d ranks at [0x%x, +0x%x); start every rank "
+        "with the same PAGEWIRE_NRANKS, PAGEWIRE_GLOBAL_BASE and "
+        "PAGEWIRE_GLOBAL_SIZE",
+        rank_, nranks_, config.global_base, config.global_size,
+        control_->nranks(), control_->global_base(), control_->global_size()));
+  }
+
+  // Everyone has joined once this barrier passes; wait until the view
+  // stream has delivered a view with every endpoint (no timeout: a rank that
+  // dies meanwhile makes the next barrier fail instead).
+  if (absl::Status s = Barrier(); !s.ok()) return s;
+  control::View view;
+  {
+    absl::MutexLock lock(&view_mutex_);
+    auto complete = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(view_mutex_) {
+      return endpoints_known_ == nranks_;
+    };
+    view_mutex_.Await(absl::Condition(&complete));
+    view = *latest_view_;
+  }
+  for (int peer = 0; peer < nranks_; ++peer) {
+    if (peer == rank_) continue;
+    const control::ViewMember* m = view.Find(peer);
+    if (m == nullptr || !m->endpoint.has_tcp() ||
+        m->endpoint.tcp().keys_size() == 0) {
+      return absl::UnavailableError(absl::StrFormat(
+          "rank %d published no TCP data-plane endpoint (view %s)", peer,
+          view.Describe()));
+    }
+    TransportEndpoint ep;
+    ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
+                                               : m->endpoint.tcp().host();
+    ep.port = m->endpoint.tcp().port();
+    if (absl::Status s = transport_->Connect(peer, ep); !s.ok()) return s;
+    fetcher_->SetPeerKey(peer, m->endpoint.tcp().keys(0).rkey());
+  }
+  if (absl::Status s = Barrier(); !s.ok()) return s;
+  started_ = true;
+  return absl::OkStatus();
+}
+
+void Runtime::OnView(const control::View& view) {
+  std::vector<std::pair<int, std::string>> newly_dead;
+  {
+    absl::MutexLock lock(&view_mutex_);
+    if (view.epoch <= view_epoch_) return;
+    view_epoch_ = view.epoch;
+    latest_view_ = std::make_unique<control::View>(view);
+    endpoints_known_ = 0;
+    for (const control::ViewMember& m : view.members) {
+      if (m.endpoint.has_tcp() && m.endpoint.tcp().keys_size() > 0) {
+        ++endpoints_known_;
+      }
+    }
+    if (dead_.empty()) dead_.assign(nranks_, 0);
+    for (const control::ViewMember& m : view.members) {
+      if (m.rank < 0 || m.rank >= nranks_ || m.rank == rank_ || dead_[m.rank]) {
+        continue;
+      }
+      if (m.state == proto::Member::DEAD || m.state == proto::Member::LEFT) {
+        dead_[m.rank] = 1;
+        newly_dead.emplace_back(
+            m.rank, absl::StrFormat("membership declared it %s at epoch %d",
+                                    control::MemberStateName(m.state),
+                                    view.epoch));
+      }
+    }
+  }
+  for (const auto& [peer, why] : newly_dead) {
+    if (why.find("DEAD") != std::string::npos) {
+      Error("rank %d is dead (%s); faults on pages it homes fail from now on, "
+            "everything else carries on",
+            peer, why);
+    }
+    // A rank that left closes its connections itself; only a dead one needs
+    // the transport to give up on it.
+    if (transport_ && why.find("DEAD") != std::string::npos) {
+      transport_->PeerDied(peer);
+    }
+    if (fetcher_) fetcher_->PeerDied(peer, why);
+  }
 }
 
 Runtime::~Runtime() {
+  if (control_ && started_) {
+    // Nobody may still be reading from this rank's home pages.
+    absl::Status s = Barrier();
+    if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
+  }
   // Stop faulting first (waiting faults fail loudly), then let the managers
-  // go, then release the service's buffers they might have written to.
+  // go, then the data plane, and last the buffers managers may write to.
   fault_service_->Stop();
   root_->RemoveListener(fault_service_.get());
+  {
+    absl::MutexLock lock(&mutex_);
+    allocations_.clear();
+  }
   root_.reset();
+  if (control_) {
+    (void)control_->Leave("pw_finalize");
+    control_.reset();
+  }
+  home_.reset();
+  transport_.reset();
+  fetcher_.reset();
   fault_service_.reset();
+  if (coordinator_) coordinator_->Shutdown();
+  coordinator_.reset();
 }
 
-absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes) {
+absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
+                                     int home_rank) {
   if (bytes == 0) {
     return absl::InvalidArgumentError(
         "pw_alloc: 0 bytes requested; ask for at least one byte");
@@ -92,19 +360,117 @@ absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes) {
         "PAGEWIRE_GLOBAL_SIZE",
         bytes, global_size()));
   }
+  if (home_rank < 0 || home_rank >= nranks_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pw_alloc_on: home rank %d is not a rank of this job (0..%d)",
+        home_rank, nranks_ - 1));
+  }
+  if (control_) {
+    return AllocCollective(bytes, placement, home_rank, nullptr, false);
+  }
+
   absl::StatusOr<std::shared_ptr<RamDataspace>> ds = RamDataspace::Create(bytes);
   if (!ds.ok()) return ds.status();
   absl::StatusOr<uint64_t> at = root_->Attach(*ds, {});
   if (!at.ok()) return at.status();
   uintptr_t addr = global_base() + *at;
   absl::MutexLock lock(&mutex_);
-  allocations_[addr] = *at;
+  allocations_[addr] = Allocation{*at, PageUp(bytes), 0, nullptr};
   return reinterpret_cast<void*>(addr);
+}
+
+absl::StatusOr<void*> Runtime::AttachFile(const std::string& path,
+                                          int home_rank) {
+  if (home_rank < 0 || home_rank >= nranks_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "attach file %s: home rank %d is not a rank of this job (0..%d)", path,
+        home_rank, nranks_ - 1));
+  }
+  // Only the home opens the file; the others learn its size from the home
+  // through the collective (every rank passes the same path, and the
+  // coordinator refuses differing sizes).
+  std::shared_ptr<FileDataspace> file;
+  uint64_t size = 0;
+  if (rank_ == home_rank || !control_) {
+    absl::StatusOr<std::shared_ptr<FileDataspace>> opened =
+        FileDataspace::Open(path);
+    if (!opened.ok()) return opened.status();
+    file = *opened;
+    size = file->size();
+  } else {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || st.st_size <= 0) {
+      return absl::NotFoundError(absl::StrFormat(
+          "attach file %s: this rank cannot see the file to learn its size "
+          "(%s); every rank needs the same path (a shared file system)",
+          path, strerror(errno)));
+    }
+    size = PageUp(static_cast<uint64_t>(st.st_size));
+  }
+  if (!control_) {
+    absl::StatusOr<uint64_t> at = root_->Attach(file, {});
+    if (!at.ok()) return at.status();
+    uintptr_t addr = global_base() + *at;
+    absl::MutexLock lock(&mutex_);
+    allocations_[addr] = Allocation{*at, size, 0, nullptr};
+    return reinterpret_cast<void*>(addr);
+  }
+  return AllocCollective(size, Placement::kOnRank, home_rank, file, true);
+}
+
+absl::StatusOr<void*> Runtime::AllocCollective(
+    uint64_t bytes, Placement placement, int home_rank,
+    std::shared_ptr<Dataspace> home_backing, bool homes_backed) {
+  uint64_t seq;
+  {
+    absl::MutexLock lock(&mutex_);
+    seq = ++collective_seq_;
+  }
+  absl::StatusOr<proto::Dataspace> created = control_->CreateDataspace(
+      seq, bytes, ToProto(placement),
+      placement == Placement::kOnRank ? home_rank : -1);
+  if (!created.ok()) return created.status();
+  const uint64_t size = PageUp(bytes);
+  DistributedDataspace::Params p;
+  p.id = created->id();
+  p.global_addr = created->addr();
+  p.size = size;
+  p.placement.placement = placement;
+  p.placement.pages = size / kPageSize;
+  p.placement.nranks = nranks_;
+  p.placement.home_rank = home_rank;
+  p.self = rank_;
+  p.home_backing = std::move(home_backing);
+  // A file-backed home is read on demand: peers ask its manager first.
+  p.homes_always_readable = !homes_backed;
+  auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_);
+  home_->AddDataspace(ds.get());
+  const uint64_t at = created->addr() - global_base();
+  absl::StatusOr<uint64_t> attached = root_->Attach(ds, {.at = at});
+  if (!attached.ok()) {
+    home_->RemoveDataspace(p.id);
+    return attached.status();
+  }
+  // Plain memory homed here exists from the start, so peers may READ it
+  // without asking.
+  if (!homes_backed && placement != Placement::kFirstTouch) {
+    DistributedDataspace* d = ds.get();
+    absl::Status s = fault_service_->Populate(
+        at, size, [d, at](uint64_t off) { return d->HomedHere((off - at) / kPageSize); });
+    if (!s.ok()) return s;
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    allocations_[created->addr()] = Allocation{at, size, p.id, ds};
+  }
+  // Nobody reads a home before it is populated.
+  if (absl::Status s = Barrier(); !s.ok()) return s;
+  return reinterpret_cast<void*>(created->addr());
 }
 
 absl::Status Runtime::Free(void* ptr) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  uint64_t at;
+  Allocation a;
   {
     absl::MutexLock lock(&mutex_);
     auto it = allocations_.find(addr);
@@ -114,10 +480,56 @@ absl::Status Runtime::Free(void* ptr) {
           "exactly the pointer pw_alloc returned, once",
           ptr));
     }
-    at = it->second;
+    a = it->second;
     allocations_.erase(it);
   }
-  return root_->Detach(at);
+  if (control_) {
+    // Nobody may still be reading this rank's home pages.
+    if (absl::Status s = Barrier(); !s.ok()) return s;
+  }
+  absl::Status s = root_->Detach(a.at);
+  if (!s.ok()) return s;
+  if (control_) {
+    home_->RemoveDataspace(a.id);
+    return control_->FreeDataspace(a.id);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::Barrier() {
+  if (!control_) return absl::OkStatus();
+  uint64_t seq;
+  {
+    absl::MutexLock lock(&mutex_);
+    seq = ++barrier_seq_;
+  }
+  absl::Status s = control_->Barrier(seq);
+  if (!s.ok()) return s;
+  // Homes are written in place, so a page cached from another rank may be
+  // stale now: drop every such copy (the coherence protocol will refine
+  // this with a directory).
+  std::vector<Allocation> allocations;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [addr, a] : allocations_) allocations.push_back(a);
+  }
+  for (const Allocation& a : allocations) {
+    if (!a.ds) continue;
+    DistributedDataspace* d = a.ds.get();
+    const uint64_t at = a.at;
+    fault_service_->Invalidate(a.at, a.size, [d, at](uint64_t off) {
+      return d->HomedHere((off - at) / kPageSize);
+    });
+  }
+  return absl::OkStatus();
+}
+
+RuntimeStats Runtime::stats() const {
+  RuntimeStats s;
+  s.faults = fault_service_->stats();
+  if (fetcher_) s.fetches = fetcher_->stats();
+  if (home_) s.fetches_served = home_->fetches_served();
+  return s;
 }
 
 }  // namespace pagewire

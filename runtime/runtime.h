@@ -1,23 +1,44 @@
-// runtime.h - one node of a Pagewire job: the global range, its root region
-// map, the fault service over it, and the allocations attached to it.
+// runtime.h - one node (rank) of a Pagewire job: the global range, its root
+// region map, the fault service over it, and, in a job of several ranks, the
+// transport, the control-plane client (and on rank 0 the coordinator), the
+// remote fetcher and the home manager.
 //
-// Threads: Alloc() and Free() are thread-safe; the runtime is created and
-// destroyed by one owner. Several runtimes may live in one process if their
-// global ranges do not overlap (tests build nodes twice this way).
+// A job of one (no PAGEWIRE_COORDINATOR) needs no network: allocations are
+// RAM dataspaces. A job of several ranks bootstraps from the PAGEWIRE_*
+// variables (see cluster/launcher/README.md): it joins the coordinator,
+// connects the transport to every peer, and allocates collectively.
+//
+// Threads: Alloc, Free and Barrier are collective: every rank calls them in
+// the same order, each from one thread at a time. Stats from any thread. The
+// runtime is created and destroyed by one owner; several may live in one
+// process if their global ranges do not overlap.
 #ifndef PAGEWIRE_RUNTIME_RUNTIME_H_
 #define PAGEWIRE_RUNTIME_RUNTIME_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "runtime/fault_service.h"
+#include "runtime/placement.h"
 #include "runtime/region_map.h"
+#include "runtime/remote_fetcher.h"
 
 namespace pagewire {
+
+namespace control {
+class ControlClient;
+class CoordinatorServer;
+struct View;
+}  // namespace control
+class DistributedDataspace;
+class HomeManager;
+class TcpTransport;
 
 struct RuntimeConfig {
   // Every process of a job maps global memory here, so pointers stored in
@@ -27,8 +48,29 @@ struct RuntimeConfig {
   uint64_t global_size = uint64_t{1} << 40;  // 1 TiB of address space
   UffdSyscalls syscalls = UffdSyscalls::Kernel();
 
-  // Reads PAGEWIRE_GLOBAL_BASE and PAGEWIRE_GLOBAL_SIZE over the defaults.
+  // The job (PAGEWIRE_RANK, PAGEWIRE_NRANKS, PAGEWIRE_COORDINATOR, ...).
+  // An empty coordinator means a job of one.
+  int rank = 0;
+  int nranks = 1;
+  std::string coordinator;  // host:port
+  // Rank 0 hosts the coordinator unless it runs standalone
+  // (PAGEWIRE_COORDINATOR_EXTERNAL=1, pagewire-coordinator).
+  bool host_coordinator = true;
+  std::string cluster_id = "pagewire";
+  std::string secret;
+  std::string host = "127.0.0.1";  // this rank's data-plane address
+  absl::Duration heartbeat_interval = absl::Milliseconds(100);
+  absl::Duration lease = absl::Seconds(3);  // PAGEWIRE_LEASE_MS
+
+  // Reads the PAGEWIRE_* variables over the defaults; names the variable
+  // and the fix for each bad value.
   static absl::StatusOr<RuntimeConfig> FromEnvironment();
+};
+
+struct RuntimeStats {
+  FaultStats faults;
+  FetchStats fetches;
+  uint64_t fetches_served = 0;  // by this rank's home manager
 };
 
 class Runtime {
@@ -37,29 +79,68 @@ class Runtime {
       const RuntimeConfig& config);
   ~Runtime();
 
-  int rank() const { return 0; }
-  int nranks() const { return 1; }
+  int rank() const { return rank_; }
+  int nranks() const { return nranks_; }
 
-  // Allocates `bytes` of global memory (reads as zero until written) and
-  // returns its address in the global range.
-  absl::StatusOr<void*> Alloc(uint64_t bytes);
+  // Collective: every rank gets the same address. Memory reads as zero
+  // until written.
+  absl::StatusOr<void*> Alloc(uint64_t bytes, Placement placement,
+                              int home_rank = 0);
+  // Collective: attaches `file` homed on `home_rank`, read on demand
+  // through that rank's file manager (a slow, nested backing).
+  absl::StatusOr<void*> AttachFile(const std::string& path, int home_rank);
   absl::Status Free(void* ptr);
+  // Collective. Cached copies of pages homed elsewhere are dropped, so
+  // what other ranks wrote before the barrier is read afresh after it.
+  absl::Status Barrier();
 
   uintptr_t global_base() const { return fault_service_->base(); }
   uint64_t global_size() const { return fault_service_->size(); }
   RegionMap& root() { return *root_; }
   FaultService& fault_service() { return *fault_service_; }
+  RuntimeStats stats() const;
 
  private:
-  Runtime() = default;
+  struct Allocation {
+    uint64_t at = 0;  // offset in the global range
+    uint64_t size = 0;
+    uint32_t id = 0;  // 0: local RAM (job of one)
+    std::shared_ptr<DistributedDataspace> ds;
+  };
 
-  // Destroyed last: managers may still post into its completion queue and
-  // landing buffers until they are gone (see ~Runtime).
+  Runtime() = default;
+  absl::Status StartCluster(const RuntimeConfig& config);
+  absl::StatusOr<void*> AllocCollective(uint64_t bytes, Placement placement,
+                                        int home_rank,
+                                        std::shared_ptr<Dataspace> home_backing,
+                                        bool homes_backed);
+  void OnView(const control::View& view);
+
+  int rank_ = 0;
+  int nranks_ = 1;
+
+  // Declared in construction order; destroyed in reverse (see ~Runtime).
+  std::unique_ptr<control::CoordinatorServer> coordinator_;
+  std::unique_ptr<TcpTransport> transport_;
+  std::unique_ptr<RemoteFetcher> fetcher_;
+  std::unique_ptr<HomeManager> home_;
   std::unique_ptr<FaultService> fault_service_;
   std::shared_ptr<RegionMap> root_;
+  std::unique_ptr<control::ControlClient> control_;
 
   absl::Mutex mutex_;
-  absl::flat_hash_map<uintptr_t, uint64_t> allocations_ ABSL_GUARDED_BY(mutex_);
+  std::map<uintptr_t, Allocation> allocations_ ABSL_GUARDED_BY(mutex_);
+  uint64_t collective_seq_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t barrier_seq_ ABSL_GUARDED_BY(mutex_) = 0;
+
+  bool started_ = false;  // the job formed: collective teardown is safe
+
+  absl::Mutex view_mutex_;
+  uint64_t view_epoch_ ABSL_GUARDED_BY(view_mutex_) = 0;
+  // Ranks whose data-plane endpoint the latest view carries.
+  int endpoints_known_ ABSL_GUARDED_BY(view_mutex_) = 0;
+  std::unique_ptr<control::View> latest_view_ ABSL_GUARDED_BY(view_mutex_);
+  std::vector<int> dead_ ABSL_GUARDED_BY(view_mutex_);
 };
 
 }  // namespace pagewire

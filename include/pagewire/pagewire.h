@@ -63,6 +63,20 @@ pw_status_t pw_barrier(void);
 void *pw_global_base(void);
 size_t pw_global_size(void);
 
+/* Fault statistics of this rank since pw_init(). */
+typedef struct pw_stats {
+  uint64_t faults;          /* fault events handled by this rank */
+  uint64_t remote_fetches;  /* pages fetched from other ranks (one-sided READ) */
+  uint64_t coalesced;       /* faults that joined an outstanding fetch */
+  uint64_t failed;          /* faults that ended in SIGBUS */
+  uint64_t served;          /* fetches this rank's home manager answered */
+  double mean_latency_us;   /* fault resolution latency */
+  double p50_latency_us;
+  double p99_latency_us;
+} pw_stats_t;
+
+pw_status_t pw_get_stats(pw_stats_t *stats);
+
 const char *pw_status_str(pw_status_t status);
 /* Detail of the last failure on this thread; "" if none. */
 const char *pw_last_error(void);

@@ -1,0 +1,253 @@
+// pagewire_coordinator.cc - the standalone coordinator of a Pagewire job.
+//
+//   pagewire-coordinator --listen 0.0.0.0:7070 --nranks 4 --cluster-id job1
+//       --secret-file /run/secrets/pagewire    (or PAGEWIRE_SECRET in env)
+//       [--global-base 0x200000000000] [--global-size 1T]
+//       [--lease-ms 2000] [--heartbeat-ms 100]
+//
+// Prints "pagewire-coordinator: listening on host:port" (with the bound
+// port, so --listen host:0 works) and serves until SIGTERM or SIGINT, then
+// ends watch streams and pending barriers and exits 0. Bad flags print the
+// flag, the problem and the fix, and exit 2.
+#include <signal.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "runtime/control/coordinator_server.h"
+
+namespace {
+
+using pagewire::control::CoordinatorConfig;
+using pagewire::control::CoordinatorServer;
+
+constexpr char kUsage[] =
+    "usage: pagewire-coordinator --listen HOST:PORT --nranks N "
+    "--cluster-id ID\n"
+    "           [--secret-file FILE | env PAGEWIRE_SECRET]\n"
+    "           [--global-base ADDR] [--global-size BYTES[K|M|G|T]]\n"
+    "           [--lease-ms MS] [--heartbeat-ms MS]\n";
+
+// --flag=value or --flag value, every flag known, none repeated.
+absl::StatusOr<std::map<std::string, std::string>> ParseFlags(int argc,
+                                                              char** argv) {
+  static const char* const kKnown[] = {
+      "listen",      "nranks",   "cluster-id",   "secret-file",
+      "global-base", "global-size", "lease-ms", "heartbeat-ms"};
+  std::map<std::string, std::string> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      return absl::CancelledError("help");
+    }
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument '", arg, "'; every option is a --flag"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    const size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " needs a value (--", name, " VALUE)"));
+    }
+    bool known = false;
+    for (const char* k : kKnown) known |= name == k;
+    if (!known) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, "; see --help"));
+    }
+    if (!flags.emplace(name, value).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " given twice; give it once"));
+    }
+  }
+  return flags;
+}
+
+// Decimal or 0x hex, with an optional K/M/G/T (binary) suffix.
+absl::StatusOr<uint64_t> ParseBytes(const std::string& flag,
+                                    const std::string& text) {
+  std::string digits = text;
+  uint64_t scale = 1;
+  if (!digits.empty() && !absl::ascii_isdigit(digits.back()) &&
+      digits.rfind("0x", 0) != 0) {
+    switch (absl::ascii_toupper(digits.back())) {
+      case 'K': scale = uint64_t{1} << 10; break;
+      case 'M': scale = uint64_t{1} << 20; break;
+      case 'G': scale = uint64_t{1} << 30; break;
+      case 'T': scale = uint64_t{1} << 40; break;
+      default: scale = 0;
+    }
+    digits.pop_back();
+  }
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(digits.c_str(), &end, 0);
+  if (scale == 0 || digits.empty() || errno != 0 || *end != '\0' ||
+      digits[0] == '-' || (scale > 1 && v > UINT64_MAX / scale)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " '", text,
+        "' is not a byte count or address; write e.g. 4096, 0x200000000000 "
+        "or 64G"));
+  }
+  return static_cast<uint64_t>(v) * scale;
+}
+
+absl::StatusOr<int> ParsePositiveInt(const std::string& flag,
+                                     const std::string& text) {
+  int v = 0;
+  if (!absl::SimpleAtoi(text, &v) || v <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " '", text, "' is not a positive integer; write e.g. --",
+        flag, " 4"));
+  }
+  return v;
+}
+
+absl::StatusOr<std::string> ReadSecret(
+    const std::map<std::string, std::string>& flags) {
+  auto it = flags.find("secret-file");
+  if (it != flags.end()) {
+    std::ifstream in(it->second);
+    if (!in) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--secret-file ", it->second, ": cannot read it (",
+          std::strerror(errno), "); pass a readable file holding the secret"));
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string secret(absl::StripTrailingAsciiWhitespace(ss.str()));
+    if (secret.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--secret-file ", it->second,
+          " is empty; write the job's secret into it"));
+    }
+    return secret;
+  }
+  const char* env = std::getenv("PAGEWIRE_SECRET");
+  if (env == nullptr || *env == '\0') {
+    return absl::InvalidArgumentError(
+        "no secret: pass --secret-file FILE or set PAGEWIRE_SECRET (the same "
+        "value every rank uses)");
+  }
+  return std::string(env);
+}
+
+absl::StatusOr<std::pair<CoordinatorConfig, std::string>> ConfigFromFlags(
+    const std::map<std::string, std::string>& flags) {
+  CoordinatorConfig config;
+  // Values that were given are checked before missing flags are named, so
+  // "--nranks x" is reported as a bad --nranks.
+  if (auto it = flags.find("listen"); it != flags.end()) {
+    if (auto hp = pagewire::control::ParseHostPort(it->second); !hp.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--listen: ", hp.status().message()));
+    }
+  }
+  if (auto it = flags.find("nranks"); it != flags.end()) {
+    absl::StatusOr<int> nranks = ParsePositiveInt("nranks", it->second);
+    if (!nranks.ok()) return nranks.status();
+    config.nranks = *nranks;
+  }
+  for (const char* required : {"listen", "nranks", "cluster-id"}) {
+    if (flags.count(required) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", required, " is required; see --help"));
+    }
+  }
+  const std::string listen = flags.at("listen");
+  config.cluster_id = flags.at("cluster-id");
+  absl::StatusOr<std::string> secret = ReadSecret(flags);
+  if (!secret.ok()) return secret.status();
+  config.secret = *secret;
+  if (auto it = flags.find("global-base"); it != flags.end()) {
+    absl::StatusOr<uint64_t> v = ParseBytes("global-base", it->second);
+    if (!v.ok()) return v.status();
+    config.global_base = *v;
+  }
+  if (auto it = flags.find("global-size"); it != flags.end()) {
+    absl::StatusOr<uint64_t> v = ParseBytes("global-size", it->second);
+    if (!v.ok()) return v.status();
+    config.global_size = *v;
+  }
+  if (auto it = flags.find("lease-ms"); it != flags.end()) {
+    absl::StatusOr<int> v = ParsePositiveInt("lease-ms", it->second);
+    if (!v.ok()) return v.status();
+    config.lease = absl::Milliseconds(*v);
+  }
+  if (auto it = flags.find("heartbeat-ms"); it != flags.end()) {
+    absl::StatusOr<int> v = ParsePositiveInt("heartbeat-ms", it->second);
+    if (!v.ok()) return v.status();
+    config.heartbeat_interval = absl::Milliseconds(*v);
+  }
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  return std::make_pair(config, listen);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::StatusOr<std::map<std::string, std::string>> flags =
+      ParseFlags(argc, argv);
+  if (!flags.ok()) {
+    if (absl::IsCancelled(flags.status())) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "pagewire-coordinator: %s\n%s",
+                 std::string(flags.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  auto config = ConfigFromFlags(*flags);
+  if (!config.ok()) {
+    std::fprintf(stderr, "pagewire-coordinator: %s\n%s",
+                 std::string(config.status().message()).c_str(), kUsage);
+    return 2;
+  }
+
+  // Block the stop signals before any thread exists, so every gRPC thread
+  // inherits the mask and only sigwait below receives them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  auto server = CoordinatorServer::Start(config->first, config->second);
+  if (!server.ok()) {
+    std::fprintf(stderr, "pagewire-coordinator: %s\n",
+                 std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("pagewire-coordinator: listening on %s\n",
+              (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  while (sigwait(&stop, &sig) != 0) {
+  }
+  std::fprintf(stderr, "pagewire-coordinator: %s received, shutting down\n",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  server->reset();
+  return 0;
+}

@@ -1,0 +1,236 @@
+// control_client.cc - ControlClient: join, heartbeat and watch threads,
+// barriers and dataspace calls.
+#include "runtime/control/control_client.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/control/grpc_status.h"
+#include "runtime/log.h"
+
+namespace pagewire::control {
+
+ControlClient::ControlClient(ControlClientConfig config)
+    : config_(std::move(config)) {}
+
+absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
+    ControlClientConfig config) {
+  if (config.coordinator.empty()) {
+    return absl::InvalidArgumentError(
+        "no coordinator address; set it to the coordinator's host:port "
+        "(PAGEWIRE_COORDINATOR)");
+  }
+  std::unique_ptr<ControlClient> client(new ControlClient(std::move(config)));
+  const ControlClientConfig& c = client->config_;
+  client->channel_ =
+      grpc::CreateChannel(c.coordinator, grpc::InsecureChannelCredentials());
+  client->membership_ = proto::Membership::NewStub(client->channel_);
+  client->dataspaces_ = proto::Dataspaces::NewStub(client->channel_);
+
+  proto::JoinRequest request;
+  request.set_cluster_id(c.cluster_id);
+  request.set_secret(c.secret);
+  request.set_protocol_version(c.protocol_version);
+  request.set_requested_rank(c.requested_rank);
+  *request.mutable_endpoint() = c.endpoint;
+  proto::JoinReply reply;
+  {
+    std::unique_ptr<grpc::ClientContext> ctx = client->UnaryContext();
+    // Wait for the coordinator to come up (within the deadline) instead of
+    // failing on the first refused connection: ranks often start with it.
+    ctx->set_wait_for_ready(true);
+    grpc::Status st = client->membership_->Join(ctx.get(), request, &reply);
+    if (!st.ok()) {
+      return FromGrpcStatus(
+          st, absl::StrCat("Join via coordinator ", c.coordinator));
+    }
+  }
+  client->rank_ = reply.rank();
+  client->nranks_ = reply.nranks();
+  client->global_base_ = reply.global_base();
+  client->global_size_ = reply.global_size();
+  client->heartbeat_interval_ = absl::Milliseconds(reply.heartbeat_interval_ms());
+  client->lease_ = absl::Milliseconds(reply.lease_ms());
+  client->first_view_ = View::FromProto(reply.view());
+  {
+    absl::MutexLock l(&client->mu_);
+    client->current_view_ = client->first_view_;
+  }
+  ControlClient* raw = client.get();
+  client->heartbeat_thread_ = std::thread([raw] { raw->HeartbeatLoop(); });
+  client->watch_thread_ = std::thread([raw] { raw->WatchLoop(); });
+  return client;
+}
+
+ControlClient::~ControlClient() {
+  if (config_.leave_on_destroy) {
+    absl::Status s = Leave("shutting down");
+    if (!s.ok()) Warning("control client rank %d: Leave: %s", rank_, s.ToString());
+  }
+  {
+    absl::MutexLock l(&mu_);
+    stopping_ = true;
+    if (watch_context_ != nullptr) watch_context_->TryCancel();
+  }
+  heartbeat_thread_.join();
+  watch_thread_.join();
+}
+
+std::unique_ptr<grpc::ClientContext> ControlClient::UnaryContext() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + config_.rpc_deadline));
+  return ctx;
+}
+
+View ControlClient::current_view() const {
+  absl::MutexLock l(&mu_);
+  return current_view_;
+}
+
+void ControlClient::PauseHeartbeatsForTesting(bool paused) {
+  absl::MutexLock l(&mu_);
+  heartbeats_paused_ = paused;
+}
+
+void ControlClient::HeartbeatLoop() {
+  absl::MutexLock l(&mu_);
+  while (!stopping_ && !left_) {
+    // Pacing only: the wait decides when to send, never a failure.
+    const bool stop = mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](bool* s) { return *s; }, &stopping_),
+        heartbeat_interval_);
+    if (stop || left_) break;
+    if (heartbeats_paused_) continue;
+    proto::HeartbeatRequest request;
+    request.set_rank(rank_);
+    request.set_epoch(seen_epoch_);
+    mu_.Unlock();
+    proto::HeartbeatReply reply;
+    std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+    grpc::Status st = membership_->Heartbeat(ctx.get(), request, &reply);
+    mu_.Lock();
+    if (st.ok()) continue;
+    if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+        st.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // The coordinator no longer counts this rank as a member; more
+      // heartbeats cannot change that.
+      Error("control client rank %d: heartbeat refused, stopping "
+            "heartbeats: %s",
+            rank_, st.error_message());
+      break;
+    }
+    // A lost heartbeat: the next one may get through before the lease ends.
+    Warning("control client rank %d: heartbeat failed (%d: %s); the lease "
+            "decides whether this rank stays a member",
+            rank_, static_cast<int>(st.error_code()), st.error_message());
+  }
+}
+
+void ControlClient::WatchLoop() {
+  grpc::ClientContext ctx;  // no deadline: the stream lasts the membership
+  {
+    absl::MutexLock l(&mu_);
+    if (stopping_) return;
+    watch_context_ = &ctx;
+  }
+  proto::WatchViewRequest request;
+  request.set_rank(rank_);
+  request.set_since_epoch(0);  // the current view first
+  std::unique_ptr<grpc::ClientReader<proto::MembershipView>> reader =
+      membership_->WatchView(&ctx, request);
+  proto::MembershipView pv;
+  while (reader->Read(&pv)) {
+    View view = View::FromProto(pv);
+    {
+      absl::MutexLock l(&mu_);
+      if (view.epoch <= seen_epoch_) continue;
+      seen_epoch_ = view.epoch;
+      current_view_ = view;
+    }
+    if (config_.on_view) config_.on_view(view);
+  }
+  grpc::Status st = reader->Finish();
+  absl::MutexLock l(&mu_);
+  watch_context_ = nullptr;
+  if (!stopping_ && !left_ && !st.ok()) {
+    Warning("control client rank %d: view stream ended: %s", rank_,
+            FromGrpcStatus(st, "WatchView").ToString());
+  }
+}
+
+absl::Status ControlClient::Barrier(uint64_t seq) {
+  proto::BarrierRequest request;
+  request.set_rank(rank_);
+  request.set_seq(seq);
+  proto::BarrierReply reply;
+  grpc::ClientContext ctx;  // no deadline: see the header
+  grpc::Status st = membership_->Barrier(&ctx, request, &reply);
+  return FromGrpcStatus(st, absl::StrCat("Barrier ", seq));
+}
+
+absl::StatusOr<proto::Dataspace> ControlClient::CreateDataspace(
+    uint64_t collective_seq, uint64_t length, proto::Placement placement,
+    int home_rank) {
+  proto::CreateDataspaceRequest request;
+  request.set_rank(rank_);
+  request.set_length(length);
+  request.set_placement(placement);
+  request.set_home_rank(home_rank);
+  request.set_collective_seq(collective_seq);
+  proto::CreateDataspaceReply reply;
+  std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+  grpc::Status st = dataspaces_->Create(ctx.get(), request, &reply);
+  if (!st.ok()) return FromGrpcStatus(st, "CreateDataspace");
+  return reply.dataspace();
+}
+
+absl::Status ControlClient::FreeDataspace(uint32_t id) {
+  proto::FreeDataspaceRequest request;
+  request.set_rank(rank_);
+  request.set_id(id);
+  proto::FreeDataspaceReply reply;
+  std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+  return FromGrpcStatus(dataspaces_->Free(ctx.get(), request, &reply),
+                        "FreeDataspace");
+}
+
+absl::StatusOr<proto::Dataspace> ControlClient::LookupDataspace(uint32_t id) {
+  proto::LookupDataspaceRequest request;
+  request.set_id(id);
+  proto::LookupDataspaceReply reply;
+  std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+  grpc::Status st = dataspaces_->Lookup(ctx.get(), request, &reply);
+  if (!st.ok()) return FromGrpcStatus(st, "LookupDataspace");
+  return reply.dataspace();
+}
+
+absl::StatusOr<proto::Dataspace> ControlClient::LookupDataspaceAt(
+    uint64_t addr) {
+  proto::LookupDataspaceRequest request;
+  request.set_addr(addr);
+  proto::LookupDataspaceReply reply;
+  std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+  grpc::Status st = dataspaces_->Lookup(ctx.get(), request, &reply);
+  if (!st.ok()) return FromGrpcStatus(st, "LookupDataspace");
+  return reply.dataspace();
+}
+
+absl::Status ControlClient::Leave(const std::string& reason) {
+  {
+    absl::MutexLock l(&mu_);
+    if (left_) return absl::OkStatus();
+  }
+  proto::LeaveRequest request;
+  request.set_rank(rank_);
+  request.set_reason(reason);
+  proto::LeaveReply reply;
+  std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
+  grpc::Status st = membership_->Leave(ctx.get(), request, &reply);
+  if (!st.ok()) return FromGrpcStatus(st, "Leave");
+  absl::MutexLock l(&mu_);
+  left_ = true;  // also ends the heartbeat loop at its next wake-up
+  return absl::OkStatus();
+}
+
+}  // namespace pagewire::control

@@ -1,0 +1,846 @@
+// coordinator.cc - membership, leases, barriers and collective dataspaces,
+// and the gRPC callback services over them.
+#include "runtime/control/coordinator.h"
+
+#include <algorithm>
+#include <deque>
+#include <limits>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/control/grpc_status.h"
+#include "runtime/log.h"
+#include "runtime/page.h"
+
+namespace pagewire::control {
+namespace {
+
+// Upper bound on ranks: each rank costs a slot and a heartbeat stream, and
+// a bigger number is almost certainly a typo.
+constexpr int kMaxRanks = 1 << 16;
+
+// Compares without an early exit, so the time a refused Join takes does
+// not reveal how much of the secret was right.
+bool SecretsEqual(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? a[i] : 0;
+    const unsigned char y = i < b.size() ? b[i] : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+std::string DescribeEndpoint(const proto::Endpoint& ep) {
+  return absl::StrCat(ep.host().empty() ? "?" : ep.host(), ":",
+                      ep.control_port());
+}
+
+const char* StateName(proto::Member::State s) {
+  return proto::Member::State_Name(s).c_str();
+}
+
+int64_t Millis(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+absl::Status CoordinatorConfig::Validate() const {
+  if (cluster_id.empty()) {
+    return absl::InvalidArgumentError(
+        "cluster id is empty; give the job a name (--cluster-id) and start "
+        "every rank with the same one");
+  }
+  if (secret.empty()) {
+    return absl::InvalidArgumentError(
+        "secret is empty; set PAGEWIRE_SECRET (or --secret-file) to the same "
+        "non-empty value for the coordinator and every rank");
+  }
+  if (nranks < 1 || nranks > kMaxRanks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "nranks is %d; it must be between 1 and %d (--nranks)", nranks,
+        kMaxRanks));
+  }
+  if (!PageAligned(global_base) || !PageAligned(global_size)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "global range base 0x%x size 0x%x is not page-aligned; both must be "
+        "multiples of %d (--global-base, --global-size)",
+        global_base, global_size, kPageSize));
+  }
+  if (global_size == 0 || global_base + global_size < global_base) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "global range base 0x%x size 0x%x is empty or wraps around the "
+        "address space; pass a non-zero --global-size that fits above "
+        "--global-base",
+        global_base, global_size));
+  }
+  if (heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "heartbeat interval must be positive (e.g. 100 ms)");
+  }
+  if (lease < 2 * heartbeat_interval) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease (", absl::FormatDuration(lease),
+        ") must be at least twice the heartbeat interval (",
+        absl::FormatDuration(heartbeat_interval),
+        "), or one late heartbeat would declare a healthy rank dead; raise "
+        "--lease-ms or lower --heartbeat-ms"));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// gRPC adapters. Handlers never block: unary ones finish inline, Barrier
+// finishes when the coordinator calls back, WatchView is a write reactor
+// fed by the coordinator.
+
+namespace {
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx,
+                                    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+// One WatchView stream: a queue of views written one at a time (gRPC
+// allows one outstanding write per stream). Push/End are called by the
+// coordinator under its lock; the On* reactions by gRPC threads.
+class WatchReactor final
+    : public grpc::ServerWriteReactor<proto::MembershipView>,
+      public Coordinator::ViewSink {
+ public:
+  explicit WatchReactor(Coordinator* coordinator) : coordinator_(coordinator) {}
+
+  void Start(const proto::WatchViewRequest& request) {
+    absl::Status s =
+        coordinator_->AddWatcher(request.rank(), request.since_epoch(), this);
+    if (!s.ok()) {
+      absl::MutexLock l(&mu_);
+      finished_ = true;
+      Finish(ToGrpcStatus(s));
+    }
+  }
+
+  void Push(const proto::MembershipView& view, bool last) override {
+    absl::MutexLock l(&mu_);
+    if (finish_requested_) return;
+    queue_.push_back(view);
+    if (last) finish_requested_ = true;
+    PumpLocked();
+  }
+
+  void End() override {
+    absl::MutexLock l(&mu_);
+    finish_requested_ = true;
+    PumpLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock l(&mu_);
+    writing_ = false;
+    queue_.pop_front();
+    if (!ok) {  // the client went away; nobody reads the rest
+      queue_.clear();
+      finish_requested_ = true;
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock l(&mu_);
+    if (!writing_) queue_.clear();
+    finish_requested_ = true;
+    PumpLocked();
+  }
+
+  void OnDone() override {
+    coordinator_->RemoveWatcher(this);
+    delete this;
+  }
+
+ private:
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_) return;
+    if (!queue_.empty()) {
+      writing_ = true;
+      // deque::push_back keeps references to existing elements valid, so
+      // the view stays put until OnWriteDone pops it.
+      StartWrite(&queue_.front());
+      return;
+    }
+    if (finish_requested_) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  Coordinator* const coordinator_;
+  absl::Mutex mu_;
+  std::deque<proto::MembershipView> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+class Coordinator::MembershipServiceImpl final
+    : public proto::Membership::CallbackService {
+ public:
+  explicit MembershipServiceImpl(Coordinator* c) : c_(c) {}
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx,
+                                 const proto::JoinRequest* request,
+                                 proto::JoinReply* reply) override {
+    absl::StatusOr<proto::JoinReply> r = c_->Join(*request);
+    if (r.ok()) *reply = *std::move(r);
+    return FinishNow(ctx, r.status());
+  }
+
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
+                                      const proto::HeartbeatRequest* request,
+                                      proto::HeartbeatReply* reply) override {
+    absl::StatusOr<proto::HeartbeatReply> r = c_->Heartbeat(*request);
+    if (r.ok()) *reply = *std::move(r);
+    return FinishNow(ctx, r.status());
+  }
+
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* ctx,
+                                  const proto::LeaveRequest* request,
+                                  proto::LeaveReply*) override {
+    return FinishNow(ctx, c_->Leave(*request));
+  }
+
+  grpc::ServerWriteReactor<proto::MembershipView>* WatchView(
+      grpc::CallbackServerContext*,
+      const proto::WatchViewRequest* request) override {
+    auto* reactor = new WatchReactor(c_);
+    reactor->Start(*request);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* ctx,
+                                    const proto::BarrierRequest* request,
+                                    proto::BarrierReply* reply) override {
+    // The default reactor may be finished later from any thread; `reply`
+    // stays valid until then.
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    c_->Barrier(*request, [reactor, reply](absl::StatusOr<uint64_t> epoch) {
+      if (epoch.ok()) reply->set_epoch(*epoch);
+      reactor->Finish(ToGrpcStatus(epoch.status()));
+    });
+    return reactor;
+  }
+
+ private:
+  Coordinator* const c_;
+};
+
+class Coordinator::DataspacesServiceImpl final
+    : public proto::Dataspaces::CallbackService {
+ public:
+  explicit DataspacesServiceImpl(Coordinator* c) : c_(c) {}
+
+  grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx,
+                                   const proto::CreateDataspaceRequest* request,
+                                   proto::CreateDataspaceReply* reply) override {
+    absl::StatusOr<proto::Dataspace> r = c_->CreateDataspace(*request);
+    if (r.ok()) *reply->mutable_dataspace() = *std::move(r);
+    return FinishNow(ctx, r.status());
+  }
+
+  grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* ctx,
+                                 const proto::FreeDataspaceRequest* request,
+                                 proto::FreeDataspaceReply*) override {
+    return FinishNow(ctx, c_->FreeDataspace(*request));
+  }
+
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
+                                   const proto::LookupDataspaceRequest* request,
+                                   proto::LookupDataspaceReply* reply) override {
+    absl::StatusOr<proto::Dataspace> r = c_->LookupDataspace(*request);
+    if (r.ok()) *reply->mutable_dataspace() = *std::move(r);
+    return FinishNow(ctx, r.status());
+  }
+
+ private:
+  Coordinator* const c_;
+};
+
+// ---------------------------------------------------------------------------
+// Life cycle
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
+    CoordinatorConfig config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  return std::unique_ptr<Coordinator>(new Coordinator(std::move(config)));
+}
+
+Coordinator::Coordinator(CoordinatorConfig config)
+    : config_(std::move(config)),
+      slots_(config_.nranks),
+      membership_service_(std::make_unique<MembershipServiceImpl>(this)),
+      dataspaces_service_(std::make_unique<DataspacesServiceImpl>(this)) {
+  view_.set_epoch(0);
+  lease_monitor_ = std::thread([this] { LeaseMonitorLoop(); });
+}
+
+Coordinator::~Coordinator() {
+  Shutdown();
+  lease_monitor_.join();
+}
+
+grpc::Service* Coordinator::membership_service() { return membership_service_.get(); }
+grpc::Service* Coordinator::dataspaces_service() { return dataspaces_service_.get(); }
+
+void Coordinator::Shutdown() {
+  std::vector<Completion> done;
+  {
+    absl::MutexLock l(&mu_);
+    if (shutdown_) return;
+    shutdown_ = true;
+    for (const Watcher& w : watchers_) w.sink->End();
+    watchers_.clear();
+    for (auto& [seq, barrier] : barriers_) {
+      for (BarrierDone& d : barrier.waiters) {
+        done.push_back([d = std::move(d), seq = seq] {
+          d(absl::UnavailableError(absl::StrCat(
+              "barrier ", seq, " abandoned: the coordinator is shutting down")));
+        });
+      }
+    }
+    barriers_.clear();
+    lease_cv_.SignalAll();
+  }
+  for (Completion& c : done) c();
+}
+
+// ---------------------------------------------------------------------------
+// Membership
+
+absl::StatusOr<proto::JoinReply> Coordinator::Join(
+    const proto::JoinRequest& request) {
+  // Identity checks first, each naming exactly what differs and the fix.
+  // The secret itself never appears in a message or a log line.
+  if (request.protocol_version() != config_.protocol_version) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "protocol version %d does not match the coordinator's %d; run the "
+        "same Pagewire release on every rank and on the coordinator",
+        request.protocol_version(), config_.protocol_version));
+  }
+  if (request.cluster_id() != config_.cluster_id) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "cluster id '%s' does not match the coordinator's '%s'; start every "
+        "rank with the same cluster id (PAGEWIRE_CLUSTER_ID) as the "
+        "coordinator's --cluster-id",
+        request.cluster_id(), config_.cluster_id));
+  }
+  if (!SecretsEqual(request.secret(), config_.secret)) {
+    return absl::FailedPreconditionError(
+        "secret does not match the coordinator's; start every rank with the "
+        "same PAGEWIRE_SECRET as the coordinator");
+  }
+  const int requested = request.requested_rank();
+  if (requested < -1 || requested >= config_.nranks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "requested rank %d is out of range: this job has %d ranks (0..%d); "
+        "ask for -1 (any free rank) or start the coordinator with a larger "
+        "--nranks",
+        requested, config_.nranks, config_.nranks - 1));
+  }
+
+  absl::MutexLock l(&mu_);
+  if (shutdown_) {
+    return absl::UnavailableError("the coordinator is shutting down");
+  }
+  int rank = requested;
+  if (rank == -1) {
+    for (int r = 0; r < config_.nranks; ++r) {
+      if (!slots_[r].joined) {
+        rank = r;
+        break;
+      }
+    }
+    if (rank == -1) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "all %d ranks of this job have already joined; start the "
+          "coordinator with a larger --nranks to add nodes",
+          config_.nranks));
+    }
+  } else if (slots_[rank].joined) {
+    const Slot& s = slots_[rank];
+    if (s.state == proto::Member::ALIVE) {
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "rank %d is already taken by %s; give each node a distinct rank "
+          "or ask for -1 (any free rank)",
+          rank, DescribeEndpoint(s.endpoint)));
+    }
+    return absl::AlreadyExistsError(absl::StrFormat(
+        "rank %d already was a member and is now %s; ranks are not reused "
+        "within a job, restart the whole job",
+        rank, StateName(s.state)));
+  }
+
+  Slot& slot = slots_[rank];
+  slot.joined = true;
+  slot.state = proto::Member::ALIVE;
+  slot.endpoint = request.endpoint();
+  slot.last_heartbeat = Clock::now();
+  PublishLocked();
+  lease_cv_.Signal();  // the monitor may have had no lease to watch
+  Log("coordinator: rank %d joined from %s (epoch %d)", rank,
+      DescribeEndpoint(slot.endpoint), epoch_);
+
+  proto::JoinReply reply;
+  reply.set_rank(rank);
+  reply.set_nranks(config_.nranks);
+  reply.set_global_base(config_.global_base);
+  reply.set_global_size(config_.global_size);
+  reply.set_epoch(epoch_);
+  reply.set_heartbeat_interval_ms(
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.heartbeat_interval)));
+  reply.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.lease)));
+  *reply.mutable_view() = view_;
+  return reply;
+}
+
+absl::StatusOr<proto::HeartbeatReply> Coordinator::Heartbeat(
+    const proto::HeartbeatRequest& request) {
+  absl::MutexLock l(&mu_);
+  if (absl::Status s = CheckAliveLocked(request.rank(), "Heartbeat"); !s.ok()) {
+    return s;
+  }
+  // The monitor need not wake: this lease only moved later.
+  slots_[request.rank()].last_heartbeat = Clock::now();
+  proto::HeartbeatReply reply;
+  reply.set_epoch(epoch_);
+  return reply;
+}
+
+absl::Status Coordinator::Leave(const proto::LeaveRequest& request) {
+  std::vector<Completion> done;
+  {
+    absl::MutexLock l(&mu_);
+    const int rank = request.rank();
+    if (rank >= 0 && rank < config_.nranks && slots_[rank].joined &&
+        slots_[rank].state == proto::Member::LEFT) {
+      return absl::OkStatus();  // a retried Leave
+    }
+    if (absl::Status s = CheckAliveLocked(rank, "Leave"); !s.ok()) return s;
+    slots_[rank].state = proto::Member::LEFT;
+    PublishLocked();
+    Log("coordinator: rank %d left (%s), epoch %d", rank,
+        request.reason().empty() ? "no reason given" : request.reason(),
+        epoch_);
+    MemberGoneLocked(rank, absl::StrCat("rank ", rank, " left the job (",
+                                        request.reason(), ")"),
+                     &done);
+  }
+  for (Completion& c : done) c();
+  return absl::OkStatus();
+}
+
+proto::MembershipView Coordinator::CurrentView() const {
+  absl::MutexLock l(&mu_);
+  return view_;
+}
+
+absl::Status Coordinator::AddWatcher(int rank, uint64_t since_epoch,
+                                     ViewSink* sink) {
+  absl::MutexLock l(&mu_);
+  if (shutdown_) {
+    return absl::UnavailableError("the coordinator is shutting down");
+  }
+  if (rank < -1 || rank >= config_.nranks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "WatchView from rank %d: out of range 0..%d (use -1 to watch "
+        "without being a member)",
+        rank, config_.nranks - 1));
+  }
+  if (rank >= 0 && slots_[rank].joined &&
+      slots_[rank].state != proto::Member::ALIVE) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "WatchView from rank %d, which is %s; it is no longer a member",
+        rank, StateName(slots_[rank].state)));
+  }
+  if (view_.epoch() > since_epoch) sink->Push(view_, /*last=*/false);
+  watchers_.push_back(Watcher{rank, sink});
+  return absl::OkStatus();
+}
+
+void Coordinator::RemoveWatcher(ViewSink* sink) {
+  absl::MutexLock l(&mu_);
+  watchers_.erase(std::remove_if(watchers_.begin(), watchers_.end(),
+                                 [sink](const Watcher& w) {
+                                   return w.sink == sink;
+                                 }),
+                  watchers_.end());
+}
+
+void Coordinator::PublishLocked() {
+  ++epoch_;
+  view_.Clear();
+  view_.set_epoch(epoch_);
+  for (int r = 0; r < config_.nranks; ++r) {
+    const Slot& s = slots_[r];
+    if (!s.joined) continue;
+    proto::Member* m = view_.add_members();
+    m->set_rank(r);
+    m->set_state(s.state);
+    *m->mutable_endpoint() = s.endpoint;
+  }
+  // Every watcher gets every view, in epoch order, because this runs under
+  // mu_. A watcher whose own rank is gone gets this last view and ends.
+  std::vector<Watcher> keep;
+  keep.reserve(watchers_.size());
+  for (const Watcher& w : watchers_) {
+    const bool gone = w.rank >= 0 && slots_[w.rank].joined &&
+                      slots_[w.rank].state != proto::Member::ALIVE;
+    w.sink->Push(view_, gone);
+    if (!gone) keep.push_back(w);
+  }
+  watchers_ = std::move(keep);
+}
+
+void Coordinator::MemberGoneLocked(int rank, const std::string& why,
+                                   std::vector<Completion>* out) {
+  // A pending barrier can no longer mean "everyone got here": fail every
+  // waiter, naming the rank, and remember why for latecomers.
+  for (auto& [seq, barrier] : barriers_) {
+    const std::string msg = absl::StrFormat(
+        "barrier %d cannot complete: %s at epoch %d", seq, why, epoch_);
+    failed_barriers_[seq] = msg;
+    for (BarrierDone& d : barrier.waiters) {
+      out->push_back([d = std::move(d), msg] { d(absl::UnavailableError(msg)); });
+    }
+  }
+  barriers_.clear();
+  (void)rank;
+  // The gone rank will never free its dataspaces; release those every
+  // remaining rank has freed.
+  ReleaseFreedLocked();
+}
+
+bool Coordinator::LiveLocked(int rank) const {
+  const Slot& s = slots_[rank];
+  return !(s.joined && (s.state == proto::Member::DEAD ||
+                        s.state == proto::Member::LEFT));
+}
+
+absl::Status Coordinator::CheckAliveLocked(int rank, const char* what) const {
+  if (rank < 0 || rank >= config_.nranks) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s from rank %d: out of range, this job has ranks 0..%d", what, rank,
+        config_.nranks - 1));
+  }
+  const Slot& s = slots_[rank];
+  if (!s.joined) {
+    return absl::NotFoundError(absl::StrFormat(
+        "%s from rank %d, which has not joined; call Join first", what, rank));
+  }
+  if (s.state != proto::Member::ALIVE) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s from rank %d, which is %s since an earlier view; a rank that "
+        "was declared DEAD (its lease expired) or LEFT cannot act in the "
+        "job any more, restart the job",
+        what, rank, StateName(s.state)));
+  }
+  return absl::OkStatus();
+}
+
+void Coordinator::LeaseMonitorLoop() {
+  const auto lease = absl::ToChronoNanoseconds(config_.lease);
+  absl::MutexLock l(&mu_);
+  while (!shutdown_) {
+    const Clock::time_point now = Clock::now();
+    Clock::time_point next = Clock::time_point::max();
+    std::vector<int> expired;
+    for (int r = 0; r < config_.nranks; ++r) {
+      Slot& s = slots_[r];
+      if (!s.joined || s.state != proto::Member::ALIVE) continue;
+      const Clock::time_point expiry = s.last_heartbeat + lease;
+      if (expiry <= now) {
+        expired.push_back(r);
+      } else {
+        next = std::min(next, expiry);
+      }
+    }
+    if (!expired.empty()) {
+      // The one place where the clock decides: a membership decision,
+      // published as a view, never a failed request.
+      for (int r : expired) slots_[r].state = proto::Member::DEAD;
+      PublishLocked();
+      std::vector<Completion> done;
+      for (int r : expired) {
+        const int64_t silent_ms = Millis(now - slots_[r].last_heartbeat);
+        Warning(
+            "coordinator: rank %d declared DEAD at epoch %d: no heartbeat "
+            "for %d ms (lease %d ms)",
+            r, epoch_, silent_ms, absl::ToInt64Milliseconds(config_.lease));
+        MemberGoneLocked(r,
+                         absl::StrFormat("rank %d became DEAD (no heartbeat "
+                                         "for %d ms, lease %d ms)",
+                                         r, silent_ms,
+                                         absl::ToInt64Milliseconds(config_.lease)),
+                         &done);
+      }
+      mu_.Unlock();
+      for (Completion& c : done) c();
+      mu_.Lock();
+      continue;
+    }
+    if (next == Clock::time_point::max()) {
+      lease_cv_.Wait(&mu_);
+    } else {
+      lease_cv_.WaitWithTimeout(&mu_, absl::FromChrono(next - now));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Barriers
+
+void Coordinator::Barrier(const proto::BarrierRequest& request,
+                          BarrierDone done) {
+  std::vector<Completion> completions;
+  absl::Status refused;
+  {
+    absl::MutexLock l(&mu_);
+    const uint64_t seq = request.seq();
+    if (shutdown_) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "barrier ", seq, " refused: the coordinator is shutting down"));
+    } else if (absl::Status s = CheckAliveLocked(request.rank(), "Barrier");
+               !s.ok()) {
+      refused = s;
+    } else if (auto it = failed_barriers_.find(seq);
+               it != failed_barriers_.end()) {
+      refused = absl::UnavailableError(it->second);
+    } else {
+      PendingBarrier& b = barriers_[seq];
+      b.arrived.insert(request.rank());
+      b.waiters.push_back(std::move(done));
+      CompleteBarriersLocked(&completions);
+    }
+  }
+  if (!refused.ok()) {
+    done(refused);
+    return;
+  }
+  for (Completion& c : completions) c();
+}
+
+void Coordinator::CompleteBarriersLocked(std::vector<Completion>* out) {
+  for (auto it = barriers_.begin(); it != barriers_.end();) {
+    bool complete = true;
+    for (int r = 0; r < config_.nranks && complete; ++r) {
+      // Ranks that have not joined yet are waited for; DEAD and LEFT
+      // ranks are not (a barrier pending when they went failed then).
+      if (LiveLocked(r) && it->second.arrived.count(r) == 0) complete = false;
+    }
+    if (!complete) {
+      ++it;
+      continue;
+    }
+    const uint64_t epoch = epoch_;
+    for (BarrierDone& d : it->second.waiters) {
+      out->push_back([d = std::move(d), epoch] { d(epoch); });
+    }
+    it = barriers_.erase(it);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Dataspaces
+
+absl::StatusOr<proto::Dataspace> Coordinator::CreateDataspace(
+    const proto::CreateDataspaceRequest& request) {
+  const int rank = request.rank();
+  const uint64_t seq = request.collective_seq();
+  if (request.length() == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "collective create %d from rank %d: length is 0; a dataspace needs "
+        "at least one byte",
+        seq, rank));
+  }
+  if (!proto::Placement_IsValid(request.placement())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "collective create %d from rank %d: placement %d is not one of "
+        "BLOCK, CYCLIC, ON_RANK, FIRST_TOUCH",
+        seq, rank, static_cast<int>(request.placement())));
+  }
+  if (request.placement() == proto::ON_RANK &&
+      (request.home_rank() < 0 || request.home_rank() >= config_.nranks)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "collective create %d from rank %d: ON_RANK placement needs a "
+        "home_rank in 0..%d, got %d",
+        seq, rank, config_.nranks - 1, request.home_rank()));
+  }
+
+  absl::MutexLock l(&mu_);
+  if (absl::Status s = CheckAliveLocked(rank, "CreateDataspace"); !s.ok()) {
+    return s;
+  }
+  if (auto it = creates_.find(seq); it != creates_.end()) {
+    const CollectiveCreate& c = it->second;
+    auto mismatch = [&](const char* field, const std::string& mine,
+                        const std::string& first) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "collective create %d: rank %d passed %s=%s but rank %d (the first "
+          "caller) passed %s=%s; every rank must call a collective create "
+          "with the same arguments",
+          seq, rank, field, mine, c.first_rank, field, first));
+    };
+    if (request.length() != c.args.length()) {
+      return mismatch("length", absl::StrCat(request.length()),
+                      absl::StrCat(c.args.length()));
+    }
+    if (request.placement() != c.args.placement()) {
+      return mismatch("placement", proto::Placement_Name(request.placement()),
+                      proto::Placement_Name(c.args.placement()));
+    }
+    if (request.placement() == proto::ON_RANK &&
+        request.home_rank() != c.args.home_rank()) {
+      return mismatch("home_rank", absl::StrCat(request.home_rank()),
+                      absl::StrCat(c.args.home_rank()));
+    }
+    auto ds = dataspaces_.find(c.id);
+    if (ds == dataspaces_.end()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "collective create %d from rank %d: its dataspace %d was already "
+          "freed by every live rank; call collective creates in the same "
+          "order on every rank",
+          seq, rank, c.id));
+    }
+    return ds->second.dataspace;
+  }
+
+  const uint64_t length = PageUp(request.length());
+  absl::StatusOr<uint64_t> addr = AllocateRangeLocked(length);
+  if (!addr.ok()) return addr.status();
+  const uint32_t id = next_dataspace_id_++;
+  DataspaceRecord& rec = dataspaces_[id];
+  rec.dataspace.set_id(id);
+  rec.dataspace.set_addr(*addr);
+  rec.dataspace.set_length(length);
+  rec.dataspace.set_placement(request.placement());
+  rec.dataspace.set_home_rank(
+      request.placement() == proto::ON_RANK ? request.home_rank() : -1);
+  rec.dataspace.set_page_size(static_cast<uint32_t>(kPageSize));
+  creates_[seq] = CollectiveCreate{rank, request, id};
+  Log("coordinator: dataspace %d = [0x%x, 0x%x) %s, collective create %d "
+      "(first caller rank %d)",
+      id, *addr, *addr + length, proto::Placement_Name(request.placement()),
+      seq, rank);
+  return rec.dataspace;
+}
+
+absl::StatusOr<uint64_t> Coordinator::AllocateRangeLocked(
+    uint64_t length) const {
+  std::vector<std::pair<uint64_t, uint64_t>> used;  // (addr, length)
+  used.reserve(dataspaces_.size());
+  uint64_t in_use = 0;
+  for (const auto& [id, rec] : dataspaces_) {
+    used.emplace_back(rec.dataspace.addr(), rec.dataspace.length());
+    in_use += rec.dataspace.length();
+  }
+  std::sort(used.begin(), used.end());
+  const uint64_t end = config_.global_base + config_.global_size;
+  uint64_t cursor = config_.global_base;
+  for (const auto& [addr, len] : used) {
+    if (addr - cursor >= length) return cursor;  // first fit
+    cursor = addr + len;
+  }
+  if (end - cursor >= length) return cursor;
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "the global range (%d bytes, %d in use by %d dataspaces) has no free "
+      "gap of %d bytes; free dataspaces or start the coordinator with a "
+      "larger --global-size",
+      config_.global_size, in_use, dataspaces_.size(), length));
+}
+
+absl::Status Coordinator::FreeDataspace(
+    const proto::FreeDataspaceRequest& request) {
+  absl::MutexLock l(&mu_);
+  if (absl::Status s = CheckAliveLocked(request.rank(), "FreeDataspace");
+      !s.ok()) {
+    return s;
+  }
+  auto it = dataspaces_.find(request.id());
+  if (it == dataspaces_.end()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "FreeDataspace from rank %d: no dataspace with id %d (never created, "
+        "or already freed by every live rank)",
+        request.rank(), request.id()));
+  }
+  it->second.freed_by.insert(request.rank());
+  ReleaseFreedLocked();
+  return absl::OkStatus();
+}
+
+void Coordinator::ReleaseFreedLocked() {
+  for (auto it = dataspaces_.begin(); it != dataspaces_.end();) {
+    bool all = !it->second.freed_by.empty();
+    for (int r = 0; r < config_.nranks && all; ++r) {
+      const Slot& s = slots_[r];
+      if (s.joined && s.state == proto::Member::ALIVE &&
+          it->second.freed_by.count(r) == 0) {
+        all = false;
+      }
+    }
+    if (!all) {
+      ++it;
+      continue;
+    }
+    Log("coordinator: dataspace %d released (freed by every live rank)",
+        it->first);
+    it = dataspaces_.erase(it);
+  }
+}
+
+absl::StatusOr<proto::Dataspace> Coordinator::LookupDataspace(
+    const proto::LookupDataspaceRequest& request) const {
+  absl::MutexLock l(&mu_);
+  switch (request.key_case()) {
+    case proto::LookupDataspaceRequest::kId: {
+      auto it = dataspaces_.find(request.id());
+      if (it == dataspaces_.end()) {
+        return absl::NotFoundError(absl::StrFormat(
+            "no dataspace with id %d (never created, or already freed by "
+            "every live rank)",
+            request.id()));
+      }
+      return it->second.dataspace;
+    }
+    case proto::LookupDataspaceRequest::kAddr: {
+      const uint64_t a = request.addr();
+      for (const auto& [id, rec] : dataspaces_) {
+        const proto::Dataspace& d = rec.dataspace;
+        if (a >= d.addr() && a - d.addr() < d.length()) return d;
+      }
+      const bool inside = a >= config_.global_base &&
+                          a - config_.global_base < config_.global_size;
+      return absl::NotFoundError(absl::StrFormat(
+          "address 0x%x is not inside any dataspace%s", a,
+          inside ? "" : absl::StrFormat(" (nor inside the global range "
+                                        "[0x%x, 0x%x))",
+                                        config_.global_base,
+                                        config_.global_base +
+                                            config_.global_size)));
+    }
+    default:
+      return absl::InvalidArgumentError(
+          "LookupDataspace needs a key: set either id or addr");
+  }
+}
+
+}  // namespace pagewire::control

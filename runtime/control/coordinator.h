@@ -1,0 +1,205 @@
+// coordinator.h - the job's membership and dataspace authority: admits
+// ranks, keeps their leases, publishes membership views, runs barriers and
+// allocates collective dataspaces out of the global range.
+//
+// The Coordinator implements the gRPC services Membership and Dataspaces
+// (proto/control_plane.proto); CoordinatorServer (coordinator_server.h)
+// puts it on a port. It is never on the path of a page fault: ranks talk to
+// it to join, to learn who else is alive, to synchronise and to allocate.
+//
+// Time: lease expiry is the only place where the clock decides anything.
+// A rank whose last heartbeat is older than the lease is declared DEAD in a
+// new view (a membership decision); no request is ever failed by a timeout.
+// A pending Barrier waits until it completes, or until a rank becomes DEAD
+// or LEFT (then it fails with UNAVAILABLE naming that rank), or until the
+// coordinator shuts down.
+//
+// Threads: the gRPC server's callback threads call the services; the
+// coordinator's own lease-monitor thread expires leases. Every public method
+// is thread-safe. Handlers never block: Barrier and WatchView are callback
+// reactors that finish when the coordinator has something to say. Call
+// Shutdown() before shutting down the grpc::Server that serves it (the
+// server waits for pending barriers and watch streams, and Shutdown() ends
+// them), and destroy the coordinator only after that server is gone.
+#ifndef PAGEWIRE_RUNTIME_CONTROL_COORDINATOR_H_
+#define PAGEWIRE_RUNTIME_CONTROL_COORDINATOR_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/impl/codegen/service_type.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/control_plane.grpc.pb.h"
+#include "proto/control_plane.pb.h"
+#include "runtime/control/protocol.h"
+
+namespace pagewire::control {
+
+struct CoordinatorConfig {
+  std::string cluster_id;  // every rank must join with the same id
+  std::string secret;      // shared job secret (PAGEWIRE_SECRET); never logged
+  uint32_t protocol_version = kProtocolVersion;
+  int nranks = 0;          // ranks 0 .. nranks-1
+  // The job's global address range, handed to every rank in JoinReply and
+  // carved into dataspaces. Both page-aligned.
+  uint64_t global_base = uint64_t{0x2000} << 32;
+  uint64_t global_size = uint64_t{1} << 40;
+  // How often ranks heartbeat, and how long a silent rank stays a member.
+  // The lease must cover several heartbeats so one lost heartbeat (a slow
+  // network, a busy node) does not kill a rank.
+  absl::Duration heartbeat_interval = absl::Milliseconds(100);
+  absl::Duration lease = absl::Seconds(2);
+
+  // OK, or INVALID_ARGUMENT naming the bad field and the fix.
+  absl::Status Validate() const;
+};
+
+class Coordinator {
+ public:
+  // Validates `config` and starts the lease monitor.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(
+      CoordinatorConfig config);
+  // Stops the lease monitor. Shutdown() must have been called, and the
+  // grpc::Server serving this coordinator must already be destroyed.
+  ~Coordinator();
+
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // The two gRPC services, to register with a grpc::ServerBuilder.
+  grpc::Service* membership_service();
+  grpc::Service* dataspaces_service();
+
+  // Ends every watch stream and fails every pending barrier with
+  // UNAVAILABLE ("coordinator shutting down"); later Barrier and WatchView
+  // calls fail at once. Idempotent.
+  void Shutdown();
+
+  // --- The operations behind the RPCs (also usable without gRPC). ---
+
+  absl::StatusOr<proto::JoinReply> Join(const proto::JoinRequest& request);
+  absl::StatusOr<proto::HeartbeatReply> Heartbeat(
+      const proto::HeartbeatRequest& request);
+  absl::Status Leave(const proto::LeaveRequest& request);
+  proto::MembershipView CurrentView() const;
+
+  // Calls `done` exactly once: when every rank that is not DEAD or LEFT has
+  // arrived at `seq` (OK, with the epoch), or with UNAVAILABLE when a rank
+  // becomes DEAD or LEFT first or the coordinator shuts down, or at once on
+  // bad input. `done` may run inline or on another caller's thread, never
+  // under the coordinator's lock.
+  using BarrierDone = std::function<void(absl::StatusOr<uint64_t> epoch)>;
+  void Barrier(const proto::BarrierRequest& request, BarrierDone done);
+
+  absl::StatusOr<proto::Dataspace> CreateDataspace(
+      const proto::CreateDataspaceRequest& request);
+  absl::Status FreeDataspace(const proto::FreeDataspaceRequest& request);
+  absl::StatusOr<proto::Dataspace> LookupDataspace(
+      const proto::LookupDataspaceRequest& request) const;
+
+  // Receives views for a WatchView stream. Called with the coordinator's
+  // lock held, in epoch order, so it must only queue the view; `last` says
+  // no more views follow (the watcher's rank left or died, or shutdown).
+  class ViewSink {
+   public:
+    virtual ~ViewSink() = default;
+    virtual void Push(const proto::MembershipView& view, bool last) = 0;
+    virtual void End() = 0;  // no view to add; finish the stream
+  };
+  // Sends the current view (if newer than since_epoch) and every later one
+  // to `sink` until RemoveWatcher or the end. FAILED_PRECONDITION after
+  // Shutdown().
+  absl::Status AddWatcher(int rank, uint64_t since_epoch, ViewSink* sink);
+  void RemoveWatcher(ViewSink* sink);
+
+  const CoordinatorConfig& config() const { return config_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  struct Slot {
+    proto::Member::State state = proto::Member::JOINING;
+    bool joined = false;
+    proto::Endpoint endpoint;
+    Clock::time_point last_heartbeat;
+  };
+  struct PendingBarrier {
+    std::set<int> arrived;
+    std::vector<BarrierDone> waiters;
+  };
+  struct CollectiveCreate {
+    int first_rank = -1;
+    proto::CreateDataspaceRequest args;  // of the first caller
+    uint32_t id = 0;
+  };
+  struct DataspaceRecord {
+    proto::Dataspace dataspace;
+    std::set<int> freed_by;
+  };
+  struct Watcher {
+    int rank;
+    ViewSink* sink;
+  };
+  using Completion = std::function<void()>;
+
+  explicit Coordinator(CoordinatorConfig config);
+
+  void LeaseMonitorLoop();
+  // Bumps the epoch, rebuilds the view and pushes it to the watchers.
+  void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `rank` just became DEAD or LEFT: fail pending barriers, finish its
+  // watch streams, release dataspaces every remaining rank has freed.
+  void MemberGoneLocked(int rank, const std::string& why,
+                        std::vector<Completion>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Completes every pending barrier that all live ranks have reached.
+  void CompleteBarriersLocked(std::vector<Completion>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseFreedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool LiveLocked(int rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckAliveLocked(int rank, const char* what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> AllocateRangeLocked(uint64_t length) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoordinatorConfig config_;
+
+  mutable absl::Mutex mu_;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  proto::MembershipView view_ ABSL_GUARDED_BY(mu_);
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);  // indexed by rank
+  std::map<uint64_t, PendingBarrier> barriers_ ABSL_GUARDED_BY(mu_);
+  // Barriers that failed because a rank went away, and why: a rank that
+  // arrives late at one fails the same way instead of waiting forever.
+  std::map<uint64_t, std::string> failed_barriers_ ABSL_GUARDED_BY(mu_);
+  std::vector<Watcher> watchers_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, CollectiveCreate> creates_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, DataspaceRecord> dataspaces_ ABSL_GUARDED_BY(mu_);
+  uint32_t next_dataspace_id_ ABSL_GUARDED_BY(mu_) = 1;  // 0 = the pool
+  absl::CondVar lease_cv_;  // heartbeat, join or shutdown: recompute
+
+  // gRPC adapters (coordinator.cc); they hold a pointer back to *this.
+  class MembershipServiceImpl;
+  class DataspacesServiceImpl;
+  std::unique_ptr<MembershipServiceImpl> membership_service_;
+  std::unique_ptr<DataspacesServiceImpl> dataspaces_service_;
+
+  std::thread lease_monitor_;  // last: starts after everything above exists
+};
+
+}  // namespace pagewire::control
+
+#endif  // PAGEWIRE_RUNTIME_CONTROL_COORDINATOR_H_

@@ -1,0 +1,17 @@
+// protocol.h - the control-plane protocol version a node speaks.
+//
+// Bumped whenever proto/control_plane.proto changes in a way an older node
+// cannot follow. The coordinator refuses a Join whose protocol_version
+// differs from its own, so every rank of a job runs compatible binaries.
+#ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
+#define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
+
+#include <cstdint>
+
+namespace pagewire::control {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+
+}  // namespace pagewire::control
+
+#endif  // PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_

@@ -1,0 +1,390 @@
+// tcp_transport.h - the Transport over plain TCP sockets, for clusters
+// without RDMA.
+//
+// One epoll thread, named "pw-tcp", does all the network work of a node: it
+// accepts connections, serves the one-sided operations peers post to this
+// node straight from registered memory (READ, WRITE, FETCH_ADD,
+// COMPARE_SWAP; never through a home manager), receives the responses to
+// the operations this node posted, delivers messages, and flushes output
+// that did not fit a socket buffer. Each pair of nodes uses two
+// connections: the requester's outgoing connection carries its requests and
+// messages, and the target answers on the same connection, in order, so a
+// response finds its pending request at the head of a per-connection FIFO
+// (O(1), no lookup).
+//
+// Nothing on the data path has a wall-clock timeout: the thread sleeps in
+// epoll_wait(-1) and is woken by sockets or an eventfd. A peer is gone when
+// its connection breaks or the owner calls PeerDied(); its outstanding
+// operations then complete with kPeerGone while other peers carry on. Bad
+// input (garbage on the port, wrong magic or version, unknown rkey,
+// out-of-range address, oversized frame) is logged as a warning naming the
+// peer and closes at most that one connection.
+//
+// Files: setup and connections in tcp_transport.cc; posting, serving and
+// completions in tcp_transport_datapath.cc. The wire format is in
+// tcp_internal below (tests build raw frames from it).
+#ifndef PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_
+#define PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "runtime/log.h"
+#include "runtime/transport.h"
+
+namespace pagewire {
+
+struct TcpTransportConfig {
+  int rank = 0;  // this node's rank, sent in the hello
+  std::string bind_host = "0.0.0.0";
+  // What LocalEndpoint() reports. Empty: bind_host, or 127.0.0.1 when
+  // bind_host is the wildcard 0.0.0.0.
+  std::string advertise_host;
+  uint16_t port = 0;  // 0: an ephemeral port (see LocalEndpoint())
+  // Both ends of a connection must agree; a mismatch is rejected.
+  uint32_t protocol_version = 1;
+};
+
+// The wire format. All integers are little-endian (the byte order of every
+// machine Pagewire runs on; checked by static_assert in the .cc files).
+//
+//   Outgoing connection, requester -> target:
+//     Hello            once, first
+//     RequestHeader    kind kOp:      opcode, length, remote_addr, rkey,
+//                                     compare_add, swap; WRITE: followed by
+//                                     `length` payload bytes
+//                      kind kMessage: msg_type, length; followed by
+//                                     `length` body bytes
+//   Same connection, target -> requester, one per kOp in FIFO order:
+//     ResponseHeader   status; READ success: followed by `length` bytes;
+//                      atomics: old value in `value`
+namespace tcp_internal {
+
+inline constexpr char kHelloMagic[8] = {'P', 'W', 'T', 'C', 'P', '-', 'D', 'P'};
+
+struct Hello {
+  char magic[8];
+  uint32_t protocol_version;
+  int32_t rank;
+};
+static_assert(sizeof(Hello) == 16, "Hello is 16 bytes on the wire");
+
+enum class FrameKind : uint8_t {
+  kOp = 1,
+  kMessage = 2,
+  kResponse = 3,
+};
+
+struct RequestHeader {
+  uint8_t kind;      // FrameKind::kOp or kMessage
+  uint8_t opcode;    // WorkOpcode (kOp)
+  uint16_t msg_type;  // kMessage
+  uint32_t length;   // op bytes, or message body bytes
+  uint64_t remote_addr;
+  uint32_t rkey;
+  uint32_t reserved;
+  uint64_t compare_add;
+  uint64_t swap;
+};
+static_assert(sizeof(RequestHeader) == 40, "RequestHeader is 40 bytes");
+
+enum class ResponseStatus : uint8_t {
+  kOk = 0,
+  kRemoteAccessError = 1,
+};
+
+struct ResponseHeader {
+  uint8_t kind;    // FrameKind::kResponse
+  uint8_t status;  // ResponseStatus
+  uint16_t reserved;
+  uint32_t length;  // payload bytes that follow (READ success only)
+  uint64_t value;   // atomics: the old value
+};
+static_assert(sizeof(ResponseHeader) == 16, "ResponseHeader is 16 bytes");
+
+// The largest READ or WRITE one work request may move. It bounds what a
+// receiver accepts in one frame, so a garbage length is rejected instead of
+// allocated; 64 MiB is far above the largest unit Pagewire moves (a huge
+// page, 2 MiB).
+inline constexpr uint32_t kMaxOpBytes = 64u << 20;
+
+// A byte FIFO: output waiting for the socket. Appends at the back, consumes
+// at the front; keeps its capacity, so the steady state never allocates.
+class ByteQueue {
+ public:
+  explicit ByteQueue(size_t reserve) { buf_.reserve(reserve); }
+  bool empty() const { return head_ == buf_.size(); }
+  size_t size() const { return buf_.size() - head_; }
+  const char* data() const { return buf_.data() + head_; }
+  void Append(const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    buf_.insert(buf_.end(), c, c + n);
+  }
+  void Consume(size_t n) {
+    head_ += n;
+    if (head_ == buf_.size()) {
+      buf_.clear();
+      head_ = 0;
+    } else if (head_ >= kCompactBytes && head_ * 2 >= buf_.size()) {
+      // Moving less than what was consumed keeps Consume amortized O(n).
+      buf_.erase(buf_.begin(), buf_.begin() + head_);
+      head_ = 0;
+    }
+  }
+
+ private:
+  static constexpr size_t kCompactBytes = 1 << 20;
+  std::vector<char> buf_;
+  size_t head_ = 0;
+};
+
+// A FIFO ring of trivially copyable T; doubles only when full.
+template <typename T>
+class Ring {
+ public:
+  explicit Ring(size_t capacity) : slots_(RoundUp(capacity)) {}
+  bool empty() const { return head_ == tail_; }
+  size_t size() const { return tail_ - head_; }
+  void Push(const T& t) {
+    if (size() == slots_.size()) Grow();
+    slots_[tail_++ & (slots_.size() - 1)] = t;
+  }
+  const T& Front() const { return slots_[head_ & (slots_.size() - 1)]; }
+  // The i-th element from the front (i < size()).
+  const T& At(size_t i) const {
+    return slots_[(head_ + i) & (slots_.size() - 1)];
+  }
+  void PopFront() { ++head_; }
+
+ private:
+  static size_t RoundUp(size_t n) {
+    size_t c = 1;
+    while (c < n) c <<= 1;
+    return c;
+  }
+  void Grow() {
+    std::vector<T> bigger(slots_.size() * 2);
+    for (size_t i = 0; i < size(); ++i) bigger[i] = At(i);
+    tail_ = size();
+    head_ = 0;
+    slots_.swap(bigger);
+  }
+  std::vector<T> slots_;
+  uint64_t head_ = 0;  // never wraps in practice: 2^64 operations
+  uint64_t tail_ = 0;
+};
+
+// Closes a file descriptor once.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace tcp_internal
+
+// Threads: as for Transport. Create() and the destructor from the owner;
+// RegisterMemory/DeregisterMemory/Connect/PeerDied from owner (control-plane)
+// threads; PostSend and SendMessage from any thread; PollCompletions from one
+// consumer thread. The message handler runs on "pw-tcp" and must not block
+// or call SetMessageHandler. The destructor must not race with other calls.
+class TcpTransport final : public Transport {
+ public:
+  // Binds and listens on config.bind_host:config.port and starts "pw-tcp".
+  static absl::StatusOr<std::unique_ptr<TcpTransport>> Create(
+      const TcpTransportConfig& config);
+  // Stops the thread; outstanding operations complete with kFlushed.
+  ~TcpTransport() override;
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  std::string Name() const override { return "tcp"; }
+  absl::StatusOr<MemoryRegion> RegisterMemory(void* addr,
+                                              uint64_t length) override;
+  absl::Status DeregisterMemory(const MemoryRegion& region) override;
+  TransportEndpoint LocalEndpoint() const override;
+  // Connects with a blocking connect(2) on the caller's (control-plane)
+  // thread, then hands the socket to "pw-tcp". A peer declared dead stays
+  // dead; a peer whose connection broke may be connected again.
+  absl::Status Connect(int peer, const TransportEndpoint& endpoint) override;
+  void PeerDied(int peer) override;
+  // Each work request is checked on its own: one whose local buffer is not
+  // in a region registered here with its lkey completes with
+  // kLocalProtectionError and is not sent; the others go on. A malformed
+  // chain (bad opcode, atomics not 8 bytes, length above kMaxOpBytes) is
+  // rejected whole with InvalidArgument before anything is posted.
+  absl::Status PostSend(int peer, WorkRequest* chain) override;
+  int PollCompletions(WorkCompletion* out, int max) override;
+  int completion_fd() const override { return cq_fd_.get(); }
+  void SetMessageHandler(MessageHandler handler) override;
+  // Unavailable if the peer is gone; FailedPrecondition if never connected.
+  absl::Status SendMessage(int peer, uint16_t type,
+                           absl::Span<const char> body) override;
+
+ private:
+  // An operation posted and not yet answered, at its connection's FIFO.
+  struct PendingOp {
+    uint64_t wr_id = 0;
+    char* local = nullptr;
+    uint32_t length = 0;
+    WorkOpcode opcode = WorkOpcode::kRead;
+    bool signaled = false;
+  };
+
+  // One TCP connection. Outgoing: this node is the requester (posters and
+  // "pw-tcp" share it under `mu`). Incoming: this node is the target (only
+  // "pw-tcp" uses it, `mu` is uncontended). The receive state is touched
+  // only by "pw-tcp".
+  struct Connection {
+    enum class Role { kOutgoing, kIncoming };
+    Connection(Role r, int fd_in, int rank, std::string remote_addr);
+
+    const Role role;
+    const int fd;  // closed under `mu` when `closed` turns true
+    const std::string remote;  // "host:port" of the other end
+
+    absl::Mutex mu;
+    bool closed ABSL_GUARDED_BY(mu) = false;
+    uint32_t epoll_events ABSL_GUARDED_BY(mu) = 0;
+    tcp_internal::ByteQueue out ABSL_GUARDED_BY(mu);
+    tcp_internal::Ring<PendingOp> pending ABSL_GUARDED_BY(mu);
+
+    // "pw-tcp" only.
+    int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
+    bool hello_done = false;  // incoming only
+    bool read_paused = false;  // incoming: too much output waits
+    bool gone = false;         // thread-side copy of `closed`
+    std::vector<char> in;      // receive staging
+    size_t in_head = 0, in_tail = 0;
+    // A frame whose payload is still arriving goes straight to `sink`.
+    enum class SinkKind { kNone, kReadPayload, kRequestBody };
+    SinkKind sink_kind = SinkKind::kNone;
+    char* sink = nullptr;
+    size_t sink_left = 0;
+    tcp_internal::RequestHeader sink_request{};    // kRequestBody
+    tcp_internal::ResponseHeader sink_response{};  // kReadPayload
+    std::vector<char> body;  // WRITE payloads and messages that span reads
+  };
+
+  struct PeerState {
+    std::shared_ptr<Connection> out;
+    bool dead = false;
+  };
+
+  explicit TcpTransport(const TcpTransportConfig& config);
+  absl::Status Start();
+
+  // --- tcp_transport.cc (setup, connections, the loop) ---
+  void Loop();
+  void AcceptAll();
+  void HandleWake();
+  std::string Describe(const Connection& c) const;
+  // Closes `c` on "pw-tcp": its pending operations complete with `status`.
+  void CloseConnection(Connection* c, WcStatus status,
+                       const std::string& reason, LogLevel level);
+  bool SetEventsLocked(Connection* c, uint32_t events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+
+  // --- tcp_transport_datapath.cc ---
+  bool LocalOk(const WorkRequest& wr) const
+      ABSL_SHARED_LOCKS_REQUIRED(regions_mu_);
+  // The region holding [addr, addr+len) under rkey, or nullptr.
+  const MemoryRegion* FindRemote(uint32_t rkey, uint64_t addr,
+                                 uint64_t len) const
+      ABSL_SHARED_LOCKS_REQUIRED(regions_mu_);
+  // Writes what the socket takes now; queues the rest behind EPOLLOUT.
+  void FlushLocked(Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+  void HandleReadable(Connection* c);
+  void HandleWritable(Connection* c);
+  // Scatters the next responses' headers and READ payloads straight into
+  // their buffers; false when no plan applies.
+  bool ReadScattered(Connection* c, bool* drained);
+  // Whether `op`'s buffer overlaps one of the first `n` READs in plan_.
+  bool OverlapsPlanned(const PendingOp& op, size_t n) const;
+  bool ParseInput(Connection* c);
+  bool ParseRequests(Connection* c);
+  bool ParseResponses(Connection* c);
+  bool FinishSink(Connection* c);
+  void ServeRequest(Connection* c, const tcp_internal::RequestHeader& h,
+                    const char* payload);
+  // Matches a response to the head of `c`'s FIFO; false if `c` was closed.
+  bool CompleteHead(Connection* c, const tcp_internal::ResponseHeader& r);
+  // Payload bytes `r` carries for `op`, or -1 if `r` cannot answer `op`.
+  static int64_t ResponsePayload(const PendingOp& op,
+                                 const tcp_internal::ResponseHeader& r);
+  void Complete(const PendingOp& op, WcStatus status, int peer);
+  void PushCompletions(absl::Span<const WorkCompletion> wcs);
+  void FlushThreadCompletions();
+
+  const TcpTransportConfig config_;
+  uint16_t port_ = 0;
+  tcp_internal::UniqueFd listen_fd_;
+  tcp_internal::UniqueFd epoll_fd_;
+  tcp_internal::UniqueFd wake_fd_;
+  tcp_internal::UniqueFd cq_fd_;
+
+  mutable absl::Mutex regions_mu_;
+  absl::flat_hash_map<uint32_t, MemoryRegion> by_rkey_
+      ABSL_GUARDED_BY(regions_mu_);
+  absl::flat_hash_map<uint32_t, MemoryRegion> by_lkey_
+      ABSL_GUARDED_BY(regions_mu_);
+  std::mt19937 key_rng_ ABSL_GUARDED_BY(regions_mu_);
+
+  // Lock order: regions_mu_, then mu_, then a Connection's mu, then cq_mu_.
+  absl::Mutex mu_;
+  absl::flat_hash_map<int, PeerState> peers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<Connection*, std::shared_ptr<Connection>> conns_
+      ABSL_GUARDED_BY(mu_);
+  std::vector<int> doomed_ ABSL_GUARDED_BY(mu_);  // PeerDied -> "pw-tcp"
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex handler_mu_;
+  MessageHandler handler_ ABSL_GUARDED_BY(handler_mu_);
+
+  absl::Mutex cq_mu_;
+  tcp_internal::Ring<WorkCompletion> cq_ ABSL_GUARDED_BY(cq_mu_);
+  bool cq_bell_ ABSL_GUARDED_BY(cq_mu_) = false;  // cq_fd_ is readable
+
+  // "pw-tcp" only.
+  std::vector<WorkCompletion> thread_wcs_;
+  std::vector<PendingOp> drained_;
+  std::vector<std::shared_ptr<Connection>> graveyard_;
+  std::vector<PendingOp> plan_;
+
+  std::thread thread_;
+};
+
+}  // namespace pagewire
+
+#endif  // PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_

@@ -1,0 +1,772 @@
+// tcp_transport_datapath.cc - TcpTransport's datapath: posting chains,
+// serving one-sided operations from registered memory, receiving responses
+// (READ payloads straight into the requester's buffer), completions and
+// messages. Connection setup and the event loop are in tcp_transport.cc.
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/strings/str_format.h"
+#include "runtime/log.h"
+#include "runtime/tcp_transport.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the TCP wire format is little-endian host order");
+
+namespace pagewire {
+
+using tcp_internal::FrameKind;
+using tcp_internal::Hello;
+using tcp_internal::kMaxOpBytes;
+using tcp_internal::RequestHeader;
+using tcp_internal::ResponseHeader;
+using tcp_internal::ResponseStatus;
+
+namespace {
+
+// Reads per readable event before other connections get their turn.
+constexpr int kReadRoundsPerEvent = 16;
+
+// Responses whose headers and READ payloads one readv scatters into place.
+constexpr size_t kMaxPlanOps = 64;
+constexpr size_t kMaxPlanIov = 2 * kMaxPlanOps + 1;  // header + payload each,
+                                                     // plus the staging tail
+static_assert(kMaxPlanIov <= 1024, "readv takes at most IOV_MAX (1024)");
+
+// A target stops reading a connection's requests while this much output
+// waits for it (the requester is not reading), and resumes below the low
+// mark. This bounds a target's memory per connection, not the requester's
+// number of outstanding operations.
+constexpr size_t kOutputHighWater = 8u << 20;
+constexpr size_t kOutputLowWater = 1u << 20;
+static_assert(kOutputLowWater < kOutputHighWater, "hysteresis");
+
+bool IsAtomic(WorkOpcode op) {
+  return op == WorkOpcode::kFetchAdd || op == WorkOpcode::kCompareSwap;
+}
+
+bool ValidOpcode(uint8_t op) {
+  return op <= static_cast<uint8_t>(WorkOpcode::kCompareSwap);
+}
+
+// [addr, addr+len) inside [base, base+size), without overflow.
+bool Inside(uint64_t addr, uint64_t len, uint64_t base, uint64_t size) {
+  return addr >= base && len <= size && addr - base <= size - len;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Posting (any thread).
+
+bool TcpTransport::LocalOk(const WorkRequest& wr) const {
+  auto it = by_lkey_.find(wr.lkey);
+  if (it == by_lkey_.end()) return false;
+  return Inside(reinterpret_cast<uint64_t>(wr.local), wr.length,
+                it->second.addr, it->second.length);
+}
+
+absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
+  // A malformed chain is a caller bug: reject it whole, post nothing.
+  for (const WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
+    if (!ValidOpcode(static_cast<uint8_t>(wr->opcode))) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "tcp: PostSend to peer %d: wr_id %d has unknown opcode %d", peer,
+          wr->wr_id, static_cast<int>(wr->opcode)));
+    }
+    if (IsAtomic(wr->opcode) && wr->length != 8) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "tcp: PostSend to peer %d: wr_id %d: %s needs length 8, not %d",
+          peer, wr->wr_id, WorkOpcodeName(wr->opcode), wr->length));
+    }
+    if (wr->length > kMaxOpBytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "tcp: PostSend to peer %d: wr_id %d moves %d bytes, more than the "
+          "%d a TCP work request may",
+          peer, wr->wr_id, wr->length, kMaxOpBytes));
+    }
+  }
+  std::shared_ptr<Connection> conn;
+  bool gone = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || (!it->second.dead && it->second.out == nullptr)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "tcp: PostSend to peer %d, which was never connected (Connect "
+          "first)",
+          peer));
+    }
+    gone = it->second.dead;
+    conn = it->second.out;
+  }
+
+  absl::InlinedVector<WorkCompletion, 4> failed;
+  auto fail = [&](const WorkRequest& wr, WcStatus status) {
+    WorkCompletion wc;
+    wc.wr_id = wr.wr_id;
+    wc.status = status;
+    wc.opcode = wr.opcode;
+    wc.peer = peer;
+    failed.push_back(wc);
+  };
+  if (!gone) {
+    absl::ReaderMutexLock regions_lock(&regions_mu_);
+    absl::MutexLock lock(&conn->mu);
+    if (conn->closed) {
+      gone = true;
+    } else {
+      const bool was_empty = conn->out.empty();
+      for (const WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
+        if (!LocalOk(*wr)) {
+          fail(*wr, WcStatus::kLocalProtectionError);
+          continue;
+        }
+        RequestHeader h{};
+        h.kind = static_cast<uint8_t>(FrameKind::kOp);
+        h.opcode = static_cast<uint8_t>(wr->opcode);
+        h.length = wr->length;
+        h.remote_addr = wr->remote_addr;
+        h.rkey = wr->rkey;
+        h.compare_add = wr->compare_add;
+        h.swap = wr->swap;
+        conn->out.Append(&h, sizeof(h));
+        if (wr->opcode == WorkOpcode::kWrite) {
+          conn->out.Append(wr->local, wr->length);
+        }
+        PendingOp op;
+        op.wr_id = wr->wr_id;
+        op.local = static_cast<char*>(wr->local);
+        op.length = wr->length;
+        op.opcode = wr->opcode;
+        op.signaled = wr->signaled;
+        conn->pending.Push(op);
+      }
+      // One send for the whole chain. If output was already queued, EPOLLOUT
+      // is armed and "pw-tcp" sends it in order.
+      if (was_empty) FlushLocked(conn.get());
+    }
+  }
+  if (gone) {
+    for (const WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
+      fail(*wr, WcStatus::kPeerGone);
+    }
+  }
+  PushCompletions(failed);
+  return absl::OkStatus();
+}
+
+absl::Status TcpTransport::SendMessage(int peer, uint16_t type,
+                                       absl::Span<const char> body) {
+  if (body.size() > kMaxMessageBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tcp: message of %d bytes to peer %d exceeds the %d-byte limit",
+        body.size(), peer, kMaxMessageBytes));
+  }
+  std::shared_ptr<Connection> conn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || (!it->second.dead && it->second.out == nullptr)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "tcp: SendMessage to peer %d, which was never connected", peer));
+    }
+    if (it->second.dead) {
+      return absl::UnavailableError(
+          absl::StrFormat("tcp: SendMessage to peer %d, which is dead", peer));
+    }
+    conn = it->second.out;
+  }
+  absl::MutexLock lock(&conn->mu);
+  if (conn->closed) {
+    return absl::UnavailableError(absl::StrFormat(
+        "tcp: SendMessage to peer %d, whose connection is closed", peer));
+  }
+  const bool was_empty = conn->out.empty();
+  RequestHeader h{};
+  h.kind = static_cast<uint8_t>(FrameKind::kMessage);
+  h.msg_type = type;
+  h.length = static_cast<uint32_t>(body.size());
+  conn->out.Append(&h, sizeof(h));
+  conn->out.Append(body.data(), body.size());
+  if (was_empty) FlushLocked(conn.get());
+  return absl::OkStatus();
+}
+
+void TcpTransport::FlushLocked(Connection* c) {
+  if (c->closed) return;
+  while (!c->out.empty()) {
+    ssize_t n = ::send(c->fd, c->out.data(), c->out.size(),
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c->out.Consume(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    // EAGAIN: wait for EPOLLOUT. A broken socket: epoll reports it to
+    // "pw-tcp", which closes the connection and completes what it carried.
+    break;
+  }
+  const uint32_t in = c->epoll_events & EPOLLIN;
+  if (!SetEventsLocked(c, in | (c->out.empty() ? 0u : uint32_t{EPOLLOUT}))) {
+    Warning("tcp: rank %d: epoll_ctl for %s: %s", config_.rank, c->remote,
+            std::strerror(errno));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Completions.
+
+void TcpTransport::Complete(const PendingOp& op, WcStatus status, int peer) {
+  if (status == WcStatus::kSuccess && !op.signaled) return;
+  WorkCompletion wc;
+  wc.wr_id = op.wr_id;
+  wc.status = status;
+  wc.opcode = op.opcode;
+  wc.peer = peer;
+  wc.byte_len = status == WcStatus::kSuccess ? op.length : 0;
+  thread_wcs_.push_back(wc);
+}
+
+void TcpTransport::FlushThreadCompletions() {
+  if (thread_wcs_.empty()) return;
+  PushCompletions(thread_wcs_);
+  thread_wcs_.clear();
+}
+
+void TcpTransport::PushCompletions(absl::Span<const WorkCompletion> wcs) {
+  if (wcs.empty()) return;
+  absl::MutexLock lock(&cq_mu_);
+  for (const WorkCompletion& wc : wcs) cq_.Push(wc);
+  if (!cq_bell_) {
+    // Rung under the lock so a drain can never reset it before it is set.
+    cq_bell_ = true;
+    uint64_t one = 1;
+    ssize_t n = ::write(cq_fd_.get(), &one, sizeof(one));
+    (void)n;
+  }
+}
+
+int TcpTransport::PollCompletions(WorkCompletion* out, int max) {
+  if (max <= 0) return 0;
+  absl::MutexLock lock(&cq_mu_);
+  int n = 0;
+  while (n < max && !cq_.empty()) {
+    out[n++] = cq_.Front();
+    cq_.PopFront();
+  }
+  if (cq_.empty() && cq_bell_) {
+    cq_bell_ = false;
+    uint64_t count;
+    ssize_t r = ::read(cq_fd_.get(), &count, sizeof(count));
+    (void)r;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Receiving ("pw-tcp" only).
+
+void TcpTransport::HandleWritable(Connection* c) {
+  bool resume = false;
+  {
+    absl::MutexLock lock(&c->mu);
+    FlushLocked(c);
+    if (c->read_paused && c->out.size() <= kOutputLowWater) {
+      c->read_paused = false;
+      SetEventsLocked(c, c->epoll_events | EPOLLIN);
+      resume = true;
+    }
+  }
+  // Requests staged before the pause are served now; the socket's own
+  // backlog shows up as EPOLLIN.
+  if (resume) ParseInput(c);
+}
+
+void TcpTransport::HandleReadable(Connection* c) {
+  for (int round = 0; round < kReadRoundsPerEvent; ++round) {
+    if (c->gone || c->read_paused) return;
+    if (c->role == Connection::Role::kOutgoing &&
+        c->sink_kind == Connection::SinkKind::kNone &&
+        c->in_head == c->in_tail) {
+      bool drained = false;
+      if (ReadScattered(c, &drained)) {
+        if (c->gone || drained) return;
+        continue;
+      }
+    }
+    if (c->in_head == c->in_tail) {
+      c->in_head = c->in_tail = 0;
+    } else if (c->in.size() - c->in_tail < sizeof(RequestHeader)) {
+      // Less than a header is staged (the rest went to a sink or was
+      // parsed), so moving it is cheap.
+      std::memmove(c->in.data(), c->in.data() + c->in_head,
+                   c->in_tail - c->in_head);
+      c->in_tail -= c->in_head;
+      c->in_head = 0;
+    }
+    iovec iov[2];
+    int niov = 0;
+    if (c->sink_left > 0) iov[niov++] = {c->sink, c->sink_left};
+    iov[niov++] = {c->in.data() + c->in_tail, c->in.size() - c->in_tail};
+    size_t want = 0;
+    for (int i = 0; i < niov; ++i) want += iov[i].iov_len;
+    ssize_t n = ::readv(c->fd, iov, niov);
+    // A requester closing (or resetting) its connection is how it leaves:
+    // its own membership says why. A target closing ours takes our
+    // operations with it: an error.
+    const LogLevel broken_level = c->role == Connection::Role::kOutgoing
+                                      ? LogLevel::kError
+                                      : LogLevel::kInfo;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      CloseConnection(c, WcStatus::kPeerGone,
+                      absl::StrFormat("connection broke: %s",
+                                      std::strerror(errno)),
+                      broken_level);
+      return;
+    }
+    if (n == 0) {
+      CloseConnection(c, WcStatus::kPeerGone,
+                      "connection closed by the other end", broken_level);
+      return;
+    }
+    size_t got = static_cast<size_t>(n);
+    if (c->sink_left > 0) {
+      size_t take = std::min(got, c->sink_left);
+      c->sink += take;
+      c->sink_left -= take;
+      got -= take;
+      if (c->sink_left == 0 && !FinishSink(c)) return;
+    }
+    c->in_tail += got;
+    if (!ParseInput(c)) return;
+    if (static_cast<size_t>(n) < want) return;  // the socket is drained
+  }
+}
+
+bool TcpTransport::OverlapsPlanned(const PendingOp& op, size_t n) const {
+  const char* lo = op.local;
+  const char* hi = op.local + op.length;
+  for (size_t i = 0; i < n; ++i) {
+    const PendingOp& p = plan_[i];
+    if (p.opcode != WorkOpcode::kRead || p.length == 0) continue;
+    if (lo < p.local + p.length && p.local < hi) return true;
+  }
+  return false;
+}
+
+bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
+  plan_.clear();
+  {
+    absl::MutexLock lock(&c->mu);
+    size_t k = std::min(c->pending.size(), kMaxPlanOps);
+    for (size_t i = 0; i < k; ++i) plan_.push_back(c->pending.At(i));
+  }
+  if (plan_.empty()) return false;
+
+  // Lay out: header of response 0, READ payload 0 (in the caller's buffer),
+  // header 1, payload 1, ... then the staging buffer for whatever follows.
+  // At most half the staging size is planned, so if a response turns out to
+  // carry no payload after all (an error), everything read after it fits in
+  // staging to be parsed again.
+  ResponseHeader hdrs[kMaxPlanOps];
+  size_t payload_len[kMaxPlanOps];
+  iovec iov[kMaxPlanIov];
+  int niov = 0;
+  size_t nops = 0;
+  const size_t budget = c->in.size() / 2;
+  size_t planned = 0;
+  bool truncated = false;  // the last planned READ continues past the plan
+  for (const PendingOp& op : plan_) {
+    if (planned + sizeof(ResponseHeader) > budget) break;
+    if (op.opcode == WorkOpcode::kRead && op.length > 0 &&
+        OverlapsPlanned(op, nops)) {
+      // Bytes laid into an earlier buffer must survive until we know they
+      // were its payload (see the error case below); READs into one buffer
+      // are scattered one per readv.
+      break;
+    }
+    iov[niov++] = {&hdrs[nops], sizeof(ResponseHeader)};
+    planned += sizeof(ResponseHeader);
+    payload_len[nops] = 0;
+    if (op.opcode == WorkOpcode::kRead && op.length > 0) {
+      size_t l = std::min<size_t>(op.length, budget - planned);
+      if (l > 0) iov[niov++] = {op.local, l};
+      planned += l;
+      payload_len[nops] = l;
+      ++nops;
+      if (l < op.length) {
+        truncated = true;  // the rest of it arrives through the sink
+        break;
+      }
+    } else {
+      ++nops;
+    }
+  }
+  c->in_head = c->in_tail = 0;
+  // After a truncated READ the next bytes are its payload, not a new frame:
+  // they must go to the sink, so nothing is read into staging this time.
+  const size_t staging_len = truncated ? 0 : c->in.size() - planned;
+  if (staging_len > 0) iov[niov++] = {c->in.data(), staging_len};
+
+  ssize_t n = ::readv(c->fd, iov, niov);
+  if (n < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
+      *drained = errno != EINTR;
+      return true;
+    }
+    CloseConnection(c, WcStatus::kPeerGone,
+                    absl::StrFormat("connection broke: %s", std::strerror(errno)),
+                    LogLevel::kError);
+    return true;
+  }
+  if (n == 0) {
+    CloseConnection(c, WcStatus::kPeerGone, "connection closed by the other end",
+                    LogLevel::kError);
+    return true;
+  }
+  *drained = static_cast<size_t>(n) < planned + staging_len;
+  size_t got = static_cast<size_t>(n);
+  const size_t staged = got > planned ? got - planned : 0;
+
+  int vi = 0;  // iov index of the current response's header
+  for (size_t i = 0; i < nops; ++i) {
+    if (got - staged < sizeof(ResponseHeader)) {
+      // A partial header (staging got nothing yet): stage it, parse later.
+      std::memcpy(c->in.data(), &hdrs[i], got);
+      c->in_tail = got;
+      got = 0;
+      break;
+    }
+    const ResponseHeader& h = hdrs[i];
+    got -= sizeof(ResponseHeader);
+    const PendingOp& op = plan_[i];
+    const int64_t payload = ResponsePayload(op, h);
+    if (payload < 0) {
+      CloseConnection(
+          c, WcStatus::kPeerGone,
+          absl::StrFormat("malformed response (kind %d, status %d, length %d) "
+                          "to %s wr_id %d",
+                          h.kind, h.status, h.length, WorkOpcodeName(op.opcode),
+                          op.wr_id),
+          LogLevel::kWarning);
+      return true;
+    }
+    const size_t placed = std::min(got - staged, payload_len[i]);
+    if (payload > 0) {
+      got -= placed;
+      if (placed < op.length) {
+        // Nothing reached staging (iov order); the sink takes the rest.
+        c->sink_kind = Connection::SinkKind::kReadPayload;
+        c->sink = op.local + placed;
+        c->sink_left = op.length - placed;
+        c->sink_response = h;
+        return true;
+      }
+      if (!CompleteHead(c, h)) return true;
+      vi += payload_len[i] > 0 ? 2 : 1;
+      continue;
+    }
+    if (payload_len[i] > 0 && placed > 0) {
+      // An error answer to a READ: the bytes laid into its buffer and the
+      // slots after it belong to the following frames. Gather them, in
+      // stream order, in front of what reached staging, and parse there.
+      const size_t misplaced = got - staged;
+      std::memmove(c->in.data() + misplaced, c->in.data(), staged);
+      size_t at = 0;
+      const int planned_iovs = staging_len > 0 ? niov - 1 : niov;
+      for (int j = vi + 1; j < planned_iovs && at < misplaced; ++j) {
+        size_t take = std::min(iov[j].iov_len, misplaced - at);
+        std::memcpy(c->in.data() + at, iov[j].iov_base, take);
+        at += take;
+      }
+      c->in_head = 0;
+      c->in_tail = got;
+      if (!CompleteHead(c, h)) return true;
+      ParseInput(c);
+      return true;
+    }
+    if (!CompleteHead(c, h)) return true;
+    vi += payload_len[i] > 0 ? 2 : 1;
+  }
+  if (got > 0) {
+    // Everything planned arrived; the rest is in staging.
+    c->in_head = 0;
+    c->in_tail = got;
+    ParseInput(c);
+  }
+  return true;
+}
+
+bool TcpTransport::ParseInput(Connection* c) {
+  if (c->gone) return false;
+  return c->role == Connection::Role::kOutgoing ? ParseResponses(c)
+                                                : ParseRequests(c);
+}
+
+int64_t TcpTransport::ResponsePayload(const PendingOp& op,
+                                      const ResponseHeader& r) {
+  if (r.kind != static_cast<uint8_t>(FrameKind::kResponse)) return -1;
+  if (r.status == static_cast<uint8_t>(ResponseStatus::kRemoteAccessError)) {
+    return r.length == 0 ? 0 : -1;
+  }
+  if (r.status != static_cast<uint8_t>(ResponseStatus::kOk)) return -1;
+  if (op.opcode == WorkOpcode::kRead) {
+    return r.length == op.length ? static_cast<int64_t>(r.length) : -1;
+  }
+  return r.length == 0 ? 0 : -1;
+}
+
+bool TcpTransport::CompleteHead(Connection* c, const ResponseHeader& r) {
+  PendingOp op;
+  {
+    absl::MutexLock lock(&c->mu);
+    op = c->pending.Front();  // callers checked it is there
+    c->pending.PopFront();
+  }
+  WcStatus status = WcStatus::kSuccess;
+  if (r.status == static_cast<uint8_t>(ResponseStatus::kRemoteAccessError)) {
+    status = WcStatus::kRemoteAccessError;
+  } else if (IsAtomic(op.opcode)) {
+    std::memcpy(op.local, &r.value, sizeof(r.value));
+  }
+  Complete(op, status, c->peer_rank);
+  return true;
+}
+
+bool TcpTransport::ParseResponses(Connection* c) {
+  for (;;) {
+    const size_t avail = c->in_tail - c->in_head;
+    if (avail < sizeof(ResponseHeader)) return true;
+    ResponseHeader h;
+    std::memcpy(&h, c->in.data() + c->in_head, sizeof(h));
+    PendingOp op;
+    bool have_op = false;
+    {
+      absl::MutexLock lock(&c->mu);
+      if (!c->pending.empty()) {
+        op = c->pending.Front();
+        have_op = true;
+      }
+    }
+    const int64_t payload = have_op ? ResponsePayload(op, h) : -1;
+    if (payload < 0) {
+      CloseConnection(
+          c, WcStatus::kPeerGone,
+          have_op ? absl::StrFormat("malformed response (kind %d, status %d, "
+                                    "length %d) to %s wr_id %d",
+                                    h.kind, h.status, h.length,
+                                    WorkOpcodeName(op.opcode), op.wr_id)
+                  : std::string("response with no request outstanding"),
+          LogLevel::kWarning);
+      return false;
+    }
+    c->in_head += sizeof(h);
+    if (payload > 0) {
+      size_t have = std::min<size_t>(c->in_tail - c->in_head, payload);
+      std::memcpy(op.local, c->in.data() + c->in_head, have);
+      c->in_head += have;
+      if (have < static_cast<size_t>(payload)) {
+        c->sink_kind = Connection::SinkKind::kReadPayload;
+        c->sink = op.local + have;
+        c->sink_left = payload - have;
+        c->sink_response = h;
+        return true;
+      }
+    }
+    if (!CompleteHead(c, h)) return false;
+  }
+}
+
+bool TcpTransport::FinishSink(Connection* c) {
+  const Connection::SinkKind kind = c->sink_kind;
+  c->sink_kind = Connection::SinkKind::kNone;
+  c->sink = nullptr;
+  if (kind == Connection::SinkKind::kReadPayload) {
+    return CompleteHead(c, c->sink_response);
+  }
+  ServeRequest(c, c->sink_request, c->body.data());
+  return !c->gone;
+}
+
+bool TcpTransport::ParseRequests(Connection* c) {
+  for (;;) {
+    const size_t avail = c->in_tail - c->in_head;
+    const char* p = c->in.data() + c->in_head;
+    if (!c->hello_done) {
+      if (avail < sizeof(Hello)) break;
+      Hello hello;
+      std::memcpy(&hello, p, sizeof(hello));
+      std::string problem;
+      if (std::memcmp(hello.magic, tcp_internal::kHelloMagic,
+                      sizeof(hello.magic)) != 0) {
+        problem = "bad magic in hello (not a Pagewire TCP transport?)";
+      } else if (hello.protocol_version != config_.protocol_version) {
+        problem = absl::StrFormat(
+            "protocol version %d in hello, this node speaks %d",
+            hello.protocol_version, config_.protocol_version);
+      } else if (hello.rank < 0) {
+        problem = absl::StrFormat("negative rank %d in hello", hello.rank);
+      }
+      if (!problem.empty()) {
+        CloseConnection(c, WcStatus::kPeerGone,
+                        absl::StrFormat("rejected: %s", problem),
+                        LogLevel::kWarning);
+        return false;
+      }
+      c->hello_done = true;
+      c->peer_rank = hello.rank;
+      c->in_head += sizeof(hello);
+      Log("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
+          c->remote);
+      continue;
+    }
+    {
+      absl::MutexLock lock(&c->mu);
+      if (c->out.size() > kOutputHighWater) {
+        // Back-pressure: serve no more until the requester reads.
+        c->read_paused = true;
+        SetEventsLocked(c, c->epoll_events & ~uint32_t{EPOLLIN});
+        break;
+      }
+    }
+    if (avail < sizeof(RequestHeader)) break;
+    RequestHeader h;
+    std::memcpy(&h, p, sizeof(h));
+    size_t payload = 0;
+    std::string problem;
+    if (h.kind == static_cast<uint8_t>(FrameKind::kOp)) {
+      if (!ValidOpcode(h.opcode)) {
+        problem = absl::StrFormat("unknown opcode %d", h.opcode);
+      } else if (h.length > kMaxOpBytes) {
+        problem = absl::StrFormat("oversized frame: %s of %d bytes (limit %d)",
+                                  WorkOpcodeName(WorkOpcode(h.opcode)),
+                                  h.length, kMaxOpBytes);
+      } else if (WorkOpcode(h.opcode) == WorkOpcode::kWrite) {
+        payload = h.length;
+      }
+    } else if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
+      if (h.length > kMaxMessageBytes) {
+        problem = absl::StrFormat("oversized frame: message of %d bytes "
+                                  "(limit %d)",
+                                  h.length, kMaxMessageBytes);
+      }
+      payload = h.length;
+    } else {
+      problem = absl::StrFormat("unknown frame kind %d", h.kind);
+    }
+    if (!problem.empty()) {
+      CloseConnection(c, WcStatus::kPeerGone,
+                      absl::StrFormat("protocol violation: %s", problem),
+                      LogLevel::kWarning);
+      return false;
+    }
+    if (avail - sizeof(h) >= payload) {
+      c->in_head += sizeof(h);
+      ServeRequest(c, h, c->in.data() + c->in_head);
+      c->in_head += payload;
+      if (c->gone) return false;
+      continue;
+    }
+    // The payload spans reads: collect it in `body` (grows to the largest
+    // frame seen, then stays).
+    if (c->body.size() < payload) c->body.resize(payload);
+    const size_t have = avail - sizeof(h);
+    std::memcpy(c->body.data(), p + sizeof(h), have);
+    c->sink_kind = Connection::SinkKind::kRequestBody;
+    c->sink = c->body.data() + have;
+    c->sink_left = payload - have;
+    c->sink_request = h;
+    c->in_head = c->in_tail;
+    break;
+  }
+  // One send for all the responses of this batch.
+  absl::MutexLock lock(&c->mu);
+  if (!(c->epoll_events & EPOLLOUT)) FlushLocked(c);
+  return true;
+}
+
+const MemoryRegion* TcpTransport::FindRemote(uint32_t rkey, uint64_t addr,
+                                             uint64_t len) const {
+  auto it = by_rkey_.find(rkey);
+  if (it == by_rkey_.end()) return nullptr;
+  if (!Inside(addr, len, it->second.addr, it->second.length)) return nullptr;
+  return &it->second;
+}
+
+void TcpTransport::ServeRequest(Connection* c, const RequestHeader& h,
+                                const char* payload) {
+  if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
+    absl::ReaderMutexLock lock(&handler_mu_);
+    if (handler_) {
+      handler_(c->peer_rank, h.msg_type, absl::MakeConstSpan(payload, h.length));
+    } else {
+      Warning("tcp: rank %d: message type %d from %s dropped: no handler set",
+              config_.rank, h.msg_type, Describe(*c));
+    }
+    return;
+  }
+  const WorkOpcode op = static_cast<WorkOpcode>(h.opcode);
+  ResponseHeader r{};
+  r.kind = static_cast<uint8_t>(FrameKind::kResponse);
+  r.status = static_cast<uint8_t>(ResponseStatus::kOk);
+  std::string problem;
+  {
+    absl::ReaderMutexLock regions_lock(&regions_mu_);
+    const MemoryRegion* mr = FindRemote(h.rkey, h.remote_addr, h.length);
+    if (mr == nullptr) {
+      problem = by_rkey_.contains(h.rkey) ? "address range outside the region"
+                                          : "unknown rkey";
+    } else if (IsAtomic(op) && (h.length != 8 || h.remote_addr % 8 != 0)) {
+      problem = "atomic not on an aligned 8-byte word";
+    } else {
+      char* target = reinterpret_cast<char*>(h.remote_addr);
+      switch (op) {
+        case WorkOpcode::kRead: {
+          r.length = h.length;
+          // Copied while the region is known to be registered.
+          absl::MutexLock lock(&c->mu);
+          c->out.Append(&r, sizeof(r));
+          c->out.Append(target, h.length);
+          return;
+        }
+        case WorkOpcode::kWrite:
+          std::memcpy(target, payload, h.length);
+          break;
+        case WorkOpcode::kFetchAdd:
+          r.value = __atomic_fetch_add(reinterpret_cast<uint64_t*>(target),
+                                       h.compare_add, __ATOMIC_SEQ_CST);
+          break;
+        case WorkOpcode::kCompareSwap: {
+          uint64_t expected = h.compare_add;
+          // On failure `expected` becomes the current value: the old value
+          // either way.
+          __atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(target),
+                                      &expected, h.swap, false,
+                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+          r.value = expected;
+          break;
+        }
+      }
+    }
+  }
+  if (!problem.empty()) {
+    Warning("tcp: rank %d: %s: %s with %s (rkey 0x%x, addr 0x%x, length %d); "
+            "answered remote access error",
+            config_.rank, Describe(*c), WorkOpcodeName(op), problem, h.rkey,
+            h.remote_addr, h.length);
+    r.status = static_cast<uint8_t>(ResponseStatus::kRemoteAccessError);
+  }
+  absl::MutexLock lock(&c->mu);
+  c->out.Append(&r, sizeof(r));
+}
+
+}  // namespace pagewire

@@ -1,0 +1,459 @@
+// coordinator_test.cc - the coordinator and ControlClient over real gRPC on
+// 127.0.0.1: joining, refused joins, leases, leaving, barriers, collective
+// dataspaces, and robustness against garbage on the port.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+#include "runtime/control/control_client.h"
+#include "runtime/control/coordinator_server.h"
+#include "runtime/log.h"
+#include "tests/control/control_test_support.h"
+
+namespace pagewire::control::testing {
+namespace {
+
+std::unique_ptr<CoordinatorServer> StartServer(CoordinatorConfig config) {
+  auto server = CoordinatorServer::Start(std::move(config), "127.0.0.1:0");
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return nullptr;
+  EXPECT_GT((*server)->port(), 0);
+  return *std::move(server);
+}
+
+std::unique_ptr<ControlClient> MustJoin(ControlClientConfig config) {
+  auto client = ControlClient::Join(std::move(config));
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+// Captures log lines for the test's lifetime.
+class LogCapture {
+ public:
+  LogCapture() {
+    previous_ = SetLogSink([this](LogLevel, absl::string_view line) {
+      absl::MutexLock l(&mu_);
+      lines_.emplace_back(line);
+    });
+  }
+  ~LogCapture() { SetLogSink(previous_); }
+  bool Contains(absl::string_view a, absl::string_view b) {
+    absl::MutexLock l(&mu_);
+    for (const std::string& line : lines_) {
+      if (absl::StrContains(line, a) && absl::StrContains(line, b)) return true;
+    }
+    return false;
+  }
+
+ private:
+  LogSink previous_;
+  absl::Mutex mu_;
+  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(CoordinatorTest, FourRanksJoinAndAllSeeTheSameFinalView) {
+  auto server = StartServer(TestConfig(4));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec[4];
+  std::unique_ptr<ControlClient> clients[4];
+  for (int i = 0; i < 4; ++i) {
+    clients[i] = MustJoin(ClientConfig(*server, i, &rec[i]));
+    ASSERT_NE(clients[i], nullptr);
+    EXPECT_EQ(clients[i]->rank(), i);  // next free rank, in join order
+    EXPECT_EQ(clients[i]->nranks(), 4);
+    EXPECT_EQ(clients[i]->global_base(), kGlobalBase);
+    EXPECT_EQ(clients[i]->global_size(), kGlobalSize);
+    // The view returned by Join includes the joiner.
+    EXPECT_TRUE(RankIs(clients[i]->first_view(), i, proto::Member::ALIVE))
+        << clients[i]->first_view().Describe();
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(rec[i].WaitFor([](const View& v) { return AllAlive(v, 4); }))
+        << "rank " << i << " never saw 4 ALIVE ranks";
+  }
+  const uint64_t final_epoch = server->coordinator().CurrentView().epoch();
+  EXPECT_EQ(final_epoch, 4u);  // one epoch per join
+  for (int i = 0; i < 4; ++i) {
+    const std::vector<View> views = rec[i].views();
+    const View& last = views.back();
+    EXPECT_EQ(last.epoch, final_epoch) << "rank " << i;
+    for (int r = 0; r < 4; ++r) {
+      const ViewMember* m = last.Find(r);
+      ASSERT_NE(m, nullptr);
+      EXPECT_EQ(m->state, proto::Member::ALIVE);
+      EXPECT_EQ(m->endpoint.host(), "node-" + std::to_string(r));
+      EXPECT_EQ(m->endpoint.control_port(), 7000u + r);
+      EXPECT_EQ(m->endpoint.tcp().port(), 9000u + r);
+    }
+    // Strictly increasing epochs, and the same view for the same epoch on
+    // every rank (compared with rank 0's sequence).
+    for (size_t k = 1; k < views.size(); ++k) {
+      EXPECT_GT(views[k].epoch, views[k - 1].epoch);
+    }
+    for (const View& v : views) {
+      for (const View& w : rec[0].views()) {
+        if (w.epoch == v.epoch) EXPECT_EQ(w.Describe(), v.Describe());
+      }
+    }
+  }
+}
+
+TEST(CoordinatorTest, JoinRefusesMismatchedIdentityNamingWhich) {
+  auto server = StartServer(TestConfig(2));
+  ASSERT_NE(server, nullptr);
+
+  ControlClientConfig bad_secret = ClientConfig(*server, 0);
+  bad_secret.secret = "wrong-secret-value";
+  auto r = ControlClient::Join(bad_secret);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "secret does not match"))
+      << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "PAGEWIRE_SECRET"));
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kSecret));
+  EXPECT_FALSE(absl::StrContains(r.status().message(), "wrong-secret-value"));
+
+  ControlClientConfig bad_cluster = ClientConfig(*server, 0);
+  bad_cluster.cluster_id = "other-job";
+  r = ControlClient::Join(bad_cluster);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "cluster id 'other-job'"))
+      << r.status();
+  EXPECT_FALSE(absl::StrContains(r.status().message(), "secret"));
+
+  ControlClientConfig bad_version = ClientConfig(*server, 0);
+  bad_version.protocol_version = kProtocolVersion + 1;
+  r = ControlClient::Join(bad_version);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "protocol version"))
+      << r.status();
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kSecret));
+
+  // Rank problems.
+  auto first = MustJoin(ClientConfig(*server, 0, nullptr, /*rank=*/1));
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->rank(), 1);
+  r = ControlClient::Join(ClientConfig(*server, 1, nullptr, /*rank=*/1));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "rank 1 is already taken"))
+      << r.status();
+  r = ControlClient::Join(ClientConfig(*server, 1, nullptr, /*rank=*/2));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "requested rank 2"))
+      << r.status();
+
+  // Nothing refused made it into the view.
+  const proto::MembershipView view = server->coordinator().CurrentView();
+  EXPECT_EQ(view.members_size(), 1);
+  EXPECT_EQ(view.epoch(), 1u);
+}
+
+TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
+  LogCapture log;
+  const absl::Duration lease = absl::Milliseconds(300);
+  auto server = StartServer(TestConfig(3, lease, absl::Milliseconds(50)));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0, rec1;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  auto c1 = MustJoin(ClientConfig(*server, 1, &rec1));
+  auto c2 = MustJoin(ClientConfig(*server, 2));
+  ASSERT_TRUE(c0 && c1 && c2);
+
+  // Live past several leases first: heartbeats keep everyone a member.
+  absl::SleepFor(3 * lease);
+  EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 3))
+      << "a heartbeating rank lost its lease";
+
+  // Ranks 0 and 1 wait in barrier 1; rank 2 never arrives and goes silent.
+  absl::Status b0, b1;
+  std::thread t0([&] { b0 = c0->Barrier(1); });
+  std::thread t1([&] { b1 = c1->Barrier(1); });
+  const auto paused_at = std::chrono::steady_clock::now();
+  c2->PauseHeartbeatsForTesting(true);
+
+  for (ViewRecorder* rec : {&rec0, &rec1}) {
+    ASSERT_TRUE(rec->WaitFor([](const View& v) {
+      return RankIs(v, 2, proto::Member::DEAD) &&
+             RankIs(v, 0, proto::Member::ALIVE) &&
+             RankIs(v, 1, proto::Member::ALIVE);
+    })) << "the survivors never saw rank 2 DEAD";
+  }
+  const auto dead_after = std::chrono::steady_clock::now() - paused_at;
+  // Not before its lease could have run out (the last heartbeat was at
+  // most one interval before the pause).
+  EXPECT_GE(dead_after, absl::ToChronoMilliseconds(lease - absl::Milliseconds(60)));
+  t0.join();
+  t1.join();
+  for (const absl::Status& b : {b0, b1}) {
+    EXPECT_EQ(b.code(), absl::StatusCode::kUnavailable) << b;
+    EXPECT_TRUE(absl::StrContains(b.message(), "rank 2 became DEAD")) << b;
+  }
+  EXPECT_TRUE(log.Contains("rank 2 declared DEAD", "no heartbeat for")) <<
+      "the coordinator did not log the expiry";
+
+  // Rank 2 is out for good: its calls are refused, naming its state.
+  absl::Status late = c2->Barrier(1);
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+  EXPECT_TRUE(absl::StrContains(late.message(), "DEAD")) << late;
+  // The survivors carry on with later barriers.
+  std::thread t2([&] { b0 = c0->Barrier(2); });
+  b1 = c1->Barrier(2);
+  t2.join();
+  EXPECT_TRUE(b0.ok()) << b0;
+  EXPECT_TRUE(b1.ok()) << b1;
+}
+
+TEST(CoordinatorTest, CrashedClientWithoutLeaveIsDeclaredDead) {
+  auto server = StartServer(
+      TestConfig(2, absl::Milliseconds(300), absl::Milliseconds(50)));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  ControlClientConfig crash = ClientConfig(*server, 1);
+  crash.leave_on_destroy = false;
+  auto c1 = MustJoin(crash);
+  ASSERT_TRUE(c0 && c1);
+  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 2); }));
+  c1.reset();  // no Leave: only the lease can tell
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 1, proto::Member::DEAD); }));
+  EXPECT_TRUE(RankIs(rec0.views().back(), 0, proto::Member::ALIVE));
+}
+
+TEST(CoordinatorTest, LeaveMarksRankLeftAndFailsPendingBarrier) {
+  auto server = StartServer(TestConfig(2));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  ASSERT_TRUE(c0 && c1);
+  absl::Status b0;
+  std::thread t0([&] { b0 = c0->Barrier(7); });
+  // Let rank 0's barrier reach the coordinator before rank 1 leaves.
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_TRUE(c1->Leave("test done").ok());
+  EXPECT_TRUE(c1->Leave("again").ok()) << "Leave must be idempotent";
+  t0.join();
+  EXPECT_EQ(b0.code(), absl::StatusCode::kUnavailable) << b0;
+  EXPECT_TRUE(absl::StrContains(b0.message(), "rank 1 left")) << b0;
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 1, proto::Member::LEFT); }));
+  EXPECT_TRUE(RankIs(rec0.views().back(), 0, proto::Member::ALIVE));
+  // Rank 0 alone now passes barriers.
+  EXPECT_TRUE(c0->Barrier(8).ok());
+}
+
+TEST(CoordinatorTest, FourThreadsPassFiftyBarriersInLockstep) {
+  auto server = StartServer(TestConfig(4));
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<ControlClient> clients[4];
+  for (int i = 0; i < 4; ++i) {
+    clients[i] = MustJoin(ClientConfig(*server, i));
+    ASSERT_NE(clients[i], nullptr);
+  }
+  constexpr int kIterations = 50;
+  std::atomic<int> arrived[kIterations + 1] = {};
+  std::atomic<int> early{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      for (int seq = 1; seq <= kIterations; ++seq) {
+        arrived[seq].fetch_add(1);
+        absl::Status s = clients[i]->Barrier(seq);
+        if (!s.ok()) {
+          ADD_FAILURE() << "rank " << i << " barrier " << seq << ": " << s;
+          failed.fetch_add(1);
+          return;
+        }
+        // Nobody leaves a barrier before everyone arrived at it.
+        if (arrived[seq].load() != 4) early.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(early.load(), 0);
+  for (int seq = 1; seq <= kIterations; ++seq) EXPECT_EQ(arrived[seq].load(), 4);
+}
+
+TEST(CoordinatorTest, CollectiveCreateFreeAndLookup) {
+  auto server = StartServer(TestConfig(4));
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<ControlClient> c[4];
+  for (int i = 0; i < 4; ++i) {
+    c[i] = MustJoin(ClientConfig(*server, i));
+    ASSERT_NE(c[i], nullptr);
+  }
+  // All four ranks create collective #1 concurrently.
+  absl::StatusOr<proto::Dataspace> got[4];
+  {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back(
+          [&, i] { got[i] = c[i]->CreateDataspace(1, 1 << 20, proto::CYCLIC); });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(got[i].ok()) << got[i].status();
+    EXPECT_EQ(got[i]->id(), got[0]->id());
+    EXPECT_EQ(got[i]->addr(), got[0]->addr());
+    EXPECT_EQ(got[i]->length(), uint64_t{1} << 20);
+    EXPECT_EQ(got[i]->placement(), proto::CYCLIC);
+  }
+  const proto::Dataspace ds1 = *got[0];
+  EXPECT_NE(ds1.id(), 0u);  // 0 names the pool
+  EXPECT_EQ(ds1.addr(), kGlobalBase);  // first fit in an empty range
+  EXPECT_EQ(ds1.page_size(), 4096u);
+
+  // A length that is not page-aligned is rounded up; first fit after #1.
+  auto ds2 = c[1]->CreateDataspace(2, 10000, proto::ON_RANK, 3);
+  ASSERT_TRUE(ds2.ok()) << ds2.status();
+  EXPECT_EQ(ds2->length(), 12288u);
+  EXPECT_EQ(ds2->addr(), kGlobalBase + (1 << 20));
+  EXPECT_EQ(ds2->home_rank(), 3);
+  EXPECT_NE(ds2->id(), ds1.id());
+
+  // Mismatched arguments from one rank are refused, naming rank and field.
+  ASSERT_TRUE(c[0]->CreateDataspace(3, 4096).ok());
+  auto bad = c[2]->CreateDataspace(3, 8192);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "rank 2 passed length=8192"))
+      << bad.status();
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "rank 0")) << bad.status();
+  auto bad_home = c[3]->CreateDataspace(2, 10000, proto::ON_RANK, 1);
+  ASSERT_FALSE(bad_home.ok());
+  EXPECT_TRUE(absl::StrContains(bad_home.status().message(), "home_rank"))
+      << bad_home.status();
+  auto bad_rank = c[0]->CreateDataspace(9, 4096, proto::ON_RANK, 4);
+  EXPECT_EQ(bad_rank.status().code(), absl::StatusCode::kInvalidArgument);
+  auto zero = c[0]->CreateDataspace(10, 0);
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Lookup by id and by any address inside.
+  auto by_id = c[3]->LookupDataspace(ds2->id());
+  ASSERT_TRUE(by_id.ok()) << by_id.status();
+  EXPECT_EQ(by_id->addr(), ds2->addr());
+  auto by_addr = c[3]->LookupDataspaceAt(ds1.addr() + 12345);
+  ASSERT_TRUE(by_addr.ok()) << by_addr.status();
+  EXPECT_EQ(by_addr->id(), ds1.id());
+  auto nowhere = c[3]->LookupDataspaceAt(kGlobalBase + kGlobalSize - 1);
+  EXPECT_EQ(nowhere.status().code(), absl::StatusCode::kNotFound);
+
+  // Free is collective: the range stays until every live rank freed it.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(c[i]->FreeDataspace(ds1.id()).ok());
+  EXPECT_TRUE(c[0]->LookupDataspace(ds1.id()).ok())
+      << "released before rank 3 freed it";
+  ASSERT_TRUE(c[3]->FreeDataspace(ds1.id()).ok());
+  auto gone = c[0]->LookupDataspace(ds1.id());
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound) << gone.status();
+  EXPECT_EQ(c[0]->FreeDataspace(ds1.id()).code(), absl::StatusCode::kNotFound);
+  // The freed hole is reused (first fit).
+  auto ds4 = c[0]->CreateDataspace(4, 512 << 10);
+  ASSERT_TRUE(ds4.ok()) << ds4.status();
+  EXPECT_EQ(ds4->addr(), kGlobalBase);
+  // More than the global range: refused, saying how to fix it.
+  auto huge = c[0]->CreateDataspace(5, kGlobalSize);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(huge.status().message(), "--global-size"))
+      << huge.status();
+}
+
+TEST(CoordinatorTest, GarbageOnThePortDoesNotDisturbOtherClients) {
+  auto server = StartServer(TestConfig(2));
+  ASSERT_NE(server, nullptr);
+  auto c0 = MustJoin(ClientConfig(*server, 0));
+  ASSERT_NE(c0, nullptr);
+
+  auto send_garbage = [&](const std::string& bytes, bool close_now) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    EXPECT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(server->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+        << strerror(errno);
+    EXPECT_EQ(write(fd, bytes.data(), bytes.size()),
+              static_cast<ssize_t>(bytes.size()));
+    if (close_now) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  };
+  std::string junk;
+  for (int i = 0; i < 4096; ++i) junk.push_back(static_cast<char>(i * 131 + 7));
+  send_garbage(junk, true);
+  send_garbage("GET / HTTP/1.1\r\nHost: x\r\n\r\n", true);
+  // A valid HTTP/2 preface followed by a nonsense frame.
+  send_garbage(std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") +
+                   std::string("\xff\xff\xff\x09\x00\x00\x00\x00\x01", 9) + junk,
+               true);
+  // One connection stays open, half a preface, never finishing.
+  const int lingering = send_garbage("PRI * HTTP/2.0\r\n", false);
+
+  // The coordinator still serves: a new rank joins and a barrier passes.
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  ASSERT_NE(c1, nullptr);
+  absl::Status b0;
+  std::thread t([&] { b0 = c0->Barrier(1); });
+  EXPECT_TRUE(c1->Barrier(1).ok());
+  t.join();
+  EXPECT_TRUE(b0.ok()) << b0;
+  EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 2));
+  close(lingering);
+}
+
+TEST(CoordinatorTest, ShutdownEndsPendingBarriersAndWatchStreams) {
+  auto server = StartServer(TestConfig(2));
+  ASSERT_NE(server, nullptr);
+  auto c0 = MustJoin(ClientConfig(*server, 0));
+  ASSERT_NE(c0, nullptr);
+  absl::Status b0;
+  std::thread t([&] { b0 = c0->Barrier(1); });  // rank 1 never joins
+  absl::SleepFor(absl::Milliseconds(200));
+  server->Shutdown();  // must return although a barrier and a stream wait
+  t.join();
+  EXPECT_EQ(b0.code(), absl::StatusCode::kUnavailable) << b0;
+  EXPECT_TRUE(absl::StrContains(b0.message(), "shutting down")) << b0;
+}
+
+TEST(CoordinatorConfigTest, BadConfigIsRefusedNamingTheField) {
+  CoordinatorConfig c = TestConfig(4);
+  c.secret.clear();
+  EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
+                                "PAGEWIRE_SECRET"));
+  c = TestConfig(0);
+  EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
+                                "nranks"));
+  c = TestConfig(4);
+  c.global_base += 1;
+  EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
+                                "page-aligned"));
+  c = TestConfig(4, absl::Milliseconds(100), absl::Milliseconds(100));
+  EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
+                                "--lease-ms"));
+  auto bad_addr = CoordinatorServer::Start(TestConfig(2), "127.0.0.1:99999");
+  EXPECT_EQ(bad_addr.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad_addr.status().message(), "0..65535"));
+}
+
+}  // namespace
+}  // namespace pagewire::control::testing
