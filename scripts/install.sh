@@ -65,7 +65,7 @@ rm -f "$libdir/libpagewire.so"
 cp -L "$root/libpagewire.so" "$libdir/libpagewire.so"
 chmod 0755 "$libdir/libpagewire.so"
 shopt -s nullglob
-headers=("$root"/include/pagewire/*.h "$root"/include/pagewire/*.hpp)
+headers=("$root"/include/pagewire/*.h "$root"/include/pagewire/*.hpp "$root"/include/pagewire/*.f90)
 if [[ ${#headers[@]} -eq 0 ]]; then
   echo "install.sh: no headers found under $root/include/pagewire" >&2
   exit 1
@@ -74,6 +74,20 @@ for h in "${headers[@]}"; do
   cp -L "$h" "$incdir/$(basename "$h")"
   chmod 0644 "$incdir/$(basename "$h")"
 done
+
+# The launcher, so programs built against the install can be started.
+bindir="$prefix/bin"
+mkdir -p "$bindir"
+if [[ -f "$root/cluster/launcher/pagewire-run" ]]; then
+  rm -f "$bindir/pagewire-run"
+  cp -L "$root/cluster/launcher/pagewire-run" "$bindir/pagewire-run"
+  chmod 0755 "$bindir/pagewire-run"
+fi
+if [[ -f "$root/cluster/coordinator/pagewire-coordinator" ]]; then
+  rm -f "$bindir/pagewire-coordinator"
+  cp -L "$root/cluster/coordinator/pagewire-coordinator" "$bindir/pagewire-coordinator"
+  chmod 0755 "$bindir/pagewire-coordinator"
+fi
 
 cat > "$pcdir/pagewire.pc" <<PC
 prefix=$prefix

@@ -172,6 +172,15 @@ expect_err forward '^pagewire-run: received SIGTERM$'
 expect_err forward 'sending SIGTERM to 3 remaining rank\(s\)'
 pids_gone "$out"
 
+echo "== a closed stdout reaches the ranks as SIGPIPE, as in a shell pipeline"
+set +e
+timeout -k 5 "$HANG_LIMIT" "$RUN" -n 2 "$HELPER" lines=1000000000 2>"$err" | head -n 1 >"$out"
+rc=${PIPESTATUS[0]}
+set -e
+((rc != 124)) || fail "pipe: pagewire-run kept running after its stdout was closed"
+expect_rc pipe 141
+expect_err pipe '^pagewire-run: rank [01] \(pid [0-9]+\) killed by signal 13 \(Broken pipe\)$'
+
 echo "== a rank that cannot be started"
 printf '#!/nonexistent/interpreter\n' >"$tmp/badinterp"
 chmod +x "$tmp/badinterp"

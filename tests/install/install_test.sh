@@ -43,4 +43,21 @@ grep -qx "hello_pagewire: ok" <<<"$out" || fail "expected 'hello_pagewire: ok' i
 ldd "$exe" | grep -q "$prefix/lib/libpagewire.so" ||
   fail "hello_pagewire does not resolve libpagewire.so from $prefix/lib: $(ldd "$exe")"
 
+# The examples, as an HPC user builds them: plain cc / c++ / gfortran with
+# pkg-config, started by the installed launcher on 2 ranks.
+echo "== examples (make + pkg-config)"
+[[ -x "$prefix/bin/pagewire-run" ]] || fail "bin/pagewire-run was not installed"
+[[ -f "$prefix/include/pagewire/pagewire.f90" ]] || fail "the Fortran module source was not installed"
+exdir="$TEST_TMPDIR/examples"
+rm -rf "$exdir"
+cp -rL "$ws/examples" "$exdir"
+make -s -C "$exdir" OUT="$exdir" || fail "building the examples against the install failed"
+for ex in "heat 256 20" "global_sum" "global_histogram"; do
+  out="$("$prefix/bin/pagewire-run" -n 2 $exdir/$ex 2>&1)" ||
+    fail "$ex on 2 ranks failed: $out"
+  echo "$out" | grep -v "tcp:\|coordinator:"
+done
+echo "$out" | grep -q "rank 1 of 2: 1048576 samples, histogram matches" ||
+  fail "global_histogram did not report a matching histogram"
+
 echo "install_test: PASS"
