@@ -141,6 +141,24 @@ void* pw_alloc_on(size_t bytes, int home_rank) {
   return *ptr;
 }
 
+void* pw_attach_file(const char* path, int home_rank) {
+  Runtime* rt = Current();
+  if (rt == nullptr) {
+    NotInitialized("pw_attach_file");
+    return nullptr;
+  }
+  if (path == nullptr || path[0] == '\0') {
+    last_error = "pw_attach_file: the path is empty; pass the file's path";
+    return nullptr;
+  }
+  absl::StatusOr<void*> ptr = rt->AttachFile(path, home_rank);
+  if (!ptr.ok()) {
+    ToC(ptr.status());
+    return nullptr;
+  }
+  return *ptr;
+}
+
 pw_status_t pw_free(void* ptr) {
   Runtime* rt = Current();
   if (rt == nullptr) return NotInitialized("pw_free");

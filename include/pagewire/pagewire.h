@@ -56,6 +56,12 @@ void *pw_alloc(size_t bytes, pw_placement_t placement);
 void *pw_alloc_on(size_t bytes, int home_rank);
 pw_status_t pw_free(void *ptr);
 
+/* Collective: maps the file at `path` (the same path on every rank) into
+ * global memory, read-only for ranks other than `home_rank`, whose file
+ * manager reads pages on demand when any rank first touches them. Free it
+ * with pw_free(). */
+void *pw_attach_file(const char *path, int home_rank);
+
 pw_status_t pw_barrier(void);
 
 /* The global range of this job: every pointer into it is valid on every

@@ -1,0 +1,83 @@
+/*
+ * dsm_death.c - a rank dies; the faults that need it fail loudly, the rest
+ * of the job is not disturbed.
+ *   PAGEWIRE_LEASE_MS=600 pagewire-run -n 3 --grace-ms 20000 dsm_death
+ * Rank 1 homes an allocation and kills itself (SIGKILL) after a barrier.
+ * Rank 0 then reads a page homed on rank 1: it must get SIGBUS (the runtime
+ * logs why). Rank 2 meanwhile reads pages homed on rank 0, which must keep
+ * working. The next barrier must fail naming rank 1. The survivors ignore
+ * the launcher's SIGTERM long enough to report, then exit 0.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pagewire/pagewire.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static sigjmp_buf jump;
+static void OnBus(int sig) {
+  (void)sig;
+  siglongjmp(jump, 1);
+}
+
+static void Pause(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+int main(int argc, char **argv) {
+  if (pw_init(&argc, &argv) != PW_OK) {
+    fprintf(stderr, "dsm_death: pw_init: %s\n", pw_last_error());
+    return 1;
+  }
+  signal(SIGTERM, SIG_IGN);
+  int rank = pw_rank();
+  const size_t pages = 64;
+  unsigned char *on1 = pw_alloc_on(pages * 4096, 1);
+  unsigned char *on0 = pw_alloc_on(pages * 4096, 0);
+  if (on1 == NULL || on0 == NULL) {
+    fprintf(stderr, "dsm_death: pw_alloc_on: %s\n", pw_last_error());
+    return 1;
+  }
+  if (rank == 1) memset(on1, 0x11, pages * 4096);
+  if (rank == 0) memset(on0, 0x22, pages * 4096);
+  pw_barrier();
+  if (rank == 1) {
+    printf("dsm_death: rank 1 dies now\n");
+    fflush(stdout);
+    raise(SIGKILL);
+  }
+  Pause(200);  /* rank 1 is gone by now */
+  int status = 0;
+  if (rank == 0) {
+    signal(SIGBUS, OnBus);
+    if (sigsetjmp(jump, 1) == 0) {
+      volatile unsigned char b = on1[5 * 4096];
+      printf("dsm_death: rank 0 read %d from dead rank 1's page: WRONG\n", b);
+      status = 1;
+    } else {
+      printf("dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1\n");
+    }
+  }
+  if (rank == 2) {
+    for (size_t p = 0; p < pages; p++) {
+      if (on0[p * 4096 + 7] != 0x22) {
+        printf("dsm_death: rank 2 read a wrong byte from rank 0\n");
+        status = 1;
+      }
+    }
+    printf("dsm_death: rank 2 still reads rank 0's pages\n");
+  }
+  pw_status_t b = pw_barrier();
+  printf("dsm_death: rank %d: barrier after the death: %s: %s\n", rank,
+         pw_status_str(b), pw_last_error());
+  if (b == PW_OK) status = 1;
+  fflush(stdout);
+  /* Let membership declare the death (and say so) before exiting. */
+  Pause(1500);
+  _exit(status);
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# dsm_test.sh MODE - multi-rank DSM tests with real ranks started by
+# pagewire-run, over the TCP transport.
+#   loopback  4 ranks x 8 threads fault every home's pages of a block, a
+#             cyclic, an on-rank and a first-touch allocation (dsm_check)
+#   netns     the same, each rank in its own network namespace with its own
+#             address (cluster/netns); needs root, skips with the reason
+#             otherwise unless PAGEWIRE_REQUIRE_NETNS=1
+#   file      a file homed on rank 1, read on demand by its file manager
+#   death     a rank dies: the faults that need it fail loudly (SIGBUS with
+#             the reason), barriers fail naming it, the rest carries on
+#   heat      the main example on 4 ranks, checked against a sequential run
+set -euo pipefail
+
+mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat}"
+fail() {
+  echo "dsm_test($mode): FAIL: $*" >&2
+  exit 1
+}
+runfiles="${RUNFILES_DIR:-${TEST_SRCDIR:?not run under bazel test}}"
+ws="$runfiles/pagewire"
+RUN="$ws/cluster/launcher/pagewire-run"
+NETNS="$ws/cluster/netns/netns-hosts.sh"
+out="${TEST_TMPDIR:-/tmp}/dsm_$mode.log"
+
+expect_lines() {  # expect_lines PATTERN COUNT
+  local n
+  n="$(grep -cE "$1" "$out" || true)"
+  [[ "$n" == "$2" ]] || { cat "$out"; fail "expected $2 lines matching '$1', got $n"; }
+}
+
+case "$mode" in
+  loopback)
+    "$RUN" -n 4 "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 || { cat "$out"; fail "dsm_check exited $?"; }
+    expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
+    ;;
+  netns)
+    if [[ "$(id -u)" != 0 ]] || ! ip netns add "pwd$$probe" 2>/dev/null; then
+      [[ "${PAGEWIRE_REQUIRE_NETNS:-}" == 1 ]] && fail "cannot create network namespaces"
+      echo "dsm_test(netns): SKIP: needs root and network namespaces"
+      exit 0
+    fi
+    ip netns delete "pwd$$probe"
+    prefix="pwd$$"
+    trap '"$NETNS" down "$prefix" >/dev/null 2>&1 || true' EXIT
+    "$NETNS" up "$prefix" 4 >/dev/null || fail "netns-hosts.sh up failed"
+    "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 ||
+      { cat "$out"; fail "dsm_check in netns hosts exited $?"; }
+    expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
+    # The ranks really talked over the namespaces' addresses.
+    grep -qE 'connected to peer [0-9] at 10\.' "$out" || { cat "$out"; fail "no data-plane connection over a netns address"; }
+    ;;
+  file)
+    data="${TEST_TMPDIR:-/tmp}/dsm_file.bin"
+    head -c 777777 /dev/urandom >"$data"
+    "$RUN" -n 3 "$ws/tests/dsm/dsm_file" "$data" 1 >"$out" 2>&1 || { cat "$out"; fail "dsm_file exited $?"; }
+    expect_lines '^\[[0-2]\] dsm_file: rank [0-2] ok' 3
+    ;;
+  death)
+    set +e
+    PAGEWIRE_LEASE_MS=600 "$RUN" -n 3 --grace-ms 30000 "$ws/tests/dsm/dsm_death" >"$out" 2>&1
+    status=$?
+    set -e
+    [[ "$status" == 137 ]] || { cat "$out"; fail "the launcher exited $status, want 137 (rank 1 killed by signal 9)"; }
+    expect_lines '^pagewire-run: rank 1 \(pid [0-9]+\) killed by signal 9' 1
+    expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1' 1
+    expect_lines '^\[0\] pagewire: error: fault at 0x[0-9a-f]+ .*from rank 1 failed' 1
+    expect_lines '^\[2\] dsm_death: rank 2 still reads rank 0.s pages' 1
+    expect_lines '^\[[02]\] dsm_death: rank [02]: barrier after the death: .*rank 1' 2
+    expect_lines '^\[[02]\] pagewire: error: rank 1 is dead' 2
+    ;;
+  heat)
+    "$RUN" -n 4 "$ws/examples/heat" 512 50 >"$out" 2>&1 || { cat "$out"; fail "heat exited $?"; }
+    expect_lines '^\[0\] heat: 512x512 grid, 50 iterations on 4 ranks: .* matches the sequential computation' 1
+    expect_lines '^\[[0-3]\] heat: rank [0-3]: [0-9]+ faults, [1-9][0-9]* remote fetches' 4
+    ;;
+  *)
+    fail "unknown mode"
+    ;;
+esac
+grep -vE 'tcp:|coordinator:' "$out" || true
+echo "dsm_test($mode): PASS"
