@@ -226,8 +226,10 @@ void RemoteFetcher::Drain(CompletionQueue& cq) {
         }
       }
       if (wc.status == WcStatus::kSuccess) {
-        // The page is in the slot's landing buffer.
-        cq.Post(DataCompletion(request, nullptr));
+        // The page is in the slot's landing buffer. It is installed
+        // write-protected: a write to a copy of another rank's page must go
+        // through the owner's protocol, never land silently.
+        cq.Post(DataCompletion(request, nullptr, /*write_protect=*/true));
       } else {
         Fail(request,
              absl::UnavailableError(absl::StrFormat(
