@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -38,6 +40,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -300,6 +304,74 @@ class TcpPingPong {
   std::thread thread_;
 };
 
+// What this process's threads used, summed by thread name: sleeps
+// (voluntary context switches, each ended by a wake-up) and time on a CPU
+// (/proc/self/task/*/schedstat, in ns).
+struct ThreadUse {
+  uint64_t sleeps = 0;
+  uint64_t cpu_ns = 0;
+};
+using UseByName = std::map<std::string, ThreadUse>;
+
+UseByName ThreadUses() {
+  UseByName out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string dir = std::string("/proc/self/task/") + e->d_name;
+    char name[64] = {};
+    FILE* f = fopen((dir + "/comm").c_str(), "r");
+    if (f == nullptr) continue;
+    if (fgets(name, sizeof(name), f) == nullptr) name[0] = 0;
+    fclose(f);
+    name[strcspn(name, "\n")] = 0;
+    ThreadUse& use = out[name];
+    char line[256];
+    if ((f = fopen((dir + "/status").c_str(), "r")) != nullptr) {
+      while (fgets(line, sizeof(line), f) != nullptr) {
+        unsigned long long n;
+        if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1) {
+          use.sleeps += n;
+        }
+      }
+      fclose(f);
+    }
+    if ((f = fopen((dir + "/schedstat").c_str(), "r")) != nullptr) {
+      unsigned long long ns;
+      if (fscanf(f, "%llu", &ns) == 1) use.cpu_ns += ns;
+      fclose(f);
+    }
+  }
+  closedir(d);
+  return out;
+}
+
+// Adds after - before to `sum`, per thread name.
+void AddUses(const UseByName& before, const UseByName& after, UseByName& sum) {
+  for (const auto& [name, a] : after) {
+    auto it = before.find(name);
+    const ThreadUse b = it == before.end() ? ThreadUse{} : it->second;
+    sum[name].sleeps += a.sleeps - b.sleeps;
+    sum[name].cpu_ns += a.cpu_ns - b.cpu_ns;
+  }
+}
+
+void PrintUses(const UseByName& sum, uint64_t faults, const char* what,
+               std::initializer_list<const char*> names = {
+                   "remote_fault", "pw-fault", "pw-tcp"}) {
+  std::string line;
+  for (const char* name : names) {
+    auto it = sum.find(name);
+    const ThreadUse u = it == sum.end() ? ThreadUse{} : it->second;
+    char buf[96];
+    snprintf(buf, sizeof(buf), "  %s %.2f sleeps %.1f us cpu", name,
+             static_cast<double>(u.sleeps) / faults, u.cpu_ns / 1e3 / faults);
+    line += buf;
+  }
+  printf("per fault, %s:%s\n", what, line.c_str());
+}
+
 uint64_t Quantile(std::vector<uint64_t> v, double q) {
   std::sort(v.begin(), v.end());
   return v[static_cast<size_t>(q * (v.size() - 1))];
@@ -314,6 +386,7 @@ struct Options {
   uint64_t pages = 20000;
   int rounds = 5;
   int threads = 16;
+  bool latency_only = false;  // for profiling the single fault
 };
 
 Options ParseOptions(int argc, char** argv) {
@@ -326,11 +399,14 @@ Options ParseOptions(int argc, char** argv) {
       o.rounds = atoi(argv[++i]);
     } else if (a == "--threads" && i + 1 < argc) {
       o.threads = atoi(argv[++i]);
+    } else if (a == "--latency-only") {
+      o.latency_only = true;
     } else {
       fprintf(stderr,
               "remote_fault: unknown argument '%s'\n"
               "usage: pagewire-run -n 2 remote_fault [--pages N (default "
-              "20000)] [--rounds R (default 5)] [--threads T (default 16)]\n",
+              "20000)] [--rounds R (default 5)] [--threads T (default 16)]\n"
+              "                    [--latency-only (no throughput rounds)]\n",
               a.c_str());
       exit(2);
     }
@@ -352,6 +428,8 @@ void Measure(const Options& o, char* remote) {
   TcpPingPong tcp(o.pages);
 
   std::vector<uint64_t> lat_pw, lat_uffd, lat_tcp;
+  UseByName sleeps;  // during the remote faults
+  UseByName sleeps_uffd, sleeps_tcp;  // the floors
   lat_pw.reserve(o.pages * o.rounds);
   lat_uffd.reserve(o.pages * o.rounds);
   lat_tcp.reserve(o.pages * o.rounds);
@@ -362,19 +440,27 @@ void Measure(const Options& o, char* remote) {
       switch ((r + k) % 3) {
         case 0: {
           const pw_stats_t before = Stats();
+          const auto sleeps_before = ThreadUses();
           TimeFaults(remote, o.pages, lat_pw, /*check_pattern=*/true);
+          AddUses(sleeps_before, ThreadUses(), sleeps);
           CheckFetched(before, Stats(), o.pages, "latency round");
           VerifyAll(reinterpret_cast<const uint64_t*>(remote), o.pages,
                     "latency round");
           break;
         }
-        case 1:
+        case 1: {
           (*bare)->Reset();
+          const auto sleeps_before = ThreadUses();
           TimeFaults((*bare)->base(), o.pages, lat_uffd, false);
+          AddUses(sleeps_before, ThreadUses(), sleeps_uffd);
           break;
-        case 2:
+        }
+        case 2: {
+          const auto sleeps_before = ThreadUses();
           tcp.Time(lat_tcp);
+          AddUses(sleeps_before, ThreadUses(), sleeps_tcp);
           break;
+        }
       }
     }
     Barrier("after a latency round");  // drops the cached remote pages
@@ -383,7 +469,7 @@ void Measure(const Options& o, char* remote) {
 
   // Throughput rounds: 1 thread, then T threads, a barrier after each.
   std::vector<double> rate1, rateT, ratio;
-  for (int r = 0; r < o.rounds; ++r) {
+  for (int r = 0; r < (o.latency_only ? 0 : o.rounds); ++r) {
     double rates[2];
     const int threads[2] = {1, o.threads};
     for (int k = 0; k < 2; ++k) {
@@ -403,7 +489,9 @@ void Measure(const Options& o, char* remote) {
   const uint64_t u50 = Quantile(lat_uffd, 0.5), u99 = Quantile(lat_uffd, 0.99);
   const uint64_t t50 = Quantile(lat_tcp, 0.5), t99 = Quantile(lat_tcp, 0.99);
   const uint64_t floor50 = u50 + t50, floor99 = u99 + t99;
-  const double r1 = Median(rate1), rT = Median(rateT), rr = Median(ratio);
+  const double r1 = o.latency_only ? 0 : Median(rate1);
+  const double rT = o.latency_only ? 0 : Median(rateT);
+  const double rr = o.latency_only ? 0 : Median(ratio);
 
   printf("remote_fault: 2 ranks over the TCP transport (127.0.0.1), %llu "
          "pages x %d rounds, %u cpus\n",
@@ -426,13 +514,21 @@ void Measure(const Options& o, char* remote) {
   printf("%-40s %10.2f   (mean; fault read to page installed)\n",
          "fault service's own view (pw_get_stats)",
          after_latency.mean_latency_us);
-  printf("%-40s %12s\n", "remote faults/s (median)", "rate");
-  printf("%-40s %12.0f\n", "1 thread", r1);
-  printf("%-40s %12.0f\n", (std::to_string(o.threads) + " threads").c_str(),
-         rT);
-  printf("%-40s %12.3f   (target >= 4)\n",
-         ("ratio " + std::to_string(o.threads) + "/1 (median of rounds)").c_str(),
-         rr);
+  if (!o.latency_only) {
+    printf("%-40s %12s\n", "remote faults/s (median)", "rate");
+    printf("%-40s %12.0f\n", "1 thread", r1);
+    printf("%-40s %12.0f\n",
+           (std::to_string(o.threads) + " threads").c_str(), rT);
+    printf("%-40s %12.3f   (target >= 4)\n",
+           ("ratio " + std::to_string(o.threads) + "/1 (median of rounds)")
+               .c_str(),
+           rr);
+  }
+  PrintUses(sleeps, o.pages * o.rounds, "rank 0, remote faults");
+  PrintUses(sleeps_uffd, o.pages * o.rounds, "floor (a)",
+              {"remote_fault", "bare-uffd"});
+  PrintUses(sleeps_tcp, o.pages * o.rounds, "floor (b)",
+              {"remote_fault", "floor-tcp"});
   const pw_stats_t end = Stats();
   printf("checks: every round fetched each of the %llu pages from rank 1 "
          "once (remote fetches %llu in total) and every word matched; "
@@ -480,7 +576,14 @@ int main(int argc, char** argv) {
     Measure(o, remote);
   } else {
     // The home only serves; it meets rank 0 at each of its barriers.
-    for (int i = 0; i < 3 * o.rounds; ++i) Barrier("serving");
+    // Its pw-tcp thread serves nothing but rank 0's fetches meanwhile.
+    const int barriers = o.rounds * (o.latency_only ? 1 : 3);
+    const auto sleeps_before = ThreadUses();
+    for (int i = 0; i < o.rounds; ++i) Barrier("serving");
+    UseByName sleeps;
+    AddUses(sleeps_before, ThreadUses(), sleeps);
+    for (int i = o.rounds; i < barriers; ++i) Barrier("serving");
+    PrintUses(sleeps, o.pages * o.rounds, "rank 1 (home), remote faults");
   }
   Barrier("before freeing");
   if (pw_free(remote) != PW_OK) Die(std::string("pw_free: ") + pw_last_error());

@@ -175,6 +175,74 @@ pw_status_t pw_barrier(void) {
   return ToC(rt->Barrier());
 }
 
+pw_status_t pw_release(void) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_release");
+  return ToC(rt->Release());
+}
+
+pw_status_t pw_acquire(void) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_acquire");
+  return ToC(rt->Acquire());
+}
+
+#define PW_LOCK_CALL(name, method)                                        \
+  pw_status_t name(pw_lock_t* lock) {                                     \
+    Runtime* rt = Current();                                              \
+    if (rt == nullptr) return NotInitialized(#name);                      \
+    if (lock == nullptr) {                                                \
+      last_error = #name ": the lock is NULL; pass a pw_lock_t in global " \
+                   "memory";                                              \
+      return PW_ERR_INVALID_ARGUMENT;                                     \
+    }                                                                     \
+    return ToC(rt->method(reinterpret_cast<uintptr_t>(lock)));            \
+  }
+PW_LOCK_CALL(pw_lock_init, LockInit)
+PW_LOCK_CALL(pw_lock_acquire, LockAcquire)
+PW_LOCK_CALL(pw_lock_release, LockRelease)
+PW_LOCK_CALL(pw_lock_destroy, LockDestroy)
+#undef PW_LOCK_CALL
+
+static pw_status_t AtomicResult(const absl::StatusOr<uint64_t>& r,
+                                uint64_t* out) {
+  if (!r.ok()) return ToC(r.status());
+  if (out != nullptr) *out = *r;
+  return PW_OK;
+}
+
+pw_status_t pw_atomic_fetch_add(uint64_t* addr, uint64_t value, uint64_t* old) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_atomic_fetch_add");
+  return AtomicResult(
+      rt->AtomicFetchAdd(reinterpret_cast<uintptr_t>(addr), value), old);
+}
+
+pw_status_t pw_atomic_cas(uint64_t* addr, uint64_t expected, uint64_t desired,
+                          uint64_t* old) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_atomic_cas");
+  return AtomicResult(rt->AtomicCompareSwap(reinterpret_cast<uintptr_t>(addr),
+                                            expected, desired),
+                      old);
+}
+
+pw_status_t pw_atomic_load(uint64_t* addr, uint64_t* value) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_atomic_load");
+  if (value == nullptr) {
+    last_error = "pw_atomic_load: value is NULL; pass where to store it";
+    return PW_ERR_INVALID_ARGUMENT;
+  }
+  return AtomicResult(rt->AtomicLoad(reinterpret_cast<uintptr_t>(addr)), value);
+}
+
+pw_status_t pw_atomic_store(uint64_t* addr, uint64_t value) {
+  Runtime* rt = Current();
+  if (rt == nullptr) return NotInitialized("pw_atomic_store");
+  return ToC(rt->AtomicStore(reinterpret_cast<uintptr_t>(addr), value));
+}
+
 pw_status_t pw_get_stats(pw_stats_t* stats) {
   Runtime* rt = Current();
   if (rt == nullptr) return NotInitialized("pw_get_stats");
@@ -188,6 +256,9 @@ pw_status_t pw_get_stats(pw_stats_t* stats) {
   stats->coalesced = s.faults.coalesced;
   stats->failed = s.faults.failed;
   stats->served = s.fetches_served;
+  stats->twins = s.twins;
+  stats->diff_bytes = s.diff_bytes;
+  stats->invalidated = s.invalidated;
   stats->mean_latency_us = s.faults.mean_latency_ns / 1e3;
   stats->p50_latency_us = s.faults.p50_latency_ns / 1e3;
   stats->p99_latency_us = s.faults.p99_latency_ns / 1e3;

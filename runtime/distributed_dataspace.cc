@@ -2,6 +2,9 @@
 #include "runtime/distributed_dataspace.h"
 
 #include "absl/strings/str_format.h"
+#include <cstring>
+
+#include "runtime/coherence.h"
 #include "runtime/completion_queue.h"
 #include "runtime/page.h"
 
@@ -27,8 +30,16 @@ const char* PlacementName(Placement p) {
 }
 
 DistributedDataspace::DistributedDataspace(Params params,
-                                           RemoteFetcher& fetcher)
-    : params_(std::move(params)), fetcher_(fetcher) {
+                                           RemoteFetcher& fetcher,
+                                           Coherence* coherence)
+    : params_(std::move(params)), fetcher_(fetcher), coherence_(coherence) {
+  const uint64_t words = (params_.placement.pages + 63) / 64;
+  registered_.reset(new std::atomic<uint64_t>[words]);
+  tracked_.reset(new std::atomic<uint64_t>[words]);
+  for (uint64_t i = 0; i < words; ++i) {
+    registered_[i] = 0;
+    tracked_[i] = 0;
+  }
   if (params_.placement.placement == Placement::kFirstTouch) {
     owners_.reset(new std::atomic<int32_t>[params_.placement.pages]);
     for (uint64_t i = 0; i < params_.placement.pages; ++i) owners_[i] = -1;
@@ -88,27 +99,32 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
     RequestHomePage(request);
     return;
   }
-  if (request.access == Access::kWrite || request.upgrade) {
-    request.completion_queue->Post(OutcomeCompletion(
-        request, Resolution::kFailed,
-        absl::FailedPreconditionError(absl::StrFormat(
-            "write to page %d of %s, which is homed on rank %d: until the "
-            "coherence protocol lands, a rank may write only the pages homed "
-            "on it (use block placement and write your own block, or "
-            "pw_alloc_on(bytes, pw_rank()))",
-            page, Describe(), owner))));
+  if (request.upgrade) {
+    // A write to a cached copy: keep the page as the home has it (the twin),
+    // then let the write proceed. The release sends the difference home.
+    const char* current = reinterpret_cast<const char*>(params_.global_addr) +
+                          page * kPageSize;
+    if (coherence_->DeferIfFrozen(request, GlobalOffset(page))) return;
+    coherence_->AddTwin(this, page, owner, current);
+    request.completion_queue->Post(
+        OutcomeCompletion(request, Resolution::kWritable));
     return;
   }
   const uint64_t remote_addr = params_.global_addr + page * kPageSize;
-  // A first-touch owner may not have installed its page yet; its home
-  // manager makes it resident before the READ, so its transport never
-  // touches a missing page.
-  if (params_.homes_always_readable &&
-      params_.placement.placement != Placement::kFirstTouch) {
-    fetcher_.Read(request, owner, remote_addr, params_.id, page);
+  if (params_.homes_always_readable && GetBit(registered_.get(), page)) {
+    fetcher_.Read(request, owner, remote_addr, this, page);
   } else {
-    fetcher_.FetchVia(request, owner, remote_addr, params_.id, page);
+    fetcher_.FetchVia(request, owner, remote_addr, this, page);
   }
+}
+
+PageCompletion DistributedDataspace::OnFetched(const PageRequest& request,
+                                               uint64_t page) {
+  if (request.access == Access::kWrite) {
+    coherence_->AddTwin(this, page, OwnerOf(page), request.landing);
+    return DataCompletion(request, nullptr, /*write_protect=*/false);
+  }
+  return DataCompletion(request, nullptr, /*write_protect=*/true);
 }
 
 void DistributedDataspace::RequestHomePage(const PageRequest& request) {
@@ -117,6 +133,11 @@ void DistributedDataspace::RequestHomePage(const PageRequest& request) {
     return;
   }
   if (request.upgrade) {
+    // A tracked page: other ranks cache it, so this write is recorded.
+    const uint64_t page = request.offset / kPageSize;
+    if (coherence_ != nullptr && Tracked(page)) {
+      coherence_->NoteHomeWrite(this, page);
+    }
     request.completion_queue->Post(
         OutcomeCompletion(request, Resolution::kWritable));
     return;

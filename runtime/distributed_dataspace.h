@@ -10,9 +10,12 @@
 // asks the home manager first. First-touch pages ask the page's directory
 // rank who owns them; the first claimant becomes the home.
 //
-// Until the coherence protocol lands, pages homed elsewhere are read-only
-// here: a write to one fails loudly (SIGBUS with the reason logged) instead
-// of being lost.
+// Copies of pages homed elsewhere are installed write-protected; the first
+// write twins the page (Coherence) and makes it writable, and the next
+// release sends the modified bytes home. The first fetch of a page by a
+// rank goes through the home manager, which registers the rank as a cacher
+// and starts tracking the home's own writes to the page; later fetches READ
+// directly.
 //
 // Threads: RequestPage from the fault loop; ContinueClaim from the transport
 // thread; the owner table is shared and atomic.
@@ -25,8 +28,13 @@
 #include <string>
 
 #include "runtime/dataspace.h"
+#include "runtime/page.h"
 #include "runtime/placement.h"
 #include "runtime/remote_fetcher.h"
+
+namespace pagewire {
+class Coherence;
+}
 
 namespace pagewire {
 
@@ -42,13 +50,20 @@ class DistributedDataspace final : public Dataspace {
     // allocation (then the home copy is always readable by peers).
     std::shared_ptr<Dataspace> home_backing;
     // Whether the homes' copies are always readable (plain memory): peers
-    // READ directly; otherwise they ask the home manager first.
+    // READ directly once registered; otherwise they always ask the home
+    // manager first.
     bool homes_always_readable = true;
   };
 
-  DistributedDataspace(Params params, RemoteFetcher& fetcher);
+  DistributedDataspace(Params params, RemoteFetcher& fetcher,
+                       Coherence* coherence);
 
   uint32_t id() const { return params_.id; }
+  // Where `page` lies in the global range, as an offset from its base.
+  uint64_t GlobalOffset(uint64_t page) const {
+    return params_.global_addr - global_base_ + page * kPageSize;
+  }
+  void SetGlobalBase(uintptr_t base) { global_base_ = base; }
   uintptr_t global_addr() const { return params_.global_addr; }
   const PlacementMap& placement() const { return params_.placement; }
   bool HomedHere(uint64_t page) const;
@@ -64,6 +79,16 @@ class DistributedDataspace final : public Dataspace {
   // Asks the local backing for a page homed here.
   void RequestHomePage(const PageRequest& request);
 
+  // A READ of `page` landed in the request's landing buffer: how to install
+  // it (a write twins it first).
+  PageCompletion OnFetched(const PageRequest& request, uint64_t page);
+  // The home has registered this rank as a cacher of `page`.
+  void MarkRegistered(uint64_t page) { SetBit(registered_.get(), page); }
+  // Home side: whether this rank tracks its own writes to `page` (some other
+  // rank has fetched it), and starting to.
+  bool Tracked(uint64_t page) const { return GetBit(tracked_.get(), page); }
+  void MarkTracked(uint64_t page) { SetBit(tracked_.get(), page); }
+
   uint64_t size() const override { return params_.size; }
   void RequestPage(const PageRequest& request) override;
   std::string Describe() const override;
@@ -71,8 +96,21 @@ class DistributedDataspace final : public Dataspace {
  private:
   void RequestFromOwner(const PageRequest& request, uint64_t page, int owner);
 
+  static bool GetBit(const std::atomic<uint64_t>* bits, uint64_t i) {
+    return bits[i / 64].load(std::memory_order_acquire) >> (i % 64) & 1;
+  }
+  static void SetBit(std::atomic<uint64_t>* bits, uint64_t i) {
+    bits[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_acq_rel);
+  }
+
   const Params params_;
   RemoteFetcher& fetcher_;
+  Coherence* const coherence_;
+  uintptr_t global_base_ = 0;
+  // This rank is registered at the page's home (fetch directly).
+  std::unique_ptr<std::atomic<uint64_t>[]> registered_;
+  // Home side: the page is write-protected here to see this rank's writes.
+  std::unique_ptr<std::atomic<uint64_t>[]> tracked_;
   // First-touch owners as known here (-1: unknown); authoritative on the
   // page's directory rank.
   std::unique_ptr<std::atomic<int32_t>[]> owners_;

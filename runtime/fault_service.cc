@@ -270,7 +270,11 @@ void FaultService::HandleFault(const uffd_msg& msg) {
   Bump(faults_);
   const uintptr_t page = PageDown(msg.arg.pagefault.address);
   const uint64_t flags = msg.arg.pagefault.flags;
-  const bool upgrade = flags & UFFD_PAGEFAULT_FLAG_WP;
+  // A write-protect fault on a page dropped since (an invalidation ran
+  // before this event was read) is a plain write fault on a missing page:
+  // managers may read a page they upgrade, and it must be there.
+  const bool upgrade =
+      (flags & UFFD_PAGEFAULT_FLAG_WP) && Resident(PageIndex(page));
   if (!upgrade && Resident(PageIndex(page))) {
     // A late event for a page already installed: its thread only needs a
     // wake-up.
@@ -349,7 +353,11 @@ void FaultService::NotifyWatchers(PendingPage& p, const absl::Status& status) {
 }
 
 void FaultService::Request(uint32_t slot) {
-  const PendingPage& p = slots_[slot];
+  PendingPage& p = slots_[slot];
+  // Asked again after the page was dropped: no longer an upgrade of an
+  // installed page but a write to a missing one (managers may read a page
+  // they upgrade, and it must be there).
+  if (p.upgrade && !Resident(PageIndex(p.page))) p.upgrade = false;
   PageRequest request;
   request.offset = p.page - base_;
   request.access = p.access;
@@ -450,6 +458,11 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
       return;
     }
     case Resolution::kWritable: {
+      if (!Resident(index)) {
+        // Dropped while the upgrade waited: the writer faults afresh.
+        Wake(p.page);
+        return;
+      }
       uffdio_writeprotect wp{};
       wp.range.start = p.page;
       wp.range.len = kPageSize;
@@ -535,6 +548,37 @@ void FaultService::Invalidate(uint64_t offset, uint64_t size,
   Submit(Command{Command::kInvalidate, offset, size, &keep, nullptr, nullptr});
 }
 
+absl::Status FaultService::WriteProtect(uint64_t offset, uint64_t size,
+                                        bool protect) {
+  absl::Status result;
+  Command c{Command::kWriteProtect, offset, size, nullptr, &result, nullptr};
+  c.protect = protect;
+  Submit(std::move(c));
+  return result;
+}
+
+void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
+                                        Done done) {
+  Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
+  c.pages = std::move(offsets);
+  c.pages_done = std::move(done);
+  if (std::this_thread::get_id() == loop_id_) {
+    RunCommand(c);
+    return;
+  }
+  {
+    absl::MutexLock lock(&commands_mutex_);
+    if (stop_requested_) {
+      c.pages_done();
+      return;
+    }
+    commands_.push_back(std::move(c));
+  }
+  uint64_t one = 1;
+  ssize_t n = ::write(control_fd_, &one, sizeof(one));
+  (void)n;
+}
+
 void FaultService::Prefetch(uint64_t offset, PrefetchDone done) {
   Command c{Command::kPrefetch, offset, kPageSize, nullptr, nullptr, nullptr,
             std::move(done)};
@@ -614,6 +658,15 @@ void FaultService::RunCommand(const Command& c) {
     case Command::kPrefetch:
       StartPrefetch(c.offset, c.prefetch_done);
       return;
+    case Command::kWriteProtect:
+      *c.result = ProtectRange(c.offset, c.size, c.protect);
+      return;
+    case Command::kInvalidatePages:
+      for (uint64_t off : c.pages) {
+        if (off < size_) DropPage(base_ + PageDown(off));
+      }
+      if (c.pages_done) c.pages_done();
+      return;
   }
 }
 
@@ -668,6 +721,52 @@ absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size,
     off += done;
   }
   return absl::OkStatus();
+}
+
+absl::Status FaultService::ProtectRange(uint64_t offset, uint64_t size,
+                                        bool protect) {
+  if (!PageAligned(offset) || !PageAligned(size) || offset > size_ ||
+      size > size_ - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "write-protect [0x%x, 0x%x): not page-aligned or outside the global "
+        "range",
+        offset, offset + size));
+  }
+  // Runs of installed pages: UFFDIO_WRITEPROTECT wants populated ranges.
+  uint64_t off = offset;
+  while (off < offset + size) {
+    if (!Resident(PageIndex(base_ + off))) {
+      off += kPageSize;
+      continue;
+    }
+    uint64_t run = kPageSize;
+    while (off + run < offset + size && Resident(PageIndex(base_ + off + run))) {
+      run += kPageSize;
+    }
+    uffdio_writeprotect wp{};
+    wp.range.start = base_ + off;
+    wp.range.len = run;
+    wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+    if (::ioctl(uffd_.fd(), UFFDIO_WRITEPROTECT, &wp) != 0) {
+      return absl::InternalError(absl::StrFormat(
+          "write-protecting [0x%x, 0x%x) failed: %s", base_ + off,
+          base_ + off + run, strerror(errno)));
+    }
+    off += run;
+  }
+  return absl::OkStatus();
+}
+
+void FaultService::DropPage(uintptr_t page) {
+  const uint64_t i = PageIndex(page);
+  if (Resident(i)) {
+    SetResident(i, false);
+    ::madvise(reinterpret_cast<void*>(page), kPageSize, MADV_DONTNEED);
+    Bump(evicted_);
+  }
+  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
+    slots_[it->second].stale = true;
+  }
 }
 
 void FaultService::ChangeBacking(uint64_t offset, uint64_t size,

@@ -123,6 +123,23 @@ class FaultService final : public RegionMap::Listener {
   using PrefetchDone = std::function<void(const absl::Status&)>;
   void Prefetch(uint64_t offset, PrefetchDone done);
 
+  // Write-protects (or unprotects) the installed pages of the range: a
+  // later write to a protected page faults as an upgrade request. Pages not
+  // installed are skipped. Any thread; returns once done.
+  absl::Status WriteProtect(uint64_t offset, uint64_t size, bool protect);
+
+  // Drops the installed pages at `offsets` (page-aligned, any order) and
+  // re-asks for such pages whose requests are out, then calls `done` on the
+  // loop thread. Does not wait: message handlers use it.
+  using Done = std::function<void()>;
+  void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done);
+
+  // Whether the page at `offset` is installed (any thread; a hint, exact on
+  // the loop thread).
+  bool IsResident(uint64_t offset) const {
+    return offset < size_ && Resident(offset / kPageSize);
+  }
+
   // Installs zero-filled, writable pages over [offset, offset + size) where
   // none is installed yet and `which` (if given) holds, without asking any
   // manager (a home's own pages). Returns once done.
@@ -161,13 +178,23 @@ class FaultService final : public RegionMap::Listener {
     std::vector<PrefetchDone> watchers;  // Prefetch callers, rare
   };
   struct Command {
-    enum Kind { kChangeBacking, kInvalidate, kPopulate, kPrefetch } kind;
+    enum Kind {
+      kChangeBacking,
+      kInvalidate,
+      kPopulate,
+      kPrefetch,
+      kWriteProtect,
+      kInvalidatePages,
+    } kind;
     uint64_t offset;
     uint64_t size;
     const PagePredicate* keep;  // kInvalidate: keep; kPopulate: which
     absl::Status* result;       // kPopulate
     absl::Notification* done;   // null: the submitter does not wait
     PrefetchDone prefetch_done;  // kPrefetch
+    bool protect = false;        // kWriteProtect
+    std::vector<uint64_t> pages;  // kInvalidatePages
+    Done pages_done;              // kInvalidatePages
   };
 
   FaultService(const FaultServiceConfig& config, Dataspace& root,
@@ -196,6 +223,8 @@ class FaultService final : public RegionMap::Listener {
   void ChangeBacking(uint64_t offset, uint64_t size, const PagePredicate* keep);
   absl::Status PopulateRange(uint64_t offset, uint64_t size,
                              const PagePredicate* which);
+  absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
+  void DropPage(uintptr_t page);
   void AbandonPending();
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "runtime/coherence.h"
 #include "runtime/home_protocol.h"
 #include "runtime/log.h"
 #include "runtime/page.h"
@@ -20,6 +21,11 @@ void HomeManager::SetFaultService(FaultService* service, uintptr_t base) {
   absl::MutexLock lock(&mutex_);
   service_ = service;
   base_ = base;
+}
+
+void HomeManager::SetCoherence(Coherence* coherence) {
+  absl::MutexLock lock(&mutex_);
+  coherence_ = coherence;
 }
 
 void HomeManager::AddDataspace(DistributedDataspace* ds) {
@@ -41,9 +47,19 @@ DistributedDataspace* HomeManager::Find(uint32_t id) const {
 void HomeManager::OnMessage(int peer, uint16_t type,
                             absl::Span<const char> body) {
   switch (type) {
-    case hp::kCached:
-      OnCached(peer, body);
+    case hp::kEpochWrites:
+    case hp::kEpochInvalidate:
+    case hp::kLockAcquire:
+    case hp::kLockGrant:
+    case hp::kLockRelease: {
+      Coherence* coherence;
+      {
+        absl::MutexLock lock(&mutex_);
+        coherence = coherence_;
+      }
+      if (coherence != nullptr) coherence->OnMessage(peer, type, body);
       return;
+    }
     case hp::kFetch:
       OnFetch(peer, body);
       return;
@@ -73,40 +89,6 @@ void HomeManager::OnMessage(int peer, uint16_t type,
           peer, type, body.size());
 }
 
-void HomeManager::OnCached(int peer, absl::Span<const char> body) {
-  hp::CachedHeader h;
-  if (body.size() < sizeof(h)) {
-    Warning("home manager: rank %d sent a truncated directory notice", peer);
-    return;
-  }
-  std::memcpy(&h, body.data(), sizeof(h));
-  if (body.size() != sizeof(h) + uint64_t{h.count} * sizeof(uint64_t) ||
-      peer < 0 || peer >= nranks_) {
-    Warning("home manager: rank %d sent a directory notice of %d bytes for %d "
-            "pages; dropped",
-            peer, body.size(), h.count);
-    return;
-  }
-  absl::MutexLock lock(&mutex_);
-  DistributedDataspace* ds = Find(h.alloc_id);
-  if (ds == nullptr) return;  // freed meanwhile
-  auto& pages = directory_[h.alloc_id];
-  const char* p = body.data() + sizeof(h);
-  for (uint32_t i = 0; i < h.count; ++i, p += sizeof(uint64_t)) {
-    uint64_t page;
-    std::memcpy(&page, p, sizeof(page));
-    if (page >= ds->placement().pages || !ds->HomedHere(page)) {
-      Warning("home manager: rank %d says it caches page %d of allocation %d, "
-              "which is not homed here; ignored",
-              peer, page, h.alloc_id);
-      continue;
-    }
-    std::vector<uint64_t>& bits = pages[page];
-    bits.resize((nranks_ + 63) / 64);
-    bits[peer / 64] |= uint64_t{1} << (peer % 64);
-  }
-}
-
 void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
   hp::Fetch m;
   if (!hp::Parse(body, &m)) {
@@ -115,11 +97,13 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
   }
   FaultService* service;
   uint64_t offset;
+  DistributedDataspace* ds;
   {
     absl::MutexLock lock(&mutex_);
-    DistributedDataspace* ds = Find(m.alloc_id);
+    ds = Find(m.alloc_id);
     service = service_;
-    if (ds == nullptr || service == nullptr || m.page >= ds->placement().pages) {
+    if (ds == nullptr || service == nullptr || m.page >= ds->placement().pages ||
+        peer < 0 || peer >= nranks_) {
       Warning("home manager: rank %d asked for page %d of allocation %d, which "
               "does not exist here",
               peer, m.page, m.alloc_id);
@@ -133,8 +117,19 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
   // Make the home copy resident as if this rank had touched it: its backing
   // answers asynchronously, and the answer goes out when it is installed.
   Transport* transport = &transport_;
-  service->Prefetch(offset, [transport, peer, m](const absl::Status& s) {
-    if (!s.ok()) {
+  HomeManager* self = this;
+  service->Prefetch(offset, [=](const absl::Status& s) {
+    if (s.ok()) {
+      // Register the cacher and track the home's own writes from now on,
+      // before the requester can READ: a write after this faults and is
+      // recorded, a write before it is in what the requester reads.
+      self->AddCacher(m.alloc_id, m.page, peer);
+      if (!ds->Tracked(m.page)) {
+        ds->MarkTracked(m.page);
+        absl::Status wp = service->WriteProtect(offset, kPageSize, true);
+        if (!wp.ok()) Error("home manager: %s", wp.message());
+      }
+    } else {
       Error("home manager: page %d of allocation %d, asked for by rank %d, "
             "cannot be provided: %s",
             m.page, m.alloc_id, peer, s.message());
@@ -165,6 +160,13 @@ void HomeManager::OnClaim(int peer, absl::Span<const char> body) {
   }
   hp::Claimed r{m.slot, owner, m.page};
   (void)transport_.SendMessage(peer, hp::kClaimed, hp::AsBytes(r));
+}
+
+void HomeManager::AddCacher(uint32_t id, uint64_t page, int rank) {
+  absl::MutexLock lock(&mutex_);
+  std::vector<uint64_t>& bits = directory_[id][page];
+  bits.resize((nranks_ + 63) / 64);
+  bits[rank / 64] |= uint64_t{1} << (rank % 64);
 }
 
 std::vector<int> HomeManager::CachersOf(uint32_t id, uint64_t page) const {

@@ -6,8 +6,10 @@
 // decision: a fetch of a page whose backing is slow or nested (it makes the
 // page resident through this rank's fault service, asynchronously, then
 // answers kReady), the owner of a first-touch page (on the page's directory
-// rank), and directory notices ("rank r caches page p"), which the
-// coherence protocol uses to find the copies it must invalidate.
+// rank), and the directory of which ranks cache which page: a rank's first
+// fetch of a page comes here, and from then on the home write-protects its
+// own copy so the coherence protocol sees the home's writes too.
+// Coherence messages are handed to the Coherence.
 //
 // Threads: OnMessage on the transport's receive thread (never blocks);
 // Add/RemoveDataspace and CachersOf from any thread.
@@ -28,13 +30,17 @@
 
 namespace pagewire {
 
+class Coherence;
+
 class HomeManager {
  public:
   HomeManager(Transport& transport, RemoteFetcher& fetcher, int self,
               int nranks);
 
-  // The fault service that holds this rank's home copies, at `base`.
+  // The fault service that holds this rank's home copies, at `base`, and
+  // the coherence protocol's rank side.
   void SetFaultService(FaultService* service, uintptr_t base);
+  void SetCoherence(Coherence* coherence);
 
   void AddDataspace(DistributedDataspace* ds);
   void RemoveDataspace(uint32_t id);
@@ -42,13 +48,13 @@ class HomeManager {
   // The transport's message handler.
   void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
 
-  // Ranks known to cache `page` of allocation `id` (homed here).
+  // Ranks that may cache `page` of allocation `id` (homed here).
   std::vector<int> CachersOf(uint32_t id, uint64_t page) const;
+  void AddCacher(uint32_t id, uint64_t page, int rank);
 
   uint64_t fetches_served() const;
 
  private:
-  void OnCached(int peer, absl::Span<const char> body);
   void OnFetch(int peer, absl::Span<const char> body);
   void OnClaim(int peer, absl::Span<const char> body);
   DistributedDataspace* Find(uint32_t id) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
@@ -60,6 +66,7 @@ class HomeManager {
 
   mutable absl::Mutex mutex_;
   FaultService* service_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  Coherence* coherence_ ABSL_GUARDED_BY(mutex_) = nullptr;
   uintptr_t base_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::flat_hash_map<uint32_t, DistributedDataspace*> dataspaces_
       ABSL_GUARDED_BY(mutex_);

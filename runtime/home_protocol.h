@@ -18,17 +18,36 @@
 namespace pagewire::home_protocol {
 
 enum Type : uint16_t {
-  kCached = 1,   // requester -> home: "I now cache these pages" (directory)
-  kFetch = 2,    // requester -> home: make this page readable, then kReady
+  kFetch = 2,    // requester -> home: register me as a cacher, make the page
+                 // readable (and tracked), then kReady
   kReady = 3,    // home -> requester: the page is readable (or failed)
   kClaim = 4,    // requester -> directory rank: who homes this first-touch page?
   kClaimed = 5,  // directory rank -> requester: the owner
+  // Coherence (runtime/coherence.h). Page lists follow a PageListHeader.
+  kEpochWrites = 6,      // rank -> every rank: pages of yours I wrote
+  kEpochInvalidate = 7,  // home -> every rank: drop these copies
+  kLockAcquire = 8,      // rank -> lock's home
+  kLockGrant = 9,        // lock's home -> rank: granted, drop these copies
+  kLockRelease = 10,     // rank -> lock's home: released, I wrote these
 };
 
-struct CachedHeader {
+// One page of one allocation in a page list.
+struct PageRef {
   uint32_t alloc_id;
-  uint32_t count;  // followed by `count` uint64 page indices
+  uint32_t reserved;
+  uint64_t page;
 };
+
+struct PageListHeader {
+  uint64_t epoch_or_lock;  // barrier epoch, or the lock's global offset
+  uint64_t ticket;         // lock requests: the requester's ticket
+  uint32_t count;          // PageRefs that follow
+  uint32_t flags;          // kLastPart, kAllPages
+};
+inline constexpr uint32_t kLastPart = 1;  // the last message of a list
+inline constexpr uint32_t kAllPages = 2;  // "every cached copy" (list too long)
+// PageRefs per message.
+inline constexpr size_t kMaxPageRefs = 4000;
 
 struct Fetch {
   uint32_t alloc_id;

@@ -56,7 +56,7 @@ class LatencyHistogram {
     int msb = (bucket >> kSubBits) + kSubBits - 1;
     uint64_t sub = static_cast<uint64_t>(bucket & ((1 << kSubBits) - 1));
     if (msb >= 63) return UINT64_MAX;
-    return ((uint64_t{1} << msb) | ((sub + 1) << (msb - kSubBits))) - 1;
+    return (uint64_t{1} << msb) + ((sub + 1) << (msb - kSubBits)) - 1;
   }
 
  private:

@@ -22,8 +22,76 @@ RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
       pending_(FaultService::kMaxPendingPages),
       rkeys_(nranks),
       dead_(nranks),
-      death_(nranks),
-      notices_(nranks) {}
+      death_(nranks) {}
+
+void SyncBatch::Expect(int chains) {
+  absl::MutexLock lock(&mutex_);
+  outstanding_ += chains;
+}
+
+void SyncBatch::Complete(const WorkCompletion& wc) {
+  absl::MutexLock lock(&mutex_);
+  if (wc.status != WcStatus::kSuccess && status_.ok()) {
+    status_ = absl::UnavailableError(absl::StrFormat(
+        "a one-sided %s to rank %d failed: %s", WorkOpcodeName(wc.opcode),
+        wc.peer, WcStatusName(wc.status)));
+  }
+  // An unsignalled request reports only a failure; its chain's signalled
+  // tail still completes (flushed) or the peer's death completes it.
+  if (wc.status == WcStatus::kSuccess || outstanding_ > 0) --outstanding_;
+}
+
+absl::Status SyncBatch::Wait() {
+  absl::MutexLock lock(&mutex_);
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return outstanding_ <= 0;
+  };
+  mutex_.Await(absl::Condition(&done));
+  return status_;
+}
+
+void RemoteFetcher::SetGlobalRegion(MemoryRegion global) {
+  absl::MutexLock lock(&mutex_);
+  global_ = global;
+}
+
+uint32_t RemoteFetcher::global_lkey() const {
+  absl::MutexLock lock(&mutex_);
+  return global_.lkey;
+}
+
+uint32_t RemoteFetcher::PeerKey(int peer) const {
+  absl::MutexLock lock(&mutex_);
+  return peer >= 0 && peer < nranks_ ? rkeys_[peer] : 0;
+}
+
+absl::Status RemoteFetcher::PostSync(int peer, WorkRequest* chain,
+                                     SyncBatch& batch) {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (!PeerAlive(peer)) {
+      return absl::UnavailableError(absl::StrFormat(
+          "rank %d is dead: %s", peer,
+          peer >= 0 && peer < nranks_ ? death_[peer] : "no such rank"));
+    }
+  }
+  WorkRequest* last = chain;
+  for (WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
+    wr->wr_id = batch.wr_id();
+    wr->signaled = false;
+    last = wr;
+  }
+  last->signaled = true;
+  batch.Expect(1);
+  absl::Status s = transport_.PostSend(peer, chain);
+  if (!s.ok()) {
+    WorkCompletion wc;
+    wc.status = WcStatus::kTransportError;
+    wc.peer = peer;
+    batch.Complete(wc);
+  }
+  return s;
+}
 
 void RemoteFetcher::SetLanding(MemoryRegion landing) {
   absl::MutexLock lock(&mutex_);
@@ -57,7 +125,6 @@ void RemoteFetcher::PeerDied(int peer, const std::string& why) {
         orphans.push_back(p.request);
       }
     }
-    notices_[peer].clear();
   }
   for (const PageRequest& r : orphans) {
     Fail(r, absl::UnavailableError(absl::StrFormat(
@@ -89,7 +156,7 @@ void RemoteFetcher::PostRead(uint32_t slot) {
 }
 
 void RemoteFetcher::Read(const PageRequest& request, int home,
-                         uint64_t remote_addr, uint32_t alloc_id,
+                         uint64_t remote_addr, DistributedDataspace* ds,
                          uint64_t page) {
   absl::MutexLock lock(&mutex_);
   if (!PeerAlive(home)) {
@@ -98,16 +165,13 @@ void RemoteFetcher::Read(const PageRequest& request, int home,
                       home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
     return;
   }
-  Pending& p = pending_[request.slot];
-  p = Pending{State::kReading, home, request, remote_addr, alloc_id, page,
-              nullptr};
-  notices_[home].emplace_back(alloc_id, page);
-  notices_waiting_ = true;
+  pending_[request.slot] =
+      Pending{State::kReading, home, request, remote_addr, page, ds};
   PostRead(request.slot);
 }
 
 void RemoteFetcher::FetchVia(const PageRequest& request, int home,
-                             uint64_t remote_addr, uint32_t alloc_id,
+                             uint64_t remote_addr, DistributedDataspace* ds,
                              uint64_t page) {
   absl::MutexLock lock(&mutex_);
   if (!PeerAlive(home)) {
@@ -116,12 +180,10 @@ void RemoteFetcher::FetchVia(const PageRequest& request, int home,
                       home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
     return;
   }
-  pending_[request.slot] = Pending{State::kAwaitingHome, home, request,
-                                   remote_addr, alloc_id, page, nullptr};
-  notices_[home].emplace_back(alloc_id, page);
-  notices_waiting_ = true;
+  pending_[request.slot] =
+      Pending{State::kAwaitingHome, home, request, remote_addr, page, ds};
   home_requests_.fetch_add(1, std::memory_order_relaxed);
-  hp::Fetch m{alloc_id, request.slot, page};
+  hp::Fetch m{ds->id(), request.slot, page};
   absl::Status s = transport_.SendMessage(home, hp::kFetch, hp::AsBytes(m));
   if (!s.ok()) {
     pending_[request.slot].state = State::kIdle;
@@ -144,8 +206,8 @@ void RemoteFetcher::Claim(const PageRequest& request, int directory,
                                                             : "no such rank")));
     return;
   }
-  pending_[request.slot] = Pending{State::kAwaitingOwner, directory, request,
-                                   0, alloc_id, page, ds};
+  pending_[request.slot] =
+      Pending{State::kAwaitingOwner, directory, request, 0, page, ds};
   home_requests_.fetch_add(1, std::memory_order_relaxed);
   hp::Claim m{alloc_id, request.slot, page};
   absl::Status s = transport_.SendMessage(directory, hp::kClaim, hp::AsBytes(m));
@@ -171,11 +233,12 @@ void RemoteFetcher::OnReady(int peer, uint32_t slot, int32_t error,
   if (error != 0) {
     p.state = State::kIdle;
     Fail(p.request, absl::DataLossError(absl::StrFormat(
-                        "rank %d could not provide page %d of allocation %d: "
-                        "%s (its log says more)",
-                        peer, page, p.alloc_id, strerror(error))));
+                        "rank %d could not provide page %d of %s: %s (its log "
+                        "says more)",
+                        peer, page, p.ds->Describe(), strerror(error))));
     return;
   }
+  p.ds->MarkRegistered(page);
   PostRead(slot);
 }
 
@@ -205,8 +268,11 @@ void RemoteFetcher::Drain(CompletionQueue& cq) {
     int n = transport_.PollCompletions(wcs, kCompletionBurst);
     for (int i = 0; i < n; ++i) {
       const WorkCompletion& wc = wcs[i];
-      PageRequest request;
-      uint64_t addr;
+      if (SyncBatch::IsSync(wc.wr_id)) {
+        SyncBatch::FromWrId(wc.wr_id)->Complete(wc);
+        continue;
+      }
+      Pending p;
       std::string death;
       {
         absl::MutexLock lock(&mutex_);
@@ -217,66 +283,27 @@ void RemoteFetcher::Drain(CompletionQueue& cq) {
                   WcStatusName(wc.status), wc.wr_id);
           continue;
         }
-        Pending& p = pending_[wc.wr_id];
-        p.state = State::kIdle;
-        request = p.request;
-        addr = p.remote_addr;
-        if (PeerAlive(p.peer) == false && p.peer >= 0 && p.peer < nranks_) {
+        pending_[wc.wr_id].state = State::kIdle;
+        p = pending_[wc.wr_id];
+        if (!PeerAlive(p.peer) && p.peer >= 0 && p.peer < nranks_) {
           death = death_[p.peer];
         }
       }
       if (wc.status == WcStatus::kSuccess) {
-        // The page is in the slot's landing buffer. It is installed
-        // write-protected: a write to a copy of another rank's page must go
-        // through the owner's protocol, never land silently.
-        cq.Post(DataCompletion(request, nullptr, /*write_protect=*/true));
+        // The page is in the slot's landing buffer; the dataspace decides
+        // how it is installed (write-protected unless this is a write).
+        cq.Post(p.ds->OnFetched(p.request, p.page));
       } else {
-        Fail(request,
+        Fail(p.request,
              absl::UnavailableError(absl::StrFormat(
-                 "the one-sided READ of 0x%x from rank %d failed: %s%s%s", addr,
-                 wc.peer, WcStatusName(wc.status), death.empty() ? "" : ": ",
-                 death)));
+                 "the one-sided READ of 0x%x from rank %d failed: %s%s%s",
+                 p.remote_addr, wc.peer, WcStatusName(wc.status),
+                 death.empty() ? "" : ": ", death)));
       }
     }
     if (n < kCompletionBurst) break;
   }
   transport_.ArmCompletionFd();
-}
-
-void RemoteFetcher::AfterBurst() {
-  std::vector<std::vector<std::pair<uint32_t, uint64_t>>> batches;
-  {
-    absl::MutexLock lock(&mutex_);
-    if (!notices_waiting_) return;
-    notices_waiting_ = false;
-    batches.resize(nranks_);
-    for (int r = 0; r < nranks_; ++r) batches[r].swap(notices_[r]);
-  }
-  constexpr size_t kMaxPages =
-      (Transport::kMaxMessageBytes - sizeof(hp::CachedHeader)) / sizeof(uint64_t);
-  std::vector<char> buf;
-  for (int home = 0; home < nranks_; ++home) {
-    const auto& list = batches[home];
-    size_t i = 0;
-    while (i < list.size()) {
-      // One message per run of the same allocation, at most kMaxPages long.
-      hp::CachedHeader h{list[i].first, 0};
-      buf.assign(sizeof(h), 0);
-      while (i < list.size() && list[i].first == h.alloc_id &&
-             h.count < kMaxPages) {
-        uint64_t page = list[i].second;
-        const char* b = reinterpret_cast<const char*>(&page);
-        buf.insert(buf.end(), b, b + sizeof(page));
-        ++h.count;
-        ++i;
-      }
-      std::memcpy(buf.data(), &h, sizeof(h));
-      // A lost notice only makes the directory conservative-incomplete for
-      // a dead home, whose pages fail anyway.
-      (void)transport_.SendMessage(home, hp::kCached,
-                                   absl::Span<const char>(buf.data(), buf.size()));
-    }
-  }
 }
 
 FetchStats RemoteFetcher::stats() const {

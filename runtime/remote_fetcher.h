@@ -11,11 +11,11 @@
 // fault waits until its READ or reply completes, or until membership
 // declares the peer dead (PeerDied), which fails it loudly.
 //
-// It also batches directory notices ("this rank now caches these pages") per
-// home and sends them after each burst, off the faults' critical path.
+// Completions of SyncBatch operations (wr_id with the top bit set) are
+// routed to their batch.
 //
 // Threads: Read/Send* from the fault loop (inside RequestPage) or from the
-// transport thread (on a reply); Drain/AfterBurst on the fault loop;
+// transport thread (on a reply); Drain on the fault loop; PostSync from any;
 // OnReady/OnClaimed on the transport thread; PeerDied and SetPeer from
 // control-plane threads.
 #ifndef PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
@@ -34,6 +34,36 @@
 namespace pagewire {
 
 class DistributedDataspace;
+
+// A set of one-sided operations a thread posts and then waits for (diff
+// write-back at a release, atomics). The fault loop routes their completions
+// here by wr_id (the batch's address with the top bit set); the waiting
+// thread sleeps until every posted chain has completed. No timeout: a home
+// that dies completes its chains with kPeerGone.
+class SyncBatch {
+ public:
+  SyncBatch() = default;
+  SyncBatch(const SyncBatch&) = delete;
+  SyncBatch& operator=(const SyncBatch&) = delete;
+
+  uint64_t wr_id() const {
+    return (uint64_t{1} << 63) | reinterpret_cast<uintptr_t>(this);
+  }
+  static SyncBatch* FromWrId(uint64_t wr_id) {
+    return reinterpret_cast<SyncBatch*>(wr_id & ~(uint64_t{1} << 63));
+  }
+  static bool IsSync(uint64_t wr_id) { return wr_id >> 63; }
+
+  void Expect(int chains);
+  void Complete(const WorkCompletion& wc);
+  // Waits for every expected chain; the first failure, if any.
+  absl::Status Wait();
+
+ private:
+  absl::Mutex mutex_;
+  int outstanding_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::Status status_ ABSL_GUARDED_BY(mutex_);
+};
 
 struct FetchStats {
   uint64_t remote_reads = 0;     // READs posted
@@ -57,12 +87,22 @@ class RemoteFetcher final : public CompletionSource {
   void PeerDied(int peer, const std::string& why);
 
   // READs the page at global address `remote_addr` from `home` into the
-  // request's landing buffer. `alloc_id`/`page` go into the directory notice.
+  // request's landing buffer; `ds` hears of the data before it is installed
+  // (DistributedDataspace::OnFetched).
   void Read(const PageRequest& request, int home, uint64_t remote_addr,
-            uint32_t alloc_id, uint64_t page);
-  // Asks `home` to make the page readable first (kFetch); READs on kReady.
+            DistributedDataspace* ds, uint64_t page);
+  // Asks `home` to register this rank as a cacher and make the page readable
+  // first (kFetch); READs on kReady.
   void FetchVia(const PageRequest& request, int home, uint64_t remote_addr,
-                uint32_t alloc_id, uint64_t page);
+                DistributedDataspace* ds, uint64_t page);
+
+  // Posts `chain` to `peer` as part of `batch` (its last WR signalled, all
+  // with the batch's wr_id).
+  absl::Status PostSync(int peer, WorkRequest* chain, SyncBatch& batch);
+  // The global range's registration (local key for WRITEs from it).
+  void SetGlobalRegion(MemoryRegion global);
+  uint32_t global_lkey() const;
+  uint32_t PeerKey(int peer) const;
   // Asks `directory` who owns a first-touch page (kClaim); `ds` continues
   // the fault on kClaimed.
   void Claim(const PageRequest& request, int directory,
@@ -77,7 +117,6 @@ class RemoteFetcher final : public CompletionSource {
   // CompletionSource
   int fd() const override { return transport_.completion_fd(); }
   void Drain(CompletionQueue& cq) override;
-  void AfterBurst() override;
 
   static constexpr int kCompletionBurst = 64;
 
@@ -88,7 +127,6 @@ class RemoteFetcher final : public CompletionSource {
     int peer = -1;
     PageRequest request;
     uint64_t remote_addr = 0;
-    uint32_t alloc_id = 0;
     uint64_t page = 0;
     DistributedDataspace* ds = nullptr;
   };
@@ -105,15 +143,12 @@ class RemoteFetcher final : public CompletionSource {
 
   mutable absl::Mutex mutex_;
   MemoryRegion landing_ ABSL_GUARDED_BY(mutex_);
+  MemoryRegion global_ ABSL_GUARDED_BY(mutex_);
 
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   std::vector<uint32_t> rkeys_ ABSL_GUARDED_BY(mutex_);
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);
-  // Directory notices not yet sent, per home: alloc id and page pairs.
-  std::vector<std::vector<std::pair<uint32_t, uint64_t>>> notices_
-      ABSL_GUARDED_BY(mutex_);
-  bool notices_waiting_ ABSL_GUARDED_BY(mutex_) = false;
 
   std::atomic<uint64_t> remote_reads_{0}, home_requests_{0}, failed_{0};
 };

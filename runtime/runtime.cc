@@ -13,6 +13,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "runtime/coherence.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
 #include "runtime/control/view.h"
@@ -194,6 +199,11 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   absl::StatusOr<MemoryRegion> global = transport_->RegisterMemory(
       reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
   if (!global.ok()) return global.status();
+  fetcher_->SetGlobalRegion(*global);
+  coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
+                                           *fetcher_, *fault_service_, *home_);
+  if (absl::Status s = coherence_->Start(); !s.ok()) return s;
+  home_->SetCoherence(coherence_.get());
 
   if (config.rank == 0 && config.host_coordinator) {
     control::CoordinatorConfig cc;
@@ -248,7 +258,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   // Everyone has joined once this barrier passes; wait until the view
   // stream has delivered a view with every endpoint (no timeout: a rank that
   // dies meanwhile makes the next barrier fail instead).
-  if (absl::Status s = Barrier(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   control::View view;
   {
     absl::MutexLock lock(&view_mutex_);
@@ -274,7 +284,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
     if (absl::Status s = transport_->Connect(peer, ep); !s.ok()) return s;
     fetcher_->SetPeerKey(peer, m->endpoint.tcp().keys(0).rkey());
   }
-  if (absl::Status s = Barrier(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   started_ = true;
   return absl::OkStatus();
 }
@@ -318,13 +328,14 @@ void Runtime::OnView(const control::View& view) {
       transport_->PeerDied(peer);
     }
     if (fetcher_) fetcher_->PeerDied(peer, why);
+    if (coherence_) coherence_->PeerDied(peer, why);
   }
 }
 
 Runtime::~Runtime() {
   if (control_ && started_) {
     // Nobody may still be reading from this rank's home pages.
-    absl::Status s = Barrier();
+    absl::Status s = ControlBarrier();
     if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
   }
   // Stop faulting first (waiting faults fail loudly), then let the managers
@@ -340,6 +351,8 @@ Runtime::~Runtime() {
     (void)control_->Leave("pw_finalize");
     control_.reset();
   }
+  if (home_) home_->SetCoherence(nullptr);
+  coherence_.reset();
   home_.reset();
   transport_.reset();
   fetcher_.reset();
@@ -443,12 +456,16 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   p.home_backing = std::move(home_backing);
   // A file-backed home is read on demand: peers ask its manager first.
   p.homes_always_readable = !homes_backed;
-  auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_);
+  auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_,
+                                                   coherence_.get());
+  ds->SetGlobalBase(global_base());
   home_->AddDataspace(ds.get());
+  coherence_->AddDataspace(ds.get());
   const uint64_t at = created->addr() - global_base();
   absl::StatusOr<uint64_t> attached = root_->Attach(ds, {.at = at});
   if (!attached.ok()) {
     home_->RemoveDataspace(p.id);
+    coherence_->RemoveDataspace(p.id);
     return attached.status();
   }
   // Plain memory homed here exists from the start, so peers may READ it
@@ -464,7 +481,7 @@ absl::StatusOr<void*> Runtime::AllocCollective(
     allocations_[created->addr()] = Allocation{at, size, p.id, ds};
   }
   // Nobody reads a home before it is populated.
-  if (absl::Status s = Barrier(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   return reinterpret_cast<void*>(created->addr());
 }
 
@@ -484,44 +501,141 @@ absl::Status Runtime::Free(void* ptr) {
     allocations_.erase(it);
   }
   if (control_) {
-    // Nobody may still be reading this rank's home pages.
-    if (absl::Status s = Barrier(); !s.ok()) return s;
+    // Everyone's writes reach home and nobody still reads this rank's home
+    // pages.
+    if (absl::Status s = coherence_->Release(); !s.ok()) return s;
+    if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   }
   absl::Status s = root_->Detach(a.at);
   if (!s.ok()) return s;
   if (control_) {
     home_->RemoveDataspace(a.id);
+    coherence_->RemoveDataspace(a.id);
     return control_->FreeDataspace(a.id);
   }
   return absl::OkStatus();
 }
 
-absl::Status Runtime::Barrier() {
-  if (!control_) return absl::OkStatus();
+absl::Status Runtime::ControlBarrier() {
   uint64_t seq;
   {
     absl::MutexLock lock(&mutex_);
     seq = ++barrier_seq_;
   }
-  absl::Status s = control_->Barrier(seq);
-  if (!s.ok()) return s;
-  // Homes are written in place, so a page cached from another rank may be
-  // stale now: drop every such copy (the coherence protocol will refine
-  // this with a directory).
-  std::vector<Allocation> allocations;
-  {
-    absl::MutexLock lock(&mutex_);
-    for (const auto& [addr, a] : allocations_) allocations.push_back(a);
+  return control_->Barrier(seq);
+}
+
+absl::Status Runtime::Barrier() {
+  if (!coherence_) return absl::OkStatus();  // a job of one
+  return coherence_->Barrier();
+}
+
+absl::Status Runtime::Release() {
+  return coherence_ ? coherence_->Release() : absl::OkStatus();
+}
+
+absl::Status Runtime::Acquire() {
+  return coherence_ ? coherence_->AcquireAll() : absl::OkStatus();
+}
+
+absl::Status Runtime::CheckLocal(uintptr_t addr, const char* what) {
+  absl::MutexLock lock(&mutex_);
+  auto it = allocations_.upper_bound(addr);
+  if (it != allocations_.begin()) {
+    --it;
+    if (addr - it->first < it->second.size) return absl::OkStatus();
   }
-  for (const Allocation& a : allocations) {
-    if (!a.ds) continue;
-    DistributedDataspace* d = a.ds.get();
-    const uint64_t at = a.at;
-    fault_service_->Invalidate(a.at, a.size, [d, at](uint64_t off) {
-      return d->HomedHere((off - at) / kPageSize);
-    });
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: %p is not in a live global allocation; it must live in memory "
+      "from pw_alloc",
+      what, reinterpret_cast<void*>(addr)));
+}
+
+// In a job of one a lock is a futex on the pw_lock_t word itself:
+// 0 free, 1 held, 2 held with waiters.
+absl::Status Runtime::LockInit(uintptr_t lock) {
+  if (coherence_) return coherence_->LockCheck(lock);
+  if (absl::Status s = CheckLocal(lock, "pw_lock_init"); !s.ok()) return s;
+  __atomic_store_n(reinterpret_cast<uint32_t*>(lock), 0, __ATOMIC_RELEASE);
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::LockAcquire(uintptr_t lock) {
+  if (coherence_) return coherence_->LockAcquire(lock);
+  if (absl::Status s = CheckLocal(lock, "pw_lock_acquire"); !s.ok()) return s;
+  auto* word = reinterpret_cast<uint32_t*>(lock);
+  uint32_t c = 0;
+  if (__atomic_compare_exchange_n(word, &c, 1, false, __ATOMIC_ACQUIRE,
+                                  __ATOMIC_RELAXED)) {
+    return absl::OkStatus();
+  }
+  if (c != 2) c = __atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE);
+  while (c != 0) {
+    // Sleeps until the holder wakes it: no timeout.
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, 2, nullptr, nullptr, 0);
+    c = __atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE);
   }
   return absl::OkStatus();
+}
+
+absl::Status Runtime::LockRelease(uintptr_t lock) {
+  if (coherence_) return coherence_->LockRelease(lock);
+  if (absl::Status s = CheckLocal(lock, "pw_lock_release"); !s.ok()) return s;
+  auto* word = reinterpret_cast<uint32_t*>(lock);
+  uint32_t was = __atomic_exchange_n(word, 0, __ATOMIC_RELEASE);
+  if (was == 0) {
+    return absl::FailedPreconditionError(
+        "pw_lock_release: the lock is not held; release only a lock you "
+        "acquired");
+  }
+  if (was == 2) syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::LockDestroy(uintptr_t lock) {
+  if (coherence_) return coherence_->LockCheck(lock);
+  if (absl::Status s = CheckLocal(lock, "pw_lock_destroy"); !s.ok()) return s;
+  if (__atomic_load_n(reinterpret_cast<uint32_t*>(lock), __ATOMIC_ACQUIRE) != 0) {
+    return absl::FailedPreconditionError(
+        "pw_lock_destroy: the lock is held; release it first");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Runtime::AtomicFetchAdd(uintptr_t addr,
+                                                 uint64_t value) {
+  if (coherence_) return coherence_->FetchAdd(addr, value);
+  if (absl::Status s = CheckLocal(addr, "pw_atomic_fetch_add"); !s.ok()) return s;
+  if (addr % 8) return absl::InvalidArgumentError("pw_atomic_fetch_add: the address must be 8-byte aligned");
+  return __atomic_fetch_add(reinterpret_cast<uint64_t*>(addr), value,
+                            __ATOMIC_SEQ_CST);
+}
+
+absl::StatusOr<uint64_t> Runtime::AtomicCompareSwap(uintptr_t addr,
+                                                    uint64_t expected,
+                                                    uint64_t desired) {
+  if (coherence_) return coherence_->CompareSwap(addr, expected, desired);
+  if (absl::Status s = CheckLocal(addr, "pw_atomic_cas"); !s.ok()) return s;
+  if (addr % 8) return absl::InvalidArgumentError("pw_atomic_cas: the address must be 8-byte aligned");
+  __atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(addr), &expected,
+                              desired, false, __ATOMIC_SEQ_CST,
+                              __ATOMIC_SEQ_CST);
+  return expected;
+}
+
+absl::StatusOr<uint64_t> Runtime::AtomicLoad(uintptr_t addr) {
+  return AtomicFetchAdd(addr, 0);
+}
+
+absl::Status Runtime::AtomicStore(uintptr_t addr, uint64_t value) {
+  absl::StatusOr<uint64_t> current = AtomicLoad(addr);
+  while (current.ok()) {
+    absl::StatusOr<uint64_t> seen = AtomicCompareSwap(addr, *current, value);
+    if (!seen.ok()) return seen.status();
+    if (*seen == *current) return absl::OkStatus();
+    current = seen;
+  }
+  return current.status();
 }
 
 RuntimeStats Runtime::stats() const {
@@ -529,6 +643,12 @@ RuntimeStats Runtime::stats() const {
   s.faults = fault_service_->stats();
   if (fetcher_) s.fetches = fetcher_->stats();
   if (home_) s.fetches_served = home_->fetches_served();
+  if (coherence_) {
+    CoherenceStats c = coherence_->stats();
+    s.twins = c.twins;
+    s.diff_bytes = c.diff_bytes;
+    s.invalidated = c.invalidated;
+  }
   return s;
 }
 

@@ -36,6 +36,7 @@ class ControlClient;
 class CoordinatorServer;
 struct View;
 }  // namespace control
+class Coherence;
 class DistributedDataspace;
 class HomeManager;
 class TcpTransport;
@@ -71,6 +72,9 @@ struct RuntimeStats {
   FaultStats faults;
   FetchStats fetches;
   uint64_t fetches_served = 0;  // by this rank's home manager
+  uint64_t twins = 0;           // pages twinned at a first write
+  uint64_t diff_bytes = 0;      // modified bytes written home at releases
+  uint64_t invalidated = 0;     // cached copies dropped at acquires
 };
 
 class Runtime {
@@ -90,9 +94,26 @@ class Runtime {
   // through that rank's file manager (a slow, nested backing).
   absl::StatusOr<void*> AttachFile(const std::string& path, int home_rank);
   absl::Status Free(void* ptr);
-  // Collective. Cached copies of pages homed elsewhere are dropped, so
-  // what other ranks wrote before the barrier is read afresh after it.
+  // Collective: a release and an acquire for everyone. What any rank wrote
+  // before it is seen by every rank after it.
   absl::Status Barrier();
+  // This rank's writes go home (release) / every cached copy of another
+  // rank's page is dropped (acquire).
+  absl::Status Release();
+  absl::Status Acquire();
+
+  // Global locks: `lock` is a pw_lock_t (8 bytes) in global memory.
+  absl::Status LockInit(uintptr_t lock);
+  absl::Status LockAcquire(uintptr_t lock);
+  absl::Status LockRelease(uintptr_t lock);
+  absl::Status LockDestroy(uintptr_t lock);
+
+  // 64-bit atomics on global memory, performed at the word's home.
+  absl::StatusOr<uint64_t> AtomicFetchAdd(uintptr_t addr, uint64_t value);
+  absl::StatusOr<uint64_t> AtomicCompareSwap(uintptr_t addr, uint64_t expected,
+                                             uint64_t desired);
+  absl::StatusOr<uint64_t> AtomicLoad(uintptr_t addr);
+  absl::Status AtomicStore(uintptr_t addr, uint64_t value);
 
   uintptr_t global_base() const { return fault_service_->base(); }
   uint64_t global_size() const { return fault_service_->size(); }
@@ -110,6 +131,10 @@ class Runtime {
 
   Runtime() = default;
   absl::Status StartCluster(const RuntimeConfig& config);
+  // The control plane's barrier (allocation, start-up, shutdown).
+  absl::Status ControlBarrier();
+  // A job of one: the address must lie in a live allocation.
+  absl::Status CheckLocal(uintptr_t addr, const char* what);
   absl::StatusOr<void*> AllocCollective(uint64_t bytes, Placement placement,
                                         int home_rank,
                                         std::shared_ptr<Dataspace> home_backing,
@@ -125,6 +150,7 @@ class Runtime {
   std::unique_ptr<RemoteFetcher> fetcher_;
   std::unique_ptr<HomeManager> home_;
   std::unique_ptr<FaultService> fault_service_;
+  std::unique_ptr<Coherence> coherence_;
   std::shared_ptr<RegionMap> root_;
   std::unique_ptr<control::ControlClient> control_;
 

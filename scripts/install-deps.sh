@@ -22,6 +22,18 @@ PACKAGES=(
   gfortran               # Fortran bindings / examples
   iproute2               # ip, for network-namespace tests
   procps                 # ps, pkill-free process inspection in tests
+  openmpi-bin libopenmpi-dev  # MPI_Get baseline of bench/remote_fault.sh
+  # Soft-RoCE VM (cluster/softroce/vm-run.sh): real verbs on rdma_rxe inside
+  # a QEMU/TCG guest that boots Debian's kernel and sees the host's /usr.
+  qemu-system-x86        # qemu-system-x86_64 (TCG; never KVM)
+  linux-image-amd64      # guest kernel (/boot/vmlinuz-*) with rdma_rxe.ko
+  busybox-static         # the initramfs's first stage
+  kmod                   # modprobe (real one, not busybox's)
+  cpio xz-utils          # building the initramfs, unpacking the bzImage
+  rdma-core              # RDMA userspace infrastructure
+  ibverbs-providers      # librxe provider + /etc/libibverbs.d/rxe.driver
+  ibverbs-utils          # ibv_devices, ibv_devinfo
+  perftest               # ib_read_lat / ib_read_bw baseline
 )
 
 missing=()

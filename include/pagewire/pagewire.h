@@ -62,7 +62,38 @@ pw_status_t pw_free(void *ptr);
  * with pw_free(). */
 void *pw_attach_file(const char *path, int home_rank);
 
+/* Collective: what any rank wrote before the barrier, every rank sees after
+ * it (release consistency: a release and an acquire for everyone). */
 pw_status_t pw_barrier(void);
+
+/* Release: this rank's writes to global memory reach their homes.
+ * Acquire: every cached copy of another rank's page is dropped, so later
+ * reads see what was released elsewhere. Barriers and locks do both. */
+pw_status_t pw_release(void);
+pw_status_t pw_acquire(void);
+
+/* Global locks. A pw_lock_t lives in global memory (from pw_alloc), so
+ * every rank names the same lock. Init once (any one rank) before use.
+ * Acquire is a release plus an acquire of the writes made under the lock;
+ * release makes this rank's writes visible to the next holder. Requests
+ * queue at the lock's home (FIFO), nobody spins. Not recursive. */
+typedef struct pw_lock {
+  uint64_t word;
+} pw_lock_t;
+pw_status_t pw_lock_init(pw_lock_t *lock);
+pw_status_t pw_lock_acquire(pw_lock_t *lock);
+pw_status_t pw_lock_release(pw_lock_t *lock);
+pw_status_t pw_lock_destroy(pw_lock_t *lock);
+
+/* 64-bit atomics on 8-byte aligned words of global memory, performed at the
+ * word's home (one-sided atomics). Cached copies of the page are not
+ * updated: read atomically updated words with pw_atomic_load. */
+pw_status_t pw_atomic_fetch_add(uint64_t *addr, uint64_t value, uint64_t *old);
+/* Stores `desired` if the word equals `expected`; *old gets the value seen. */
+pw_status_t pw_atomic_cas(uint64_t *addr, uint64_t expected, uint64_t desired,
+                          uint64_t *old);
+pw_status_t pw_atomic_load(uint64_t *addr, uint64_t *value);
+pw_status_t pw_atomic_store(uint64_t *addr, uint64_t value);
 
 /* The global range of this job: every pointer into it is valid on every
  * rank. */
@@ -76,6 +107,9 @@ typedef struct pw_stats {
   uint64_t coalesced;       /* faults that joined an outstanding fetch */
   uint64_t failed;          /* faults that ended in SIGBUS */
   uint64_t served;          /* fetches this rank's home manager answered */
+  uint64_t twins;           /* pages twinned at a first write */
+  uint64_t diff_bytes;      /* modified bytes written home at releases */
+  uint64_t invalidated;     /* cached copies dropped at acquires */
   double mean_latency_us;   /* fault resolution latency */
   double p50_latency_us;
   double p99_latency_us;

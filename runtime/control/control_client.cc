@@ -63,6 +63,8 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
 }
 
 ControlClient::~ControlClient() {
+  // A client whose Join failed never became a member and has no threads.
+  if (!heartbeat_thread_.joinable()) return;
   if (config_.leave_on_destroy) {
     absl::Status s = Leave("shutting down");
     if (!s.ok()) Warning("control client rank %d: Leave: %s", rank_, s.ToString());

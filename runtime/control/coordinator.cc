@@ -441,9 +441,9 @@ absl::Status Coordinator::Leave(const proto::LeaveRequest& request) {
     Log("coordinator: rank %d left (%s), epoch %d", rank,
         request.reason().empty() ? "no reason given" : request.reason(),
         epoch_);
-    MemberGoneLocked(rank, absl::StrCat("rank ", rank, " left the job (",
-                                        request.reason(), ")"),
-                     &done);
+    MemberGoneLocked(
+        absl::StrCat("rank ", rank, " left the job (", request.reason(), ")"),
+        &done);
   }
   for (Completion& c : done) c();
   return absl::OkStatus();
@@ -511,7 +511,7 @@ void Coordinator::PublishLocked() {
   watchers_ = std::move(keep);
 }
 
-void Coordinator::MemberGoneLocked(int rank, const std::string& why,
+void Coordinator::MemberGoneLocked(const std::string& why,
                                    std::vector<Completion>* out) {
   // A pending barrier can no longer mean "everyone got here": fail every
   // waiter, naming the rank, and remember why for latecomers.
@@ -524,7 +524,6 @@ void Coordinator::MemberGoneLocked(int rank, const std::string& why,
     }
   }
   barriers_.clear();
-  (void)rank;
   // The gone rank will never free its dataspaces; release those every
   // remaining rank has freed.
   ReleaseFreedLocked();
@@ -586,12 +585,12 @@ void Coordinator::LeaseMonitorLoop() {
             "coordinator: rank %d declared DEAD at epoch %d: no heartbeat "
             "for %d ms (lease %d ms)",
             r, epoch_, silent_ms, absl::ToInt64Milliseconds(config_.lease));
-        MemberGoneLocked(r,
-                         absl::StrFormat("rank %d became DEAD (no heartbeat "
-                                         "for %d ms, lease %d ms)",
-                                         r, silent_ms,
-                                         absl::ToInt64Milliseconds(config_.lease)),
-                         &done);
+        MemberGoneLocked(
+            absl::StrFormat("rank %d became DEAD (no heartbeat for %d ms, "
+                            "lease %d ms)",
+                            r, silent_ms,
+                            absl::ToInt64Milliseconds(config_.lease)),
+            &done);
       }
       mu_.Unlock();
       for (Completion& c : done) c();

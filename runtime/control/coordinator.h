@@ -161,8 +161,7 @@ class Coordinator {
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `rank` just became DEAD or LEFT: fail pending barriers, finish its
   // watch streams, release dataspaces every remaining rank has freed.
-  void MemberGoneLocked(int rank, const std::string& why,
-                        std::vector<Completion>* out)
+  void MemberGoneLocked(const std::string& why, std::vector<Completion>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Completes every pending barrier that all live ranks have reached.
   void CompleteBarriersLocked(std::vector<Completion>* out)

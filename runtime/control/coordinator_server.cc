@@ -49,6 +49,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   server->coordinator_ = *std::move(coordinator);
 
   grpc::ServerBuilder builder;
+  // gRPC binds with SO_REUSEPORT by default, so a second coordinator on the
+  // same port would start and split the job's connections between the two.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int bound_port = 0;
   builder.AddListeningPort(listen_address, grpc::InsecureServerCredentials(),
                            &bound_port);

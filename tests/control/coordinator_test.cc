@@ -103,7 +103,9 @@ TEST(CoordinatorTest, FourRanksJoinAndAllSeeTheSameFinalView) {
     }
     for (const View& v : views) {
       for (const View& w : rec[0].views()) {
-        if (w.epoch == v.epoch) EXPECT_EQ(w.Describe(), v.Describe());
+        if (w.epoch == v.epoch) {
+          EXPECT_EQ(w.Describe(), v.Describe());
+        }
       }
     }
   }

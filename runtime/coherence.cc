@@ -1,0 +1,900 @@
+// coherence.cc - twins and diffs, the epoch barrier, the lock manager and
+// atomics.
+#include "runtime/coherence.h"
+
+#include "runtime/completion_queue.h"
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_format.h"
+#include "runtime/distributed_dataspace.h"
+#include "runtime/home_manager.h"
+#include "runtime/log.h"
+#include "runtime/page.h"
+
+namespace pagewire {
+
+namespace hp = home_protocol;
+
+namespace {
+
+// Slots of 8 bytes for atomics' old values.
+constexpr uint32_t kScratchSlots = 4096;
+
+// Runs of differing bytes between `now` and `twin`: [begin, end) offsets.
+void DiffRuns(const char* now, const char* twin,
+              std::vector<std::pair<uint32_t, uint32_t>>& runs) {
+  runs.clear();
+  const uint64_t* a = reinterpret_cast<const uint64_t*>(now);
+  const uint64_t* b = reinterpret_cast<const uint64_t*>(twin);
+  uint32_t begin = 0;
+  bool open = false;
+  for (uint32_t w = 0; w < kPageSize / 8; ++w) {
+    if (a[w] == b[w]) {
+      if (open) {
+        runs.emplace_back(begin, w * 8);
+        open = false;
+      }
+      continue;
+    }
+    // Byte-exact edges: bytes this rank did not change must not be written,
+    // another rank may have changed them (false sharing).
+    for (uint32_t i = w * 8; i < w * 8 + 8; ++i) {
+      if (now[i] != twin[i]) {
+        if (!open) {
+          begin = i;
+          open = true;
+        }
+      } else if (open) {
+        runs.emplace_back(begin, i);
+        open = false;
+      }
+    }
+  }
+  if (open) runs.emplace_back(begin, static_cast<uint32_t>(kPageSize));
+}
+
+}  // namespace
+
+Coherence::Coherence(int self, int nranks, Transport& transport,
+                     RemoteFetcher& fetcher, FaultService& service,
+                     HomeManager& home)
+    : self_(self),
+      nranks_(nranks),
+      transport_(transport),
+      fetcher_(fetcher),
+      service_(service),
+      home_(home),
+      remote_written_barrier_(nranks),
+      dead_(nranks),
+      death_(nranks),
+      scratch_(new uint64_t[kScratchSlots]()) {
+  for (uint32_t i = 0; i < kScratchSlots; ++i) free_scratch_.push_back(i);
+}
+
+Coherence::~Coherence() {
+  if (scratch_region_.length != 0) {
+    (void)transport_.DeregisterMemory(scratch_region_);
+  }
+}
+
+absl::Status Coherence::Start() {
+  absl::StatusOr<MemoryRegion> r = transport_.RegisterMemory(
+      scratch_.get(), uint64_t{kScratchSlots} * sizeof(uint64_t));
+  if (!r.ok()) return r.status();
+  scratch_region_ = *r;
+  return absl::OkStatus();
+}
+
+void Coherence::AddDataspace(DistributedDataspace* ds) {
+  absl::MutexLock lock(&mutex_);
+  dataspaces_[ds->id()] = ds;
+}
+
+void Coherence::RemoveDataspace(uint32_t id) {
+  absl::MutexLock lock(&mutex_);
+  dataspaces_.erase(id);
+  for (auto it = twins_.begin(); it != twins_.end();) {
+    it = it->second.ds->id() == id ? twins_.erase(it) : std::next(it);
+  }
+  auto drop = [id](auto& set) {
+    for (auto it = set.begin(); it != set.end();) {
+      if (it->first == id) {
+        set.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  };
+  drop(home_written_release_);
+  drop(home_written_barrier_);
+  for (PageList& l : remote_written_barrier_) {
+    l.erase(std::remove_if(l.begin(), l.end(),
+                           [id](const hp::PageRef& r) { return r.alloc_id == id; }),
+            l.end());
+  }
+  drop(written_since_barrier_);
+}
+
+DistributedDataspace* Coherence::Find(uint32_t id) const {
+  auto it = dataspaces_.find(id);
+  return it == dataspaces_.end() ? nullptr : it->second;
+}
+
+DistributedDataspace* Coherence::FindByAddr(uintptr_t addr) const {
+  for (const auto& [id, ds] : dataspaces_) {
+    if (addr >= ds->global_addr() && addr - ds->global_addr() < ds->size()) {
+      return ds;
+    }
+  }
+  return nullptr;
+}
+
+void Coherence::AddTwin(DistributedDataspace* ds, uint64_t page, int home,
+                        const void* current) {
+  const uint64_t offset = ds->global_addr() - service_.base() + page * kPageSize;
+  auto copy = std::make_unique<char[]>(kPageSize);
+  std::memcpy(copy.get(), current, kPageSize);
+  absl::MutexLock lock(&mutex_);
+  // A page twinned again before its release keeps the older twin: it is the
+  // state the home has.
+  if (twins_.count(offset)) return;
+  twins_.emplace(offset, Twin{ds, page, home, std::move(copy)});
+  ++stats_.twins;
+}
+
+bool Coherence::DeferIfFrozen(const PageRequest& request,
+                              uint64_t global_offset) {
+  absl::MutexLock lock(&mutex_);
+  auto it = frozen_.find(global_offset);
+  if (it == frozen_.end()) return false;
+  it->second.waiting.push_back(request);
+  return true;
+}
+
+void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  home_written_release_.insert({ds->id(), page});
+  home_written_barrier_.insert({ds->id(), page});
+}
+
+absl::Status Coherence::Release() {
+  std::map<uint64_t, Twin> twins;
+  std::vector<std::pair<uint32_t, uint64_t>> home_written;
+  {
+    absl::MutexLock lock(&mutex_);
+    twins.swap(twins_);
+    home_written.assign(home_written_release_.begin(),
+                        home_written_release_.end());
+    home_written_release_.clear();
+  }
+  // Tracked home pages written since the last release: protect them again,
+  // so the next write is seen too, and report them.
+  PageList written;
+  for (const auto& [id, page] : home_written) {
+    DistributedDataspace* ds;
+    {
+      absl::MutexLock lock(&mutex_);
+      ds = Find(id);
+    }
+    if (ds == nullptr) continue;
+    const uint64_t offset =
+        ds->global_addr() - service_.base() + page * kPageSize;
+    if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
+      return s;
+    }
+    written.push_back(hp::PageRef{id, 0, page});
+  }
+  if (twins.empty()) {
+    absl::MutexLock lock(&mutex_);
+    for (const hp::PageRef& r : written) {
+      written_since_barrier_.insert({r.alloc_id, r.page});
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status s = FlushTwins(twins, written);
+  absl::MutexLock lock(&mutex_);
+  for (const hp::PageRef& r : written) {
+    written_since_barrier_.insert({r.alloc_id, r.page});
+  }
+  return s;
+}
+
+absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
+                                   PageList& written) {
+  // Stop further writes to the twinned pages while their diffs go out: a
+  // writer now faults and twins the page afresh (with what is flushed).
+  for (const auto& [offset, twin] : twins) {
+    if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
+      return s;
+    }
+  }
+
+  // One chain of WRITEs per page, one run of modified bytes per WRITE,
+  // straight from the page in the global range (registered once).
+  SyncBatch batch;
+  std::vector<std::pair<uint32_t, uint32_t>> runs;
+  std::vector<WorkRequest> chain;
+  const uint32_t lkey = fetcher_.global_lkey();
+  uint64_t bytes = 0, writes = 0;
+  absl::Status first_error;
+  for (const auto& [offset, twin] : twins) {
+    const char* now = reinterpret_cast<const char*>(service_.base() + offset);
+    DiffRuns(now, twin.copy.get(), runs);
+    if (runs.empty()) continue;
+    chain.assign(runs.size(), WorkRequest{});
+    for (size_t i = 0; i < runs.size(); ++i) {
+      WorkRequest& wr = chain[i];
+      wr.opcode = WorkOpcode::kWrite;
+      wr.local = const_cast<char*>(now) + runs[i].first;
+      wr.lkey = lkey;
+      wr.length = runs[i].second - runs[i].first;
+      wr.remote_addr = service_.base() + offset + runs[i].first;
+      wr.rkey = fetcher_.PeerKey(twin.home);
+      wr.next = i + 1 < runs.size() ? &chain[i + 1] : nullptr;
+      bytes += wr.length;
+    }
+    writes += runs.size();
+    absl::Status s = fetcher_.PostSync(twin.home, chain.data(), batch);
+    if (!s.ok() && first_error.ok()) first_error = s;
+    written.push_back(hp::PageRef{twin.ds->id(), 0, twin.page});
+    absl::MutexLock lock(&mutex_);
+    remote_written_barrier_[twin.home].push_back(
+        hp::PageRef{twin.ds->id(), 0, twin.page});
+  }
+  absl::Status s = batch.Wait();
+  {
+    absl::MutexLock lock(&mutex_);
+    stats_.diff_bytes += bytes;
+    stats_.diff_writes += writes;
+  }
+  if (!first_error.ok()) return first_error;
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrFormat(
+        "release: writing modified bytes home failed: %s", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
+  std::map<uint64_t, Twin> twins;
+  std::vector<uint64_t> frozen;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const hp::PageRef& r : pages) {
+      DistributedDataspace* ds = Find(r.alloc_id);
+      if (ds == nullptr || r.page >= ds->placement().pages) continue;
+      const uint64_t offset =
+          ds->global_addr() - service_.base() + r.page * kPageSize;
+      auto it = twins_.find(offset);
+      if (it == twins_.end()) continue;
+      twins.insert(twins_.extract(it));
+      ++frozen_[offset].holds;
+      frozen.push_back(offset);
+    }
+  }
+  PageList written;
+  absl::Status flushed = FlushTwins(twins, written);
+  absl::Notification dropped;
+  DropCopies(pages, [&dropped] { dropped.Notify(); });
+  dropped.WaitForNotification();
+  // Writers that hit a frozen page go on: the page is gone, so they fault
+  // afresh and fetch what the home has now (their own flushed bytes too).
+  std::vector<PageRequest> deferred;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (uint64_t offset : frozen) {
+      auto it = frozen_.find(offset);
+      if (--it->second.holds > 0) continue;  // another acquire still flushes it
+      deferred.insert(deferred.end(), it->second.waiting.begin(),
+                      it->second.waiting.end());
+      frozen_.erase(it);
+    }
+    for (const hp::PageRef& r : written) {
+      written_since_barrier_.insert({r.alloc_id, r.page});
+    }
+  }
+  for (const PageRequest& r : deferred) {
+    r.completion_queue->Post(OutcomeCompletion(r, Resolution::kWritable));
+  }
+  return flushed;
+}
+
+absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
+                                     uint64_t ticket, const PageList& pages,
+                                     uint32_t flags) {
+  std::vector<char> buf;
+  size_t i = 0;
+  do {
+    const size_t n = std::min(pages.size() - i, hp::kMaxPageRefs);
+    hp::PageListHeader h{key, ticket, static_cast<uint32_t>(n),
+                         flags | (i + n == pages.size() ? hp::kLastPart : 0u)};
+    buf.resize(sizeof(h) + n * sizeof(hp::PageRef));
+    std::memcpy(buf.data(), &h, sizeof(h));
+    if (n) std::memcpy(buf.data() + sizeof(h), &pages[i], n * sizeof(hp::PageRef));
+    absl::Status s = transport_.SendMessage(
+        peer, type, absl::Span<const char>(buf.data(), buf.size()));
+    if (!s.ok()) return s;
+    i += n;
+  } while (i < pages.size());
+  return absl::OkStatus();
+}
+
+void Coherence::DropCopies(const PageList& pages, std::function<void()> done) {
+  std::vector<uint64_t> offsets;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const hp::PageRef& r : pages) {
+      DistributedDataspace* ds = Find(r.alloc_id);
+      // The home's copy is the master: never dropped.
+      if (ds == nullptr || r.page >= ds->placement().pages ||
+          ds->HomedHere(r.page)) {
+        continue;
+      }
+      offsets.push_back(ds->global_addr() - service_.base() +
+                        r.page * kPageSize);
+    }
+    stats_.invalidated += offsets.size();
+  }
+  service_.InvalidatePagesAsync(std::move(offsets), std::move(done));
+}
+
+absl::Status Coherence::DropAllCopies() {
+  std::vector<DistributedDataspace*> all;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
+  }
+  for (DistributedDataspace* ds : all) {
+    const uint64_t at = ds->global_addr() - service_.base();
+    service_.Invalidate(at, ds->size(), [ds, at](uint64_t off) {
+      return ds->HomedHere((off - at) / kPageSize);
+    });
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coherence::AcquireAll() {
+  if (absl::Status s = Release(); !s.ok()) return s;
+  return DropAllCopies();
+}
+
+absl::Status Coherence::AwaitPeers(const std::function<bool()>& done_with,
+                                   const char* what) {
+  // Done, or a rank we wait for is dead. No timeout: membership decides.
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (done_with()) return true;
+    for (int r = 0; r < nranks_; ++r) {
+      if (dead_[r]) return true;
+    }
+    return false;
+  };
+  mutex_.Await(absl::Condition(&ready));
+  if (done_with()) return absl::OkStatus();
+  for (int r = 0; r < nranks_; ++r) {
+    if (dead_[r]) {
+      return absl::UnavailableError(absl::StrFormat(
+          "%s cannot complete: rank %d is dead (%s)", what, r, death_[r]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coherence::Barrier() {
+  if (absl::Status s = Release(); !s.ok()) return s;
+  uint64_t epoch;
+  std::vector<PageList> mine(nranks_);
+  {
+    absl::MutexLock lock(&mutex_);
+    epoch = ++epoch_;
+    ++stats_.barriers;
+    mine.swap(remote_written_barrier_);
+    remote_written_barrier_.assign(nranks_, PageList());
+    written_since_barrier_.clear();
+    EpochState& st = epochs_[epoch];
+    st.writes_from.resize(nranks_);
+    st.inval_from.resize(nranks_);
+  }
+  // Round 1: tell every home what this rank wrote of its pages.
+  for (int peer = 0; peer < nranks_; ++peer) {
+    if (peer == self_) continue;
+    std::sort(mine[peer].begin(), mine[peer].end(),
+              [](const hp::PageRef& a, const hp::PageRef& b) {
+                return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
+              });
+    mine[peer].erase(std::unique(mine[peer].begin(), mine[peer].end(),
+                                 [](const hp::PageRef& a, const hp::PageRef& b) {
+                                   return a.alloc_id == b.alloc_id &&
+                                          a.page == b.page;
+                                 }),
+                     mine[peer].end());
+    absl::Status s =
+        SendPageList(peer, hp::kEpochWrites, epoch, 0, mine[peer], 0);
+    if (!s.ok()) {
+      absl::MutexLock lock(&mutex_);
+      epochs_.erase(epoch);
+      return absl::UnavailableError(absl::StrFormat(
+          "barrier cannot complete: rank %d is unreachable: %s", peer,
+          dead_[peer] ? death_[peer] : std::string(s.message())));
+    }
+  }
+
+  std::vector<std::tuple<int, uint32_t, uint64_t>> written;
+  std::vector<std::pair<uint32_t, uint64_t>> home_written;
+  {
+    absl::MutexLock lock(&mutex_);
+    EpochState& st = epochs_[epoch];
+    absl::Status s = AwaitPeers(
+        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          for (int r = 0; r < nranks_; ++r) {
+            if (r != self_ && !st.writes_from[r]) return false;
+          }
+          return true;
+        },
+        "barrier");
+    if (!s.ok()) {
+      epochs_.erase(epoch);
+      return s;
+    }
+    written.swap(st.written);
+    home_written.assign(home_written_barrier_.begin(),
+                        home_written_barrier_.end());
+    home_written_barrier_.clear();
+  }
+
+  // Round 2, as a home: who must drop which copies.
+  std::map<std::pair<uint32_t, uint64_t>, std::set<int>> writers;
+  for (const auto& [id, page] : home_written) writers[{id, page}].insert(self_);
+  for (const auto& [writer, id, page] : written) writers[{id, page}].insert(writer);
+  std::vector<PageList> drop(nranks_);
+  for (const auto& [key, who] : writers) {
+    for (int cacher : home_.CachersOf(key.first, key.second)) {
+      if (cacher == self_) continue;
+      // The sole writer's copy is what the home has now.
+      if (who.size() == 1 && *who.begin() == cacher) continue;
+      drop[cacher].push_back(hp::PageRef{key.first, 0, key.second});
+    }
+  }
+  // Pages written at home this epoch are protected again (tracked), so
+  // the next epoch's writes are seen.
+  for (const auto& [key, who] : writers) {
+    DistributedDataspace* ds;
+    {
+      absl::MutexLock lock(&mutex_);
+      ds = Find(key.first);
+    }
+    if (ds == nullptr) continue;
+    const uint64_t offset =
+        ds->global_addr() - service_.base() + key.second * kPageSize;
+    if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
+      return s;
+    }
+  }
+  for (int peer = 0; peer < nranks_; ++peer) {
+    if (peer == self_) continue;
+    absl::Status s =
+        SendPageList(peer, hp::kEpochInvalidate, epoch, 0, drop[peer], 0);
+    if (!s.ok()) {
+      absl::MutexLock lock(&mutex_);
+      epochs_.erase(epoch);
+      return absl::UnavailableError(absl::StrFormat(
+          "barrier cannot complete: rank %d is unreachable: %s", peer,
+          dead_[peer] ? death_[peer] : std::string(s.message())));
+    }
+  }
+
+  absl::MutexLock lock(&mutex_);
+  EpochState& st = epochs_[epoch];
+  absl::Status s = AwaitPeers(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        for (int r = 0; r < nranks_; ++r) {
+          if (r != self_ && !st.inval_from[r]) return false;
+        }
+        return st.invalidations_pending == 0;
+      },
+      "barrier");
+  epochs_.erase(epoch);
+  return s;
+}
+
+absl::Status Coherence::LockCheck(uintptr_t lock_addr) const {
+  absl::MutexLock lock(&mutex_);
+  if (lock_addr % alignof(uint64_t) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "lock %p is not 8-byte aligned; place pw_lock_t in global memory "
+        "from pw_alloc",
+        reinterpret_cast<void*>(lock_addr)));
+  }
+  if (FindByAddr(lock_addr) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "lock %p is not in a live global allocation; a pw_lock_t must live "
+        "in memory from pw_alloc, so every rank names the same lock",
+        reinterpret_cast<void*>(lock_addr)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coherence::LockAcquire(uintptr_t lock_addr) {
+  if (absl::Status s = LockCheck(lock_addr); !s.ok()) return s;
+  // Copies about to be dropped must not hold unreleased writes.
+  if (absl::Status s = Release(); !s.ok()) return s;
+  const uint64_t key = lock_addr - service_.base();
+  int home;
+  uint64_t ticket;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto it = held_.find(key);
+    if (it != held_.end() && it->second == std::this_thread::get_id()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "pw_lock_acquire: this thread already holds lock %p; locks are not "
+          "recursive",
+          reinterpret_cast<void*>(lock_addr)));
+    }
+    // Another thread of this rank holds it: wait for its release here.
+    auto free_here = [this, key]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return held_.count(key) == 0;
+    };
+    mutex_.Await(absl::Condition(&free_here));
+    held_[key] = std::this_thread::get_id();
+    DistributedDataspace* ds = FindByAddr(lock_addr);
+    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
+    if (home < 0) home = ds->placement().DirectoryOf(
+        (lock_addr - ds->global_addr()) / kPageSize);
+    ticket = ++next_ticket_;
+    waiters_[ticket];
+    ++stats_.lock_acquires;
+    if (home == self_) ManagerAcquire(key, self_, ticket);
+  }
+  if (home != self_) {
+    hp::PageListHeader h{key, ticket, 0, hp::kLastPart};
+    absl::Status s = transport_.SendMessage(
+        home, hp::kLockAcquire,
+        absl::Span<const char>(reinterpret_cast<const char*>(&h), sizeof(h)));
+    if (!s.ok()) {
+      absl::MutexLock lock(&mutex_);
+      waiters_.erase(ticket);
+      held_.erase(key);
+      return s;
+    }
+  }
+  Waiter w;
+  {
+    absl::MutexLock lock(&mutex_);
+    Waiter& waiter = waiters_[ticket];
+    auto granted = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return waiter.granted || (home != self_ && dead_[home]);
+    };
+    mutex_.Await(absl::Condition(&granted));
+    w = std::move(waiter);
+    waiters_.erase(ticket);
+    if (!w.granted) {
+      held_.erase(key);
+      return absl::UnavailableError(absl::StrFormat(
+          "pw_lock_acquire: the lock's home, rank %d, is dead (%s)", home,
+          death_[home]));
+    }
+    if (!w.error.ok()) {
+      held_.erase(key);
+      return w.error;
+    }
+  }
+  if (w.invalidate_all) {
+    if (absl::Status s = Release(); !s.ok()) return s;
+    return DropAllCopies();
+  }
+  return FlushAndDropCopies(w.invalidate);
+}
+
+absl::Status Coherence::LockRelease(uintptr_t lock_addr) {
+  if (absl::Status s = LockCheck(lock_addr); !s.ok()) return s;
+  const uint64_t key = lock_addr - service_.base();
+  {
+    absl::MutexLock lock(&mutex_);
+    auto it = held_.find(key);
+    if (it == held_.end() || it->second != std::this_thread::get_id()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "pw_lock_release: this thread does not hold lock %p; release only "
+          "a lock you acquired, from the thread that acquired it",
+          reinterpret_cast<void*>(lock_addr)));
+    }
+  }
+  if (absl::Status s = Release(); !s.ok()) return s;
+  PageList written;
+  int home;
+  {
+    absl::MutexLock lock(&mutex_);
+    held_.erase(key);
+    for (const auto& [id, page] : written_since_barrier_) {
+      written.push_back(hp::PageRef{id, 0, page});
+    }
+    DistributedDataspace* ds = FindByAddr(lock_addr);
+    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
+    if (home < 0) home = ds->placement().DirectoryOf(
+        (lock_addr - ds->global_addr()) / kPageSize);
+    if (home == self_) {
+      ManagerRelease(key, self_, written, false);
+      return absl::OkStatus();
+    }
+  }
+  const bool too_many = written.size() > hp::kMaxPageRefs;
+  return SendPageList(home, hp::kLockRelease, key, 0,
+                      too_many ? PageList() : written,
+                      too_many ? hp::kAllPages : 0u);
+}
+
+void Coherence::ManagerAcquire(uint64_t lock, int rank, uint64_t ticket) {
+  LockState& st = locks_[lock];
+  if (!st.broken.empty()) {
+    if (rank == self_) {
+      DeliverGrant(ticket, {}, false, absl::UnavailableError(st.broken));
+    } else {
+      // A grant with no pages and the broken flag is not in the protocol;
+      // the requester learns of the holder's death from membership.
+      Warning("lock 0x%x: rank %d asks for a lock whose holder died: %s", lock,
+              rank, st.broken);
+    }
+    return;
+  }
+  if (st.holder < 0) {
+    Grant(lock, st, rank, ticket);
+  } else {
+    st.queue.emplace_back(rank, ticket);
+  }
+}
+
+void Coherence::Grant(uint64_t lock, LockState& st, int rank,
+                      uint64_t ticket) {
+  st.holder = rank;
+  const uint64_t seen = st.last_seen[rank];
+  st.last_seen[rank] = st.seq;
+  PageList pages;
+  bool all = false;
+  for (const LogEntry& e : st.log) {
+    if (e.seq <= seen || e.writer == rank) continue;
+    if (e.ref.alloc_id == 0) {
+      all = true;
+      break;
+    }
+    pages.push_back(e.ref);
+  }
+  if (pages.size() > hp::kMaxPageRefs) all = true;
+  if (all) pages.clear();
+  // The log only needs what some rank has not seen yet.
+  uint64_t oldest = st.seq;
+  for (const auto& [r, s] : st.last_seen) oldest = std::min(oldest, s);
+  st.log.erase(std::remove_if(st.log.begin(), st.log.end(),
+                              [oldest](const LogEntry& e) { return e.seq <= oldest; }),
+               st.log.end());
+  if (rank == self_) {
+    DeliverGrant(ticket, std::move(pages), all, absl::OkStatus());
+    return;
+  }
+  absl::Status s = SendPageList(rank, hp::kLockGrant, lock, ticket, pages,
+                                all ? hp::kAllPages : 0u);
+  if (!s.ok()) {
+    Warning("lock 0x%x: granting it to rank %d failed: %s", lock, rank,
+            s.message());
+  }
+}
+
+void Coherence::ManagerRelease(uint64_t lock, int rank, const PageList& pages,
+                               bool all) {
+  LockState& st = locks_[lock];
+  if (st.holder != rank) {
+    Warning("lock 0x%x: rank %d releases it but rank %d holds it; ignored",
+            lock, rank, st.holder);
+    return;
+  }
+  if (all) {
+    st.log.push_back(LogEntry{++st.seq, rank, hp::PageRef{0, 0, 0}});
+  } else {
+    for (const hp::PageRef& r : pages) {
+      st.log.push_back(LogEntry{++st.seq, rank, r});
+    }
+  }
+  st.holder = -1;
+  while (!st.queue.empty()) {
+    auto [next, ticket] = st.queue.front();
+    st.queue.pop_front();
+    if (next != self_ && dead_[next]) continue;
+    Grant(lock, st, next, ticket);
+    break;
+  }
+}
+
+void Coherence::DeliverGrant(uint64_t ticket, PageList pages, bool all,
+                             absl::Status error) {
+  auto it = waiters_.find(ticket);
+  if (it == waiters_.end()) {
+    Warning("a lock grant for ticket %d matches no waiting acquire; ignored",
+            ticket);
+    return;
+  }
+  Waiter& w = it->second;
+  w.invalidate.insert(w.invalidate.end(), pages.begin(), pages.end());
+  w.invalidate_all |= all;
+  w.error = std::move(error);
+  w.granted = true;
+}
+
+void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) {
+  hp::PageListHeader h;
+  if (body.size() < sizeof(h) || peer < 0 || peer >= nranks_) {
+    Warning("coherence: rank %d sent a malformed message of type %d; dropped",
+            peer, type);
+    return;
+  }
+  std::memcpy(&h, body.data(), sizeof(h));
+  if (body.size() != sizeof(h) + uint64_t{h.count} * sizeof(hp::PageRef) ||
+      h.count > hp::kMaxPageRefs) {
+    Warning("coherence: rank %d sent %d bytes for %d pages (type %d); dropped",
+            peer, body.size(), h.count, type);
+    return;
+  }
+  PageList pages(h.count);
+  if (h.count) {
+    std::memcpy(pages.data(), body.data() + sizeof(h),
+                h.count * sizeof(hp::PageRef));
+  }
+  const bool last = h.flags & hp::kLastPart;
+  absl::MutexLock lock(&mutex_);
+  switch (type) {
+    case hp::kEpochWrites: {
+      EpochState& st = epochs_[h.epoch_or_lock];
+      st.writes_from.resize(nranks_);
+      st.inval_from.resize(nranks_);
+      for (const hp::PageRef& r : pages) st.written.emplace_back(peer, r.alloc_id, r.page);
+      if (last) st.writes_from[peer] = true;
+      return;
+    }
+    case hp::kEpochInvalidate: {
+      EpochState& st = epochs_[h.epoch_or_lock];
+      st.writes_from.resize(nranks_);
+      st.inval_from.resize(nranks_);
+      if (last) st.inval_from[peer] = true;
+      if (pages.empty()) return;
+      ++st.invalidations_pending;
+      const uint64_t epoch = h.epoch_or_lock;
+      mutex_.Unlock();
+      DropCopies(pages, [this, epoch] {
+        absl::MutexLock lock(&mutex_);
+        --epochs_[epoch].invalidations_pending;
+      });
+      mutex_.Lock();
+      return;
+    }
+    case hp::kLockAcquire:
+      ManagerAcquire(h.epoch_or_lock, peer, h.ticket);
+      return;
+    case hp::kLockRelease:
+      ManagerRelease(h.epoch_or_lock, peer, pages, h.flags & hp::kAllPages);
+      return;
+    case hp::kLockGrant: {
+      auto it = waiters_.find(h.ticket);
+      if (it == waiters_.end()) {
+        Warning("rank %d granted ticket %d, which nobody waits for; ignored",
+                peer, h.ticket);
+        return;
+      }
+      Waiter& w = it->second;
+      w.invalidate.insert(w.invalidate.end(), pages.begin(), pages.end());
+      w.invalidate_all |= (h.flags & hp::kAllPages) != 0;
+      if (last) w.granted = true;
+      return;
+    }
+    default:
+      Warning("coherence: rank %d sent unknown message type %d; dropped", peer,
+              type);
+  }
+}
+
+void Coherence::PeerDied(int peer, const std::string& why) {
+  absl::MutexLock lock(&mutex_);
+  if (peer < 0 || peer >= nranks_ || dead_[peer]) return;
+  dead_[peer] = true;
+  death_[peer] = why;
+  for (auto& [key, st] : locks_) {
+    st.queue.erase(std::remove_if(st.queue.begin(), st.queue.end(),
+                                  [peer](const auto& q) { return q.first == peer; }),
+                   st.queue.end());
+    if (st.holder == peer) {
+      st.broken = absl::StrFormat(
+          "the lock's holder, rank %d, died while holding it (%s); what it "
+          "protected may be half-written",
+          peer, why);
+      Error("lock 0x%x: %s", key, st.broken);
+      for (auto& [rank, ticket] : st.queue) {
+        if (rank == self_) {
+          DeliverGrant(ticket, {}, false, absl::UnavailableError(st.broken));
+        }
+      }
+      st.queue.clear();
+    }
+  }
+}
+
+absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
+                                           uint64_t operand, uint64_t swap) {
+  if (addr % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "atomic on %p: the address must be 8-byte aligned",
+        reinterpret_cast<void*>(addr)));
+  }
+  int home;
+  {
+    absl::MutexLock lock(&mutex_);
+    DistributedDataspace* ds = FindByAddr(addr);
+    if (ds == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "atomic on %p: not in a live global allocation; atomics work on "
+          "memory from pw_alloc",
+          reinterpret_cast<void*>(addr)));
+    }
+    home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);
+  }
+  if (home < 0) {
+    // A first-touch page nobody has touched: touching it settles its home.
+    (void)*reinterpret_cast<volatile uint64_t*>(addr);
+    absl::MutexLock lock(&mutex_);
+    DistributedDataspace* ds = FindByAddr(addr);
+    home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);
+  }
+  if (home == self_) {
+    auto* word = reinterpret_cast<uint64_t*>(addr);
+    if (op == WorkOpcode::kFetchAdd) {
+      return __atomic_fetch_add(word, operand, __ATOMIC_SEQ_CST);
+    }
+    uint64_t expected = operand;
+    __atomic_compare_exchange_n(word, &expected, swap, false, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
+    return expected;
+  }
+  uint32_t slot;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return !free_scratch_.empty();
+    };
+    mutex_.Await(absl::Condition(&available));
+    slot = free_scratch_.back();
+    free_scratch_.pop_back();
+  }
+  WorkRequest wr;
+  wr.opcode = op;
+  wr.local = &scratch_[slot];
+  wr.lkey = scratch_region_.lkey;
+  wr.length = 8;
+  wr.remote_addr = addr;
+  wr.rkey = fetcher_.PeerKey(home);
+  wr.compare_add = operand;
+  wr.swap = swap;
+  SyncBatch batch;
+  absl::Status s = fetcher_.PostSync(home, &wr, batch);
+  if (s.ok()) s = batch.Wait();
+  uint64_t old = scratch_[slot];
+  {
+    absl::MutexLock lock(&mutex_);
+    free_scratch_.push_back(slot);
+  }
+  if (!s.ok()) return s;
+  return old;
+}
+
+absl::StatusOr<uint64_t> Coherence::FetchAdd(uintptr_t addr, uint64_t value) {
+  return Atomic(addr, WorkOpcode::kFetchAdd, value, 0);
+}
+
+absl::StatusOr<uint64_t> Coherence::CompareSwap(uintptr_t addr,
+                                                uint64_t expected,
+                                                uint64_t desired) {
+  return Atomic(addr, WorkOpcode::kCompareSwap, expected, desired);
+}
+
+CoherenceStats Coherence::stats() const {
+  absl::MutexLock lock(&mutex_);
+  return stats_;
+}
+
+}  // namespace pagewire

@@ -1,0 +1,235 @@
+// coherence.h - release consistency for global memory: write tracking with
+// twins, diffs at release, invalidation at acquire, locks and atomics.
+//
+// Write tracking. A copy of another rank's page is installed
+// write-protected; the first write to it faults as an upgrade, and the
+// rank keeps a twin (the page as it was) before allowing the write. Pages a
+// home holds for itself are written in place; once any other rank has
+// fetched one, the home write-protects it too ("tracked"), so it knows when
+// it writes it.
+//
+// Release (pw_release, barriers, unlock): every twinned page is
+// write-protected again and compared with its twin byte for byte; each run
+// of modified bytes goes home by a one-sided WRITE, so ranks that wrote
+// different bytes of one page (false sharing) merge exactly at home.
+//
+// Barrier: after its release, every rank tells every other rank which of
+// its pages it wrote this epoch (kEpochWrites, possibly empty). A home then
+// knows every write to its pages and, from its directory, who caches them:
+// it tells every rank which copies to drop (kEpochInvalidate, possibly
+// empty) — a copy survives if nobody wrote the page, or if its holder was
+// the only writer. Each rank drops those copies and the barrier is done:
+// the two all-to-all rounds are the synchronisation. Read-only and private
+// pages stay cached across barriers.
+//
+// Locks live at the home of the page holding the pw_lock_t. The lock's home
+// manager queues requests (FIFO, no spinning) and keeps a log of the pages
+// written under the lock: a release appends the releaser's writes, a grant
+// tells the acquirer which pages others wrote since it last held the lock.
+// Atomics are one-sided operations at the word's home.
+//
+// Nothing here waits with a timeout: a wait ends when the messages arrive
+// or when membership declares a rank it needs dead, which fails the call
+// naming that rank.
+//
+// Threads: AddTwin/NoteHomeWrite from the fault loop; OnMessage on the
+// transport thread; everything else from application threads (collectives
+// from one thread per rank at a time).
+#ifndef PAGEWIRE_RUNTIME_COHERENCE_H_
+#define PAGEWIRE_RUNTIME_COHERENCE_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "runtime/fault_service.h"
+#include "runtime/home_protocol.h"
+#include "runtime/remote_fetcher.h"
+#include "runtime/transport.h"
+
+namespace pagewire {
+
+class DistributedDataspace;
+class HomeManager;
+
+struct CoherenceStats {
+  uint64_t twins = 0;           // pages twinned at a first write
+  uint64_t diff_bytes = 0;      // bytes written home at releases
+  uint64_t diff_writes = 0;     // one-sided WRITEs they took
+  uint64_t invalidated = 0;     // cached copies dropped at acquires
+  uint64_t barriers = 0;
+  uint64_t lock_acquires = 0;
+};
+
+class Coherence {
+ public:
+  Coherence(int self, int nranks, Transport& transport, RemoteFetcher& fetcher,
+            FaultService& service, HomeManager& home);
+  ~Coherence();
+
+  // Registers scratch memory for atomics' results. Once, at start-up.
+  absl::Status Start();
+
+  void AddDataspace(DistributedDataspace* ds);
+  void RemoveDataspace(uint32_t id);
+
+  // Fault loop: a remote page becomes writable; `current` is its contents.
+  void AddTwin(DistributedDataspace* ds, uint64_t page, int home,
+               const void* current);
+  // Fault loop: this rank writes a tracked page it homes.
+  void NoteHomeWrite(DistributedDataspace* ds, uint64_t page);
+  // Fault loop: if the page is being flushed and dropped (frozen), keeps the
+  // upgrade request to answer afterwards and returns true.
+  bool DeferIfFrozen(const PageRequest& request, uint64_t global_offset);
+
+  absl::Status Release();
+  // Drops every cached copy of another rank's page (pw_acquire: without a
+  // lock or barrier there is no record of what changed).
+  absl::Status AcquireAll();
+  absl::Status Barrier();
+  absl::Status LockAcquire(uintptr_t lock_addr);
+  absl::Status LockRelease(uintptr_t lock_addr);
+  absl::Status LockCheck(uintptr_t lock_addr) const;
+
+  absl::StatusOr<uint64_t> FetchAdd(uintptr_t addr, uint64_t value);
+  absl::StatusOr<uint64_t> CompareSwap(uintptr_t addr, uint64_t expected,
+                                       uint64_t desired);
+
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
+  void PeerDied(int peer, const std::string& why);
+
+  CoherenceStats stats() const;
+
+ private:
+  struct Twin {
+    DistributedDataspace* ds;
+    uint64_t page;
+    int home;
+    std::unique_ptr<char[]> copy;
+  };
+  struct EpochState {
+    std::vector<bool> writes_from;  // by rank: its kEpochWrites ended
+    std::vector<bool> inval_from;   // by rank: its kEpochInvalidate ended
+    // (writer, alloc, page) of pages homed here written this epoch.
+    std::vector<std::tuple<int, uint32_t, uint64_t>> written;
+    int invalidations_pending = 0;  // asynchronous drops not yet done
+  };
+  struct Waiter {
+    bool granted = false;
+    absl::Status error;
+    std::vector<home_protocol::PageRef> invalidate;
+    bool invalidate_all = false;
+  };
+  struct LogEntry {
+    uint64_t seq;
+    int writer;
+    home_protocol::PageRef ref;  // alloc_id == 0: "every page"
+  };
+  struct LockState {
+    int holder = -1;
+    std::deque<std::pair<int, uint64_t>> queue;  // (rank, ticket)
+    std::vector<LogEntry> log;
+    uint64_t seq = 0;
+    absl::flat_hash_map<int, uint64_t> last_seen;
+    std::string broken;  // the holder died: every later acquire fails
+  };
+  using PageList = std::vector<home_protocol::PageRef>;
+
+  DistributedDataspace* Find(uint32_t id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  DistributedDataspace* FindByAddr(uintptr_t addr) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // Sends a page list in parts of at most kMaxPageRefs.
+  absl::Status SendPageList(int peer, uint16_t type, uint64_t key,
+                            uint64_t ticket, const PageList& pages,
+                            uint32_t flags);
+  // Drops the cached copies `pages` (other ranks' pages only); `done` on
+  // the loop thread when finished.
+  void DropCopies(const PageList& pages, std::function<void()> done);
+  // The same from an application thread, for copies that other threads of
+  // this rank may be writing: twinned pages are frozen, flushed home, then
+  // dropped; writers that hit them meanwhile wait and then fetch afresh.
+  absl::Status FlushAndDropCopies(const PageList& pages);
+  // Writes the diffs of `twins` home and waits.
+  absl::Status FlushTwins(std::map<uint64_t, Twin>& twins, PageList& written);
+  absl::Status DropAllCopies();
+  absl::Status AwaitPeers(const std::function<bool()>& done_with,
+                          const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  absl::StatusOr<uint64_t> Atomic(uintptr_t addr, WorkOpcode op,
+                                  uint64_t operand, uint64_t swap);
+
+  // Lock manager (this rank is the lock's home).
+  void ManagerAcquire(uint64_t lock, int rank, uint64_t ticket)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ManagerRelease(uint64_t lock, int rank, const PageList& pages,
+                      bool all) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void Grant(uint64_t lock, LockState& state, int rank, uint64_t ticket)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Delivers a grant to this rank's own waiter (local lock home).
+  void DeliverGrant(uint64_t ticket, PageList pages, bool all,
+                    absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const int self_;
+  const int nranks_;
+  Transport& transport_;
+  RemoteFetcher& fetcher_;
+  FaultService& service_;
+  HomeManager& home_;
+
+  mutable absl::Mutex mutex_;
+  std::map<uint32_t, DistributedDataspace*> dataspaces_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, Twin> twins_ ABSL_GUARDED_BY(mutex_);  // by global offset
+  // Pages being flushed and dropped (by how many acquires), with the
+  // upgrades that wait for it.
+  struct Frozen {
+    int holds = 0;
+    std::vector<PageRequest> waiting;
+  };
+  std::map<uint64_t, Frozen> frozen_ ABSL_GUARDED_BY(mutex_);
+  // Tracked home pages written since the last release / barrier.
+  absl::flat_hash_set<std::pair<uint32_t, uint64_t>> home_written_release_
+      ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_set<std::pair<uint32_t, uint64_t>> home_written_barrier_
+      ABSL_GUARDED_BY(mutex_);
+  // Other ranks' pages this rank wrote since the last barrier, by home.
+  std::vector<PageList> remote_written_barrier_ ABSL_GUARDED_BY(mutex_);
+  // Pages this rank wrote since the last barrier (remote and tracked home
+  // pages), reported at every lock release: threads of one rank share its
+  // releases, so a narrower set could miss a write made under another lock.
+  absl::flat_hash_set<std::pair<uint32_t, uint64_t>> written_since_barrier_
+      ABSL_GUARDED_BY(mutex_);
+
+  uint64_t epoch_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::map<uint64_t, EpochState> epochs_ ABSL_GUARDED_BY(mutex_);
+  std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);
+
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mutex_);
+  // Locks held by this rank, and by which of its threads: another thread
+  // of the rank waits here before asking the lock's home.
+  absl::flat_hash_map<uint64_t, std::thread::id> held_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, LockState> locks_ ABSL_GUARDED_BY(mutex_);  // managed here
+
+  // Scratch for atomics' results, registered once.
+  std::unique_ptr<uint64_t[]> scratch_;
+  MemoryRegion scratch_region_;
+  std::vector<uint32_t> free_scratch_ ABSL_GUARDED_BY(mutex_);
+
+  CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace pagewire
+
+#endif  // PAGEWIRE_RUNTIME_COHERENCE_H_

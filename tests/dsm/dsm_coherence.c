@@ -1,0 +1,277 @@
+/*
+ * dsm_coherence.c - release consistency, verified exactly against a
+ * sequential reference. Run under pagewire-run with a test name:
+ *   pagewire-run -n 4 dsm_coherence histogram|false_sharing|queue|atomics|races
+ *
+ *   histogram      every thread of every rank adds items to a global
+ *                  histogram under per-bin locks
+ *   false_sharing  every rank writes disjoint bytes of the same pages (homed
+ *                  on one rank, and spread block-wise), then a barrier: the
+ *                  final image is exact on every rank
+ *   queue          producers and a consumer exchange items through a
+ *                  lock-protected ring buffer in global memory
+ *   atomics        counters incremented by every thread of every rank reach
+ *                  the exact total (fetch-add and a CAS loop)
+ *   races          writers flush while other ranks' threads keep faulting
+ *                  the same pages, over many epochs; nothing written is lost
+ *
+ * Prints "dsm_coherence: <test> rank R ok" or names the first difference
+ * and exits non-zero.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pagewire/pagewire.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE 4096
+#define CHECK(cond, ...)                                        \
+  do {                                                          \
+    if (!(cond)) {                                              \
+      fprintf(stderr, "dsm_coherence: rank %d: ", rank);        \
+      fprintf(stderr, __VA_ARGS__);                             \
+      fprintf(stderr, " (%s)\n", pw_last_error());              \
+      exit(1);                                                  \
+    }                                                           \
+  } while (0)
+
+static int rank, nranks;
+
+static uint64_t Mix(uint64_t x) {
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  return x ^ (x >> 29);
+}
+
+/* ---- histogram under locks ---- */
+enum { kBins = 32, kItems = 400, kHistThreads = 4 };
+static uint64_t *bins;
+static pw_lock_t *bin_locks;
+
+static void *HistogramWorker(void *arg) {
+  long t = (long)arg;
+  for (int i = 0; i < kItems; i++) {
+    uint64_t item = ((uint64_t)rank << 32) | ((uint64_t)t << 16) | (uint64_t)i;
+    int b = (int)(Mix(item) % kBins);
+    CHECK(pw_lock_acquire(&bin_locks[b]) == PW_OK, "lock_acquire bin %d", b);
+    bins[b] += 1;
+    CHECK(pw_lock_release(&bin_locks[b]) == PW_OK, "lock_release bin %d", b);
+  }
+  return NULL;
+}
+
+static void Histogram(void) {
+  bins = pw_alloc(kBins * sizeof(uint64_t), PW_PLACE_CYCLIC);
+  bin_locks = pw_alloc(kBins * sizeof(pw_lock_t), PW_PLACE_CYCLIC);
+  CHECK(bins && bin_locks, "pw_alloc");
+  if (rank == 0) {
+    for (int b = 0; b < kBins; b++) CHECK(pw_lock_init(&bin_locks[b]) == PW_OK, "lock_init");
+  }
+  pw_barrier();
+  pthread_t th[kHistThreads];
+  for (long t = 0; t < kHistThreads; t++) pthread_create(&th[t], NULL, HistogramWorker, (void *)t);
+  for (long t = 0; t < kHistThreads; t++) pthread_join(th[t], NULL);
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  uint64_t want[kBins] = {0};
+  for (int r = 0; r < nranks; r++)
+    for (long t = 0; t < kHistThreads; t++)
+      for (int i = 0; i < kItems; i++)
+        want[Mix(((uint64_t)r << 32) | ((uint64_t)t << 16) | (uint64_t)i) % kBins]++;
+  for (int b = 0; b < kBins; b++) CHECK(bins[b] == want[b], "bin %d is %llu, want %llu", b, (unsigned long long)bins[b], (unsigned long long)want[b]);
+  /* Bad input: releasing a lock not held, and a lock outside global memory. */
+  pw_lock_t local;
+  CHECK(pw_lock_release(&bin_locks[0]) != PW_OK, "releasing an unheld lock succeeded");
+  CHECK(pw_lock_acquire(&local) == PW_ERR_INVALID_ARGUMENT, "a lock outside global memory was accepted");
+  pw_barrier();
+  pw_free(bins);
+  pw_free(bin_locks);
+}
+
+/* ---- false sharing ---- */
+static void FalseSharing(void) {
+  const size_t pages = 16;
+  for (int layout = 0; layout < 2; layout++) {
+    unsigned char *g = layout == 0 ? pw_alloc_on(pages * PAGE, 0)
+                                   : pw_alloc(pages * PAGE, PW_PLACE_BLOCK);
+    CHECK(g, "pw_alloc");
+    for (int round = 1; round <= 3; round++) {
+      /* Byte i belongs to rank i % nranks; everyone reads first, so every
+       * rank holds a cached copy when it writes. */
+      volatile unsigned char sink = 0;
+      for (size_t i = 0; i < pages * PAGE; i += PAGE) sink ^= g[i];
+      (void)sink;
+      for (size_t i = (size_t)rank; i < pages * PAGE; i += (size_t)nranks)
+        g[i] = (unsigned char)(Mix(i * 7 + (size_t)round) & 0xff);
+      CHECK(pw_barrier() == PW_OK, "barrier");
+      for (size_t i = 0; i < pages * PAGE; i++) {
+        unsigned char want = (unsigned char)(Mix(i * 7 + (size_t)round) & 0xff);
+        CHECK(g[i] == want, "layout %d round %d: byte %zu is %u, want %u (written by rank %zu)",
+              layout, round, i, g[i], want, i % (size_t)nranks);
+      }
+      CHECK(pw_barrier() == PW_OK, "barrier");
+    }
+    pw_free(g);
+  }
+}
+
+/* ---- producer/consumer queue ---- */
+enum { kSlots = 64, kPerProducer = 300 };
+struct queue {
+  pw_lock_t lock;
+  uint64_t head, tail; /* head: next to take; tail: next to fill */
+  uint64_t items[kSlots];
+};
+
+static void Queue(void) {
+  struct queue *q = pw_alloc_on(sizeof(struct queue), nranks > 2 ? 2 : 0);
+  CHECK(q, "pw_alloc_on");
+  if (rank == 0) CHECK(pw_lock_init(&q->lock) == PW_OK, "lock_init");
+  pw_barrier();
+  const int consumer = 0;
+  const int producers = nranks - 1;
+  if (rank != consumer) {
+    for (uint64_t i = 0; i < kPerProducer;) {
+      CHECK(pw_lock_acquire(&q->lock) == PW_OK, "acquire");
+      if (q->tail - q->head < kSlots) {
+        q->items[q->tail % kSlots] = ((uint64_t)rank << 32) | i;
+        q->tail++;
+        i++;
+      }
+      CHECK(pw_lock_release(&q->lock) == PW_OK, "release");
+    }
+  } else {
+    uint64_t next[64] = {0}, taken = 0;
+    while (taken < (uint64_t)producers * kPerProducer) {
+      CHECK(pw_lock_acquire(&q->lock) == PW_OK, "acquire");
+      while (q->head < q->tail) {
+        uint64_t v = q->items[q->head % kSlots];
+        int from = (int)(v >> 32);
+        CHECK(from > 0 && from < nranks, "item from rank %d", from);
+        CHECK((v & 0xffffffff) == next[from], "item %llu from rank %d out of order (want %llu)",
+              (unsigned long long)(v & 0xffffffff), from, (unsigned long long)next[from]);
+        next[from]++;
+        q->head++;
+        taken++;
+      }
+      CHECK(pw_lock_release(&q->lock) == PW_OK, "release");
+    }
+  }
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  CHECK(q->head == q->tail && q->tail == (uint64_t)producers * kPerProducer,
+        "queue ends at head %llu tail %llu", (unsigned long long)q->head, (unsigned long long)q->tail);
+  pw_barrier();
+  pw_free(q);
+}
+
+/* ---- atomics ---- */
+enum { kAtomicThreads = 4, kAdds = 300 };
+static uint64_t *counters;
+
+static void *AtomicWorker(void *arg) {
+  (void)arg;
+  for (int i = 0; i < kAdds; i++) {
+    uint64_t old;
+    CHECK(pw_atomic_fetch_add(&counters[0], 1, &old) == PW_OK, "fetch_add");
+    uint64_t seen;
+    CHECK(pw_atomic_load(&counters[1], &seen) == PW_OK, "load");
+    for (;;) {
+      uint64_t got;
+      CHECK(pw_atomic_cas(&counters[1], seen, seen + 3, &got) == PW_OK, "cas");
+      if (got == seen) break;
+      seen = got;
+    }
+  }
+  return NULL;
+}
+
+static void Atomics(void) {
+  counters = pw_alloc(2 * PAGE, PW_PLACE_CYCLIC); /* both words homed on rank 0 */
+  CHECK(counters, "pw_alloc");
+  pw_barrier();
+  pthread_t th[kAtomicThreads];
+  for (long t = 0; t < kAtomicThreads; t++) pthread_create(&th[t], NULL, AtomicWorker, NULL);
+  for (long t = 0; t < kAtomicThreads; t++) pthread_join(th[t], NULL);
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  uint64_t a, b;
+  CHECK(pw_atomic_load(&counters[0], &a) == PW_OK && pw_atomic_load(&counters[1], &b) == PW_OK, "load");
+  const uint64_t n = (uint64_t)nranks * kAtomicThreads * kAdds;
+  CHECK(a == n, "fetch-add counter is %llu, want %llu", (unsigned long long)a, (unsigned long long)n);
+  CHECK(b == 3 * n, "CAS counter is %llu, want %llu", (unsigned long long)b, (unsigned long long)(3 * n));
+  /* Bad input. */
+  uint64_t old;
+  CHECK(pw_atomic_fetch_add((uint64_t *)((char *)counters + 4), 1, &old) == PW_ERR_INVALID_ARGUMENT,
+        "a misaligned atomic was accepted");
+  CHECK(pw_atomic_fetch_add(&old, 1, &old) == PW_ERR_INVALID_ARGUMENT, "an atomic outside global memory was accepted");
+  pw_barrier();
+  pw_free(counters);
+}
+
+/* ---- write-back races with concurrent faults ---- */
+enum { kRacePages = 32, kEpochs = 12 };
+static unsigned char *shared;
+static volatile int readers_stop;
+
+static void *RaceReader(void *arg) {
+  (void)arg;
+  unsigned x = 0;
+  while (!readers_stop) {
+    for (int p = 0; p < kRacePages; p++) x += shared[p * PAGE + (x % PAGE)];
+  }
+  return (void *)(uintptr_t)x;
+}
+
+static void Races(void) {
+  shared = pw_alloc(kRacePages * PAGE, PW_PLACE_CYCLIC);
+  CHECK(shared, "pw_alloc");
+  pw_barrier();
+  for (int e = 1; e <= kEpochs; e++) {
+    readers_stop = 0;
+    pthread_t th[2];
+    for (int t = 0; t < 2; t++) pthread_create(&th[t], NULL, RaceReader, NULL);
+    /* Rank r owns bytes [r*W, (r+1)*W) of every page for this epoch; the
+     * ownership rotates so every rank writes pages homed everywhere. */
+    const size_t w = PAGE / (size_t)nranks;
+    const int slice = (rank + e) % nranks;
+    for (int p = 0; p < kRacePages; p++)
+      for (size_t i = (size_t)slice * w; i < (size_t)(slice + 1) * w; i++)
+        shared[p * PAGE + i] = (unsigned char)(Mix(((uint64_t)e << 40) ^ ((uint64_t)p << 20) ^ i) & 0xff);
+    CHECK(pw_release() == PW_OK, "release");
+    readers_stop = 1;
+    for (int t = 0; t < 2; t++) pthread_join(th[t], NULL);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    for (int p = 0; p < kRacePages; p++)
+      for (size_t i = 0; i < w * (size_t)nranks; i++) {
+        unsigned char want = (unsigned char)(Mix(((uint64_t)e << 40) ^ ((uint64_t)p << 20) ^ i) & 0xff);
+        CHECK(shared[p * PAGE + i] == want, "epoch %d page %d byte %zu lost", e, p, i);
+      }
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  pw_free(shared);
+}
+
+int main(int argc, char **argv) {
+  if (pw_init(&argc, &argv) != PW_OK) {
+    fprintf(stderr, "dsm_coherence: pw_init: %s\n", pw_last_error());
+    return 1;
+  }
+  rank = pw_rank();
+  nranks = pw_nranks();
+  const char *test = argc > 1 ? argv[1] : "";
+  if (!strcmp(test, "histogram")) Histogram();
+  else if (!strcmp(test, "false_sharing")) FalseSharing();
+  else if (!strcmp(test, "queue")) Queue();
+  else if (!strcmp(test, "atomics")) Atomics();
+  else if (!strcmp(test, "races")) Races();
+  else {
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races\n");
+    return 2;
+  }
+  pw_stats_t s;
+  pw_get_stats(&s);
+  printf("dsm_coherence: %s rank %d ok (%llu faults, %llu remote fetches, %llu twins, %llu diff bytes, %llu invalidated)\n",
+         test, rank, (unsigned long long)s.faults, (unsigned long long)s.remote_fetches,
+         (unsigned long long)s.twins, (unsigned long long)s.diff_bytes, (unsigned long long)s.invalidated);
+  return pw_finalize() == PW_OK ? 0 : 1;
+}
