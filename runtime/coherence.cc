@@ -21,6 +21,8 @@ namespace {
 
 // Slots of 8 bytes for atomics' old values.
 constexpr uint32_t kScratchSlots = 4096;
+// Pages of staging for diffs: a release of more pages goes in rounds.
+constexpr uint32_t kStagingPages = 1024;
 
 // Runs of differing bytes between `now` and `twin`: [begin, end) offsets.
 void DiffRuns(const char* now, const char* twin,
@@ -69,13 +71,18 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
       remote_written_barrier_(nranks),
       dead_(nranks),
       death_(nranks),
-      scratch_(new uint64_t[kScratchSlots]()) {
+      scratch_(new uint64_t[kScratchSlots]()),
+      staging_(new char[uint64_t{kStagingPages} * kPageSize]) {
   for (uint32_t i = 0; i < kScratchSlots; ++i) free_scratch_.push_back(i);
+  for (uint32_t i = 0; i < kStagingPages; ++i) free_staging_.push_back(i);
 }
 
 Coherence::~Coherence() {
   if (scratch_region_.length != 0) {
     (void)transport_.DeregisterMemory(scratch_region_);
+  }
+  if (staging_region_.length != 0) {
+    (void)transport_.DeregisterMemory(staging_region_);
   }
 }
 
@@ -84,7 +91,42 @@ absl::Status Coherence::Start() {
       scratch_.get(), uint64_t{kScratchSlots} * sizeof(uint64_t));
   if (!r.ok()) return r.status();
   scratch_region_ = *r;
+  r = transport_.RegisterMemory(staging_.get(),
+                                uint64_t{kStagingPages} * kPageSize);
+  if (!r.ok()) return r.status();
+  staging_region_ = *r;
   return absl::OkStatus();
+}
+
+bool Coherence::HasTwin(uint64_t offset) const {
+  absl::MutexLock lock(&mutex_);
+  // A page whose twin a release is flushing counts too: its snapshot must
+  // find it installed.
+  return twins_.count(offset) != 0 || flushing_.count(offset) != 0;
+}
+
+void Coherence::Unfreeze(const std::vector<uint64_t>& frozen,
+                         const std::vector<uint64_t>& flushed) {
+  std::vector<PageRequest> deferred;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (uint64_t offset : flushed) {
+      auto it = flushing_.find(offset);
+      if (it != flushing_.end() && --it->second == 0) flushing_.erase(it);
+    }
+    for (uint64_t offset : frozen) {
+      auto it = frozen_.find(offset);
+      if (it == frozen_.end() || --it->second.holds > 0) continue;
+      deferred.insert(deferred.end(), it->second.waiting.begin(),
+                      it->second.waiting.end());
+      frozen_.erase(it);
+    }
+  }
+  // The loop asks again: an installed page is upgraded (twinned) the usual
+  // way, a dropped one is fetched afresh.
+  for (const PageRequest& r : deferred) {
+    r.completion_queue->Post(OutcomeCompletion(r, Resolution::kRetry));
+  }
 }
 
 void Coherence::AddDataspace(DistributedDataspace* ds) {
@@ -162,12 +204,21 @@ void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
 absl::Status Coherence::Release() {
   std::map<uint64_t, Twin> twins;
   std::vector<std::pair<uint32_t, uint64_t>> home_written;
+  std::vector<uint64_t> flushed;
   {
     absl::MutexLock lock(&mutex_);
     twins.swap(twins_);
+    for (const auto& [offset, twin] : twins) {
+      ++flushing_[offset];
+      flushed.push_back(offset);
+      // Recorded now, not when the flush ends: a lock released meanwhile by
+      // another thread of this rank must report these pages too.
+      written_since_barrier_.insert({twin.ds->id(), twin.page});
+    }
     home_written.assign(home_written_release_.begin(),
                         home_written_release_.end());
     home_written_release_.clear();
+    for (const auto& ref : home_written) written_since_barrier_.insert(ref);
   }
   // Tracked home pages written since the last release: protect them again,
   // so the next write is seen too, and report them.
@@ -182,6 +233,7 @@ absl::Status Coherence::Release() {
     const uint64_t offset =
         ds->global_addr() - service_.base() + page * kPageSize;
     if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
+      Unfreeze({}, flushed);
       return s;
     }
     written.push_back(hp::PageRef{id, 0, page});
@@ -195,6 +247,7 @@ absl::Status Coherence::Release() {
   }
 
   absl::Status s = FlushTwins(twins, written);
+  Unfreeze({}, flushed);
   absl::MutexLock lock(&mutex_);
   for (const hp::PageRef& r : written) {
     written_since_barrier_.insert({r.alloc_id, r.page});
@@ -204,102 +257,138 @@ absl::Status Coherence::Release() {
 
 absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
                                    PageList& written) {
-  // Stop further writes to the twinned pages while their diffs go out: a
-  // writer now faults and twins the page afresh (with what is flushed).
-  for (const auto& [offset, twin] : twins) {
-    if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
-      return s;
-    }
-  }
-
-  // One chain of WRITEs per page, one run of modified bytes per WRITE,
-  // straight from the page in the global range (registered once).
-  SyncBatch batch;
   std::vector<std::pair<uint32_t, uint32_t>> runs;
   std::vector<WorkRequest> chain;
-  const uint32_t lkey = fetcher_.global_lkey();
   uint64_t bytes = 0, writes = 0;
   absl::Status first_error;
-  for (const auto& [offset, twin] : twins) {
-    const char* now = reinterpret_cast<const char*>(service_.base() + offset);
-    DiffRuns(now, twin.copy.get(), runs);
-    if (runs.empty()) continue;
-    chain.assign(runs.size(), WorkRequest{});
-    for (size_t i = 0; i < runs.size(); ++i) {
-      WorkRequest& wr = chain[i];
-      wr.opcode = WorkOpcode::kWrite;
-      wr.local = const_cast<char*>(now) + runs[i].first;
-      wr.lkey = lkey;
-      wr.length = runs[i].second - runs[i].first;
-      wr.remote_addr = service_.base() + offset + runs[i].first;
-      wr.rkey = fetcher_.PeerKey(twin.home);
-      wr.next = i + 1 < runs.size() ? &chain[i + 1] : nullptr;
-      bytes += wr.length;
+  auto next = twins.begin();
+  while (next != twins.end()) {
+    // A round: as many pages as staging slots are free.
+    std::vector<uint32_t> slots;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return !free_staging_.empty();
+      };
+      mutex_.Await(absl::Condition(&available));
+      while (!free_staging_.empty() &&
+             slots.size() < static_cast<size_t>(std::distance(next, twins.end()))) {
+        slots.push_back(free_staging_.back());
+        free_staging_.pop_back();
+      }
     }
-    writes += runs.size();
-    absl::Status s = fetcher_.PostSync(twin.home, chain.data(), batch);
+    std::vector<const std::pair<const uint64_t, Twin>*> round;
+    std::vector<uint64_t> offsets;
+    std::vector<char*> buffers;
+    for (uint32_t slot : slots) {
+      round.push_back(&*next);
+      offsets.push_back(next->first);
+      buffers.push_back(staging_.get() + uint64_t{slot} * kPageSize);
+      ++next;
+    }
+    // Snapshot on the fault loop, which alone knows exactly which pages are
+    // installed, and stop further writes: a writer now faults and twins the
+    // page afresh (with what is flushed).
+    std::vector<bool> resident;
+    absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
+    SyncBatch batch;
+    for (size_t i = 0; s.ok() && i < round.size(); ++i) {
+      const Twin& twin = round[i]->second;
+      if (!resident[i]) {
+        Error("release: page 0x%x was dropped before its writes went home; "
+              "they are lost (a coherence bug)",
+              service_.base() + offsets[i]);
+        continue;
+      }
+      DiffRuns(buffers[i], twin.copy.get(), runs);
+      if (runs.empty()) continue;
+      chain.assign(runs.size(), WorkRequest{});
+      for (size_t k = 0; k < runs.size(); ++k) {
+        WorkRequest& wr = chain[k];
+        wr.opcode = WorkOpcode::kWrite;
+        wr.local = buffers[i] + runs[k].first;
+        wr.lkey = staging_region_.lkey;
+        wr.length = runs[k].second - runs[k].first;
+        wr.remote_addr = service_.base() + offsets[i] + runs[k].first;
+        wr.rkey = fetcher_.PeerKey(twin.home);
+        wr.next = k + 1 < runs.size() ? &chain[k + 1] : nullptr;
+        bytes += wr.length;
+      }
+      writes += runs.size();
+      absl::Status posted = fetcher_.PostSync(twin.home, chain.data(), batch);
+      if (!posted.ok() && first_error.ok()) first_error = posted;
+      written.push_back(hp::PageRef{twin.ds->id(), 0, twin.page});
+      absl::MutexLock lock(&mutex_);
+      remote_written_barrier_[twin.home].push_back(
+          hp::PageRef{twin.ds->id(), 0, twin.page});
+    }
+    absl::Status waited = batch.Wait();
+    {
+      absl::MutexLock lock(&mutex_);
+      for (uint32_t slot : slots) free_staging_.push_back(slot);
+    }
     if (!s.ok() && first_error.ok()) first_error = s;
-    written.push_back(hp::PageRef{twin.ds->id(), 0, twin.page});
-    absl::MutexLock lock(&mutex_);
-    remote_written_barrier_[twin.home].push_back(
-        hp::PageRef{twin.ds->id(), 0, twin.page});
+    if (!waited.ok() && first_error.ok()) {
+      first_error = absl::UnavailableError(absl::StrFormat(
+          "release: writing modified bytes home failed: %s", waited.message()));
+    }
   }
-  absl::Status s = batch.Wait();
-  {
-    absl::MutexLock lock(&mutex_);
-    stats_.diff_bytes += bytes;
-    stats_.diff_writes += writes;
-  }
-  if (!first_error.ok()) return first_error;
-  if (!s.ok()) {
-    return absl::UnavailableError(absl::StrFormat(
-        "release: writing modified bytes home failed: %s", s.message()));
-  }
-  return absl::OkStatus();
+  absl::MutexLock lock(&mutex_);
+  stats_.diff_bytes += bytes;
+  stats_.diff_writes += writes;
+  return first_error;
 }
 
 absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
   std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> frozen;
+  std::vector<uint64_t> offsets, flushed;
   {
     absl::MutexLock lock(&mutex_);
     for (const hp::PageRef& r : pages) {
       DistributedDataspace* ds = Find(r.alloc_id);
-      if (ds == nullptr || r.page >= ds->placement().pages) continue;
-      const uint64_t offset =
-          ds->global_addr() - service_.base() + r.page * kPageSize;
+      if (ds == nullptr || r.page >= ds->placement().pages ||
+          ds->HomedHere(r.page)) {
+        continue;
+      }
+      offsets.push_back(ds->global_addr() - service_.base() +
+                        r.page * kPageSize);
+    }
+    // Another thread's release still flushes some of these pages: let it
+    // finish, so nothing it snapshots is dropped under it.
+    auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      for (uint64_t offset : offsets) {
+        if (flushing_.count(offset)) return false;
+      }
+      return true;
+    };
+    mutex_.Await(absl::Condition(&settled));
+    for (uint64_t offset : offsets) {
+      ++frozen_[offset].holds;  // upgrades wait until the copy is gone
       auto it = twins_.find(offset);
       if (it == twins_.end()) continue;
+      written_since_barrier_.insert({it->second.ds->id(), it->second.page});
       twins.insert(twins_.extract(it));
-      ++frozen_[offset].holds;
-      frozen.push_back(offset);
+      ++flushing_[offset];
+      flushed.push_back(offset);
     }
+    stats_.invalidated += offsets.size();
   }
   PageList written;
-  absl::Status flushed = FlushTwins(twins, written);
+  absl::Status s = FlushTwins(twins, written);
+  Unfreeze({}, flushed);  // flushed: the pages may go now
+  // Drop the copies. A page with unreleased writes of another flush or a
+  // fresh twin (it was missing at the freeze and fetched since) stays.
   absl::Notification dropped;
-  DropCopies(pages, [&dropped] { dropped.Notify(); });
+  service_.InvalidatePagesAsync(
+      offsets, [&dropped] { dropped.Notify(); },
+      [this](uint64_t offset) { return HasTwin(offset); });
   dropped.WaitForNotification();
-  // Writers that hit a frozen page go on: the page is gone, so they fault
-  // afresh and fetch what the home has now (their own flushed bytes too).
-  std::vector<PageRequest> deferred;
-  {
-    absl::MutexLock lock(&mutex_);
-    for (uint64_t offset : frozen) {
-      auto it = frozen_.find(offset);
-      if (--it->second.holds > 0) continue;  // another acquire still flushes it
-      deferred.insert(deferred.end(), it->second.waiting.begin(),
-                      it->second.waiting.end());
-      frozen_.erase(it);
-    }
-    for (const hp::PageRef& r : written) {
-      written_since_barrier_.insert({r.alloc_id, r.page});
-    }
+  Unfreeze(offsets, {});
+  absl::MutexLock lock(&mutex_);
+  for (const hp::PageRef& r : written) {
+    written_since_barrier_.insert({r.alloc_id, r.page});
   }
-  for (const PageRequest& r : deferred) {
-    r.completion_queue->Post(OutcomeCompletion(r, Resolution::kWritable));
-  }
-  return flushed;
+  return s;
 }
 
 absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
@@ -338,7 +427,8 @@ void Coherence::DropCopies(const PageList& pages, std::function<void()> done) {
     }
     stats_.invalidated += offsets.size();
   }
-  service_.InvalidatePagesAsync(std::move(offsets), std::move(done));
+  service_.InvalidatePagesAsync(std::move(offsets), std::move(done),
+                                [this](uint64_t offset) { return HasTwin(offset); });
 }
 
 absl::Status Coherence::DropAllCopies() {
@@ -349,8 +439,8 @@ absl::Status Coherence::DropAllCopies() {
   }
   for (DistributedDataspace* ds : all) {
     const uint64_t at = ds->global_addr() - service_.base();
-    service_.Invalidate(at, ds->size(), [ds, at](uint64_t off) {
-      return ds->HomedHere((off - at) / kPageSize);
+    service_.Invalidate(at, ds->size(), [this, ds, at](uint64_t off) {
+      return ds->HomedHere((off - at) / kPageSize) || HasTwin(off);
     });
   }
   return absl::OkStatus();
@@ -625,7 +715,13 @@ absl::Status Coherence::LockRelease(uintptr_t lock_addr) {
 }
 
 void Coherence::ManagerAcquire(uint64_t lock, int rank, uint64_t ticket) {
-  LockState& st = locks_[lock];
+  auto [it, created] = locks_.try_emplace(lock);
+  LockState& st = it->second;
+  if (created) {
+    // Every rank starts having seen nothing: the log keeps what the rank
+    // that has not acquired the lock yet will need to drop.
+    for (int r = 0; r < nranks_; ++r) st.last_seen[r] = 0;
+  }
   if (!st.broken.empty()) {
     if (rank == self_) {
       DeliverGrant(ticket, {}, false, absl::UnavailableError(st.broken));
@@ -663,7 +759,9 @@ void Coherence::Grant(uint64_t lock, LockState& st, int rank,
   if (all) pages.clear();
   // The log only needs what some rank has not seen yet.
   uint64_t oldest = st.seq;
-  for (const auto& [r, s] : st.last_seen) oldest = std::min(oldest, s);
+  for (const auto& [r, s] : st.last_seen) {
+    if (r == self_ || !dead_[r]) oldest = std::min(oldest, s);
+  }
   st.log.erase(std::remove_if(st.log.begin(), st.log.end(),
                               [oldest](const LogEntry& e) { return e.seq <= oldest; }),
                st.log.end());

@@ -161,8 +161,15 @@ class Coherence {
   // this rank may be writing: twinned pages are frozen, flushed home, then
   // dropped; writers that hit them meanwhile wait and then fetch afresh.
   absl::Status FlushAndDropCopies(const PageList& pages);
-  // Writes the diffs of `twins` home and waits.
+  // Snapshots the twinned pages on the fault loop (write-protecting them),
+  // writes each run of modified bytes home from registered staging and
+  // waits. The pages must be marked flushing_ by the caller.
   absl::Status FlushTwins(std::map<uint64_t, Twin>& twins, PageList& written);
+  // Ends freezes and flushes; deferred upgrades are asked again.
+  void Unfreeze(const std::vector<uint64_t>& frozen,
+                const std::vector<uint64_t>& flushed);
+  // Whether the page has unreleased writes (a twin, or a flush under way).
+  bool HasTwin(uint64_t offset) const;
   absl::Status DropAllCopies();
   absl::Status AwaitPeers(const std::function<bool()>& done_with,
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -197,6 +204,9 @@ class Coherence {
     std::vector<PageRequest> waiting;
   };
   std::map<uint64_t, Frozen> frozen_ ABSL_GUARDED_BY(mutex_);
+  // Pages whose twins are being flushed (by how many flushes): a drop
+  // waits for them, so a snapshot always finds its page installed.
+  absl::flat_hash_map<uint64_t, int> flushing_ ABSL_GUARDED_BY(mutex_);
   // Tracked home pages written since the last release / barrier.
   absl::flat_hash_set<std::pair<uint32_t, uint64_t>> home_written_release_
       ABSL_GUARDED_BY(mutex_);
@@ -222,10 +232,14 @@ class Coherence {
   absl::flat_hash_map<uint64_t, std::thread::id> held_ ABSL_GUARDED_BY(mutex_);
   std::map<uint64_t, LockState> locks_ ABSL_GUARDED_BY(mutex_);  // managed here
 
-  // Scratch for atomics' results, registered once.
+  // Scratch for atomics' results, and staging for diffs (page snapshots
+  // WRITEs are posted from), registered once.
   std::unique_ptr<uint64_t[]> scratch_;
   MemoryRegion scratch_region_;
   std::vector<uint32_t> free_scratch_ ABSL_GUARDED_BY(mutex_);
+  std::unique_ptr<char[]> staging_;
+  MemoryRegion staging_region_;
+  std::vector<uint32_t> free_staging_ ABSL_GUARDED_BY(mutex_);
 
   CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
 };

@@ -18,6 +18,7 @@ const char* ResolutionName(Resolution r) {
     case Resolution::kWritable: return "writable";
     case Resolution::kNoRegion: return "no region";
     case Resolution::kFailed: return "failed";
+    case Resolution::kRetry: return "retry";
   }
   return "unknown";
 }

@@ -120,10 +120,10 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
 
 PageCompletion DistributedDataspace::OnFetched(const PageRequest& request,
                                                uint64_t page) {
-  if (request.access == Access::kWrite) {
-    coherence_->AddTwin(this, page, OwnerOf(page), request.landing);
-    return DataCompletion(request, nullptr, /*write_protect=*/false);
-  }
+  // Installed write-protected even for a write: the writer faults once more
+  // and the upgrade twins the page then, when it is surely installed (this
+  // answer may yet be discarded if the page is dropped meanwhile).
+  (void)page;
   return DataCompletion(request, nullptr, /*write_protect=*/true);
 }
 

@@ -392,7 +392,7 @@ void FaultService::Complete(const PageCompletion& c) {
     return;
   }
   PendingPage& p = slots_[c.slot];
-  if (p.stale) {
+  if (p.stale || c.resolution == Resolution::kRetry) {
     // The backing changed while this request was out: ask the new one.
     p.stale = false;
     Request(c.slot);
@@ -481,6 +481,8 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
     case Resolution::kFailed:
       FailPage(p.page, c.error, ResolutionName(c.resolution));
       return;
+    case Resolution::kRetry:
+      return;  // handled in Complete()
   }
 }
 
@@ -557,11 +559,25 @@ absl::Status FaultService::WriteProtect(uint64_t offset, uint64_t size,
   return result;
 }
 
+absl::Status FaultService::SnapshotAndProtect(
+    const std::vector<uint64_t>& offsets, const std::vector<char*>& buffers,
+    std::vector<bool>& resident) {
+  absl::Status result;
+  resident.assign(offsets.size(), false);
+  Command c{Command::kSnapshot, 0, 0, nullptr, &result, nullptr};
+  c.pages = offsets;
+  c.buffers = &buffers;
+  c.resident = &resident;
+  Submit(std::move(c));
+  return result;
+}
+
 void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
-                                        Done done) {
+                                        Done done, PagePredicate keep) {
   Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
   c.pages = std::move(offsets);
   c.pages_done = std::move(done);
+  c.pages_keep = std::move(keep);
   if (std::this_thread::get_id() == loop_id_) {
     RunCommand(c);
     return;
@@ -661,9 +677,27 @@ void FaultService::RunCommand(const Command& c) {
     case Command::kWriteProtect:
       *c.result = ProtectRange(c.offset, c.size, c.protect);
       return;
+    case Command::kSnapshot:
+      for (size_t i = 0; i < c.pages.size(); ++i) {
+        const uint64_t off = PageDown(c.pages[i]);
+        if (off >= size_ || !Resident(off / kPageSize)) continue;
+        absl::Status s = ProtectRange(off, kPageSize, true);
+        if (!s.ok()) {
+          *c.result = s;
+          return;
+        }
+        // The loop thread reads only installed pages: never a fault here.
+        std::memcpy((*c.buffers)[i], reinterpret_cast<const void*>(base_ + off),
+                    kPageSize);
+        (*c.resident)[i] = true;
+      }
+      return;
     case Command::kInvalidatePages:
       for (uint64_t off : c.pages) {
-        if (off < size_) DropPage(base_ + PageDown(off));
+        if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
+          continue;
+        }
+        DropPage(base_ + PageDown(off));
       }
       if (c.pages_done) c.pages_done();
       return;

@@ -131,8 +131,18 @@ class FaultService final : public RegionMap::Listener {
   // Drops the installed pages at `offsets` (page-aligned, any order) and
   // re-asks for such pages whose requests are out, then calls `done` on the
   // loop thread. Does not wait: message handlers use it.
+  // Pages for which `keep` (if given, called on the loop thread) returns
+  // true are left alone.
   using Done = std::function<void()>;
-  void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done);
+  void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done,
+                            PagePredicate keep = nullptr);
+
+  // For each page offset: if installed, write-protects it and copies its
+  // contents to the matching buffer (a page each), atomically with respect
+  // to faults; `resident` says which were. Any thread but the loop's.
+  absl::Status SnapshotAndProtect(const std::vector<uint64_t>& offsets,
+                                  const std::vector<char*>& buffers,
+                                  std::vector<bool>& resident);
 
   // Whether the page at `offset` is installed (any thread; a hint, exact on
   // the loop thread).
@@ -185,6 +195,7 @@ class FaultService final : public RegionMap::Listener {
       kPrefetch,
       kWriteProtect,
       kInvalidatePages,
+      kSnapshot,
     } kind;
     uint64_t offset;
     uint64_t size;
@@ -195,6 +206,9 @@ class FaultService final : public RegionMap::Listener {
     bool protect = false;        // kWriteProtect
     std::vector<uint64_t> pages;  // kInvalidatePages
     Done pages_done;              // kInvalidatePages
+    PagePredicate pages_keep;     // kInvalidatePages
+    const std::vector<char*>* buffers = nullptr;  // kSnapshot
+    std::vector<bool>* resident = nullptr;        // kSnapshot
   };
 
   FaultService(const FaultServiceConfig& config, Dataspace& root,

@@ -49,6 +49,7 @@ enum class Resolution : uint8_t {
   kWritable,  // (upgrade) the mapped contents are current: allow writes
   kNoRegion,  // nothing backs the address: the faulting thread gets SIGBUS
   kFailed,    // the manager could not provide the page: SIGBUS, `error` says why
+  kRetry,     // ask again: the manager held the request while the page changed
 };
 
 const char* ResolutionName(Resolution r);

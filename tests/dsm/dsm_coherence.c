@@ -4,7 +4,8 @@
  *   pagewire-run -n 4 dsm_coherence histogram|false_sharing|queue|atomics|races
  *
  *   histogram      every thread of every rank adds items to a global
- *                  histogram under per-bin locks
+ *                  histogram under per-bin locks (HIST_THREADS threads per
+ *                  rank, HIST_BIN_STRIDE words between bins)
  *   false_sharing  every rank writes disjoint bytes of the same pages (homed
  *                  on one rank, and spread block-wise), then a barrier: the
  *                  final image is exact on every rank
@@ -47,7 +48,15 @@ static uint64_t Mix(uint64_t x) {
 
 /* ---- histogram under locks ---- */
 enum { kBins = 32, kItems = 400, kHistThreads = 4 };
+/* HIST_THREADS: threads per rank (default 4, at most 4). */
+static int HistThreads(int r) {
+  (void)r;
+  const char *e = getenv("HIST_THREADS");
+  int n = e ? atoi(e) : kHistThreads;
+  return n < 1 ? 1 : n > kHistThreads ? kHistThreads : n;
+}
 static uint64_t *bins;
+static size_t bin_stride = 1; /* words between bins: 512 puts each on its own page */
 static pw_lock_t *bin_locks;
 
 static void *HistogramWorker(void *arg) {
@@ -56,14 +65,15 @@ static void *HistogramWorker(void *arg) {
     uint64_t item = ((uint64_t)rank << 32) | ((uint64_t)t << 16) | (uint64_t)i;
     int b = (int)(Mix(item) % kBins);
     CHECK(pw_lock_acquire(&bin_locks[b]) == PW_OK, "lock_acquire bin %d", b);
-    bins[b] += 1;
+    bins[b * bin_stride] += 1;
     CHECK(pw_lock_release(&bin_locks[b]) == PW_OK, "lock_release bin %d", b);
   }
   return NULL;
 }
 
 static void Histogram(void) {
-  bins = pw_alloc(kBins * sizeof(uint64_t), PW_PLACE_CYCLIC);
+  if (getenv("HIST_BIN_STRIDE")) bin_stride = (size_t)atol(getenv("HIST_BIN_STRIDE"));
+  bins = pw_alloc(kBins * bin_stride * sizeof(uint64_t), PW_PLACE_CYCLIC);
   bin_locks = pw_alloc(kBins * sizeof(pw_lock_t), PW_PLACE_CYCLIC);
   CHECK(bins && bin_locks, "pw_alloc");
   if (rank == 0) {
@@ -71,15 +81,15 @@ static void Histogram(void) {
   }
   pw_barrier();
   pthread_t th[kHistThreads];
-  for (long t = 0; t < kHistThreads; t++) pthread_create(&th[t], NULL, HistogramWorker, (void *)t);
-  for (long t = 0; t < kHistThreads; t++) pthread_join(th[t], NULL);
+  for (long t = 0; t < HistThreads(rank); t++) pthread_create(&th[t], NULL, HistogramWorker, (void *)t);
+  for (long t = 0; t < HistThreads(rank); t++) pthread_join(th[t], NULL);
   CHECK(pw_barrier() == PW_OK, "barrier");
   uint64_t want[kBins] = {0};
   for (int r = 0; r < nranks; r++)
-    for (long t = 0; t < kHistThreads; t++)
+    for (long t = 0; t < HistThreads(r); t++)
       for (int i = 0; i < kItems; i++)
         want[Mix(((uint64_t)r << 32) | ((uint64_t)t << 16) | (uint64_t)i) % kBins]++;
-  for (int b = 0; b < kBins; b++) CHECK(bins[b] == want[b], "bin %d is %llu, want %llu", b, (unsigned long long)bins[b], (unsigned long long)want[b]);
+  for (int b = 0; b < kBins; b++) CHECK(bins[b * bin_stride] == want[b], "bin %d is %llu, want %llu", b, (unsigned long long)bins[b * bin_stride], (unsigned long long)want[b]);
   /* Bad input: releasing a lock not held, and a lock outside global memory. */
   pw_lock_t local;
   CHECK(pw_lock_release(&bin_locks[0]) != PW_OK, "releasing an unheld lock succeeded");
