@@ -242,11 +242,18 @@ void TcpTransport::FlushThreadCompletions() {
 
 void TcpTransport::PushCompletions(absl::Span<const WorkCompletion> wcs) {
   if (wcs.empty()) return;
-  absl::MutexLock lock(&cq_mu_);
-  for (const WorkCompletion& wc : wcs) cq_.Push(wc);
-  if (!cq_bell_) {
-    // Rung under the lock so a drain can never reset it before it is set.
+  bool ring;
+  {
+    absl::MutexLock lock(&cq_mu_);
+    for (const WorkCompletion& wc : wcs) cq_.Push(wc);
+    ring = !cq_bell_;
     cq_bell_ = true;
+  }
+  // Rung after the lock is dropped, so the woken consumer does not block on
+  // it at once. A ring that lands after the consumer emptied the queue
+  // leaves the fd readable; the next PollCompletions that finds the queue
+  // empty reads it, so it never stays readable for nothing.
+  if (ring) {
     uint64_t one = 1;
     ssize_t n = ::write(cq_fd_.get(), &one, sizeof(one));
     (void)n;
@@ -261,10 +268,10 @@ int TcpTransport::PollCompletions(WorkCompletion* out, int max) {
     out[n++] = cq_.Front();
     cq_.PopFront();
   }
-  if (cq_.empty() && cq_bell_) {
+  if (cq_.empty()) {
     cq_bell_ = false;
     uint64_t count;
-    ssize_t r = ::read(cq_fd_.get(), &count, sizeof(count));
+    ssize_t r = ::read(cq_fd_.get(), &count, sizeof(count));  // non-blocking
     (void)r;
   }
   return n;
