@@ -205,8 +205,13 @@ absl::Status Coherence::Release() {
   std::map<uint64_t, Twin> twins;
   std::vector<std::pair<uint32_t, uint64_t>> home_written;
   std::vector<uint64_t> flushed;
+  std::vector<uint64_t> earlier;
+  uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
+    earlier.assign(inflight_flushes_.begin(), inflight_flushes_.end());
+    flush_id = ++next_flush_id_;
+    inflight_flushes_.insert(flush_id);
     twins.swap(twins_);
     for (const auto& [offset, twin] : twins) {
       ++flushing_[offset];
@@ -234,25 +239,28 @@ absl::Status Coherence::Release() {
         ds->global_addr() - service_.base() + page * kPageSize;
     if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
       Unfreeze({}, flushed);
+      EndFlush(flush_id, earlier);
       return s;
     }
     written.push_back(hp::PageRef{id, 0, page});
   }
-  if (twins.empty()) {
-    absl::MutexLock lock(&mutex_);
-    for (const hp::PageRef& r : written) {
-      written_since_barrier_.insert({r.alloc_id, r.page});
-    }
-    return absl::OkStatus();
-  }
 
-  absl::Status s = FlushTwins(twins, written);
+  absl::Status s = twins.empty() ? absl::OkStatus() : FlushTwins(twins, written);
   Unfreeze({}, flushed);
-  absl::MutexLock lock(&mutex_);
-  for (const hp::PageRef& r : written) {
-    written_since_barrier_.insert({r.alloc_id, r.page});
-  }
+  EndFlush(flush_id, earlier);
   return s;
+}
+
+void Coherence::EndFlush(uint64_t id, const std::vector<uint64_t>& earlier) {
+  absl::MutexLock lock(&mutex_);
+  inflight_flushes_.erase(id);
+  auto done = [this, &earlier]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    for (uint64_t e : earlier) {
+      if (inflight_flushes_.count(e)) return false;
+    }
+    return true;
+  };
+  mutex_.Await(absl::Condition(&done));
 }
 
 absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
@@ -341,7 +349,8 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
 
 absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
   std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> offsets, flushed;
+  std::vector<uint64_t> offsets, flushed, earlier;
+  uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
     for (const hp::PageRef& r : pages) {
@@ -362,6 +371,9 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
       return true;
     };
     mutex_.Await(absl::Condition(&settled));
+    earlier.assign(inflight_flushes_.begin(), inflight_flushes_.end());
+    flush_id = ++next_flush_id_;
+    inflight_flushes_.insert(flush_id);
     for (uint64_t offset : offsets) {
       ++frozen_[offset].holds;  // upgrades wait until the copy is gone
       auto it = twins_.find(offset);
@@ -374,8 +386,12 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
     stats_.invalidated += offsets.size();
   }
   PageList written;
-  absl::Status s = FlushTwins(twins, written);
+  absl::Status s = twins.empty() ? absl::OkStatus() : FlushTwins(twins, written);
   Unfreeze({}, flushed);  // flushed: the pages may go now
+  {
+    absl::MutexLock lock(&mutex_);
+    inflight_flushes_.erase(flush_id);
+  }
   // Drop the copies. A page with unreleased writes of another flush or a
   // fresh twin (it was missing at the freeze and fetched since) stays.
   absl::Notification dropped;

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -170,6 +171,8 @@ class Coherence {
                 const std::vector<uint64_t>& flushed);
   // Whether the page has unreleased writes (a twin, or a flush under way).
   bool HasTwin(uint64_t offset) const;
+  // Ends flush `id` and waits for the flushes in `earlier` to end.
+  void EndFlush(uint64_t id, const std::vector<uint64_t>& earlier);
   absl::Status DropAllCopies();
   absl::Status AwaitPeers(const std::function<bool()>& done_with,
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -207,6 +210,11 @@ class Coherence {
   // Pages whose twins are being flushed (by how many flushes): a drop
   // waits for them, so a snapshot always finds its page installed.
   absl::flat_hash_map<uint64_t, int> flushing_ ABSL_GUARDED_BY(mutex_);
+  // Flushes under way, by id. A release waits for those that started before
+  // it: another thread may have taken its twins and not yet written them
+  // home, and the lock it releases must not be granted before they are.
+  std::set<uint64_t> inflight_flushes_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_flush_id_ ABSL_GUARDED_BY(mutex_) = 0;
   // Tracked home pages written since the last release / barrier.
   absl::flat_hash_set<std::pair<uint32_t, uint64_t>> home_written_release_
       ABSL_GUARDED_BY(mutex_);
