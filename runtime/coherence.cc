@@ -503,6 +503,15 @@ absl::Status Coherence::Barrier() {
     st.writes_from.resize(nranks_);
     st.inval_from.resize(nranks_);
   }
+  // A rank the barrier cannot reach ends it, naming the rank.
+  auto unreachable = [&](int peer, absl::Status sent) {
+    if (sent.ok()) return sent;
+    absl::MutexLock lock(&mutex_);
+    epochs_.erase(epoch);
+    return absl::UnavailableError(absl::StrFormat(
+        "barrier cannot complete: rank %d is unreachable: %s", peer,
+        dead_[peer] ? death_[peer] : std::string(sent.message())));
+  };
   // Round 1: tell every home what this rank wrote of its pages.
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == self_) continue;
@@ -516,14 +525,10 @@ absl::Status Coherence::Barrier() {
                                           a.page == b.page;
                                  }),
                      mine[peer].end());
-    absl::Status s =
-        SendPageList(peer, hp::kEpochWrites, epoch, 0, mine[peer], 0);
-    if (!s.ok()) {
-      absl::MutexLock lock(&mutex_);
-      epochs_.erase(epoch);
-      return absl::UnavailableError(absl::StrFormat(
-          "barrier cannot complete: rank %d is unreachable: %s", peer,
-          dead_[peer] ? death_[peer] : std::string(s.message())));
+    if (absl::Status s = unreachable(
+            peer, SendPageList(peer, hp::kEpochWrites, epoch, 0, mine[peer], 0));
+        !s.ok()) {
+      return s;
     }
   }
 
@@ -580,14 +585,10 @@ absl::Status Coherence::Barrier() {
   }
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == self_) continue;
-    absl::Status s =
-        SendPageList(peer, hp::kEpochInvalidate, epoch, 0, drop[peer], 0);
-    if (!s.ok()) {
-      absl::MutexLock lock(&mutex_);
-      epochs_.erase(epoch);
-      return absl::UnavailableError(absl::StrFormat(
-          "barrier cannot complete: rank %d is unreachable: %s", peer,
-          dead_[peer] ? death_[peer] : std::string(s.message())));
+    if (absl::Status s = unreachable(
+            peer, SendPageList(peer, hp::kEpochInvalidate, epoch, 0, drop[peer], 0));
+        !s.ok()) {
+      return s;
     }
   }
 

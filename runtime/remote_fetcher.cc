@@ -133,6 +133,15 @@ void RemoteFetcher::PeerDied(int peer, const std::string& why) {
   }
 }
 
+bool RemoteFetcher::FailIfDead(const PageRequest& request, int peer,
+                               const char* role) {
+  if (PeerAlive(peer)) return false;
+  Fail(request, absl::UnavailableError(absl::StrFormat(
+                    "%s, rank %d, is dead: %s", role, peer,
+                    peer >= 0 && peer < nranks_ ? death_[peer] : "no such rank")));
+  return true;
+}
+
 void RemoteFetcher::PostRead(uint32_t slot) {
   Pending& p = pending_[slot];
   p.state = State::kReading;
@@ -159,12 +168,7 @@ void RemoteFetcher::Read(const PageRequest& request, int home,
                          uint64_t remote_addr, DistributedDataspace* ds,
                          uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  if (!PeerAlive(home)) {
-    Fail(request, absl::UnavailableError(absl::StrFormat(
-                      "the page's home, rank %d, is dead: %s", home,
-                      home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
-    return;
-  }
+  if (FailIfDead(request, home, "the page's home")) return;
   pending_[request.slot] =
       Pending{State::kReading, home, request, remote_addr, page, ds};
   PostRead(request.slot);
@@ -174,12 +178,7 @@ void RemoteFetcher::FetchVia(const PageRequest& request, int home,
                              uint64_t remote_addr, DistributedDataspace* ds,
                              uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  if (!PeerAlive(home)) {
-    Fail(request, absl::UnavailableError(absl::StrFormat(
-                      "the page's home, rank %d, is dead: %s", home,
-                      home >= 0 && home < nranks_ ? death_[home] : "no such rank")));
-    return;
-  }
+  if (FailIfDead(request, home, "the page's home")) return;
   pending_[request.slot] =
       Pending{State::kAwaitingHome, home, request, remote_addr, page, ds};
   home_requests_.fetch_add(1, std::memory_order_relaxed);
@@ -197,13 +196,8 @@ void RemoteFetcher::Claim(const PageRequest& request, int directory,
                           DistributedDataspace* ds, uint32_t alloc_id,
                           uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  if (!PeerAlive(directory)) {
-    Fail(request, absl::UnavailableError(absl::StrFormat(
-                      "rank %d, which records who owns first-touch page %d, "
-                      "is dead: %s",
-                      directory, page,
-                      directory >= 0 && directory < nranks_ ? death_[directory]
-                                                            : "no such rank")));
+  if (FailIfDead(request, directory, "the rank that records who owns this "
+                                     "first-touch page")) {
     return;
   }
   pending_[request.slot] =

@@ -133,6 +133,9 @@ class RemoteFetcher final : public CompletionSource {
 
   void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Fail(const PageRequest& request, absl::Status why);
+  // Fails the request if `peer` is dead (naming its `role`); true if so.
+  bool FailIfDead(const PageRequest& request, int peer, const char* role)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   bool PeerAlive(int peer) const ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
     return peer >= 0 && peer < nranks_ && !dead_[peer];
   }
