@@ -9,8 +9,9 @@
  *              time per call, p50/p99/mean.
  *   diff       rank 1 dirties K pages homed on rank 0 (pw_alloc_on(.., 0)):
  *              every byte ("full") or every 64th byte ("sparse"), then times
- *              pw_release() alone. MB/s of modified bytes (the diff_bytes
- *              counter's growth, 1 MB = 10^6 bytes) and pages/s, median of
+ *              pw_release() alone. MB/s of modified bytes (1 MB = 10^6
+ *              bytes; the diff_bytes counter must grow by as many, else a
+ *              WARNING line says so) and pages/s, median of
  *              R rounds after one untimed warm-up round. After each round
  *              rank 0 (the home) checks every byte of the K pages against
  *              the image it expects.

@@ -6,6 +6,10 @@
 # MPI_Sendrecv halo exchange), in one invocation:
 #
 #   bash bench/stencil_scaling.sh [--n GRID] [--iters I] [--reps R] [--ranks "1 2 4"]
+#                                 [--bin DIR]
+#
+# --bin DIR takes heat and pagewire-run from DIR instead of building them
+# (when the tree does not build).
 #
 # Pagewire runs in netns hosts (cluster/netns/netns-hosts.sh, one namespace
 # per rank, a veth bridge between them) and, for reference, on loopback.
@@ -24,12 +28,14 @@ N=1024
 ITERS=100
 REPS=3
 RANKS="1 2 4"
+BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --n) N="$2"; shift 2 ;;
     --iters) ITERS="$2"; shift 2 ;;
     --reps) REPS="$2"; shift 2 ;;
     --ranks) RANKS="$2"; shift 2 ;;
+    --bin) BIN="$2"; shift 2 ;;
     *) echo "usage: $0 [--n GRID] [--iters I] [--reps R] [--ranks \"1 2 4\"]" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +46,12 @@ for tool in mpicc mpirun ip; do
 done
 [[ "$(id -u)" == 0 ]] || { echo "stencil_scaling.sh: needs root for netns hosts" >&2; exit 1; }
 
-bazel build //examples:heat //cluster/launcher:pagewire-run >&2
+if [[ -z "$BIN" ]]; then
+  bazel build //examples:heat //cluster/launcher:pagewire-run >&2
+  cp_from=(bazel-bin/examples/heat bazel-bin/cluster/launcher/pagewire-run)
+else
+  cp_from=("$BIN/heat" "$BIN/pagewire-run")
+fi
 
 tmp=$(mktemp -d)
 prefix="pwss$$"
@@ -52,7 +63,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # Copied out: another build in this workspace may replace bazel-bin meanwhile.
-cp bazel-bin/examples/heat bazel-bin/cluster/launcher/pagewire-run "$tmp/"
+cp "${cp_from[@]}" "$tmp/"
 # The flags Bazel builds heat.c with (.bazelrc: -O2 -g; BUILD: -std=c11).
 mpicc -O2 -g -std=c11 -Wall -o "$tmp/stencil_mpi" bench/stencil_mpi.c
 cluster/netns/netns-hosts.sh up "$prefix" "$maxn" >&2

@@ -318,7 +318,7 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
         wr.lkey = staging_region_.lkey;
         wr.length = runs[k].second - runs[k].first;
         wr.remote_addr = service_.base() + offsets[i] + runs[k].first;
-        wr.rkey = fetcher_.PeerKey(twin.home);
+        wr.rkey = fetcher_.PeerKey(twin.home, wr.remote_addr);
         wr.next = k + 1 < runs.size() ? &chain[k + 1] : nullptr;
         bytes += wr.length;
       }
@@ -982,7 +982,7 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
   wr.lkey = scratch_region_.lkey;
   wr.length = 8;
   wr.remote_addr = addr;
-  wr.rkey = fetcher_.PeerKey(home);
+  wr.rkey = fetcher_.PeerKey(home, addr);
   wr.compare_add = operand;
   wr.swap = swap;
   SyncBatch batch;

@@ -63,6 +63,9 @@ void HomeManager::OnMessage(int peer, uint16_t type,
     case hp::kFetch:
       OnFetch(peer, body);
       return;
+    case hp::kAllocKeys:
+      fetcher_.OnAllocKeys(peer, body);
+      return;
     case hp::kClaim:
       OnClaim(peer, body);
       return;

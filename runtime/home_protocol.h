@@ -29,6 +29,19 @@ enum Type : uint16_t {
   kLockAcquire = 8,      // rank -> lock's home
   kLockGrant = 9,        // lock's home -> rank: granted, drop these copies
   kLockRelease = 10,     // rank -> lock's home: released, I wrote these
+  kAllocKeys = 11,       // rank -> every rank: my home pages of an
+                         // allocation are registered under these keys
+};
+
+struct AllocKeysHeader {
+  uint32_t alloc_id;
+  uint32_t count;  // AllocKey entries that follow
+};
+struct AllocKey {
+  uint64_t addr;
+  uint64_t length;
+  uint32_t rkey;
+  uint32_t reserved;
 };
 
 // One page of one allocation in a page list.

@@ -2,6 +2,7 @@
 // directory notices.
 #include "runtime/remote_fetcher.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -20,7 +21,7 @@ RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
       self_(self),
       nranks_(nranks),
       pending_(FaultService::kMaxPendingPages),
-      rkeys_(nranks),
+      regions_(nranks),
       dead_(nranks),
       death_(nranks) {}
 
@@ -60,9 +61,9 @@ uint32_t RemoteFetcher::global_lkey() const {
   return global_.lkey;
 }
 
-uint32_t RemoteFetcher::PeerKey(int peer) const {
+uint32_t RemoteFetcher::PeerKey(int peer, uint64_t addr) const {
   absl::MutexLock lock(&mutex_);
-  return peer >= 0 && peer < nranks_ ? rkeys_[peer] : 0;
+  return KeyFor(peer, addr);
 }
 
 absl::Status RemoteFetcher::PostSync(int peer, WorkRequest* chain,
@@ -98,9 +99,77 @@ void RemoteFetcher::SetLanding(MemoryRegion landing) {
   landing_ = landing;
 }
 
-void RemoteFetcher::SetPeerKey(int peer, uint32_t rkey) {
+void RemoteFetcher::AddPeerRegion(int peer, uint32_t alloc_id, uint64_t addr,
+                                  uint64_t length, uint32_t rkey) {
   absl::MutexLock lock(&mutex_);
-  if (peer >= 0 && peer < nranks_) rkeys_[peer] = rkey;
+  if (peer < 0 || peer >= nranks_) return;
+  regions_[peer].push_back(RemoteRegion{alloc_id, addr, length, rkey});
+}
+
+void RemoteFetcher::OnAllocKeys(int peer, absl::Span<const char> body) {
+  hp::AllocKeysHeader h;
+  if (body.size() < sizeof(h)) {
+    Warning("rank %d sent a truncated key list; dropped", peer);
+    return;
+  }
+  std::memcpy(&h, body.data(), sizeof(h));
+  if (body.size() != sizeof(h) + uint64_t{h.count} * sizeof(hp::AllocKey)) {
+    Warning("rank %d sent %d bytes for %d keys; dropped", peer, body.size(),
+            h.count);
+    return;
+  }
+  // An empty list still says "published": the peer homes nothing of it.
+  if (h.count == 0) AddPeerRegion(peer, h.alloc_id, 0, 0, 0);
+  for (uint32_t i = 0; i < h.count; ++i) {
+    hp::AllocKey k;
+    std::memcpy(&k, body.data() + sizeof(h) + i * sizeof(k), sizeof(k));
+    AddPeerRegion(peer, h.alloc_id, k.addr, k.length, k.rkey);
+  }
+}
+
+void RemoteFetcher::RemoveAllocRegions(uint32_t alloc_id) {
+  absl::MutexLock lock(&mutex_);
+  for (auto& list : regions_) {
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [alloc_id](const RemoteRegion& r) {
+                                return r.alloc_id == alloc_id;
+                              }),
+               list.end());
+  }
+}
+
+absl::Status RemoteFetcher::AwaitAllocRegions(uint32_t alloc_id, int peers) {
+  absl::MutexLock lock(&mutex_);
+  auto published = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    int n = 0;
+    for (int p = 0; p < nranks_; ++p) {
+      if (p == self_) continue;
+      if (dead_[p]) return true;
+      for (const RemoteRegion& r : regions_[p]) {
+        if (r.alloc_id == alloc_id) {
+          ++n;
+          break;
+        }
+      }
+    }
+    return n >= peers;
+  };
+  mutex_.Await(absl::Condition(&published));
+  for (int p = 0; p < nranks_; ++p) {
+    if (p != self_ && dead_[p]) {
+      return absl::UnavailableError(absl::StrFormat(
+          "rank %d died before publishing its memory keys: %s", p, death_[p]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint32_t RemoteFetcher::KeyFor(int peer, uint64_t addr) const {
+  if (peer < 0 || peer >= nranks_) return 0;
+  for (const RemoteRegion& r : regions_[peer]) {
+    if (addr >= r.addr && addr - r.addr < r.length) return r.rkey;
+  }
+  return 0;
 }
 
 void RemoteFetcher::Fail(const PageRequest& request, absl::Status why) {
@@ -152,7 +221,7 @@ void RemoteFetcher::PostRead(uint32_t slot) {
   wr.lkey = landing_.lkey;
   wr.length = static_cast<uint32_t>(kPageSize);
   wr.remote_addr = p.remote_addr;
-  wr.rkey = rkeys_[p.peer];
+  wr.rkey = KeyFor(p.peer, p.remote_addr);
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   absl::Status s = transport_.PostSend(p.peer, &wr);

@@ -80,8 +80,16 @@ class RemoteFetcher final : public CompletionSource {
   // once, before the first fetch.
   void SetLanding(MemoryRegion landing);
 
-  // The rkey under which `peer` registered its global range.
-  void SetPeerKey(int peer, uint32_t rkey);
+  // A region `peer` registered for one-sided access: [addr, addr + length)
+  // under `rkey`. `alloc_id` 0: the whole global range (TCP).
+  void AddPeerRegion(int peer, uint32_t alloc_id, uint64_t addr,
+                     uint64_t length, uint32_t rkey);
+  void RemoveAllocRegions(uint32_t alloc_id);
+  // A peer's kAllocKeys message (transport thread).
+  void OnAllocKeys(int peer, absl::Span<const char> body);
+  // How many peers have published their regions of `alloc_id`; waits (no
+  // timeout) until `peers` have or one of them died.
+  absl::Status AwaitAllocRegions(uint32_t alloc_id, int peers);
   // Membership declared `peer` dead: fail every fault waiting on it, and
   // every later fetch from it.
   void PeerDied(int peer, const std::string& why);
@@ -102,7 +110,8 @@ class RemoteFetcher final : public CompletionSource {
   // The global range's registration (local key for WRITEs from it).
   void SetGlobalRegion(MemoryRegion global);
   uint32_t global_lkey() const;
-  uint32_t PeerKey(int peer) const;
+  // The rkey of `peer`'s region holding `addr` (0 if none).
+  uint32_t PeerKey(int peer, uint64_t addr) const;
   // Asks `directory` who owns a first-touch page (kClaim); `ds` continues
   // the fault on kClaimed.
   void Claim(const PageRequest& request, int directory,
@@ -149,7 +158,14 @@ class RemoteFetcher final : public CompletionSource {
   MemoryRegion global_ ABSL_GUARDED_BY(mutex_);
 
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
-  std::vector<uint32_t> rkeys_ ABSL_GUARDED_BY(mutex_);
+  struct RemoteRegion {
+    uint32_t alloc_id;
+    uint64_t addr;
+    uint64_t length;
+    uint32_t rkey;
+  };
+  std::vector<std::vector<RemoteRegion>> regions_ ABSL_GUARDED_BY(mutex_);
+  uint32_t KeyFor(int peer, uint64_t addr) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);
 

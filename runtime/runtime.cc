@@ -25,10 +25,12 @@
 #include "runtime/distributed_dataspace.h"
 #include "runtime/file_dataspace.h"
 #include "runtime/home_manager.h"
+#include "runtime/home_protocol.h"
 #include "runtime/log.h"
 #include "runtime/page.h"
 #include "runtime/ram_dataspace.h"
 #include "runtime/tcp_transport.h"
+#include "runtime/verbs_transport.h"
 
 namespace pagewire {
 namespace {
@@ -126,6 +128,16 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
   if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
   if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
   if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
+  if (const char* v = std::getenv("PAGEWIRE_TRANSPORT")) {
+    config.transport = v;
+    if (config.transport != "tcp" && config.transport != "verbs" &&
+        config.transport != "auto") {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_TRANSPORT=%s is not a transport; use tcp, verbs or auto "
+          "(verbs if an RDMA device is there, else TCP)",
+          v));
+    }
+  }
   if (const char* v = std::getenv("PAGEWIRE_COORDINATOR_EXTERNAL")) {
     config.host_coordinator = std::string(v) != "1";
   }
@@ -165,15 +177,35 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
 }
 
 absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
-  // The data plane first: its endpoint goes into the join.
-  TcpTransportConfig tc;
-  tc.rank = config.rank;
-  tc.bind_host = config.host;
-  tc.advertise_host = config.host;
-  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
-      TcpTransport::Create(tc);
-  if (!transport.ok()) return transport.status();
-  transport_ = *std::move(transport);
+  // The data plane first: its endpoint goes into the join. Verbs when a
+  // device is there (or demanded), TCP otherwise.
+  if (config.transport != "tcp") {
+    VerbsTransportConfig vc;
+    vc.rank = config.rank;
+    absl::StatusOr<std::unique_ptr<VerbsTransport>> verbs =
+        VerbsTransport::Create(vc);
+    if (verbs.ok()) {
+      verbs_ = verbs->get();
+      transport_ = *std::move(verbs);
+      Log("rank %d: data plane %s", rank_, transport_->Name());
+    } else if (config.transport == "verbs") {
+      return absl::Status(
+          verbs.status().code(),
+          absl::StrCat("PAGEWIRE_TRANSPORT=verbs but ", verbs.status().message(),
+                       "; unset PAGEWIRE_TRANSPORT to fall back to TCP"));
+    } else if (rank_ == 0) {
+      Log("%s; using TCP", verbs.status().message());
+    }
+  }
+  if (!transport_) {
+    TcpTransportConfig tc;
+    tc.rank = config.rank;
+    tc.bind_host = config.host;
+    tc.advertise_host = config.host;
+    absl::StatusOr<std::unique_ptr<TcpTransport>> tcp = TcpTransport::Create(tc);
+    if (!tcp.ok()) return tcp.status();
+    transport_ = *std::move(tcp);
+  }
   fetcher_ = std::make_unique<RemoteFetcher>(*transport_, rank_, nranks_);
   home_ = std::make_unique<HomeManager>(*transport_, *fetcher_, rank_, nranks_);
   HomeManager* home = home_.get();
@@ -194,16 +226,22 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   root_->AddListener(fault_service_.get());
   home_->SetFaultService(fault_service_.get(), fault_service_->base());
 
-  // Registered once: the landing buffers (READs land there) and the whole
-  // global range (peers READ home pages from it).
+  // Registered once: the landing buffers (READs land there) and, on TCP,
+  // the whole global range (peers READ home pages from it; TCP pins
+  // nothing). Verbs pins what it registers, so there each allocation
+  // registers its home pages (AllocCollective).
   absl::StatusOr<MemoryRegion> landing = transport_->RegisterMemory(
       fault_service_->landing_area(), fault_service_->landing_bytes());
   if (!landing.ok()) return landing.status();
   fetcher_->SetLanding(*landing);
-  absl::StatusOr<MemoryRegion> global = transport_->RegisterMemory(
-      reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
-  if (!global.ok()) return global.status();
-  fetcher_->SetGlobalRegion(*global);
+  MemoryRegion global;
+  if (verbs_ == nullptr) {
+    absl::StatusOr<MemoryRegion> r = transport_->RegisterMemory(
+        reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
+    if (!r.ok()) return r.status();
+    global = *r;
+    fetcher_->SetGlobalRegion(global);
+  }
   coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
                                            *fetcher_, *fault_service_, *home_);
   if (absl::Status s = coherence_->Start(); !s.ok()) return s;
@@ -235,13 +273,28 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   client.secret = config.secret;
   client.requested_rank = config.rank;
   TransportEndpoint local = transport_->LocalEndpoint();
-  client.endpoint.set_host(local.host);
-  client.endpoint.mutable_tcp()->set_host(local.host);
-  client.endpoint.mutable_tcp()->set_port(local.port);
-  proto::MemoryKey* key = client.endpoint.mutable_tcp()->add_keys();
-  key->set_addr(global->addr);
-  key->set_length(global->length);
-  key->set_rkey(global->rkey);
+  client.endpoint.set_host(local.host.empty() ? config.host : local.host);
+  if (verbs_ != nullptr) {
+    // RC: one queue pair per peer, each published for that peer.
+    proto::VerbsEndpoint* v = client.endpoint.mutable_verbs();
+    v->set_gid(local.gid);
+    for (int peer = 0; peer < nranks_; ++peer) {
+      if (peer == rank_) continue;
+      absl::StatusOr<TransportEndpoint> qp = verbs_->EndpointFor(peer);
+      if (!qp.ok()) return qp.status();
+      proto::PeerQp* q = v->add_qps();
+      q->set_peer(peer);
+      q->set_qp_num(qp->qp_num);
+      q->set_psn(qp->psn);
+    }
+  } else {
+    client.endpoint.mutable_tcp()->set_host(local.host);
+    client.endpoint.mutable_tcp()->set_port(local.port);
+    proto::MemoryKey* key = client.endpoint.mutable_tcp()->add_keys();
+    key->set_addr(global.addr);
+    key->set_length(global.length);
+    key->set_rkey(global.rkey);
+  }
   client.on_view = [this](const control::View& view) { OnView(view); };
   absl::StatusOr<std::unique_ptr<control::ControlClient>> joined =
       control::ControlClient::Join(client);
@@ -275,18 +328,39 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == rank_) continue;
     const control::ViewMember* m = view.Find(peer);
-    if (m == nullptr || !m->endpoint.has_tcp() ||
-        m->endpoint.tcp().keys_size() == 0) {
-      return absl::UnavailableError(absl::StrFormat(
-          "rank %d published no TCP data-plane endpoint (view %s)", peer,
-          view.Describe()));
-    }
     TransportEndpoint ep;
-    ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
-                                               : m->endpoint.tcp().host();
-    ep.port = m->endpoint.tcp().port();
+    if (verbs_ != nullptr) {
+      const proto::PeerQp* mine = nullptr;
+      if (m != nullptr && m->endpoint.has_verbs()) {
+        for (const proto::PeerQp& q : m->endpoint.verbs().qps()) {
+          if (q.peer() == rank_) mine = &q;
+        }
+      }
+      if (mine == nullptr) {
+        return absl::UnavailableError(absl::StrFormat(
+            "rank %d published no verbs queue pair for rank %d; every rank "
+            "of a job must use the same transport (PAGEWIRE_TRANSPORT)",
+            peer, rank_));
+      }
+      ep.host = m->endpoint.host();
+      ep.gid = m->endpoint.verbs().gid();
+      ep.qp_num = mine->qp_num();
+      ep.psn = mine->psn();
+    } else {
+      if (m == nullptr || !m->endpoint.has_tcp() ||
+          m->endpoint.tcp().keys_size() == 0) {
+        return absl::UnavailableError(absl::StrFormat(
+            "rank %d published no TCP data-plane endpoint (view %s); every "
+            "rank of a job must use the same transport (PAGEWIRE_TRANSPORT)",
+            peer, view.Describe()));
+      }
+      ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
+                                                 : m->endpoint.tcp().host();
+      ep.port = m->endpoint.tcp().port();
+      const proto::MemoryKey& k = m->endpoint.tcp().keys(0);
+      fetcher_->AddPeerRegion(peer, 0, k.addr(), k.length(), k.rkey());
+    }
     if (absl::Status s = transport_->Connect(peer, ep); !s.ok()) return s;
-    fetcher_->SetPeerKey(peer, m->endpoint.tcp().keys(0).rkey());
   }
   if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   started_ = true;
@@ -302,7 +376,9 @@ void Runtime::OnView(const control::View& view) {
     latest_view_ = std::make_unique<control::View>(view);
     endpoints_known_ = 0;
     for (const control::ViewMember& m : view.members) {
-      if (m.endpoint.has_tcp() && m.endpoint.tcp().keys_size() > 0) {
+      if ((m.endpoint.has_tcp() && m.endpoint.tcp().keys_size() > 0) ||
+          (m.endpoint.has_verbs() && m.endpoint.verbs().qps_size() > 0) ||
+          (nranks_ == 1 && m.rank == rank_)) {
         ++endpoints_known_;
       }
     }
@@ -344,8 +420,11 @@ Runtime::~Runtime() {
   }
   // Stop faulting first (waiting faults fail loudly), then let the managers
   // go, then the data plane, and last the buffers managers may write to.
-  fault_service_->Stop();
-  root_->RemoveListener(fault_service_.get());
+  // A start-up that failed part-way leaves some parts unmade.
+  if (fault_service_) {
+    fault_service_->Stop();
+    root_->RemoveListener(fault_service_.get());
+  }
   {
     absl::MutexLock lock(&mutex_);
     allocations_.clear();
@@ -448,6 +527,12 @@ absl::StatusOr<void*> Runtime::AllocCollective(
       placement == Placement::kOnRank ? home_rank : -1);
   if (!created.ok()) return created.status();
   const uint64_t size = PageUp(bytes);
+  if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
+    return absl::UnimplementedError(
+        "pw_alloc: first-touch placement is not supported on the verbs "
+        "transport yet (a home's pages are registered when it allocates); "
+        "use block, cyclic or pw_alloc_on, or PAGEWIRE_TRANSPORT=tcp");
+  }
   DistributedDataspace::Params p;
   p.id = created->id();
   p.global_addr = created->addr();
@@ -480,13 +565,69 @@ absl::StatusOr<void*> Runtime::AllocCollective(
         at, size, [d, at](uint64_t off) { return d->HomedHere((off - at) / kPageSize); });
     if (!s.ok()) return s;
   }
+  std::vector<MemoryRegion> regions;
+  if (verbs_ != nullptr) {
+    absl::StatusOr<std::vector<MemoryRegion>> r = RegisterHomePages(*ds);
+    if (!r.ok()) return r.status();
+    regions = *std::move(r);
+  }
   {
     absl::MutexLock lock(&mutex_);
-    allocations_[created->addr()] = Allocation{at, size, p.id, ds};
+    allocations_[created->addr()] = Allocation{at, size, p.id, ds, regions};
   }
   // Nobody reads a home before it is populated.
   if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   return reinterpret_cast<void*>(created->addr());
+}
+
+absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
+    DistributedDataspace& ds) {
+  // Runs of pages homed here, each registered once (pinned: a home page of
+  // a file is read in now).
+  std::vector<MemoryRegion> regions;
+  const uint64_t pages = ds.placement().pages;
+  for (uint64_t page = 0; page < pages;) {
+    if (!ds.HomedHere(page)) {
+      ++page;
+      continue;
+    }
+    uint64_t end = page + 1;
+    while (end < pages && ds.HomedHere(end)) ++end;
+    absl::StatusOr<MemoryRegion> r = transport_->RegisterMemory(
+        reinterpret_cast<void*>(ds.global_addr() + page * kPageSize),
+        (end - page) * kPageSize);
+    if (!r.ok()) {
+      for (const MemoryRegion& done : regions) {
+        (void)transport_->DeregisterMemory(done);
+      }
+      return r.status();
+    }
+    regions.push_back(*r);
+    page = end;
+  }
+  // Every rank tells every other rank its keys, then waits for theirs.
+  std::vector<char> msg(sizeof(home_protocol::AllocKeysHeader) +
+                        regions.size() * sizeof(home_protocol::AllocKey));
+  home_protocol::AllocKeysHeader h{ds.id(),
+                                   static_cast<uint32_t>(regions.size())};
+  std::memcpy(msg.data(), &h, sizeof(h));
+  for (size_t i = 0; i < regions.size(); ++i) {
+    home_protocol::AllocKey k{regions[i].addr, regions[i].length,
+                              regions[i].rkey, 0};
+    std::memcpy(msg.data() + sizeof(h) + i * sizeof(k), &k, sizeof(k));
+  }
+  for (int peer = 0; peer < nranks_; ++peer) {
+    if (peer == rank_) continue;
+    absl::Status s = transport_->SendMessage(
+        peer, home_protocol::kAllocKeys,
+        absl::Span<const char>(msg.data(), msg.size()));
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = fetcher_->AwaitAllocRegions(ds.id(), nranks_ - 1);
+      !s.ok()) {
+    return s;
+  }
+  return regions;
 }
 
 absl::Status Runtime::Free(void* ptr) {
@@ -512,7 +653,9 @@ absl::Status Runtime::Free(void* ptr) {
   }
   absl::Status s = root_->Detach(a.at);
   if (!s.ok()) return s;
+  for (const MemoryRegion& r : a.regions) (void)transport_->DeregisterMemory(r);
   if (control_) {
+    fetcher_->RemoveAllocRegions(a.id);
     home_->RemoveDataspace(a.id);
     coherence_->RemoveDataspace(a.id);
     return control_->FreeDataspace(a.id);

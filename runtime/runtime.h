@@ -28,6 +28,7 @@
 #include "runtime/placement.h"
 #include "runtime/region_map.h"
 #include "runtime/remote_fetcher.h"
+#include "runtime/transport.h"
 
 namespace pagewire {
 
@@ -39,7 +40,8 @@ struct View;
 class Coherence;
 class DistributedDataspace;
 class HomeManager;
-class TcpTransport;
+class Transport;
+class VerbsTransport;
 
 struct RuntimeConfig {
   // Every process of a job maps global memory here, so pointers stored in
@@ -60,6 +62,9 @@ struct RuntimeConfig {
   std::string cluster_id = "pagewire";
   std::string secret;
   std::string host = "127.0.0.1";  // this rank's data-plane address
+  // PAGEWIRE_TRANSPORT: "auto" (verbs if an RDMA device is there, else TCP),
+  // "verbs" (fail without a device) or "tcp".
+  std::string transport = "auto";
   absl::Duration heartbeat_interval = absl::Milliseconds(100);
   absl::Duration lease = absl::Seconds(3);  // PAGEWIRE_LEASE_MS
 
@@ -127,6 +132,7 @@ class Runtime {
     uint64_t size = 0;
     uint32_t id = 0;  // 0: local RAM (job of one)
     std::shared_ptr<DistributedDataspace> ds;
+    std::vector<MemoryRegion> regions;  // home pages registered (verbs)
   };
 
   Runtime() = default;
@@ -140,13 +146,18 @@ class Runtime {
                                         std::shared_ptr<Dataspace> home_backing,
                                         bool homes_backed);
   void OnView(const control::View& view);
+  // Verbs: registers the pages of `ds` homed here and exchanges the keys
+  // with every peer.
+  absl::StatusOr<std::vector<MemoryRegion>> RegisterHomePages(
+      DistributedDataspace& ds);
 
   int rank_ = 0;
   int nranks_ = 1;
 
   // Declared in construction order; destroyed in reverse (see ~Runtime).
   std::unique_ptr<control::CoordinatorServer> coordinator_;
-  std::unique_ptr<TcpTransport> transport_;
+  std::unique_ptr<Transport> transport_;
+  VerbsTransport* verbs_ = nullptr;  // transport_, when it is verbs
   std::unique_ptr<RemoteFetcher> fetcher_;
   std::unique_ptr<HomeManager> home_;
   std::unique_ptr<FaultService> fault_service_;
