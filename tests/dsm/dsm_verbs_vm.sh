@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# dsm_verbs_vm.sh LAUNCHER DSM_CHECK DSM_COHERENCE - the runtime on real
+# verbs (soft-RoCE, inside the VM of cluster/softroce): 2 ranks with
+# PAGEWIRE_TRANSPORT=verbs fault every home's pages (one-sided RDMA READs)
+# and write under release consistency (diffs by RDMA WRITE, atomics by RDMA
+# atomics), every byte checked.
+set -euo pipefail
+RUN="$1" CHECK="$2" COHERENCE="$3"
+fail() { echo "dsm_verbs_vm: FAIL: $*" >&2; exit 1; }
+export PAGEWIRE_TRANSPORT=verbs
+out="${TEST_TMPDIR:-/tmp}/dsm_verbs.log"
+
+DSM_CHECK_NO_FIRST_TOUCH=1 "$RUN" -n 2 "$CHECK" 4 16 >"$out" 2>&1 || { cat "$out"; fail "dsm_check on verbs exited $?"; }
+grep -q "data plane verbs" "$out" || { cat "$out"; fail "the runtime did not use verbs"; }
+[[ "$(grep -cE '^\[[01]\] dsm_check: rank [01] ok' "$out")" == 2 ]] || { cat "$out"; fail "dsm_check on verbs"; }
+grep -E 'dsm_check|data plane' "$out"
+
+for t in false_sharing queue atomics; do
+  "$RUN" -n 2 "$COHERENCE" "$t" >"$out" 2>&1 || { cat "$out"; fail "dsm_coherence $t on verbs exited $?"; }
+  [[ "$(grep -cE "^\[[01]\] dsm_coherence: $t rank [01] ok" "$out")" == 2 ]] || { cat "$out"; fail "dsm_coherence $t on verbs"; }
+  grep -E 'dsm_coherence' "$out"
+done
+
+echo "dsm_verbs_vm: PASS"
