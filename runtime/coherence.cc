@@ -347,21 +347,27 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
   return first_error;
 }
 
+std::vector<uint64_t> Coherence::CachedCopies(const PageList& pages) const {
+  std::vector<uint64_t> offsets;
+  for (const hp::PageRef& r : pages) {
+    DistributedDataspace* ds = Find(r.alloc_id);
+    // The home's copy is the master: never dropped.
+    if (ds == nullptr || r.page >= ds->placement().pages ||
+        ds->HomedHere(r.page)) {
+      continue;
+    }
+    offsets.push_back(ds->global_addr() - service_.base() + r.page * kPageSize);
+  }
+  return offsets;
+}
+
 absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
   std::map<uint64_t, Twin> twins;
   std::vector<uint64_t> offsets, flushed, earlier;
   uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
-    for (const hp::PageRef& r : pages) {
-      DistributedDataspace* ds = Find(r.alloc_id);
-      if (ds == nullptr || r.page >= ds->placement().pages ||
-          ds->HomedHere(r.page)) {
-        continue;
-      }
-      offsets.push_back(ds->global_addr() - service_.base() +
-                        r.page * kPageSize);
-    }
+    offsets = CachedCopies(pages);
     // Another thread's release still flushes some of these pages: let it
     // finish, so nothing it snapshots is dropped under it.
     auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -431,16 +437,7 @@ void Coherence::DropCopies(const PageList& pages, std::function<void()> done) {
   std::vector<uint64_t> offsets;
   {
     absl::MutexLock lock(&mutex_);
-    for (const hp::PageRef& r : pages) {
-      DistributedDataspace* ds = Find(r.alloc_id);
-      // The home's copy is the master: never dropped.
-      if (ds == nullptr || r.page >= ds->placement().pages ||
-          ds->HomedHere(r.page)) {
-        continue;
-      }
-      offsets.push_back(ds->global_addr() - service_.base() +
-                        r.page * kPageSize);
-    }
+    offsets = CachedCopies(pages);
     stats_.invalidated += offsets.size();
   }
   service_.InvalidatePagesAsync(std::move(offsets), std::move(done),

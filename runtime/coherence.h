@@ -155,6 +155,9 @@ class Coherence {
   absl::Status SendPageList(int peer, uint16_t type, uint64_t key,
                             uint64_t ticket, const PageList& pages,
                             uint32_t flags);
+  // Offsets of the pages in `pages` that are copies of other ranks' pages.
+  std::vector<uint64_t> CachedCopies(const PageList& pages) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   // Drops the cached copies `pages` (other ranks' pages only); `done` on
   // the loop thread when finished.
   void DropCopies(const PageList& pages, std::function<void()> done);
