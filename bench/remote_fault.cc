@@ -592,6 +592,7 @@ int main(int argc, char** argv) {
     // The home only serves; it meets rank 0 at each of its barriers.
     // Its pw-tcp thread serves nothing but rank 0's fetches meanwhile.
     const int barriers = o.rounds * (o.latency_only ? 1 : 3);
+    Barrier("serving the warm-up");
     const auto sleeps_before = ThreadUses();
     for (int i = 0; i < o.rounds; ++i) Barrier("serving");
     UseByName sleeps;
