@@ -507,10 +507,13 @@ void Measure(const Options& o, char* remote) {
   const double rT = o.latency_only ? 0 : Median(rateT);
   const double rr = o.latency_only ? 0 : Median(ratio);
 
-  printf("remote_fault: 2 ranks over the TCP transport (127.0.0.1), %llu "
-         "pages x %d rounds, %u cpus\n",
-         static_cast<unsigned long long>(o.pages), o.rounds,
-         std::thread::hardware_concurrency());
+  // The runtime logs which data plane it chose ("data plane verbs(...)" or
+  // "... using TCP"); PAGEWIRE_TRANSPORT can force one.
+  const char* transport = std::getenv("PAGEWIRE_TRANSPORT");
+  printf("remote_fault: 2 ranks, PAGEWIRE_TRANSPORT=%s, %llu pages x %d "
+         "rounds, %u cpus\n",
+         transport ? transport : "auto", static_cast<unsigned long long>(o.pages),
+         o.rounds, std::thread::hardware_concurrency());
   printf("%-40s %10s %10s\n", "4 KiB read fault latency (us)", "p50", "p99");
   printf("%-40s %10.2f %10.2f\n", "pagewire remote fault (rank 0 <- 1)",
          pw50 / 1e3, pw99 / 1e3);
