@@ -953,7 +953,7 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
     DistributedDataspace* ds = FindByAddr(addr);
     home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);
   }
-  if (home == self_) {
+  if (home == self_ && !atomics_through_transport_) {
     auto* word = reinterpret_cast<uint64_t*>(addr);
     if (op == WorkOpcode::kFetchAdd) {
       return __atomic_fetch_add(word, operand, __ATOMIC_SEQ_CST);

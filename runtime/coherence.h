@@ -103,6 +103,11 @@ class Coherence {
   absl::Status LockRelease(uintptr_t lock_addr);
   absl::Status LockCheck(uintptr_t lock_addr) const;
 
+  // Atomics on words homed here also go through the transport (a queue
+  // pair to this node), when the NIC's atomics are not atomic with the
+  // CPU's.
+  void SetAtomicsThroughTransport(bool on) { atomics_through_transport_ = on; }
+
   absl::StatusOr<uint64_t> FetchAdd(uintptr_t addr, uint64_t value);
   absl::StatusOr<uint64_t> CompareSwap(uintptr_t addr, uint64_t expected,
                                        uint64_t desired);
@@ -253,6 +258,7 @@ class Coherence {
   std::vector<uint32_t> free_staging_ ABSL_GUARDED_BY(mutex_);
 
   CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
+  bool atomics_through_transport_ = false;  // set at start-up
 };
 
 }  // namespace pagewire

@@ -362,6 +362,15 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
     }
     if (absl::Status s = transport_->Connect(peer, ep); !s.ok()) return s;
   }
+  if (verbs_ != nullptr) {
+    // A queue pair to itself: a home's own atomics go through its NIC too,
+    // since CPU atomics and the NIC's are not atomic with each other
+    // (IBV_ATOMIC_HCA, as on rxe).
+    absl::StatusOr<TransportEndpoint> self = verbs_->EndpointFor(rank_);
+    if (!self.ok()) return self.status();
+    if (absl::Status s = verbs_->Connect(rank_, *self); !s.ok()) return s;
+    coherence_->SetAtomicsThroughTransport(true);
+  }
   if (absl::Status s = ControlBarrier(); !s.ok()) return s;
   started_ = true;
   return absl::OkStatus();
@@ -603,6 +612,7 @@ absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
       return r.status();
     }
     regions.push_back(*r);
+    fetcher_->AddPeerRegion(rank_, ds.id(), r->addr, r->length, r->rkey);
     page = end;
   }
   // Every rank tells every other rank its keys, then waits for theirs.

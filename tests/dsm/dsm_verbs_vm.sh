@@ -15,10 +15,9 @@ grep -q "data plane verbs" "$out" || { cat "$out"; fail "the runtime did not use
 [[ "$(grep -cE '^\[[01]\] dsm_check: rank [01] ok' "$out")" == 2 ]] || { cat "$out"; fail "dsm_check on verbs"; }
 grep -E 'dsm_check|data plane' "$out"
 
-# Not atomics yet: on verbs the home's own atomics are CPU atomics and a
-# peer's are NIC atomics, which rxe does not make atomic with each other
-# (IBV_ATOMIC_HCA); the home must go through its NIC too (known bug).
-for t in false_sharing queue; do
+# atomics: the home's own atomics go through its NIC too (a queue pair to
+# itself), since rxe's atomics are not atomic with the CPU's.
+for t in false_sharing queue atomics; do
   "$RUN" -n 2 "$COHERENCE" "$t" >"$out" 2>&1 || { cat "$out"; fail "dsm_coherence $t on verbs exited $?"; }
   [[ "$(grep -cE "^\[[01]\] dsm_coherence: $t rank [01] ok" "$out")" == 2 ]] || { cat "$out"; fail "dsm_coherence $t on verbs"; }
   grep -E 'dsm_coherence' "$out"
