@@ -59,11 +59,13 @@ static uint64_t *bins;
 static size_t bin_stride = 1; /* words between bins: 512 puts each on its own page */
 static pw_lock_t *bin_locks;
 
+static int nbins = kBins; /* HIST_BINS: fewer bins (and locks) in use */
+
 static void *HistogramWorker(void *arg) {
   long t = (long)arg;
   for (int i = 0; i < kItems; i++) {
     uint64_t item = ((uint64_t)rank << 32) | ((uint64_t)t << 16) | (uint64_t)i;
-    int b = (int)(Mix(item) % kBins);
+    int b = (int)(Mix(item) % (uint64_t)nbins);
     CHECK(pw_lock_acquire(&bin_locks[b]) == PW_OK, "lock_acquire bin %d", b);
     bins[b * bin_stride] += 1;
     CHECK(pw_lock_release(&bin_locks[b]) == PW_OK, "lock_release bin %d", b);
@@ -73,6 +75,8 @@ static void *HistogramWorker(void *arg) {
 
 static void Histogram(void) {
   if (getenv("HIST_BIN_STRIDE")) bin_stride = (size_t)atol(getenv("HIST_BIN_STRIDE"));
+  if (getenv("HIST_BINS")) nbins = atoi(getenv("HIST_BINS"));
+  if (nbins < 1 || nbins > kBins) nbins = kBins;
   bins = pw_alloc(kBins * bin_stride * sizeof(uint64_t), PW_PLACE_CYCLIC);
   bin_locks = pw_alloc(kBins * sizeof(pw_lock_t), PW_PLACE_CYCLIC);
   CHECK(bins && bin_locks, "pw_alloc");
@@ -88,7 +92,7 @@ static void Histogram(void) {
   for (int r = 0; r < nranks; r++)
     for (long t = 0; t < HistThreads(r); t++)
       for (int i = 0; i < kItems; i++)
-        want[Mix(((uint64_t)r << 32) | ((uint64_t)t << 16) | (uint64_t)i) % kBins]++;
+        want[Mix(((uint64_t)r << 32) | ((uint64_t)t << 16) | (uint64_t)i) % (uint64_t)nbins]++;
   for (int b = 0; b < kBins; b++) CHECK(bins[b * bin_stride] == want[b], "bin %d is %llu, want %llu", b, (unsigned long long)bins[b * bin_stride], (unsigned long long)want[b]);
   /* Bad input: releasing a lock not held, and a lock outside global memory. */
   pw_lock_t local;
