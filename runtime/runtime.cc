@@ -426,6 +426,7 @@ Runtime::~Runtime() {
     // Nobody may still be reading from this rank's home pages.
     absl::Status s = ControlBarrier();
     if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
+    if (transport_) transport_->ExpectPeerCloses();
   }
   // Stop faulting first (waiting faults fail loudly), then let the managers
   // go, then the data plane, and last the buffers managers may write to.

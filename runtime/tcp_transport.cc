@@ -455,6 +455,11 @@ void TcpTransport::CloseConnection(Connection* c, WcStatus status,
     line += absl::StrFormat("; %d outstanding operations complete with %s",
                             drained_.size(), WcStatusName(status));
   }
+  // At the end of a job peers close their connections: nothing to report
+  // unless that took operations with it.
+  if (closes_expected_.load(std::memory_order_relaxed) && drained_.empty()) {
+    return;
+  }
   LogLine(level, line);
 }
 

@@ -238,6 +238,9 @@ class TcpTransport final : public Transport {
   // thread, then hands the socket to "pw-tcp". A peer declared dead stays
   // dead; a peer whose connection broke may be connected again.
   absl::Status Connect(int peer, const TransportEndpoint& endpoint) override;
+  void ExpectPeerCloses() override {
+    closes_expected_.store(true, std::memory_order_relaxed);
+  }
   void PeerDied(int peer) override;
   // Each work request is checked on its own: one whose local buffer is not
   // in a region registered here with its lkey completes with
@@ -382,6 +385,7 @@ class TcpTransport final : public Transport {
   std::vector<std::shared_ptr<Connection>> graveyard_;
   std::vector<PendingOp> plan_;
 
+  std::atomic<bool> closes_expected_{false};
   std::thread thread_;
 };
 

@@ -126,6 +126,9 @@ class Transport {
   // Membership declared `peer` dead: its outstanding operations complete
   // with kPeerGone, later posts to it fail at once. Other peers carry on.
   virtual void PeerDied(int peer) = 0;
+  // The job is ending: peers closing their connections from now on is
+  // expected and not worth reporting (lost operations still are).
+  virtual void ExpectPeerCloses() {}
 
   // Posts a chain of one-sided operations to `peer`. Never blocks on the
   // network; back-pressure (a full send queue) makes it queue internally or
