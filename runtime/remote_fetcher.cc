@@ -51,16 +51,6 @@ absl::Status SyncBatch::Wait() {
   return status_;
 }
 
-void RemoteFetcher::SetGlobalRegion(MemoryRegion global) {
-  absl::MutexLock lock(&mutex_);
-  global_ = global;
-}
-
-uint32_t RemoteFetcher::global_lkey() const {
-  absl::MutexLock lock(&mutex_);
-  return global_.lkey;
-}
-
 uint32_t RemoteFetcher::PeerKey(int peer, uint64_t addr) const {
   absl::MutexLock lock(&mutex_);
   return KeyFor(peer, addr);

@@ -107,9 +107,6 @@ class RemoteFetcher final : public CompletionSource {
   // Posts `chain` to `peer` as part of `batch` (its last WR signalled, all
   // with the batch's wr_id).
   absl::Status PostSync(int peer, WorkRequest* chain, SyncBatch& batch);
-  // The global range's registration (local key for WRITEs from it).
-  void SetGlobalRegion(MemoryRegion global);
-  uint32_t global_lkey() const;
   // The rkey of `peer`'s region holding `addr` (0 if none).
   uint32_t PeerKey(int peer, uint64_t addr) const;
   // Asks `directory` who owns a first-touch page (kClaim); `ds` continues
@@ -155,7 +152,6 @@ class RemoteFetcher final : public CompletionSource {
 
   mutable absl::Mutex mutex_;
   MemoryRegion landing_ ABSL_GUARDED_BY(mutex_);
-  MemoryRegion global_ ABSL_GUARDED_BY(mutex_);
 
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   struct RemoteRegion {

@@ -240,7 +240,6 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
         reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
     if (!r.ok()) return r.status();
     global = *r;
-    fetcher_->SetGlobalRegion(global);
   }
   coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
                                            *fetcher_, *fault_service_, *home_);

@@ -46,6 +46,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "runtime/log.h"
+#include "runtime/ring.h"
 #include "runtime/transport.h"
 
 namespace pagewire {
@@ -154,42 +155,6 @@ class ByteQueue {
   size_t head_ = 0;
 };
 
-// A FIFO ring of trivially copyable T; doubles only when full.
-template <typename T>
-class Ring {
- public:
-  explicit Ring(size_t capacity) : slots_(RoundUp(capacity)) {}
-  bool empty() const { return head_ == tail_; }
-  size_t size() const { return tail_ - head_; }
-  void Push(const T& t) {
-    if (size() == slots_.size()) Grow();
-    slots_[tail_++ & (slots_.size() - 1)] = t;
-  }
-  const T& Front() const { return slots_[head_ & (slots_.size() - 1)]; }
-  // The i-th element from the front (i < size()).
-  const T& At(size_t i) const {
-    return slots_[(head_ + i) & (slots_.size() - 1)];
-  }
-  void PopFront() { ++head_; }
-
- private:
-  static size_t RoundUp(size_t n) {
-    size_t c = 1;
-    while (c < n) c <<= 1;
-    return c;
-  }
-  void Grow() {
-    std::vector<T> bigger(slots_.size() * 2);
-    for (size_t i = 0; i < size(); ++i) bigger[i] = At(i);
-    tail_ = size();
-    head_ = 0;
-    slots_.swap(bigger);
-  }
-  std::vector<T> slots_;
-  uint64_t head_ = 0;  // never wraps in practice: 2^64 operations
-  uint64_t tail_ = 0;
-};
-
 // Closes a file descriptor once.
 class UniqueFd {
  public:
@@ -281,7 +246,7 @@ class TcpTransport final : public Transport {
     bool closed ABSL_GUARDED_BY(mu) = false;
     uint32_t epoll_events ABSL_GUARDED_BY(mu) = 0;
     tcp_internal::ByteQueue out ABSL_GUARDED_BY(mu);
-    tcp_internal::Ring<PendingOp> pending ABSL_GUARDED_BY(mu);
+    Ring<PendingOp> pending ABSL_GUARDED_BY(mu);
 
     // "pw-tcp" only.
     int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
@@ -376,7 +341,7 @@ class TcpTransport final : public Transport {
   MessageHandler handler_ ABSL_GUARDED_BY(handler_mu_);
 
   absl::Mutex cq_mu_;
-  tcp_internal::Ring<WorkCompletion> cq_ ABSL_GUARDED_BY(cq_mu_);
+  Ring<WorkCompletion> cq_ ABSL_GUARDED_BY(cq_mu_);
   bool cq_bell_ ABSL_GUARDED_BY(cq_mu_) = false;  // cq_fd_ is readable
 
   // "pw-tcp" only.

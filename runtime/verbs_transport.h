@@ -55,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "runtime/ring.h"
 #include "runtime/transport.h"
 #include "runtime/verbs_resources.h"
 
@@ -91,44 +92,6 @@ struct VerbsTransportConfig {
   uint8_t retry_count = 7;
 };
 
-namespace verbs_internal {
-
-// A FIFO ring of trivially copyable T; doubles only when full, so the steady
-// state never allocates.
-template <typename T>
-class Ring {
- public:
-  explicit Ring(size_t capacity) : slots_(RoundUp(capacity)) {}
-  bool empty() const { return head_ == tail_; }
-  size_t size() const { return tail_ - head_; }
-  void Push(const T& t) {
-    if (size() == slots_.size()) Grow();
-    slots_[tail_++ & (slots_.size() - 1)] = t;
-  }
-  const T& Front() const { return slots_[head_ & (slots_.size() - 1)]; }
-  void PopFront() { ++head_; }
-
- private:
-  static size_t RoundUp(size_t n) {
-    size_t c = 1;
-    while (c < n) c <<= 1;
-    return c;
-  }
-  void Grow() {
-    std::vector<T> bigger(slots_.size() * 2);
-    for (size_t i = 0; i < size(); ++i) {
-      bigger[i] = slots_[(head_ + i) & (slots_.size() - 1)];
-    }
-    tail_ = size();
-    head_ = 0;
-    slots_.swap(bigger);
-  }
-  std::vector<T> slots_;
-  uint64_t head_ = 0;
-  uint64_t tail_ = 0;
-};
-
-}  // namespace verbs_internal
 
 // Threads: as for Transport. Create() and the destructor from the owner;
 // RegisterMemory/DeregisterMemory/EndpointFor/Connect/PeerDied from owner
@@ -289,7 +252,7 @@ class VerbsTransport final : public Transport {
     uint64_t messages_retired ABSL_GUARDED_BY(mu) = 0;
     uint64_t flushed ABSL_GUARDED_BY(mu) = 0;  // since it broke
     SendSlot shadow[kSendQueueDepth] ABSL_GUARDED_BY(mu);
-    verbs_internal::Ring<Queued> backlog ABSL_GUARDED_BY(mu);
+    Ring<Queued> backlog ABSL_GUARDED_BY(mu);
     std::deque<std::string> message_bodies ABSL_GUARDED_BY(mu);
     // Scratch for building one chain (under mu).
     ibv_send_wr chain[kSendQueueDepth];
@@ -388,7 +351,7 @@ class VerbsTransport final : public Transport {
   MessageHandler handler_ ABSL_GUARDED_BY(handler_mu_);
 
   absl::Mutex software_mu_;
-  verbs_internal::Ring<WorkCompletion> software_ ABSL_GUARDED_BY(software_mu_);
+  Ring<WorkCompletion> software_ ABSL_GUARDED_BY(software_mu_);
   bool software_bell_ ABSL_GUARDED_BY(software_mu_) = false;
 
   std::thread thread_;
