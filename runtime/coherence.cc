@@ -173,26 +173,28 @@ DistributedDataspace* Coherence::FindByAddr(uintptr_t addr) const {
   return nullptr;
 }
 
-void Coherence::AddTwin(DistributedDataspace* ds, uint64_t page, int home,
-                        const void* current) {
+bool Coherence::TwinOrDefer(const PageRequest& request,
+                            DistributedDataspace* ds, uint64_t page, int home,
+                            const void* current) {
   const uint64_t offset = ds->global_addr() - service_.base() + page * kPageSize;
+  // The page is installed and write-protected: its contents are stable.
   auto copy = std::make_unique<char[]>(kPageSize);
   std::memcpy(copy.get(), current, kPageSize);
   absl::MutexLock lock(&mutex_);
+  if (frozen_all_.holds > 0) {
+    frozen_all_.waiting.push_back(request);
+    return true;
+  }
+  if (auto it = frozen_.find(offset); it != frozen_.end()) {
+    it->second.waiting.push_back(request);
+    return true;
+  }
   // A page twinned again before its release keeps the older twin: it is the
   // state the home has.
-  if (twins_.count(offset)) return;
+  if (twins_.count(offset)) return false;
   twins_.emplace(offset, Twin{ds, page, home, std::move(copy)});
   ++stats_.twins;
-}
-
-bool Coherence::DeferIfFrozen(const PageRequest& request,
-                              uint64_t global_offset) {
-  absl::MutexLock lock(&mutex_);
-  auto it = frozen_.find(global_offset);
-  if (it == frozen_.end()) return false;
-  it->second.waiting.push_back(request);
-  return true;
+  return false;
 }
 
 void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
@@ -433,22 +435,37 @@ absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
   return absl::OkStatus();
 }
 
-void Coherence::DropCopies(const PageList& pages, std::function<void()> done) {
-  std::vector<uint64_t> offsets;
-  {
-    absl::MutexLock lock(&mutex_);
-    offsets = CachedCopies(pages);
-    stats_.invalidated += offsets.size();
-  }
-  service_.InvalidatePagesAsync(std::move(offsets), std::move(done),
-                                [this](uint64_t offset) { return HasTwin(offset); });
-}
-
-absl::Status Coherence::DropAllCopies() {
+absl::Status Coherence::FlushAndDropAll() {
+  std::map<uint64_t, Twin> twins;
+  std::vector<uint64_t> flushed, earlier;
   std::vector<DistributedDataspace*> all;
+  uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
+    // Flushes under way finish first, so nothing they snapshot is dropped
+    // under them.
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return flushing_.empty();
+    };
+    mutex_.Await(absl::Condition(&settled));
+    earlier.assign(inflight_flushes_.begin(), inflight_flushes_.end());
+    flush_id = ++next_flush_id_;
+    inflight_flushes_.insert(flush_id);
+    ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
+    twins.swap(twins_);
+    for (const auto& [offset, twin] : twins) {
+      written_since_barrier_.insert({twin.ds->id(), twin.page});
+      ++flushing_[offset];
+      flushed.push_back(offset);
+    }
     for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
+  }
+  PageList written;
+  absl::Status s = twins.empty() ? absl::OkStatus() : FlushTwins(twins, written);
+  Unfreeze({}, flushed);
+  {
+    absl::MutexLock lock(&mutex_);
+    inflight_flushes_.erase(flush_id);
   }
   for (DistributedDataspace* ds : all) {
     const uint64_t at = ds->global_addr() - service_.base();
@@ -456,12 +473,24 @@ absl::Status Coherence::DropAllCopies() {
       return ds->HomedHere((off - at) / kPageSize) || HasTwin(off);
     });
   }
-  return absl::OkStatus();
+  std::vector<PageRequest> deferred;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const hp::PageRef& r : written) {
+      written_since_barrier_.insert({r.alloc_id, r.page});
+    }
+    if (--frozen_all_.holds == 0) deferred.swap(frozen_all_.waiting);
+  }
+  // The loop asks again: a dropped copy is fetched afresh.
+  for (const PageRequest& r : deferred) {
+    r.completion_queue->Post(OutcomeCompletion(r, Resolution::kRetry));
+  }
+  return s;
 }
 
 absl::Status Coherence::AcquireAll() {
   if (absl::Status s = Release(); !s.ok()) return s;
-  return DropAllCopies();
+  return FlushAndDropAll();
 }
 
 absl::Status Coherence::AwaitPeers(const std::function<bool()>& done_with,
@@ -589,18 +618,25 @@ absl::Status Coherence::Barrier() {
     }
   }
 
-  absl::MutexLock lock(&mutex_);
-  EpochState& st = epochs_[epoch];
-  absl::Status s = AwaitPeers(
-      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        for (int r = 0; r < nranks_; ++r) {
-          if (r != self_ && !st.inval_from[r]) return false;
-        }
-        return st.invalidations_pending == 0;
-      },
-      "barrier");
-  epochs_.erase(epoch);
-  return s;
+  PageList stale;
+  {
+    absl::MutexLock lock(&mutex_);
+    EpochState& st = epochs_[epoch];
+    absl::Status s = AwaitPeers(
+        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          for (int r = 0; r < nranks_; ++r) {
+            if (r != self_ && !st.inval_from[r]) return false;
+          }
+          return true;
+        },
+        "barrier");
+    stale.swap(st.drop);
+    epochs_.erase(epoch);
+    if (!s.ok()) return s;
+  }
+  // Other threads of this rank may be writing some of these copies (under
+  // locks, unrelated to the barrier): their writes go home first.
+  return stale.empty() ? absl::OkStatus() : FlushAndDropCopies(stale);
 }
 
 absl::Status Coherence::LockCheck(uintptr_t lock_addr) const {
@@ -684,10 +720,7 @@ absl::Status Coherence::LockAcquire(uintptr_t lock_addr) {
       return w.error;
     }
   }
-  if (w.invalidate_all) {
-    if (absl::Status s = Release(); !s.ok()) return s;
-    return DropAllCopies();
-  }
+  if (w.invalidate_all) return FlushAndDropAll();
   return FlushAndDropCopies(w.invalidate);
 }
 
@@ -865,16 +898,8 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
       EpochState& st = epochs_[h.epoch_or_lock];
       st.writes_from.resize(nranks_);
       st.inval_from.resize(nranks_);
+      st.drop.insert(st.drop.end(), pages.begin(), pages.end());
       if (last) st.inval_from[peer] = true;
-      if (pages.empty()) return;
-      ++st.invalidations_pending;
-      const uint64_t epoch = h.epoch_or_lock;
-      mutex_.Unlock();
-      DropCopies(pages, [this, epoch] {
-        absl::MutexLock lock(&mutex_);
-        --epochs_[epoch].invalidations_pending;
-      });
-      mutex_.Lock();
       return;
     }
     case hp::kLockAcquire:

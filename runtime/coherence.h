@@ -32,7 +32,7 @@
 // or when membership declares a rank it needs dead, which fails the call
 // naming that rank.
 //
-// Threads: AddTwin/NoteHomeWrite from the fault loop; OnMessage on the
+// Threads: TwinOrDefer/NoteHomeWrite from the fault loop; OnMessage on the
 // transport thread; everything else from application threads (collectives
 // from one thread per rank at a time).
 #ifndef PAGEWIRE_RUNTIME_COHERENCE_H_
@@ -85,14 +85,15 @@ class Coherence {
   void AddDataspace(DistributedDataspace* ds);
   void RemoveDataspace(uint32_t id);
 
-  // Fault loop: a remote page becomes writable; `current` is its contents.
-  void AddTwin(DistributedDataspace* ds, uint64_t page, int home,
-               const void* current);
+  // Fault loop: a write to a cached copy of another rank's page; `current`
+  // is its contents. Twins the page and returns false; or, if the page is
+  // being flushed and dropped (frozen), keeps the upgrade request to answer
+  // afterwards and returns true. One step under the lock: a twin made just
+  // after a freeze would keep a stale copy alive past its invalidation.
+  bool TwinOrDefer(const PageRequest& request, DistributedDataspace* ds,
+                   uint64_t page, int home, const void* current);
   // Fault loop: this rank writes a tracked page it homes.
   void NoteHomeWrite(DistributedDataspace* ds, uint64_t page);
-  // Fault loop: if the page is being flushed and dropped (frozen), keeps the
-  // upgrade request to answer afterwards and returns true.
-  bool DeferIfFrozen(const PageRequest& request, uint64_t global_offset);
 
   absl::Status Release();
   // Drops every cached copy of another rank's page (pw_acquire: without a
@@ -118,6 +119,7 @@ class Coherence {
   CoherenceStats stats() const;
 
  private:
+  using PageList = std::vector<home_protocol::PageRef>;
   struct Twin {
     DistributedDataspace* ds;
     uint64_t page;
@@ -129,7 +131,9 @@ class Coherence {
     std::vector<bool> inval_from;   // by rank: its kEpochInvalidate ended
     // (writer, alloc, page) of pages homed here written this epoch.
     std::vector<std::tuple<int, uint32_t, uint64_t>> written;
-    int invalidations_pending = 0;  // asynchronous drops not yet done
+    // Copies the homes told this rank to drop; the barrier's own thread
+    // flushes and drops them once every home has spoken.
+    PageList drop;
   };
   struct Waiter {
     bool granted = false;
@@ -150,8 +154,6 @@ class Coherence {
     absl::flat_hash_map<int, uint64_t> last_seen;
     std::string broken;  // the holder died: every later acquire fails
   };
-  using PageList = std::vector<home_protocol::PageRef>;
-
   DistributedDataspace* Find(uint32_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* FindByAddr(uintptr_t addr) const
@@ -163,13 +165,14 @@ class Coherence {
   // Offsets of the pages in `pages` that are copies of other ranks' pages.
   std::vector<uint64_t> CachedCopies(const PageList& pages) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
-  // Drops the cached copies `pages` (other ranks' pages only); `done` on
-  // the loop thread when finished.
-  void DropCopies(const PageList& pages, std::function<void()> done);
-  // The same from an application thread, for copies that other threads of
-  // this rank may be writing: twinned pages are frozen, flushed home, then
-  // dropped; writers that hit them meanwhile wait and then fetch afresh.
+  // Drops the cached copies `pages` (other ranks' pages only), which other
+  // threads of this rank may be writing: the pages are frozen, their twins
+  // flushed home, then they are dropped; writers that hit them meanwhile
+  // wait and then fetch afresh. From an application thread.
   absl::Status FlushAndDropCopies(const PageList& pages);
+  // The same for every cached copy of another rank's page (a whole-rank
+  // freeze), when there is no record of what changed.
+  absl::Status FlushAndDropAll();
   // Snapshots the twinned pages on the fault loop (write-protecting them),
   // writes each run of modified bytes home from registered staging and
   // waits. The pages must be marked flushing_ by the caller.
@@ -181,7 +184,6 @@ class Coherence {
   bool HasTwin(uint64_t offset) const;
   // Ends flush `id` and waits for the flushes in `earlier` to end.
   void EndFlush(uint64_t id, const std::vector<uint64_t>& earlier);
-  absl::Status DropAllCopies();
   absl::Status AwaitPeers(const std::function<bool()>& done_with,
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<uint64_t> Atomic(uintptr_t addr, WorkOpcode op,
@@ -215,6 +217,8 @@ class Coherence {
     std::vector<PageRequest> waiting;
   };
   std::map<uint64_t, Frozen> frozen_ ABSL_GUARDED_BY(mutex_);
+  // Every copy frozen (FlushAndDropAll), by how many callers.
+  Frozen frozen_all_ ABSL_GUARDED_BY(mutex_);
   // Pages whose twins are being flushed (by how many flushes): a drop
   // waits for them, so a snapshot always finds its page installed.
   absl::flat_hash_map<uint64_t, int> flushing_ ABSL_GUARDED_BY(mutex_);

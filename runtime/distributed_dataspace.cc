@@ -104,8 +104,7 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
     // then let the write proceed. The release sends the difference home.
     const char* current = reinterpret_cast<const char*>(params_.global_addr) +
                           page * kPageSize;
-    if (coherence_->DeferIfFrozen(request, GlobalOffset(page))) return;
-    coherence_->AddTwin(this, page, owner, current);
+    if (coherence_->TwinOrDefer(request, this, page, owner, current)) return;
     request.completion_queue->Post(
         OutcomeCompletion(request, Resolution::kWritable));
     return;

@@ -5,7 +5,10 @@
  *
  *   histogram      every thread of every rank adds items to a global
  *                  histogram under per-bin locks (HIST_THREADS threads per
- *                  rank, HIST_BIN_STRIDE words between bins)
+ *                  rank, HIST_BIN_STRIDE words between bins; HIST_TRACE=path
+ *                  writes "rank thread item bin old-value" per increment
+ *                  to path.RANK, to find two increments that read the
+ *                  same value)
  *   false_sharing  every rank writes disjoint bytes of the same pages (homed
  *                  on one rank, and spread block-wise), then a barrier: the
  *                  final image is exact on every rank
@@ -61,13 +64,16 @@ static pw_lock_t *bin_locks;
 
 static int nbins = kBins; /* HIST_BINS: fewer bins (and locks) in use */
 
+static FILE *trace;
 static void *HistogramWorker(void *arg) {
   long t = (long)arg;
   for (int i = 0; i < kItems; i++) {
     uint64_t item = ((uint64_t)rank << 32) | ((uint64_t)t << 16) | (uint64_t)i;
     int b = (int)(Mix(item) % (uint64_t)nbins);
     CHECK(pw_lock_acquire(&bin_locks[b]) == PW_OK, "lock_acquire bin %d", b);
-    bins[b * bin_stride] += 1;
+    uint64_t old = bins[b * bin_stride];
+    bins[b * bin_stride] = old + 1;
+    if (trace) fprintf(trace, "%d %ld %d %d %llu\n", rank, t, i, b, (unsigned long long)old);
     CHECK(pw_lock_release(&bin_locks[b]) == PW_OK, "lock_release bin %d", b);
   }
   return NULL;
@@ -76,6 +82,11 @@ static void *HistogramWorker(void *arg) {
 static void Histogram(void) {
   if (getenv("HIST_BIN_STRIDE")) bin_stride = (size_t)atol(getenv("HIST_BIN_STRIDE"));
   if (getenv("HIST_BINS")) nbins = atoi(getenv("HIST_BINS"));
+  if (getenv("HIST_TRACE")) {
+    char path[256];
+    snprintf(path, sizeof path, "%s.%d", getenv("HIST_TRACE"), rank);
+    trace = fopen(path, "w");
+  }
   if (nbins < 1 || nbins > kBins) nbins = kBins;
   bins = pw_alloc(kBins * bin_stride * sizeof(uint64_t), PW_PLACE_CYCLIC);
   bin_locks = pw_alloc(kBins * sizeof(pw_lock_t), PW_PLACE_CYCLIC);
