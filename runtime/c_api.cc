@@ -126,6 +126,30 @@ void* pw_alloc(size_t bytes, pw_placement_t placement) {
   return *ptr;
 }
 
+void* pw_alloc_sc(size_t bytes, pw_placement_t placement) {
+  Runtime* rt = Current();
+  if (rt == nullptr) {
+    NotInitialized("pw_alloc_sc");
+    return nullptr;
+  }
+  pagewire::Placement p;
+  switch (placement) {
+    case PW_PLACE_BLOCK: p = pagewire::Placement::kBlock; break;
+    case PW_PLACE_CYCLIC: p = pagewire::Placement::kCyclic; break;
+    default:
+      last_error = "pw_alloc_sc: placement " + std::to_string(placement) +
+                   " cannot be sequentially consistent; use PW_PLACE_BLOCK "
+                   "or PW_PLACE_CYCLIC (a page needs a fixed home)";
+      return nullptr;
+  }
+  absl::StatusOr<void*> ptr = rt->Alloc(bytes, p, 0, /*sequential=*/true);
+  if (!ptr.ok()) {
+    ToC(ptr.status());
+    return nullptr;
+  }
+  return *ptr;
+}
+
 void* pw_alloc_on(size_t bytes, int home_rank) {
   Runtime* rt = Current();
   if (rt == nullptr) {

@@ -468,6 +468,7 @@ absl::Status Coherence::FlushAndDropAll() {
     inflight_flushes_.erase(flush_id);
   }
   for (DistributedDataspace* ds : all) {
+    if (ds->sequential()) continue;  // coherent by itself
     const uint64_t at = ds->global_addr() - service_.base();
     service_.Invalidate(at, ds->size(), [this, ds, at](uint64_t off) {
       return ds->HomedHere((off - at) / kPageSize) || HasTwin(off);
@@ -967,6 +968,14 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
       return absl::InvalidArgumentError(absl::StrFormat(
           "atomic on %p: not in a live global allocation; atomics work on "
           "memory from pw_alloc",
+          reinterpret_cast<void*>(addr)));
+    }
+    if (ds->sequential()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "atomic on %p: the address is in sequentially consistent memory "
+          "(pw_alloc_sc), where the CPU's own atomics (__atomic_*, "
+          "std::atomic) are already global; use those, or keep pw_atomic_* "
+          "words in pw_alloc memory",
           reinterpret_cast<void*>(addr)));
     }
     home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);

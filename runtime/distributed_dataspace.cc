@@ -7,6 +7,7 @@
 #include "runtime/coherence.h"
 #include "runtime/completion_queue.h"
 #include "runtime/page.h"
+#include "runtime/sequential_consistency.h"
 
 namespace pagewire {
 namespace {
@@ -73,6 +74,10 @@ int DistributedDataspace::ClaimAtDirectory(uint64_t page, int claimant) {
 
 void DistributedDataspace::RequestPage(const PageRequest& request) {
   const uint64_t page = request.offset / kPageSize;
+  if (params_.sequential != nullptr) {
+    params_.sequential->RequestPage(request, this, page);
+    return;
+  }
   int owner = OwnerOf(page);
   if (owner < 0) {
     const int directory = params_.placement.DirectoryOf(page);
@@ -123,7 +128,11 @@ PageCompletion DistributedDataspace::OnFetched(const PageRequest& request,
   // and the upgrade twins the page then, when it is surely installed (this
   // answer may yet be discarded if the page is dropped meanwhile).
   (void)page;
-  return DataCompletion(request, nullptr, /*write_protect=*/true);
+  // Sequential consistency: a write was granted ownership, the page is
+  // installed writable.
+  const bool owned = params_.sequential != nullptr &&
+                     request.access == Access::kWrite && !request.upgrade;
+  return DataCompletion(request, nullptr, /*write_protect=*/!owned);
 }
 
 void DistributedDataspace::RequestHomePage(const PageRequest& request) {

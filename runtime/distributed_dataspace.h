@@ -34,6 +34,7 @@
 
 namespace pagewire {
 class Coherence;
+class SequentialConsistency;
 }
 
 namespace pagewire {
@@ -53,6 +54,9 @@ class DistributedDataspace final : public Dataspace {
     // READ directly once registered; otherwise they always ask the home
     // manager first.
     bool homes_always_readable = true;
+    // Sequential-consistency mode (pw_alloc_sc): every page is asked of
+    // this protocol instead (runtime/sequential_consistency.h).
+    SequentialConsistency* sequential = nullptr;
   };
 
   DistributedDataspace(Params params, RemoteFetcher& fetcher,
@@ -66,6 +70,7 @@ class DistributedDataspace final : public Dataspace {
   void SetGlobalBase(uintptr_t base) { global_base_ = base; }
   uintptr_t global_addr() const { return params_.global_addr; }
   const PlacementMap& placement() const { return params_.placement; }
+  bool sequential() const { return params_.sequential != nullptr; }
   bool HomedHere(uint64_t page) const;
   // The owner of a page: its placement home, or for first-touch pages the
   // recorded owner (-1 if nobody has claimed it yet, as far as this rank

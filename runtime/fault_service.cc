@@ -572,6 +572,17 @@ absl::Status FaultService::SnapshotAndProtect(
   return result;
 }
 
+bool FaultService::RecallPage(uint64_t offset, char* buffer, bool drop) {
+  std::vector<char*> buffers{buffer};
+  std::vector<bool> resident;
+  Command c{Command::kRecall, offset, 0, nullptr, nullptr, nullptr};
+  c.protect = drop;  // kRecall: drop the page after the copy
+  c.buffers = &buffers;
+  c.resident = &resident;
+  Submit(std::move(c));
+  return !resident.empty() && resident[0];
+}
+
 void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
                                         Done done, PagePredicate keep) {
   Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
@@ -692,6 +703,30 @@ void FaultService::RunCommand(const Command& c) {
         (*c.resident)[i] = true;
       }
       return;
+    case Command::kRecall: {
+      const uint64_t off = PageDown(c.offset);
+      if (off >= size_) return;
+      const uintptr_t page = base_ + off;
+      const bool resident = Resident(off / kPageSize);
+      c.resident->push_back(resident);
+      if (resident) {
+        absl::Status s = ProtectRange(off, kPageSize, true);
+        if (!s.ok()) {
+          Error("recalling the page at 0x%x: %s", page, s.message());
+        }
+        if ((*c.buffers)[0] != nullptr) {
+          std::memcpy((*c.buffers)[0], reinterpret_cast<const void*>(page),
+                      kPageSize);
+        }
+      }
+      if (c.protect) {
+        DropPage(page);  // also marks a request that is out stale
+      } else if (auto it = pending_index_.find(page);
+                 it != pending_index_.end()) {
+        slots_[it->second].stale = true;
+      }
+      return;
+    }
     case Command::kInvalidatePages:
       for (uint64_t off : c.pages) {
         if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {

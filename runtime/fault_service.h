@@ -144,6 +144,15 @@ class FaultService final : public RegionMap::Listener {
                                   const std::vector<char*>& buffers,
                                   std::vector<bool>& resident);
 
+  // Takes a page away from this rank's writers in one step of the loop:
+  // write-protects it, copies it to `buffer` (if not null and installed),
+  // then drops it (`drop`) or leaves it installed read-only. A request for
+  // the page that is out (an upgrade being granted, a READ in flight) is
+  // asked again when it completes, so no write access granted before the
+  // recall survives it. Returns whether the page was installed. Any thread
+  // but the loop's.
+  bool RecallPage(uint64_t offset, char* buffer, bool drop);
+
   // Whether the page at `offset` is installed (any thread; a hint, exact on
   // the loop thread).
   bool IsResident(uint64_t offset) const {
@@ -196,6 +205,7 @@ class FaultService final : public RegionMap::Listener {
       kWriteProtect,
       kInvalidatePages,
       kSnapshot,
+      kRecall,
     } kind;
     uint64_t offset;
     uint64_t size;

@@ -8,6 +8,7 @@
 #include "runtime/home_protocol.h"
 #include "runtime/log.h"
 #include "runtime/page.h"
+#include "runtime/sequential_consistency.h"
 
 namespace pagewire {
 
@@ -26,6 +27,11 @@ void HomeManager::SetFaultService(FaultService* service, uintptr_t base) {
 void HomeManager::SetCoherence(Coherence* coherence) {
   absl::MutexLock lock(&mutex_);
   coherence_ = coherence;
+}
+
+void HomeManager::SetSequential(SequentialConsistency* sequential) {
+  absl::MutexLock lock(&mutex_);
+  sequential_ = sequential;
 }
 
 void HomeManager::AddDataspace(DistributedDataspace* ds) {
@@ -58,6 +64,18 @@ void HomeManager::OnMessage(int peer, uint16_t type,
         coherence = coherence_;
       }
       if (coherence != nullptr) coherence->OnMessage(peer, type, body);
+      return;
+    }
+    case hp::kScRequest:
+    case hp::kScGrant:
+    case hp::kScRecall:
+    case hp::kScRecalled: {
+      SequentialConsistency* sequential;
+      {
+        absl::MutexLock lock(&mutex_);
+        sequential = sequential_;
+      }
+      if (sequential != nullptr) sequential->OnMessage(peer, type, body);
       return;
     }
     case hp::kFetch:

@@ -31,6 +31,7 @@
 namespace pagewire {
 
 class Coherence;
+class SequentialConsistency;
 
 class HomeManager {
  public:
@@ -41,6 +42,7 @@ class HomeManager {
   // the coherence protocol's rank side.
   void SetFaultService(FaultService* service, uintptr_t base);
   void SetCoherence(Coherence* coherence);
+  void SetSequential(SequentialConsistency* sequential);
 
   void AddDataspace(DistributedDataspace* ds);
   void RemoveDataspace(uint32_t id);
@@ -67,6 +69,7 @@ class HomeManager {
   mutable absl::Mutex mutex_;
   FaultService* service_ ABSL_GUARDED_BY(mutex_) = nullptr;
   Coherence* coherence_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  SequentialConsistency* sequential_ ABSL_GUARDED_BY(mutex_) = nullptr;
   uintptr_t base_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::flat_hash_map<uint32_t, DistributedDataspace*> dataspaces_
       ABSL_GUARDED_BY(mutex_);

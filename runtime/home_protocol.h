@@ -31,6 +31,44 @@ enum Type : uint16_t {
   kLockRelease = 10,     // rank -> lock's home: released, I wrote these
   kAllocKeys = 11,       // rank -> every rank: my home pages of an
                          // allocation are registered under these keys
+  // Sequential consistency (runtime/sequential_consistency.h).
+  kScRequest = 12,   // requester -> home: read or write access to a page
+  kScGrant = 13,     // home -> requester: granted; READ it from the store
+  kScRecall = 14,    // home -> holder: drop (or write-protect) your copy,
+                     // writing it back to the store first if you wrote it
+  kScRecalled = 15,  // holder -> home: done
+};
+
+struct ScRequest {
+  uint32_t alloc_id;
+  uint32_t slot;
+  uint64_t page;
+  uint32_t write;
+  uint32_t reserved;
+};
+
+struct ScGrant {
+  uint32_t slot;
+  int32_t error;  // 0, or EIO: the page's contents died with their writer
+  uint64_t page;
+  uint64_t store_addr;  // the page in the home's store
+  uint32_t rkey;
+  uint32_t write;
+};
+
+struct ScRecall {
+  uint32_t alloc_id;
+  uint32_t keep_readable;  // a writer keeps a read-only copy (a read asked)
+  uint64_t page;
+  uint64_t store_addr;  // where a writer writes the page back
+  uint32_t rkey;
+  uint32_t write_back;
+};
+
+struct ScRecalled {
+  uint32_t alloc_id;
+  int32_t error;
+  uint64_t page;
 };
 
 struct AllocKeysHeader {

@@ -211,7 +211,7 @@ void RemoteFetcher::PostRead(uint32_t slot) {
   wr.lkey = landing_.lkey;
   wr.length = static_cast<uint32_t>(kPageSize);
   wr.remote_addr = p.remote_addr;
-  wr.rkey = KeyFor(p.peer, p.remote_addr);
+  wr.rkey = p.has_rkey ? p.rkey : KeyFor(p.peer, p.remote_addr);
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   absl::Status s = transport_.PostSend(p.peer, &wr);
@@ -230,6 +230,16 @@ void RemoteFetcher::Read(const PageRequest& request, int home,
   if (FailIfDead(request, home, "the page's home")) return;
   pending_[request.slot] =
       Pending{State::kReading, home, request, remote_addr, page, ds};
+  PostRead(request.slot);
+}
+
+void RemoteFetcher::ReadFrom(const PageRequest& request, int peer,
+                             uint64_t remote_addr, uint32_t rkey,
+                             DistributedDataspace* ds, uint64_t page) {
+  absl::MutexLock lock(&mutex_);
+  if (FailIfDead(request, peer, "the page's home")) return;
+  pending_[request.slot] =
+      Pending{State::kReading, peer, request, remote_addr, page, ds, true, rkey};
   PostRead(request.slot);
 }
 

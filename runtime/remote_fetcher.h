@@ -99,6 +99,10 @@ class RemoteFetcher final : public CompletionSource {
   // (DistributedDataspace::OnFetched).
   void Read(const PageRequest& request, int home, uint64_t remote_addr,
             DistributedDataspace* ds, uint64_t page);
+  // READs the page at `remote_addr` of `peer`, a region registered under
+  // `rkey` (a sequentially consistent page's home store), the same way.
+  void ReadFrom(const PageRequest& request, int peer, uint64_t remote_addr,
+                uint32_t rkey, DistributedDataspace* ds, uint64_t page);
   // Asks `home` to register this rank as a cacher and make the page readable
   // first (kFetch); READs on kReady.
   void FetchVia(const PageRequest& request, int home, uint64_t remote_addr,
@@ -135,6 +139,8 @@ class RemoteFetcher final : public CompletionSource {
     uint64_t remote_addr = 0;
     uint64_t page = 0;
     DistributedDataspace* ds = nullptr;
+    bool has_rkey = false;  // else: the key of the region holding remote_addr
+    uint32_t rkey = 0;
   };
 
   void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

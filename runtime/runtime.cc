@@ -1,5 +1,6 @@
 // runtime.cc - bootstrap, collective allocation, barriers and shutdown of a
 // node.
+#include "runtime/sequential_consistency.h"
 #include "runtime/runtime.h"
 
 #include <sys/stat.h>
@@ -245,6 +246,10 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
                                            *fetcher_, *fault_service_, *home_);
   if (absl::Status s = coherence_->Start(); !s.ok()) return s;
   home_->SetCoherence(coherence_.get());
+  sequential_ = std::make_unique<SequentialConsistency>(
+      rank_, nranks_, *transport_, *fetcher_, *fault_service_);
+  if (absl::Status s = sequential_->Start(); !s.ok()) return s;
+  home_->SetSequential(sequential_.get());
 
   if (config.rank == 0 && config.host_coordinator) {
     control::CoordinatorConfig cc;
@@ -417,6 +422,7 @@ void Runtime::OnView(const control::View& view) {
     }
     if (fetcher_) fetcher_->PeerDied(peer, why);
     if (coherence_) coherence_->PeerDied(peer, why);
+    if (sequential_) sequential_->PeerDied(peer, why);
   }
 }
 
@@ -444,6 +450,8 @@ Runtime::~Runtime() {
     control_.reset();
   }
   if (home_) home_->SetCoherence(nullptr);
+  if (home_) home_->SetSequential(nullptr);
+  sequential_.reset();
   coherence_.reset();
   home_.reset();
   transport_.reset();
@@ -454,7 +462,7 @@ Runtime::~Runtime() {
 }
 
 absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
-                                     int home_rank) {
+                                     int home_rank, bool sequential) {
   if (bytes == 0) {
     return absl::InvalidArgumentError(
         "pw_alloc: 0 bytes requested; ask for at least one byte");
@@ -471,7 +479,8 @@ absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
         home_rank, nranks_ - 1));
   }
   if (control_) {
-    return AllocCollective(bytes, placement, home_rank, nullptr, false);
+    return AllocCollective(bytes, placement, home_rank, nullptr, false,
+                           sequential);
   }
 
   absl::StatusOr<std::shared_ptr<RamDataspace>> ds = RamDataspace::Create(bytes);
@@ -520,12 +529,14 @@ absl::StatusOr<void*> Runtime::AttachFile(const std::string& path,
     allocations_[addr] = Allocation{*at, size, 0, nullptr};
     return reinterpret_cast<void*>(addr);
   }
-  return AllocCollective(size, Placement::kOnRank, home_rank, file, true);
+  return AllocCollective(size, Placement::kOnRank, home_rank, file, true,
+                         false);
 }
 
 absl::StatusOr<void*> Runtime::AllocCollective(
     uint64_t bytes, Placement placement, int home_rank,
-    std::shared_ptr<Dataspace> home_backing, bool homes_backed) {
+    std::shared_ptr<Dataspace> home_backing, bool homes_backed,
+    bool sequential) {
   uint64_t seq;
   {
     absl::MutexLock lock(&mutex_);
@@ -533,9 +544,15 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   }
   absl::StatusOr<proto::Dataspace> created = control_->CreateDataspace(
       seq, bytes, ToProto(placement),
-      placement == Placement::kOnRank ? home_rank : -1);
+      placement == Placement::kOnRank ? home_rank : -1, sequential);
   if (!created.ok()) return created.status();
   const uint64_t size = PageUp(bytes);
+  if (sequential && placement == Placement::kFirstTouch) {
+    return absl::InvalidArgumentError(
+        "pw_alloc_sc: sequentially consistent memory needs a fixed home per "
+        "page; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC, not "
+        "PW_PLACE_FIRST_TOUCH");
+  }
   if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
     return absl::UnimplementedError(
         "pw_alloc: first-touch placement is not supported on the verbs "
@@ -554,9 +571,14 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   p.home_backing = std::move(home_backing);
   // A file-backed home is read on demand: peers ask its manager first.
   p.homes_always_readable = !homes_backed;
+  if (sequential) p.sequential = sequential_.get();
   auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_,
                                                    coherence_.get());
   ds->SetGlobalBase(global_base());
+  if (sequential) {
+    // The home's store; no page of the global range is populated.
+    if (absl::Status s = sequential_->AddDataspace(ds.get()); !s.ok()) return s;
+  }
   home_->AddDataspace(ds.get());
   coherence_->AddDataspace(ds.get());
   const uint64_t at = created->addr() - global_base();
@@ -564,18 +586,19 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   if (!attached.ok()) {
     home_->RemoveDataspace(p.id);
     coherence_->RemoveDataspace(p.id);
+    if (sequential) sequential_->RemoveDataspace(p.id);
     return attached.status();
   }
   // Plain memory homed here exists from the start, so peers may READ it
   // without asking.
-  if (!homes_backed && placement != Placement::kFirstTouch) {
+  if (!homes_backed && placement != Placement::kFirstTouch && !sequential) {
     DistributedDataspace* d = ds.get();
     absl::Status s = fault_service_->Populate(
         at, size, [d, at](uint64_t off) { return d->HomedHere((off - at) / kPageSize); });
     if (!s.ok()) return s;
   }
   std::vector<MemoryRegion> regions;
-  if (verbs_ != nullptr) {
+  if (verbs_ != nullptr && !sequential) {
     absl::StatusOr<std::vector<MemoryRegion>> r = RegisterHomePages(*ds);
     if (!r.ok()) return r.status();
     regions = *std::move(r);
@@ -668,6 +691,7 @@ absl::Status Runtime::Free(void* ptr) {
     fetcher_->RemoveAllocRegions(a.id);
     home_->RemoveDataspace(a.id);
     coherence_->RemoveDataspace(a.id);
+    if (a.ds && a.ds->sequential()) sequential_->RemoveDataspace(a.id);
     return control_->FreeDataspace(a.id);
   }
   return absl::OkStatus();

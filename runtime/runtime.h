@@ -38,6 +38,7 @@ class CoordinatorServer;
 struct View;
 }  // namespace control
 class Coherence;
+class SequentialConsistency;
 class DistributedDataspace;
 class HomeManager;
 class Transport;
@@ -93,8 +94,11 @@ class Runtime {
 
   // Collective: every rank gets the same address. Memory reads as zero
   // until written.
+  // `sequential`: the allocation is sequentially consistent (single
+  // writer / multiple readers, runtime/sequential_consistency.h) instead of
+  // release consistent.
   absl::StatusOr<void*> Alloc(uint64_t bytes, Placement placement,
-                              int home_rank = 0);
+                              int home_rank = 0, bool sequential = false);
   // Collective: attaches `file` homed on `home_rank`, read on demand
   // through that rank's file manager (a slow, nested backing).
   absl::StatusOr<void*> AttachFile(const std::string& path, int home_rank);
@@ -144,7 +148,7 @@ class Runtime {
   absl::StatusOr<void*> AllocCollective(uint64_t bytes, Placement placement,
                                         int home_rank,
                                         std::shared_ptr<Dataspace> home_backing,
-                                        bool homes_backed);
+                                        bool homes_backed, bool sequential);
   void OnView(const control::View& view);
   // Verbs: registers the pages of `ds` homed here and exchanges the keys
   // with every peer.
@@ -162,6 +166,7 @@ class Runtime {
   std::unique_ptr<HomeManager> home_;
   std::unique_ptr<FaultService> fault_service_;
   std::unique_ptr<Coherence> coherence_;
+  std::unique_ptr<SequentialConsistency> sequential_;
   std::shared_ptr<RegionMap> root_;
   std::unique_ptr<control::ControlClient> control_;
 

@@ -56,6 +56,15 @@ void *pw_alloc(size_t bytes, pw_placement_t placement);
 void *pw_alloc_on(size_t bytes, int home_rank);
 pw_status_t pw_free(void *ptr);
 
+/* Collective, like pw_alloc, but sequentially consistent: every load sees
+ * the latest store of any rank, without barriers or locks (a single writer
+ * or several readers per page at a time; writes invalidate the other
+ * copies through the page's home). For code that communicates through
+ * plain stores and flags; the CPU's own atomics (__atomic_*, C11/C++
+ * atomics) work across ranks on this memory. Placement: PW_PLACE_BLOCK or
+ * PW_PLACE_CYCLIC. Free it with pw_free(). */
+void *pw_alloc_sc(size_t bytes, pw_placement_t placement);
+
 /* Collective: maps the file at `path` (the same path on every rank) into
  * global memory, read-only for ranks other than `home_rank`, whose file
  * manager reads pages on demand when any rank first touches them. Free it

@@ -173,13 +173,14 @@ absl::Status ControlClient::Barrier(uint64_t seq) {
 
 absl::StatusOr<proto::Dataspace> ControlClient::CreateDataspace(
     uint64_t collective_seq, uint64_t length, proto::Placement placement,
-    int home_rank) {
+    int home_rank, bool sequential) {
   proto::CreateDataspaceRequest request;
   request.set_rank(rank_);
   request.set_length(length);
   request.set_placement(placement);
   request.set_home_rank(home_rank);
   request.set_collective_seq(collective_seq);
+  request.set_sequential(sequential);
   proto::CreateDataspaceReply reply;
   std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
   grpc::Status st = dataspaces_->Create(ctx.get(), request, &reply);

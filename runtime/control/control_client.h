@@ -90,7 +90,8 @@ class ControlClient {
   // same arguments; all get the same dataspace.
   absl::StatusOr<proto::Dataspace> CreateDataspace(
       uint64_t collective_seq, uint64_t length,
-      proto::Placement placement = proto::BLOCK, int home_rank = -1);
+      proto::Placement placement = proto::BLOCK, int home_rank = -1,
+      bool sequential = false);
   // Collective: released once every live rank freed it.
   absl::Status FreeDataspace(uint32_t id);
   absl::StatusOr<proto::Dataspace> LookupDataspace(uint32_t id);

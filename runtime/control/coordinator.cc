@@ -707,6 +707,11 @@ absl::StatusOr<proto::Dataspace> Coordinator::CreateDataspace(
       return mismatch("placement", proto::Placement_Name(request.placement()),
                       proto::Placement_Name(c.args.placement()));
     }
+    if (request.sequential() != c.args.sequential()) {
+      return mismatch("sequential (pw_alloc_sc vs pw_alloc)",
+                      request.sequential() ? "true" : "false",
+                      c.args.sequential() ? "true" : "false");
+    }
     if (request.placement() == proto::ON_RANK &&
         request.home_rank() != c.args.home_rank()) {
       return mismatch("home_rank", absl::StrCat(request.home_rank()),
@@ -735,6 +740,7 @@ absl::StatusOr<proto::Dataspace> Coordinator::CreateDataspace(
   rec.dataspace.set_home_rank(
       request.placement() == proto::ON_RANK ? request.home_rank() : -1);
   rec.dataspace.set_page_size(static_cast<uint32_t>(kPageSize));
+  rec.dataspace.set_sequential(request.sequential());
   creates_[seq] = CollectiveCreate{rank, request, id};
   Log("coordinator: dataspace %d = [0x%x, 0x%x) %s, collective create %d "
       "(first caller rank %d)",

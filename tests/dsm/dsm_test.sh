@@ -4,7 +4,8 @@
 #   loopback  4 ranks x 8 threads fault every home's pages of a block, a
 #             cyclic, an on-rank and a first-touch allocation (dsm_check)
 #   netns     the same, each rank in its own network namespace with its own
-#             address (cluster/netns); needs root, skips with the reason
+#             address (cluster/netns), then the coherence_* and litmus_*
+#             tests there too; needs root, skips with the reason
 #             otherwise unless PAGEWIRE_REQUIRE_NETNS=1
 #   file      a file homed on rank 1, read on demand by its file manager
 #   death     a rank dies: the faults that need it fail loudly (SIGBUS with
@@ -12,9 +13,11 @@
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   coherence_TEST  dsm_coherence TEST on 4 ranks (histogram, false_sharing,
 #             queue, atomics, races)
+#   litmus_TEST     dsm_litmus TEST on 4 ranks (mp, sb, dekker, counter,
+#             errors): sequential-consistency memory (pw_alloc_sc)
 set -euo pipefail
 
-mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|coherence_TEST}"
+mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|coherence_TEST|litmus_TEST}"
 fail() {
   echo "dsm_test($mode): FAIL: $*" >&2
   exit 1
@@ -51,6 +54,18 @@ case "$mode" in
     expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
     # The ranks really talked over the namespaces' addresses.
     grep -qE 'connected to peer [0-9] at 10\.' "$out" || { cat "$out"; fail "no data-plane connection over a netns address"; }
+    # The coherence and sequential-consistency correctness tests, in the
+    # same hosts.
+    for t in histogram false_sharing queue atomics races; do
+      "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_coherence" "$t" >"$out" 2>&1 ||
+        { cat "$out"; fail "dsm_coherence $t in netns hosts exited $?"; }
+      expect_lines "^\[[0-3]\] dsm_coherence: $t rank [0-3] ok" 4
+    done
+    for t in mp sb dekker counter; do
+      "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_litmus" "$t" >"$out" 2>&1 ||
+        { cat "$out"; fail "dsm_litmus $t in netns hosts exited $?"; }
+      expect_lines "^\[[0-3]\] dsm_litmus: $t rank [0-3] ok" 4
+    done
     ;;
   file)
     data="${TEST_TMPDIR:-/tmp}/dsm_file.bin"
@@ -77,6 +92,12 @@ case "$mode" in
     "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
       { cat "$out"; fail "dsm_coherence $test exited $?"; }
     expect_lines "^\[[0-3]\] dsm_coherence: $test rank [0-3] ok" 4
+    ;;
+  litmus_*)
+    test="${mode#litmus_}"
+    "$RUN" -n 4 "$ws/tests/dsm/dsm_litmus" "$test" >"$out" 2>&1 ||
+      { cat "$out"; fail "dsm_litmus $test exited $?"; }
+    expect_lines "^\[[0-3]\] dsm_litmus: $test rank [0-3] ok" 4
     ;;
   heat)
     "$RUN" -n 4 "$ws/examples/heat" 512 50 >"$out" 2>&1 || { cat "$out"; fail "heat exited $?"; }
