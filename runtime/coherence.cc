@@ -320,7 +320,7 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
         wr.lkey = staging_region_.lkey;
         wr.length = runs[k].second - runs[k].first;
         wr.remote_addr = service_.base() + offsets[i] + runs[k].first;
-        wr.rkey = fetcher_.PeerKey(twin.home, wr.remote_addr);
+        wr.rkey = twin.ds->RemoteKey(twin.home, twin.page);
         wr.next = k + 1 < runs.size() ? &chain[k + 1] : nullptr;
         bytes += wr.length;
       }
@@ -961,9 +961,11 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
         reinterpret_cast<void*>(addr)));
   }
   int home;
+  DistributedDataspace* ds;
+  uint64_t page;
   {
     absl::MutexLock lock(&mutex_);
-    DistributedDataspace* ds = FindByAddr(addr);
+    ds = FindByAddr(addr);
     if (ds == nullptr) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "atomic on %p: not in a live global allocation; atomics work on "
@@ -978,14 +980,26 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
           "words in pw_alloc memory",
           reinterpret_cast<void*>(addr)));
     }
-    home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);
+    page = (addr - ds->global_addr()) / kPageSize;
+    home = ds->OwnerOf(page);
   }
   if (home < 0) {
     // A first-touch page nobody has touched: touching it settles its home.
     (void)*reinterpret_cast<volatile uint64_t*>(addr);
-    absl::MutexLock lock(&mutex_);
-    DistributedDataspace* ds = FindByAddr(addr);
-    home = ds->OwnerOf((addr - ds->global_addr()) / kPageSize);
+    home = ds->OwnerOf(page);
+  }
+  if (ds->has_page_keys()) {
+    // First touch on verbs: the operation needs the page's own key. A
+    // peer's page: touching it fetches it through its home manager, whose
+    // answer carries the key (a rank may know the owner without ever having
+    // fetched the page: the directory). This rank's page, reached through
+    // its own NIC: touched, it is resident, and registered here unless a
+    // peer's fetch did that already (before write-protecting it).
+    (void)*reinterpret_cast<volatile uint64_t*>(addr);
+    if (home == self_ && atomics_through_transport_) {
+      absl::StatusOr<uint32_t> key = ds->RegisterOwnedPage(page);
+      if (!key.ok()) return key.status();
+    }
   }
   if (home == self_ && !atomics_through_transport_) {
     auto* word = reinterpret_cast<uint64_t*>(addr);
@@ -1013,7 +1027,7 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
   wr.lkey = scratch_region_.lkey;
   wr.length = 8;
   wr.remote_addr = addr;
-  wr.rkey = fetcher_.PeerKey(home, addr);
+  wr.rkey = ds->RemoteKey(home, page);
   wr.compare_add = operand;
   wr.swap = swap;
   SyncBatch batch;

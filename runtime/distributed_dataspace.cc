@@ -44,7 +44,46 @@ DistributedDataspace::DistributedDataspace(Params params,
   if (params_.placement.placement == Placement::kFirstTouch) {
     owners_.reset(new std::atomic<int32_t>[params_.placement.pages]);
     for (uint64_t i = 0; i < params_.placement.pages; ++i) owners_[i] = -1;
+    if (params_.page_registrar != nullptr) {
+      page_keys_.reset(new std::atomic<uint32_t>[params_.placement.pages]);
+      for (uint64_t i = 0; i < params_.placement.pages; ++i) page_keys_[i] = 0;
+    }
   }
+}
+
+uint32_t DistributedDataspace::RemoteKey(int owner, uint64_t page) const {
+  if (uint32_t key = PageKey(page); key != 0) return key;
+  return fetcher_.PeerKey(owner, params_.global_addr + page * kPageSize);
+}
+
+absl::StatusOr<uint32_t> DistributedDataspace::RegisterOwnedPage(
+    uint64_t page) {
+  if (!page_keys_) return 0;
+  if (page >= params_.placement.pages || !HomedHere(page)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "page %d of %s is not owned by rank %d, so it cannot register it",
+        page, Describe(), params_.self));
+  }
+  absl::MutexLock lock(&register_mutex_);
+  if (uint32_t key = PageKey(page); key != 0) return key;
+  absl::StatusOr<MemoryRegion> r = params_.page_registrar->RegisterMemory(
+      reinterpret_cast<void*>(params_.global_addr + page * kPageSize),
+      kPageSize);
+  if (!r.ok()) {
+    return absl::Status(r.status().code(),
+                        absl::StrFormat("registering page %d of %s: %s", page,
+                                        Describe(), r.status().message()));
+  }
+  owned_regions_.push_back(*r);
+  page_keys_[page].store(r->rkey, std::memory_order_release);
+  return r->rkey;
+}
+
+std::vector<MemoryRegion> DistributedDataspace::TakeOwnedPageRegions() {
+  absl::MutexLock lock(&register_mutex_);
+  std::vector<MemoryRegion> regions;
+  regions.swap(owned_regions_);
+  return regions;
 }
 
 std::string DistributedDataspace::Describe() const {

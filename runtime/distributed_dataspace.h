@@ -17,8 +17,18 @@
 // and starts tracking the home's own writes to the page; later fetches READ
 // directly.
 //
+// First-touch pages on verbs: nobody knows at allocation which pages a rank
+// will own, and an RDMA key needs registered (pinned, hence resident)
+// memory, so the owner registers each page it owns when a peer first asks
+// for it (kFetch; the reply carries the key) or when it runs an atomic on
+// it through its own NIC: once per page, never per fault. Peers keep the
+// keys per page (PageKey). TCP needs none of this: its key covers the whole
+// global range.
+//
 // Threads: RequestPage from the fault loop; ContinueClaim from the transport
-// thread; the owner table is shared and atomic.
+// thread; the owner and key tables are shared and atomic; RegisterOwnedPage
+// from the fault loop (a prefetch's continuation) or an application thread
+// (atomics), on resident pages only.
 #ifndef PAGEWIRE_RUNTIME_DISTRIBUTED_DATASPACE_H_
 #define PAGEWIRE_RUNTIME_DISTRIBUTED_DATASPACE_H_
 
@@ -26,7 +36,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "runtime/dataspace.h"
 #include "runtime/page.h"
 #include "runtime/placement.h"
@@ -57,6 +71,10 @@ class DistributedDataspace final : public Dataspace {
     // Sequential-consistency mode (pw_alloc_sc): every page is asked of
     // this protocol instead (runtime/sequential_consistency.h).
     SequentialConsistency* sequential = nullptr;
+    // First-touch placement on a transport whose keys cover only what was
+    // registered (verbs): the owner registers its pages one at a time with
+    // this transport and hands out per-page keys. Null otherwise.
+    Transport* page_registrar = nullptr;
   };
 
   DistributedDataspace(Params params, RemoteFetcher& fetcher,
@@ -94,6 +112,31 @@ class DistributedDataspace final : public Dataspace {
   bool Tracked(uint64_t page) const { return GetBit(tracked_.get(), page); }
   void MarkTracked(uint64_t page) { SetBit(tracked_.get(), page); }
 
+  // Per-page keys (first touch on verbs; see the file comment).
+  bool has_page_keys() const { return page_keys_ != nullptr; }
+  // The key under which `page`'s owner registered it; 0 if not known here.
+  uint32_t PageKey(uint64_t page) const {
+    return page_keys_ ? page_keys_[page].load(std::memory_order_acquire) : 0;
+  }
+  // A peer's kReady told this rank the page's key.
+  void SetPageKey(uint64_t page, uint32_t rkey) {
+    if (page_keys_ && page < params_.placement.pages) {
+      page_keys_[page].store(rkey, std::memory_order_release);
+    }
+  }
+  // The rkey for a one-sided operation on `page` at its owner `owner`: the
+  // page's own key if it has one, else the owner's region's.
+  uint32_t RemoteKey(int owner, uint64_t page) const;
+  // Owner side: registers `page` (owned here and resident) with the
+  // transport, once; returns its key. The caller makes sure the page is
+  // resident and, on the fault loop, not write-protected (registration
+  // pins it for writing: a write-protected page would fault into the very
+  // loop that is registering it). FailedPrecondition if not owned here.
+  absl::StatusOr<uint32_t> RegisterOwnedPage(uint64_t page);
+  // Hands over the regions RegisterOwnedPage made, for deregistration when
+  // the allocation is freed.
+  std::vector<MemoryRegion> TakeOwnedPageRegions();
+
   uint64_t size() const override { return params_.size; }
   void RequestPage(const PageRequest& request) override;
   std::string Describe() const override;
@@ -119,6 +162,10 @@ class DistributedDataspace final : public Dataspace {
   // First-touch owners as known here (-1: unknown); authoritative on the
   // page's directory rank.
   std::unique_ptr<std::atomic<int32_t>[]> owners_;
+  // First touch on verbs: each page's key (0: unknown here).
+  std::unique_ptr<std::atomic<uint32_t>[]> page_keys_;
+  absl::Mutex register_mutex_;
+  std::vector<MemoryRegion> owned_regions_ ABSL_GUARDED_BY(register_mutex_);
 };
 
 }  // namespace pagewire

@@ -90,7 +90,7 @@ void HomeManager::OnMessage(int peer, uint16_t type,
     case hp::kReady: {
       hp::Ready m;
       if (!hp::Parse(body, &m)) break;
-      fetcher_.OnReady(peer, m.slot, m.error, m.page);
+      fetcher_.OnReady(peer, m.slot, m.error, m.page, m.rkey);
       return;
     }
     case hp::kClaimed: {
@@ -128,7 +128,7 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
       Warning("home manager: rank %d asked for page %d of allocation %d, which "
               "does not exist here",
               peer, m.page, m.alloc_id);
-      hp::Ready r{m.slot, EINVAL, m.page};
+      hp::Ready r{m.slot, EINVAL, m.page, 0, 0};
       (void)transport_.SendMessage(peer, hp::kReady, hp::AsBytes(r));
       return;
     }
@@ -139,7 +139,19 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
   // answers asynchronously, and the answer goes out when it is installed.
   Transport* transport = &transport_;
   HomeManager* self = this;
-  service->Prefetch(offset, [=](const absl::Status& s) {
+  service->Prefetch(offset, [=](const absl::Status& prefetched) {
+    absl::Status s = prefetched;
+    uint32_t rkey = 0;
+    if (s.ok() && ds->has_page_keys()) {
+      // First touch on verbs: the page gets its key now, while it is
+      // resident and (before the tracking below) still writable.
+      absl::StatusOr<uint32_t> key = ds->RegisterOwnedPage(m.page);
+      if (key.ok()) {
+        rkey = *key;
+      } else {
+        s = key.status();
+      }
+    }
     if (s.ok()) {
       // Register the cacher and track the home's own writes from now on,
       // before the requester can READ: a write after this faults and is
@@ -155,7 +167,7 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
             "cannot be provided: %s",
             m.page, m.alloc_id, peer, s.message());
     }
-    hp::Ready r{m.slot, s.ok() ? 0 : EIO, m.page};
+    hp::Ready r{m.slot, s.ok() ? 0 : EIO, m.page, rkey, 0};
     (void)transport->SendMessage(peer, hp::kReady, hp::AsBytes(r));
   });
 }

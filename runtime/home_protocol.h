@@ -110,6 +110,10 @@ struct Ready {
   uint32_t slot;
   int32_t error;  // 0, or an errno-style code; the home logs the detail
   uint64_t page;
+  // First touch on verbs: the key under which the home registered the page
+  // (DistributedDataspace::RegisterOwnedPage); 0 otherwise.
+  uint32_t rkey;
+  uint32_t reserved;
 };
 
 struct Claim {

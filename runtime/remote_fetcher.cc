@@ -211,7 +211,12 @@ void RemoteFetcher::PostRead(uint32_t slot) {
   wr.lkey = landing_.lkey;
   wr.length = static_cast<uint32_t>(kPageSize);
   wr.remote_addr = p.remote_addr;
-  wr.rkey = p.has_rkey ? p.rkey : KeyFor(p.peer, p.remote_addr);
+  // A first-touch page on verbs has its own key; the rest are covered by
+  // the region its home registered at allocation (or TCP's global one).
+  const uint32_t page_key = p.ds != nullptr ? p.ds->PageKey(p.page) : 0;
+  wr.rkey = p.has_rkey ? p.rkey
+            : page_key != 0 ? page_key
+                            : KeyFor(p.peer, p.remote_addr);
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   absl::Status s = transport_.PostSend(p.peer, &wr);
@@ -283,7 +288,7 @@ void RemoteFetcher::Claim(const PageRequest& request, int directory,
 }
 
 void RemoteFetcher::OnReady(int peer, uint32_t slot, int32_t error,
-                            uint64_t page) {
+                            uint64_t page, uint32_t rkey) {
   absl::MutexLock lock(&mutex_);
   if (slot >= pending_.size() || pending_[slot].state != State::kAwaitingHome ||
       pending_[slot].peer != peer || pending_[slot].page != page) {
@@ -301,6 +306,7 @@ void RemoteFetcher::OnReady(int peer, uint32_t slot, int32_t error,
                         peer, page, p.ds->Describe(), strerror(error))));
     return;
   }
+  if (rkey != 0) p.ds->SetPageKey(page, rkey);
   p.ds->MarkRegistered(page);
   PostRead(slot);
 }

@@ -119,7 +119,9 @@ class RemoteFetcher final : public CompletionSource {
              DistributedDataspace* ds, uint32_t alloc_id, uint64_t page);
 
   // Replies from home managers (transport thread).
-  void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page);
+  // `rkey`: the page's own key (first touch on verbs), else 0.
+  void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page,
+               uint32_t rkey);
   void OnClaimed(int peer, uint32_t slot, int32_t owner, uint64_t page);
 
   FetchStats stats() const;

@@ -553,12 +553,6 @@ absl::StatusOr<void*> Runtime::AllocCollective(
         "page; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC, not "
         "PW_PLACE_FIRST_TOUCH");
   }
-  if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
-    return absl::UnimplementedError(
-        "pw_alloc: first-touch placement is not supported on the verbs "
-        "transport yet (a home's pages are registered when it allocates); "
-        "use block, cyclic or pw_alloc_on, or PAGEWIRE_TRANSPORT=tcp");
-  }
   DistributedDataspace::Params p;
   p.id = created->id();
   p.global_addr = created->addr();
@@ -572,6 +566,11 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   // A file-backed home is read on demand: peers ask its manager first.
   p.homes_always_readable = !homes_backed;
   if (sequential) p.sequential = sequential_.get();
+  // First touch on verbs: owners register their pages as peers first ask
+  // for them (nobody owns any yet, so there is nothing to register now).
+  if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
+    p.page_registrar = transport_.get();
+  }
   auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_,
                                                    coherence_.get());
   ds->SetGlobalBase(global_base());
@@ -687,6 +686,11 @@ absl::Status Runtime::Free(void* ptr) {
   absl::Status s = root_->Detach(a.at);
   if (!s.ok()) return s;
   for (const MemoryRegion& r : a.regions) (void)transport_->DeregisterMemory(r);
+  if (a.ds != nullptr) {
+    for (const MemoryRegion& r : a.ds->TakeOwnedPageRegions()) {
+      (void)transport_->DeregisterMemory(r);
+    }
+  }
   if (control_) {
     fetcher_->RemoveAllocRegions(a.id);
     home_->RemoveDataspace(a.id);

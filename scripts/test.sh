@@ -54,6 +54,15 @@ else
   run_bazel_test --test_tag_filters=softroce "$@" || vm_status=$?
   vm_note="soft-RoCE VM step: bazel status $vm_status in $((SECONDS - vm_start)) s"
   [[ $status == 0 ]] && status=$vm_status
+  # The remote-fault benchmark over verbs ran in that step
+  # (bench/remote_fault_vm.sh inside //tests/dsm:dsm_verbs_vm_test); show
+  # its table here, since Bazel prints only failing tests' output.
+  bench_log=bazel-testlogs/tests/dsm/dsm_verbs_vm_test/test.log
+  if [[ -f "$bench_log" ]]; then
+    echo
+    echo "== remote-fault benchmark over verbs (bench/RESULTS.md; from $bench_log)"
+    grep -E '^remote_fault_vm: [^|]' "$bench_log" || echo "(no remote_fault_vm lines in $bench_log)"
+  fi
 fi
 
 # Bazel's per-target summary lines look like

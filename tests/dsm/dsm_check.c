@@ -72,12 +72,8 @@ int main(int argc, char **argv) {
   allocs[1].base = pw_alloc(bytes, PW_PLACE_CYCLIC);
   allocs[2].name = "on-last-rank";
   allocs[2].base = pw_alloc_on(bytes, nranks - 1);
-  /* DSM_CHECK_NO_FIRST_TOUCH=1 (transports without first-touch): the
-   * fourth allocation is homed on rank 0 instead. */
-  const int first_touch = getenv("DSM_CHECK_NO_FIRST_TOUCH") == NULL;
-  allocs[3].name = first_touch ? "first-touch" : "on-rank-0";
-  allocs[3].base = first_touch ? pw_alloc(bytes, PW_PLACE_FIRST_TOUCH)
-                               : pw_alloc_on(bytes, 0);
+  allocs[3].name = "first-touch";
+  allocs[3].base = pw_alloc(bytes, PW_PLACE_FIRST_TOUCH);
   for (int a = 0; a < 4; a++) {
     if (allocs[a].base == NULL) {
       fprintf(stderr, "dsm_check: pw_alloc %s: %s\n", allocs[a].name, pw_last_error());
@@ -89,7 +85,7 @@ int main(int argc, char **argv) {
   size_t share = (npages + nranks - 1) / nranks;
   for (size_t p = 0; p < npages; p++) {
     int home[4] = {(int)(p / share), (int)(p % nranks), nranks - 1,
-                   first_touch ? (int)(p % nranks) : 0};
+                   (int)(p % nranks)};
     for (int a = 0; a < 4; a++) {
       if (home[a] != rank) continue;
       uint64_t *w = allocs[a].base + p * (PAGE / 8);

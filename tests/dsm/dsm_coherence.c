@@ -117,9 +117,12 @@ static void Histogram(void) {
 /* ---- false sharing ---- */
 static void FalseSharing(void) {
   const size_t pages = 16;
-  for (int layout = 0; layout < 2; layout++) {
-    unsigned char *g = layout == 0 ? pw_alloc_on(pages * PAGE, 0)
-                                   : pw_alloc(pages * PAGE, PW_PLACE_BLOCK);
+  /* Layouts: all on rank 0, block, and first touch (whoever reads a page
+   * first owns it; on verbs its key reaches the others with the page). */
+  for (int layout = 0; layout < 3; layout++) {
+    unsigned char *g = layout == 0   ? pw_alloc_on(pages * PAGE, 0)
+                       : layout == 1 ? pw_alloc(pages * PAGE, PW_PLACE_BLOCK)
+                                     : pw_alloc(pages * PAGE, PW_PLACE_FIRST_TOUCH);
     CHECK(g, "pw_alloc");
     for (int round = 1; round <= 3; round++) {
       /* Byte i belongs to rank i % nranks; everyone reads first, so every
@@ -212,25 +215,31 @@ static void *AtomicWorker(void *arg) {
 }
 
 static void Atomics(void) {
-  counters = pw_alloc(2 * PAGE, PW_PLACE_CYCLIC); /* both words homed on rank 0 */
-  CHECK(counters, "pw_alloc");
-  pw_barrier();
-  pthread_t th[kAtomicThreads];
-  for (long t = 0; t < kAtomicThreads; t++) pthread_create(&th[t], NULL, AtomicWorker, NULL);
-  for (long t = 0; t < kAtomicThreads; t++) pthread_join(th[t], NULL);
-  CHECK(pw_barrier() == PW_OK, "barrier");
-  uint64_t a, b;
-  CHECK(pw_atomic_load(&counters[0], &a) == PW_OK && pw_atomic_load(&counters[1], &b) == PW_OK, "load");
-  const uint64_t n = (uint64_t)nranks * kAtomicThreads * kAdds;
-  CHECK(a == n, "fetch-add counter is %llu, want %llu", (unsigned long long)a, (unsigned long long)n);
-  CHECK(b == 3 * n, "CAS counter is %llu, want %llu", (unsigned long long)b, (unsigned long long)(3 * n));
-  /* Bad input. */
-  uint64_t old;
-  CHECK(pw_atomic_fetch_add((uint64_t *)((char *)counters + 4), 1, &old) == PW_ERR_INVALID_ARGUMENT,
-        "a misaligned atomic was accepted");
-  CHECK(pw_atomic_fetch_add(&old, 1, &old) == PW_ERR_INVALID_ARGUMENT, "an atomic outside global memory was accepted");
-  pw_barrier();
-  pw_free(counters);
+  /* Layout 0: both words homed on rank 0 (cyclic). Layout 1: first touch,
+   * so the ranks race to own the page through its directory, and the
+   * owner's own atomics go through its NIC with a key made on the spot. */
+  for (int layout = 0; layout < 2; layout++) {
+    counters = layout == 0 ? pw_alloc(2 * PAGE, PW_PLACE_CYCLIC)
+                           : pw_alloc(2 * PAGE, PW_PLACE_FIRST_TOUCH);
+    CHECK(counters, "pw_alloc");
+    pw_barrier();
+    pthread_t th[kAtomicThreads];
+    for (long t = 0; t < kAtomicThreads; t++) pthread_create(&th[t], NULL, AtomicWorker, NULL);
+    for (long t = 0; t < kAtomicThreads; t++) pthread_join(th[t], NULL);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    uint64_t a, b;
+    CHECK(pw_atomic_load(&counters[0], &a) == PW_OK && pw_atomic_load(&counters[1], &b) == PW_OK, "load");
+    const uint64_t n = (uint64_t)nranks * kAtomicThreads * kAdds;
+    CHECK(a == n, "layout %d: fetch-add counter is %llu, want %llu", layout, (unsigned long long)a, (unsigned long long)n);
+    CHECK(b == 3 * n, "layout %d: CAS counter is %llu, want %llu", layout, (unsigned long long)b, (unsigned long long)(3 * n));
+    /* Bad input. */
+    uint64_t old;
+    CHECK(pw_atomic_fetch_add((uint64_t *)((char *)counters + 4), 1, &old) == PW_ERR_INVALID_ARGUMENT,
+          "a misaligned atomic was accepted");
+    CHECK(pw_atomic_fetch_add(&old, 1, &old) == PW_ERR_INVALID_ARGUMENT, "an atomic outside global memory was accepted");
+    pw_barrier();
+    pw_free(counters);
+  }
 }
 
 /* ---- write-back races with concurrent faults ---- */

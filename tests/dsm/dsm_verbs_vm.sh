@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # dsm_verbs_vm.sh LAUNCHER DSM_CHECK DSM_COHERENCE - the runtime on real
 # verbs (soft-RoCE, inside the VM of cluster/softroce): 2 ranks with
-# PAGEWIRE_TRANSPORT=verbs fault every home's pages (one-sided RDMA READs)
-# and write under release consistency (diffs by RDMA WRITE, atomics by RDMA
-# atomics), every byte checked.
+# PAGEWIRE_TRANSPORT=verbs fault every home's pages (one-sided RDMA READs) of
+# block, cyclic, on-rank and first-touch allocations (first-touch owners
+# register each page when a peer first asks for it; the key comes back in
+# the home's reply), and write under release consistency (diffs by RDMA
+# WRITE, atomics by RDMA atomics), every byte checked.
 set -euo pipefail
 RUN="$1" CHECK="$2" COHERENCE="$3"
 fail() { echo "dsm_verbs_vm: FAIL: $*" >&2; exit 1; }
 export PAGEWIRE_TRANSPORT=verbs
 out="${TEST_TMPDIR:-/tmp}/dsm_verbs.log"
 
-DSM_CHECK_NO_FIRST_TOUCH=1 "$RUN" -n 2 "$CHECK" 4 16 >"$out" 2>&1 || { cat "$out"; fail "dsm_check on verbs exited $?"; }
+"$RUN" -n 2 "$CHECK" 4 16 >"$out" 2>&1 || { cat "$out"; fail "dsm_check on verbs exited $?"; }
 grep -q "data plane verbs" "$out" || { cat "$out"; fail "the runtime did not use verbs"; }
 [[ "$(grep -cE '^\[[01]\] dsm_check: rank [01] ok' "$out")" == 2 ]] || { cat "$out"; fail "dsm_check on verbs"; }
 grep -E 'dsm_check|data plane' "$out"

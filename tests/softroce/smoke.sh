@@ -5,7 +5,8 @@
 #      PORT_ACTIVE with active_mtu 4096;
 #   2. perftest over the veth "wire": ib_read_lat -s 4096 and ib_read_bw
 #      -s 4096, server on rxe2 (10.77.1.2), client on rxe1, GID index 1;
-#   3. ib_read_lat -s 4096 on rxe0 alone (the single-device setup).
+#   3. ib_read_lat and ib_read_bw -s 4096 on rxe0 alone (the single-device
+#      setup, which bench/remote_fault_vm.sh compares the runtime against).
 # Prints one machine-readable line per perftest run, e.g.
 #   softroce: ib_read_lat_4096 t_typical_us=152.3 t_avg_us=160.1 p99_us=... ...
 # and appends the same lines to $PAGEWIRE_VM_OUT/perftest.txt, so benchmarks
@@ -89,5 +90,9 @@ report "ib_read_bw_4096 bw_avg_MBps=$bwavg bw_peak_MBps=$bwpeak msg_rate_Mpps=$m
 run_perftest ib_read_lat_4096_rxe0 18517 rxe0 rxe0 10.77.0.1 ib_read_lat -s 4096 -n "$LAT_ITERS"
 read -r _ iters tmin tmax ttyp tavg tstd p99 p999 <<<"$row"
 report "ib_read_lat_4096_rxe0 t_typical_us=$ttyp t_avg_us=$tavg p99_us=$p99 iters=$iters devs=rxe0->rxe0"
+
+run_perftest ib_read_bw_4096_rxe0 18518 rxe0 rxe0 10.77.0.1 ib_read_bw -s 4096 -n "$BW_ITERS"
+read -r _ iters bwpeak bwavg mpps <<<"$row"
+report "ib_read_bw_4096_rxe0 bw_avg_MBps=$bwavg bw_peak_MBps=$bwpeak msg_rate_Mpps=$mpps iters=$iters devs=rxe0->rxe0"
 
 echo "smoke: PASS"

@@ -2,7 +2,7 @@
 // Create() must return a clear Unavailable (never crash), so the runtime
 // can log "no RDMA device; using TCP". Also the configuration checks that
 // come before any device is opened. Skips when the machine has a device
-// (then verbs_transport_test covers it).
+// (then transport_test's Verbs cases cover it).
 #include <infiniband/verbs.h>
 
 #include <cerrno>
@@ -52,8 +52,8 @@ class ScopedEnv {
 TEST(VerbsTransportHost, NoDeviceIsUnavailableWithAClearMessage) {
   int err = 0;
   if (HaveDevice(&err)) {
-    GTEST_SKIP() << "this machine has an RDMA device; verbs_transport_test "
-                    "exercises it";
+    GTEST_SKIP() << "this machine has an RDMA device; transport_test's Verbs cases "
+                    "exercise it";
   }
   VerbsTransportConfig config;
   auto t = VerbsTransport::Create(config);
