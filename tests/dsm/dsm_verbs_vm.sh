@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# dsm_verbs_vm.sh LAUNCHER DSM_CHECK DSM_COHERENCE - the runtime on real
+# dsm_verbs_vm.sh LAUNCHER DSM_CHECK DSM_COHERENCE DSM_LITMUS - the runtime on real
 # verbs (soft-RoCE, inside the VM of cluster/softroce): 2 ranks with
 # PAGEWIRE_TRANSPORT=verbs fault every home's pages (one-sided RDMA READs) of
 # block, cyclic, on-rank and first-touch allocations (first-touch owners
 # register each page when a peer first asks for it; the key comes back in
 # the home's reply), and write under release consistency (diffs by RDMA
-# WRITE, atomics by RDMA atomics), every byte checked.
+# WRITE, atomics by RDMA atomics), every byte checked; and sequentially
+# consistent memory (grants, recalls and write-backs over verbs) passes the
+# message-passing litmus test and an exact CPU-atomic counter.
 set -euo pipefail
-RUN="$1" CHECK="$2" COHERENCE="$3"
+RUN="$1" CHECK="$2" COHERENCE="$3" LITMUS="$4"
 fail() { echo "dsm_verbs_vm: FAIL: $*" >&2; exit 1; }
 export PAGEWIRE_TRANSPORT=verbs
 out="${TEST_TMPDIR:-/tmp}/dsm_verbs.log"
@@ -23,6 +25,12 @@ for t in false_sharing queue atomics; do
   "$RUN" -n 2 "$COHERENCE" "$t" >"$out" 2>&1 || { cat "$out"; fail "dsm_coherence $t on verbs exited $?"; }
   [[ "$(grep -cE "^\[[01]\] dsm_coherence: $t rank [01] ok" "$out")" == 2 ]] || { cat "$out"; fail "dsm_coherence $t on verbs"; }
   grep -E 'dsm_coherence' "$out"
+done
+
+for t in mp counter; do
+  LITMUS_ROUNDS=50 "$RUN" -n 2 "$LITMUS" "$t" >"$out" 2>&1 || { cat "$out"; fail "dsm_litmus $t on verbs exited $?"; }
+  [[ "$(grep -cE "^\[[01]\] dsm_litmus: $t rank [01] ok" "$out")" == 2 ]] || { cat "$out"; fail "dsm_litmus $t on verbs"; }
+  grep -E 'dsm_litmus' "$out"
 done
 
 echo "dsm_verbs_vm: PASS"
