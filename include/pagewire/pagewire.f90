@@ -39,6 +39,12 @@ module pagewire
       integer(c_size_t), value :: bytes
       integer(c_int), value :: home_rank
     end function
+    ! Sequentially consistent memory (see pagewire.h).
+    type(c_ptr) function pw_alloc_sc(bytes, placement) bind(c, name="pw_alloc_sc")
+      import :: c_ptr, c_size_t, c_int
+      integer(c_size_t), value :: bytes
+      integer(c_int), value :: placement
+    end function
     integer(c_int) function pw_free(ptr) bind(c, name="pw_free")
       import :: c_int, c_ptr
       type(c_ptr), value :: ptr

@@ -146,6 +146,22 @@ class Session {
     return GlobalArray<T>(static_cast<T*>(p), count);
   }
 
+  // Collective: sequentially consistent memory (pw_alloc_sc): loads see
+  // the latest store of any rank without barriers; std::atomic_ref and the
+  // CPU's atomics work across ranks on it.
+  template <typename T>
+  absl::StatusOr<GlobalArray<T>> AllocSequential(
+      size_t count, pw_placement_t placement = PW_PLACE_BLOCK) {
+    if (count == 0 || count > SIZE_MAX / sizeof(T)) {
+      return absl::InvalidArgumentError(
+          "Session::AllocSequential: the element count must be positive and "
+          "its size in bytes must fit a size_t");
+    }
+    void* p = pw_alloc_sc(count * sizeof(T), placement);
+    if (p == nullptr) return ToStatus(PW_ERR_INVALID_ARGUMENT);
+    return GlobalArray<T>(static_cast<T*>(p), count);
+  }
+
   absl::Status Barrier() { return ToStatus(pw_barrier()); }
 
   absl::StatusOr<pw_stats_t> Stats() const {
