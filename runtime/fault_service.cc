@@ -402,6 +402,9 @@ void FaultService::InstallDirect(PageCompletion c) {
                                                                : Landing(c.slot));
       copy.len = kPageSize;
       copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
+      // Counted before the copy wakes the page's threads, so that a thread
+      // that resumed finds itself counted.
+      installed_.fetch_add(1, std::memory_order_relaxed);
       int rc;
       do {
         // EAGAIN: the address space is changing (mremap, fork): retry.
@@ -413,8 +416,10 @@ void FaultService::InstallDirect(PageCompletion c) {
         d.installed_ns = NowNs();
         d.state.store(kDirectInstalled, std::memory_order_seq_cst);
         c.installed = true;
+      } else {
+        // The loop tries again and reports the failure.
+        installed_.fetch_sub(1, std::memory_order_relaxed);
       }
-      // Any other failure: the loop tries again and reports it.
     }
   }
   if (c.installed && !direct_[c.slot].prompt.load(std::memory_order_seq_cst) &&
@@ -471,7 +476,6 @@ void FaultService::FinishDirect(uint32_t slot) {
   // installed and removed it): nothing to ask again, its threads read it
   // before the drop.
   p.stale = false;
-  Bump(installed_);
   if (p.faulted) latency_.Record(d.installed_ns - p.started_ns);
   if (p.joined) Wake(p.page);
   NotifyWatchers(p, absl::OkStatus());
@@ -546,6 +550,9 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
                  "failed");
         return;
       }
+      // Counted before the copy wakes the page's threads (InstallDirect
+      // counts too, from another thread).
+      installed_.fetch_add(1, std::memory_order_relaxed);
       int rc;
       for (;;) {
         if (c.resolution == Resolution::kData) {
@@ -569,6 +576,7 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
       if (rc != 0 && errno == EEXIST) {
         Wake(p.page);  // already there (installed behind our back): just wake
       } else if (rc != 0) {
+        installed_.fetch_sub(1, std::memory_order_relaxed);
         FailPage(p.page,
                  absl::InternalError(absl::StrFormat(
                      "installing the page failed: %s", strerror(errno))),
@@ -576,7 +584,6 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
         return;
       }
       SetResident(index, true);
-      Bump(installed_);
       return;
     }
     case Resolution::kWritable: {

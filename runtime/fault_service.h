@@ -87,7 +87,9 @@ struct FaultServiceConfig {
   std::vector<CompletionSource*> sources;
 };
 
-// Counters since start; any thread may read them.
+// Counters since start; any thread may read them. A page installed directly
+// (InstallDirect) is counted at once; its latency is recorded when the loop
+// next wakes up.
 struct FaultStats {
   uint64_t faults = 0;       // fault events read from the kernel
   uint64_t requests = 0;     // page requests sent to managers
