@@ -213,7 +213,9 @@ void FaultService::Loop() {
   for (;;) {
     // Infinite wait: the loop sleeps until a fault, an answer or a command
     // arrives. Nothing here is ever timed.
+    waiting_.store(true, std::memory_order_relaxed);
     int n = ::poll(fds.data(), fds.size(), -1);
+    waiting_.store(false, std::memory_order_relaxed);
     if (n < 0) {
       if (errno == EINTR) continue;
       Error("fault loop: poll failed: %s; the fault service stops",
@@ -391,7 +393,11 @@ void FaultService::Request(uint32_t slot) {
 }
 
 void FaultService::InstallDirect(PageCompletion c) {
-  if (c.resolution == Resolution::kData && c.slot < kMaxPendingPages) {
+  // Only a sleeping loop would cost a wake-up on the critical path. An awake
+  // one installs the answer in the pass it is in, with whatever else it
+  // drains, and leaves the caller's thread to its own work.
+  if (c.resolution == Resolution::kData && c.slot < kMaxPendingPages &&
+      waiting_.load(std::memory_order_relaxed)) {
     DirectSlot& d = direct_[c.slot];
     absl::MutexLock lock(&install_mutex_);
     if (!direct_stopped_ &&

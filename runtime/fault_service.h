@@ -13,15 +13,16 @@
 // exactly the faults that need it waiting.
 //
 // A page fetched by a transport may instead be installed right where its
-// fetch completed (InstallDirect, on the transport's thread), so the faulting
-// thread resumes without waiting for the loop to wake up; the loop does the
-// bookkeeping afterwards, when it next wakes up for any reason (it is woken
-// at once only if something waits for that: a fault that joined the request,
-// a prefetch, faults waiting for a free slot). Such an install and the
-// loop's dropping of pages
-// (invalidation, a change of backing, stop) exclude each other, so a page
-// dropped while its fetch was out is never installed from the old answer:
-// the answer goes to the loop, which discards it and asks again.
+// fetch completed (InstallDirect, on the transport's thread) while the loop
+// sleeps, so the faulting thread resumes without waiting for the loop to
+// wake up; under load the loop is awake and installs in bursts as before.
+// The loop does the bookkeeping of a direct install when it next wakes up
+// for any reason; it is woken at once only if something waits for that (a
+// fault that joined the request, a prefetch, faults waiting for a free
+// slot). A direct install and the loop's dropping of pages (invalidation, a
+// change of backing, stop) exclude each other, so a page dropped while its
+// fetch was out is never installed from the old answer: the answer goes to
+// the loop, which discards it and asks again.
 //
 // A fault that nothing backs, or whose manager fails, ends deterministically
 // in SIGBUS for the faulting thread (EFAULT for a system call): the page is
@@ -165,13 +166,15 @@ class FaultService final : public RegionMap::Listener {
                                   std::vector<bool>& resident);
 
   // Answers a request with `c` from the thread that saw the answer arrive
-  // (a transport's), installing the page there and then when it can: a kData
-  // completion whose request is still wanted as it was asked (its page was
-  // not dropped, nor its backing changed, while the fetch was out) is copied
-  // in (write-protected if `c` says so), which wakes the threads blocked on
-  // the page; the loop hears of it afterwards, for bookkeeping. Anything
-  // else (another outcome, a request the loop must ask again, a failed copy,
-  // a stopped service) is posted to the completion queue as usual, and the
+  // (a transport's), installing the page there and then if the loop is
+  // asleep (waking it would put a thread hop on the fault's critical path):
+  // a kData completion whose request is still wanted as it was asked (its
+  // page was not dropped, nor its backing changed, while the fetch was out)
+  // is copied in (write-protected if `c` says so), which wakes the threads
+  // blocked on the page; the loop hears of it afterwards, for bookkeeping.
+  // Anything else (the loop is awake and installs it in its current pass,
+  // another outcome, a request the loop must ask again, a failed copy, a
+  // stopped service) is posted to the completion queue as usual, and the
   // loop installs, discards or reports it. Any thread; never blocks for
   // longer than the loop takes to drop a range of pages.
   void InstallDirect(PageCompletion c);
@@ -359,6 +362,9 @@ class FaultService final : public RegionMap::Listener {
   bool direct_stopped_ ABSL_GUARDED_BY(install_mutex_) = false;
   // Faults or prefetches wait for a free slot (see DirectSlot).
   std::atomic<bool> slots_wanted_{false};
+  // The loop sleeps in poll() (a hint for InstallDirect, never needed for
+  // correctness).
+  std::atomic<bool> waiting_{false};
 
   absl::Mutex commands_mutex_;
   std::vector<Command> commands_ ABSL_GUARDED_BY(commands_mutex_);

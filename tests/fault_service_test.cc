@@ -2,6 +2,7 @@
 // real threads, managers that answer inline, late, or never until told.
 #include "runtime/fault_service.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -595,9 +597,52 @@ class LandingDataspace final : public Dataspace {
   std::thread answering_;
 };
 
-// The point of InstallDirect: the faulting thread resumes while the loop is
-// busy elsewhere (here: stuck in a prefetch callback until released).
-TEST_F(FaultServiceTest, InstallDirectResumesTheFaultWhileTheLoopIsBusy) {
+// The fault loop's thread ("pw-fault") as /proc sees it: its state letter
+// and how often it went to sleep (voluntary context switches).
+struct LoopThread {
+  char state = '?';
+  uint64_t sleeps = 0;
+};
+LoopThread LoopThreadNow() {
+  LoopThread t;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return t;
+  while (dirent* e = readdir(d)) {
+    const std::string dir = std::string("/proc/self/task/") + e->d_name;
+    char name[32] = {};
+    FILE* f = fopen((dir + "/comm").c_str(), "r");
+    if (f == nullptr) continue;
+    if (fgets(name, sizeof(name), f) == nullptr) name[0] = 0;
+    fclose(f);
+    if (std::string(name) != "pw-fault\n") continue;
+    char line[512];
+    if ((f = fopen((dir + "/stat").c_str(), "r")) != nullptr) {
+      if (fgets(line, sizeof(line), f) != nullptr) {
+        const char* paren = strrchr(line, ')');
+        if (paren != nullptr && paren[1] == ' ') t.state = paren[2];
+      }
+      fclose(f);
+    }
+    if ((f = fopen((dir + "/status").c_str(), "r")) != nullptr) {
+      while (fgets(line, sizeof(line), f) != nullptr) {
+        unsigned long long n;
+        if (sscanf(line, "voluntary_ctxt_switches: %llu", &n) == 1) t.sleeps = n;
+      }
+      fclose(f);
+    }
+  }
+  closedir(d);
+  return t;
+}
+// Waits until the loop sleeps in poll() (nothing else here puts it to
+// sleep), so that InstallDirect takes its direct path.
+void AwaitLoopAsleep() {
+  Eventually([] { return LoopThreadNow().state == 'S'; });
+}
+
+// The point of InstallDirect: the faulting thread resumes and the sleeping
+// loop is not woken (it hears of the install at its next wake-up).
+TEST_F(FaultServiceTest, InstallDirectResumesTheFaultWithoutWakingTheLoop) {
   auto ds = std::make_shared<LandingDataspace>(kMiB);
   ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
   absl::Notification resumed;
@@ -608,22 +653,13 @@ TEST_F(FaultServiceTest, InstallDirectResumesTheFaultWhileTheLoopIsBusy) {
   });
   PageRequest r = ds->Take();
   EXPECT_EQ(r.offset, 5 * kPageSize);
-
-  absl::Notification loop_busy, release_loop;
-  // Outside the range: the callback runs at once, on the loop's thread.
-  service_->Prefetch(kSize, [&](const absl::Status&) {
-    loop_busy.Notify();
-    release_loop.WaitForNotification();
-  });
-  loop_busy.WaitForNotification();
-
+  AwaitLoopAsleep();
+  const LoopThread before = LoopThreadNow();
   FillPattern(r.landing, 7, r.offset);
   service_->InstallDirect(DataCompletion(r, nullptr));
-  // Test-side bound only, so that a regression fails instead of hanging.
-  const bool direct = resumed.WaitForNotificationWithTimeout(absl::Seconds(30));
-  release_loop.Notify();
   reader.join();
-  EXPECT_TRUE(direct) << "the faulting thread waited for the fault loop";
+  const LoopThread after = LoopThreadNow();
+  EXPECT_EQ(after.sleeps, before.sleeps) << "the loop was woken";
   EXPECT_EQ(seen, PatternWord(7, 5 * kPageSize));
   EXPECT_EQ(FirstPatternMismatch(At(5 * kPageSize), 7, 5 * kPageSize), -1);
   EXPECT_EQ(service_->stats().installed, 1u);
@@ -658,6 +694,7 @@ TEST_F(FaultServiceTest, AnswerToAPageDroppedMeanwhileIsNotInstalled) {
   dropped.WaitForNotification();
 
   FillPattern(old_request.landing, 1, old_request.offset);  // the old copy
+  AwaitLoopAsleep();  // the direct path, not a hand-over to the loop
   service_->InstallDirect(DataCompletion(old_request, nullptr, true));
   std::optional<PageRequest> again = ds->TakeWithin(absl::Seconds(30));
   if (!again) {
@@ -685,6 +722,7 @@ TEST_F(FaultServiceTest, AnswerFromAnOldBackingIsNotInstalledDirectly) {
   ASSERT_TRUE(root_->Detach(0).ok());
   ASSERT_TRUE(root_->Attach(new_ds, {.at = 0}).ok());
   FillPattern(r.landing, 83, 0);
+  AwaitLoopAsleep();
   service_->InstallDirect(DataCompletion(r, nullptr));
   reader.join();
   EXPECT_EQ(seen, PatternWord(84, 0));
@@ -710,6 +748,7 @@ TEST_F(FaultServiceTest, DirectInstallKeepsWriteProtection) {
     PageRequest r = ds->Take();
     EXPECT_EQ(r.access, Access::kWrite);
     FillPattern(r.landing, 9, r.offset);
+    AwaitLoopAsleep();
     service_->InstallDirect(DataCompletion(r, nullptr, /*write_protect=*/true));
     if (!wrote.WaitForNotificationWithTimeout(absl::Seconds(30))) {
       writer.detach();  // blocked in the kernel; the service's stop ends it
