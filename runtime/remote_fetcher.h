@@ -6,12 +6,12 @@
 // polls the transport's completion fd and drains it here in bursts. A READ's
 // wr_id is the fault slot, so a completion finds its fault in O(1). On a
 // transport that completes on a thread of its own (TCP), the fetcher takes
-// the completions on that thread instead and installs each fetched page
-// there (FaultService::InstallDirect): the faulting thread resumes without
-// a hop to the fault loop. Fetches
-// that need a home manager first (a nested backing, or first-touch
-// ownership) send a message and continue when the reply arrives; the pending
-// table, indexed by slot, remembers them. Nothing waits with a timeout: a
+// the completions on that thread instead and hands each fetched page to
+// FaultService::InstallDirect there, which installs it at once if the fault
+// loop sleeps: the faulting thread resumes without a hop through the loop.
+// Fetches that need a home manager first (a nested backing, or first-touch
+// ownership) send a message and continue when the reply arrives; the
+// pending table, indexed by slot, remembers them. Nothing waits with a timeout: a
 // fault waits until its READ or reply completes, or until membership
 // declares the peer dead (PeerDied), which fails it loudly.
 //
@@ -129,8 +129,8 @@ class RemoteFetcher final : public CompletionSource {
   int fd() const override { return transport_.completion_fd(); }
   void Drain(CompletionQueue& cq) override;
   // Takes the transport's completions on its own thread, if it has one, and
-  // installs fetched pages there through `service`; null gives them back to
-  // the transport's queue (and Drain).
+  // gives fetched pages to `service` there (InstallDirect); null gives them
+  // back to the transport's queue (and Drain).
   void AttachService(FaultService* service) override;
 
   static constexpr int kCompletionBurst = 64;
@@ -148,8 +148,7 @@ class RemoteFetcher final : public CompletionSource {
 
   void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // One completion from the transport: a SyncBatch's, or a READ's, whose
-  // page goes to `service` (installed there and then) or, if null, is
-  // posted to `cq`.
+  // page goes to `service` (InstallDirect) or, if null, is posted to `cq`.
   void Dispatch(const WorkCompletion& wc, FaultService* service,
                 CompletionQueue* cq);
   // The transport's completion handler (its own thread).
