@@ -58,6 +58,11 @@ void CompletionQueue::Post(PageCompletion completion) {
   }
 }
 
+void CompletionQueue::PostQuietly(PageCompletion completion) {
+  absl::MutexLock lock(&mutex_);
+  posted_.push_back(std::move(completion));
+}
+
 void CompletionQueue::Drain(std::vector<PageCompletion>& out,
                             bool bell_rang) {
   out.clear();

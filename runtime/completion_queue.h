@@ -33,6 +33,9 @@ class CompletionQueue {
   CompletionQueue& operator=(const CompletionQueue&) = delete;
 
   void Post(PageCompletion completion);
+  // Posts without waking the consumer: for a completion it needs only at its
+  // next wake-up, whatever causes that (it drains the queue on every one).
+  void PostQuietly(PageCompletion completion);
 
   // Moves everything posted so far into `out` (cleared first). Resets the
   // eventfd's count; pass `bell_rang` when poll() reported the eventfd

@@ -110,6 +110,7 @@ absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
       config, root, *std::move(uffd), *std::move(cq), control_fd, unbacked_fd,
       landing, static_cast<uint64_t*>(resident)));
   FaultService* s = service.get();
+  for (CompletionSource* source : s->sources_) source->AttachService(s);
   s->loop_ = std::thread([s] { s->Loop(); });
   s->loop_id_ = s->loop_.get_id();
   return service;
@@ -129,7 +130,8 @@ FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
       landing_(landing),
       resident_(resident),
       slots_(kMaxPendingPages),
-      sources_(config.sources) {
+      sources_(config.sources),
+      direct_(new DirectSlot[kMaxPendingPages]) {
   for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
     slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
   }
@@ -153,6 +155,9 @@ FaultService::~FaultService() {
 void FaultService::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  // No source installs from its own thread any more; what it completes from
+  // now on reaches the loop, which is still running, through the queue.
+  for (CompletionSource* source : sources_) source->AttachService(nullptr);
   {
     absl::MutexLock lock(&commands_mutex_);
     stop_requested_ = true;
@@ -208,7 +213,9 @@ void FaultService::Loop() {
   for (;;) {
     // Infinite wait: the loop sleeps until a fault, an answer or a command
     // arrives. Nothing here is ever timed.
+    waiting_.store(true, std::memory_order_relaxed);
     int n = ::poll(fds.data(), fds.size(), -1);
+    waiting_.store(false, std::memory_order_relaxed);
     if (n < 0) {
       if (errno == EINTR) continue;
       Error("fault loop: poll failed: %s; the fault service stops",
@@ -270,6 +277,10 @@ void FaultService::HandleFault(const uffd_msg& msg) {
   Bump(faults_);
   const uintptr_t page = PageDown(msg.arg.pagefault.address);
   const uint64_t flags = msg.arg.pagefault.flags;
+  // A page installed directly whose bookkeeping has not reached the loop
+  // yet: finish it first, so this fault meets the page as installed (a
+  // write to it is an upgrade).
+  CatchUpDirect(page);
   // A write-protect fault on a page dropped since (an invalidation ran
   // before this event was read) is a plain write fault on a missing page:
   // managers may read a page they upgrade, and it must be there.
@@ -286,7 +297,9 @@ void FaultService::HandleFault(const uffd_msg& msg) {
     // blocked on this page. A writer that finds the page write-protected
     // after that faults again as an upgrade.
     slots_[it->second].faulted = true;
+    slots_[it->second].joined = true;
     Bump(coalesced_);
+    WantPrompt(it->second);
     return;
   }
   const uint32_t slot = StartRequest(
@@ -313,6 +326,7 @@ uint32_t FaultService::StartRequest(uintptr_t page, Access access,
   p.in_use = true;
   p.stale = false;
   p.faulted = false;
+  p.joined = false;
   p.started_ns = NowNs();
   pending_index_.emplace(page, slot);
   if (++outstanding_ > max_outstanding_.load(std::memory_order_relaxed)) {
@@ -328,12 +342,14 @@ void FaultService::StartPrefetch(uint64_t offset, PrefetchDone done) {
     return;
   }
   const uintptr_t page = base_ + PageDown(offset);
+  CatchUpDirect(page);
   if (Resident(PageIndex(page))) {
     done(absl::OkStatus());
     return;
   }
   if (auto it = pending_index_.find(page); it != pending_index_.end()) {
     slots_[it->second].watchers.push_back(std::move(done));
+    WantPrompt(it->second);
     return;
   }
   const uint32_t slot = StartRequest(page, Access::kRead, false);
@@ -365,8 +381,112 @@ void FaultService::Request(uint32_t slot) {
   request.slot = slot;
   request.landing = Landing(slot);
   request.completion_queue = cq_.get();
+  if (!p.upgrade) {
+    // Page data may be installed where it arrives (an upgrade's answer is
+    // never data). Release: the installer reads `page` after the state.
+    direct_[slot].page = p.page;
+    direct_[slot].prompt.store(!p.watchers.empty(), std::memory_order_relaxed);
+    direct_[slot].state.store(kDirectArmed, std::memory_order_release);
+  }
   Bump(requests_);
   root_.RequestPage(request);
+}
+
+void FaultService::InstallDirect(PageCompletion c) {
+  // Only a sleeping loop would cost a wake-up on the critical path. An awake
+  // one installs the answer in the pass it is in, with whatever else it
+  // drains, and leaves the caller's thread to its own work.
+  if (c.resolution == Resolution::kData && c.slot < kMaxPendingPages &&
+      waiting_.load(std::memory_order_relaxed)) {
+    DirectSlot& d = direct_[c.slot];
+    absl::MutexLock lock(&install_mutex_);
+    if (!direct_stopped_ &&
+        d.state.load(std::memory_order_acquire) == kDirectArmed) {
+      uffdio_copy copy{};
+      copy.dst = d.page;
+      copy.src = reinterpret_cast<uintptr_t>(c.data != nullptr ? c.data
+                                                               : Landing(c.slot));
+      copy.len = kPageSize;
+      copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
+      // Counted before the copy wakes the page's threads, so that a thread
+      // that resumed finds itself counted.
+      installed_.fetch_add(1, std::memory_order_relaxed);
+      int rc;
+      do {
+        // EAGAIN: the address space is changing (mremap, fork): retry.
+        rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
+      } while (rc != 0 && errno == EAGAIN);
+      if (rc == 0 || errno == EEXIST) {
+        if (rc != 0) Wake(d.page);  // installed behind our back: just wake
+        SetResident(PageIndex(d.page), true);
+        d.installed_ns = NowNs();
+        d.state.store(kDirectInstalled, std::memory_order_seq_cst);
+        c.installed = true;
+      } else {
+        // The loop tries again and reports the failure.
+        installed_.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
+  }
+  if (c.installed && !direct_[c.slot].prompt.load(std::memory_order_seq_cst) &&
+      !slots_wanted_.load(std::memory_order_seq_cst)) {
+    // Nothing waits for the bookkeeping: it rides on the loop's next
+    // wake-up, which leaves the CPU to the thread that just resumed.
+    cq_->PostQuietly(std::move(c));
+    return;
+  }
+  cq_->Post(std::move(c));
+}
+
+void FaultService::WantPrompt(uint32_t slot) {
+  direct_[slot].prompt.store(true, std::memory_order_seq_cst);
+  if (direct_[slot].state.load(std::memory_order_seq_cst) == kDirectInstalled) {
+    FinishDirect(slot);
+  }
+}
+
+void FaultService::WantSlots() {
+  slots_wanted_.store(true, std::memory_order_seq_cst);
+  for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
+    if (slots_[slot].in_use &&
+        direct_[slot].state.load(std::memory_order_seq_cst) ==
+            kDirectInstalled) {
+      FinishDirect(slot);
+    }
+  }
+}
+
+bool FaultService::DisarmLocked(uint32_t slot) {
+  uint32_t armed = kDirectArmed;
+  if (direct_[slot].state.compare_exchange_strong(armed, kDirectIdle,
+                                                  std::memory_order_acq_rel)) {
+    return true;
+  }
+  return armed != kDirectInstalled;
+}
+
+void FaultService::CatchUpDirect(uintptr_t page) {
+  auto it = pending_index_.find(page);
+  if (it != pending_index_.end() &&
+      direct_[it->second].state.load(std::memory_order_acquire) ==
+          kDirectInstalled) {
+    FinishDirect(it->second);
+  }
+}
+
+void FaultService::FinishDirect(uint32_t slot) {
+  PendingPage& p = slots_[slot];
+  DirectSlot& d = direct_[slot];
+  d.state.store(kDirectIdle, std::memory_order_relaxed);
+  // The page may have been dropped since it was installed (the drop saw it
+  // installed and removed it): nothing to ask again, its threads read it
+  // before the drop.
+  p.stale = false;
+  if (p.faulted) latency_.Record(d.installed_ns - p.started_ns);
+  if (p.joined) Wake(p.page);
+  NotifyWatchers(p, absl::OkStatus());
+  pending_index_.erase(p.page);
+  ReleaseSlot(slot);
 }
 
 void FaultService::DrainCompletions(bool bell_rang) {
@@ -377,14 +497,24 @@ void FaultService::DrainCompletions(bool bell_rang) {
     cq_->Drain(drained_, bell_rang);
     bell_rang = false;
     for (const PageCompletion& c : drained_) Complete(c);
-    if ((!deferred_.empty() || !deferred_prefetches_.empty()) &&
-        free_head_ != kNoSlot) {
-      RunDeferred();
+    const bool waiting = !deferred_.empty() || !deferred_prefetches_.empty();
+    if (waiting) WantSlots();
+    if (waiting && free_head_ != kNoSlot) RunDeferred();
+    if (deferred_.empty() && deferred_prefetches_.empty()) {
+      slots_wanted_.store(false, std::memory_order_relaxed);
     }
   } while (!drained_.empty());
 }
 
 void FaultService::Complete(const PageCompletion& c) {
+  if (c.slot < kMaxPendingPages && slots_[c.slot].in_use &&
+      direct_[c.slot].state.load(std::memory_order_acquire) ==
+          kDirectInstalled) {
+    FinishDirect(c.slot);
+    if (c.installed) return;
+    // Not the direct answer: a second answer to one request (below).
+  }
+  if (c.installed) return;  // finished already, when a fault met the page
   if (c.slot >= kMaxPendingPages || !slots_[c.slot].in_use) {
     Error("fault loop: a manager answered slot %u, which has no request out; "
           "answer ignored (a manager must answer each request exactly once)",
@@ -392,6 +522,8 @@ void FaultService::Complete(const PageCompletion& c) {
     return;
   }
   PendingPage& p = slots_[c.slot];
+  // The answer came through the queue: the request is the loop's alone.
+  direct_[c.slot].state.store(kDirectIdle, std::memory_order_relaxed);
   if (p.stale || c.resolution == Resolution::kRetry) {
     // The backing changed while this request was out: ask the new one.
     p.stale = false;
@@ -424,6 +556,9 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
                  "failed");
         return;
       }
+      // Counted before the copy wakes the page's threads (InstallDirect
+      // counts too, from another thread).
+      installed_.fetch_add(1, std::memory_order_relaxed);
       int rc;
       for (;;) {
         if (c.resolution == Resolution::kData) {
@@ -447,6 +582,7 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
       if (rc != 0 && errno == EEXIST) {
         Wake(p.page);  // already there (installed behind our back): just wake
       } else if (rc != 0) {
+        installed_.fetch_sub(1, std::memory_order_relaxed);
         FailPage(p.page,
                  absl::InternalError(absl::StrFormat(
                      "installing the page failed: %s", strerror(errno))),
@@ -454,7 +590,6 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
         return;
       }
       SetResident(index, true);
-      Bump(installed_);
       return;
     }
     case Resolution::kWritable: {
@@ -707,6 +842,8 @@ void FaultService::RunCommand(const Command& c) {
       const uint64_t off = PageDown(c.offset);
       if (off >= size_) return;
       const uintptr_t page = base_ + off;
+      // Nothing is installed directly meanwhile, and what was is resident.
+      absl::MutexLock lock(&install_mutex_);
       const bool resident = Resident(off / kPageSize);
       c.resident->push_back(resident);
       if (resident) {
@@ -722,20 +859,24 @@ void FaultService::RunCommand(const Command& c) {
       if (c.protect) {
         DropPage(page);  // also marks a request that is out stale
       } else if (auto it = pending_index_.find(page);
-                 it != pending_index_.end()) {
-        slots_[it->second].stale = true;
+                 it != pending_index_.end() && DisarmLocked(it->second)) {
+        slots_[it->second].stale = true;  // asked again when it completes
       }
       return;
     }
-    case Command::kInvalidatePages:
-      for (uint64_t off : c.pages) {
-        if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
-          continue;
+    case Command::kInvalidatePages: {
+      {
+        absl::MutexLock lock(&install_mutex_);
+        for (uint64_t off : c.pages) {
+          if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
+            continue;
+          }
+          DropPage(base_ + PageDown(off));
         }
-        DropPage(base_ + PageDown(off));
       }
       if (c.pages_done) c.pages_done();
       return;
+    }
   }
 }
 
@@ -834,7 +975,9 @@ void FaultService::DropPage(uintptr_t page) {
     Bump(evicted_);
   }
   if (auto it = pending_index_.find(page); it != pending_index_.end()) {
-    slots_[it->second].stale = true;
+    // Installed directly already: dropped above, nothing to ask again.
+    // Otherwise its answer, when it comes, is discarded and asked again.
+    if (DisarmLocked(it->second)) slots_[it->second].stale = true;
   }
 }
 
@@ -869,7 +1012,9 @@ void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
   }
 
   // Drop cached copies so the next access asks the new backing, in runs so
-  // that one madvise covers many pages.
+  // that one madvise covers many pages. No page is installed directly
+  // meanwhile (install_mutex_): each is either dropped here or disarmed below.
+  absl::MutexLock lock(&install_mutex_);
   uint64_t dropped = 0;
   uintptr_t run_start = 0, run_end = 0;
   auto flush = [&] {
@@ -894,18 +1039,30 @@ void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
   if (dropped) Bump(evicted_, dropped);
 
   // Requests still out to the old backing are asked again when they return.
-  for (PendingPage& p : slots_) {
+  for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
+    PendingPage& p = slots_[slot];
     if (p.in_use && p.page >= start && p.page < end &&
-        (keep == nullptr || !(*keep)(p.page - base_))) {
+        (keep == nullptr || !(*keep)(p.page - base_)) && DisarmLocked(slot)) {
       p.stale = true;
     }
   }
 }
 
 void FaultService::AbandonPending() {
+  {
+    // From now on nothing is installed directly.
+    absl::MutexLock lock(&install_mutex_);
+    direct_stopped_ = true;
+  }
   for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
     PendingPage& p = slots_[slot];
     if (!p.in_use) continue;
+    if (direct_[slot].state.load(std::memory_order_acquire) ==
+        kDirectInstalled) {
+      FinishDirect(slot);  // resolved: its threads are awake
+      continue;
+    }
+    direct_[slot].state.store(kDirectIdle, std::memory_order_relaxed);
     absl::Status why = absl::UnavailableError(
         "the fault service stopped while the page's manager had not answered");
     FailPage(p.page, why, "abandoned");

@@ -12,14 +12,26 @@
 // between a fault and its resolution: a manager that never answers keeps
 // exactly the faults that need it waiting.
 //
+// A page fetched by a transport may instead be installed right where its
+// fetch completed (InstallDirect, on the transport's thread) while the loop
+// sleeps, so the faulting thread resumes without waiting for the loop to
+// wake up; under load the loop is awake and installs in bursts as before.
+// The loop does the bookkeeping of a direct install when it next wakes up
+// for any reason; it is woken at once only if something waits for that (a
+// fault that joined the request, a prefetch, faults waiting for a free
+// slot). A direct install and the loop's dropping of pages (invalidation, a
+// change of backing, stop) exclude each other, so a page dropped while its
+// fetch was out is never installed from the old answer: the answer goes to
+// the loop, which discards it and asks again.
+//
 // A fault that nothing backs, or whose manager fails, ends deterministically
 // in SIGBUS for the faulting thread (EFAULT for a system call): the page is
 // replaced by a page past the end of an empty file, the reason is logged, and
 // the thread is woken to meet it. It never silently maps zeros.
 //
 // Threads: Start() and Stop() from the owner; BackingChanged() from any thread
-// other than inside a manager's RequestPage(); stats() from any thread. The
-// loop runs on its own thread, named "pw-fault".
+// other than inside a manager's RequestPage(); InstallDirect() and stats()
+// from any thread. The loop runs on its own thread, named "pw-fault".
 #ifndef PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
 #define PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
 
@@ -47,6 +59,8 @@
 
 namespace pagewire {
 
+class FaultService;
+
 // A source of page completions the fault loop polls next to the userfaultfd,
 // such as a transport's completion queue: when fd() is readable the loop
 // calls Drain(), which turns finished work into PageCompletions posted to
@@ -59,6 +73,11 @@ class CompletionSource {
   // Called after every burst of installations: a place for work that must
   // not delay them (batched notices to home managers).
   virtual void AfterBurst() {}
+  // The service this source feeds, once at Start() (before the loop runs)
+  // and null at Stop(): a source whose completions arrive on a thread of
+  // its own may install pages there (FaultService::InstallDirect). After
+  // the call with null returns, the source must not touch the service.
+  virtual void AttachService(FaultService* service) { (void)service; }
 };
 
 struct FaultServiceConfig {
@@ -69,7 +88,9 @@ struct FaultServiceConfig {
   std::vector<CompletionSource*> sources;
 };
 
-// Counters since start; any thread may read them.
+// Counters since start; any thread may read them. A page installed directly
+// (InstallDirect) is counted at once; its latency is recorded when the loop
+// next wakes up.
 struct FaultStats {
   uint64_t faults = 0;       // fault events read from the kernel
   uint64_t requests = 0;     // page requests sent to managers
@@ -153,6 +174,20 @@ class FaultService final : public RegionMap::Listener {
   // but the loop's.
   bool RecallPage(uint64_t offset, char* buffer, bool drop);
 
+  // Answers a request with `c` from the thread that saw the answer arrive
+  // (a transport's), installing the page there and then if the loop is
+  // asleep (waking it would put a thread hop on the fault's critical path):
+  // a kData completion whose request is still wanted as it was asked (its
+  // page was not dropped, nor its backing changed, while the fetch was out)
+  // is copied in (write-protected if `c` says so), which wakes the threads
+  // blocked on the page; the loop hears of it afterwards, for bookkeeping.
+  // Anything else (the loop is awake and installs it in its current pass,
+  // another outcome, a request the loop must ask again, a failed copy, a
+  // stopped service) is posted to the completion queue as usual, and the
+  // loop installs, discards or reports it. Any thread; never blocks for
+  // longer than the loop takes to drop a range of pages.
+  void InstallDirect(PageCompletion c);
+
   // Whether the page at `offset` is installed (any thread; a hint, exact on
   // the loop thread).
   bool IsResident(uint64_t offset) const {
@@ -194,7 +229,31 @@ class FaultService final : public RegionMap::Listener {
     // ask the new backing.
     bool stale = false;
     bool faulted = false;  // a thread waits (not only prefetch watchers)
+    // A fault joined the request: it may have come after a direct install
+    // woke the others (a write meeting the write protection), so finishing
+    // wakes the page once more.
+    bool joined = false;
     std::vector<PrefetchDone> watchers;  // Prefetch callers, rare
+  };
+  // What InstallDirect may do with a slot's request. The loop arms a
+  // request it sends (kIdle -> kArmed); InstallDirect installs an armed one
+  // (kArmed -> kInstalled) and the loop then finishes it (-> kIdle). The
+  // loop disarms a request whose page it drops (kArmed -> kIdle) and takes
+  // back one whose answer reaches it through the queue. Installing and
+  // disarming both hold install_mutex_, so each sees the other's outcome.
+  //
+  // The installer wakes the loop for the bookkeeping only if `prompt` or
+  // slots_wanted_ is set; the loop sets those and then looks at `state`,
+  // the installer sets `state` and then looks at them (all sequentially
+  // consistent), so at least one of the two sees the other and the
+  // bookkeeping never waits for an unrelated wake-up.
+  enum DirectState : uint32_t { kDirectIdle, kDirectArmed, kDirectInstalled };
+  struct DirectSlot {
+    std::atomic<uint32_t> state{kDirectIdle};
+    // A fault joined the request or a prefetch watches it.
+    std::atomic<bool> prompt{false};
+    uintptr_t page = 0;         // written by the loop before arming
+    uint64_t installed_ns = 0;  // written by the installer before kInstalled
   };
   struct Command {
     enum Kind {
@@ -236,6 +295,19 @@ class FaultService final : public RegionMap::Listener {
   void Request(uint32_t slot);
   void DrainCompletions(bool bell_rang);
   void Complete(const PageCompletion& c);
+  // Bookkeeping for a request InstallDirect answered.
+  void FinishDirect(uint32_t slot);
+  // If the request out for `page` was installed directly, finishes it now.
+  void CatchUpDirect(uintptr_t page);
+  // Something now waits for `slot`'s bookkeeping: see DirectSlot. May
+  // finish (and release) the slot.
+  void WantPrompt(uint32_t slot);
+  // Faults or prefetches wait for a slot: finishes every request that was
+  // installed directly, and has the installers wake the loop from now on.
+  void WantSlots();
+  // Takes `slot`'s request back from InstallDirect (install_mutex_ held);
+  // false if it was installed already.
+  bool DisarmLocked(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   void Install(PendingPage& p, const PageCompletion& c);
   void FailPage(uintptr_t page, const absl::Status& why, const char* outcome);
   void Wake(uintptr_t page);
@@ -248,14 +320,19 @@ class FaultService final : public RegionMap::Listener {
   absl::Status PopulateRange(uint64_t offset, uint64_t size,
                              const PagePredicate* which);
   absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
-  void DropPage(uintptr_t page);
+  void DropPage(uintptr_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   void AbandonPending();
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
-  bool Resident(uint64_t i) const { return resident_[i >> 6] >> (i & 63) & 1; }
+  // The loop and InstallDirect both change bits, of different pages in one
+  // word: atomic read-modify-writes.
+  bool Resident(uint64_t i) const {
+    return __atomic_load_n(&resident_[i >> 6], __ATOMIC_ACQUIRE) >> (i & 63) & 1;
+  }
   void SetResident(uint64_t i, bool on) {
-    if (on) resident_[i >> 6] |= uint64_t{1} << (i & 63);
-    else resident_[i >> 6] &= ~(uint64_t{1} << (i & 63));
+    const uint64_t bit = uint64_t{1} << (i & 63);
+    if (on) __atomic_fetch_or(&resident_[i >> 6], bit, __ATOMIC_RELEASE);
+    else __atomic_fetch_and(&resident_[i >> 6], ~bit, __ATOMIC_RELEASE);
   }
   static void Bump(std::atomic<uint64_t>& a, uint64_t by = 1) {
     a.store(a.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
@@ -269,7 +346,9 @@ class FaultService final : public RegionMap::Listener {
   const int control_fd_;   // eventfd: commands or stop
   const int unbacked_fd_;  // empty memfd: its pages raise SIGBUS
   void* const landing_;    // kMaxPendingPages landing buffers
-  uint64_t* const resident_;  // one bit per page of the range, loop-only
+  // One bit per page of the range: set by the loop and InstallDirect,
+  // cleared by the loop.
+  uint64_t* const resident_;
   std::thread loop_;
   std::thread::id loop_id_;
   bool stopped_ = false;  // owner only
@@ -284,6 +363,18 @@ class FaultService final : public RegionMap::Listener {
   absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
   std::vector<CompletionSource*> sources_;
+
+  // Per slot, shared with InstallDirect.
+  std::unique_ptr<DirectSlot[]> direct_;
+  // Held by InstallDirect across its check and copy, and by the loop while
+  // it drops pages or stops: see DirectSlot.
+  absl::Mutex install_mutex_;
+  bool direct_stopped_ ABSL_GUARDED_BY(install_mutex_) = false;
+  // Faults or prefetches wait for a free slot (see DirectSlot).
+  std::atomic<bool> slots_wanted_{false};
+  // The loop sleeps in poll() (a hint for InstallDirect, never needed for
+  // correctness).
+  std::atomic<bool> waiting_{false};
 
   absl::Mutex commands_mutex_;
   std::vector<Command> commands_ ABSL_GUARDED_BY(commands_mutex_);

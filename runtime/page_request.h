@@ -64,6 +64,9 @@ struct PageCompletion {
   // completion (a manager's own storage or the request's landing buffer).
   const void* data = nullptr;
   absl::Status error;  // kFailed / kNoRegion: why
+  // Set only by FaultService::InstallDirect: the page is installed already
+  // and its threads are awake; the loop does the bookkeeping.
+  bool installed = false;
 };
 
 // Builds completions for `request`, so managers read as what they answer.

@@ -331,48 +331,75 @@ void RemoteFetcher::OnClaimed(int peer, uint32_t slot, int32_t owner,
   p.ds->ContinueClaim(p.request, page, owner);
 }
 
+void RemoteFetcher::Dispatch(const WorkCompletion& wc, FaultService* service,
+                             CompletionQueue* cq) {
+  if (SyncBatch::IsSync(wc.wr_id)) {
+    SyncBatch::FromWrId(wc.wr_id)->Complete(wc);
+    return;
+  }
+  Pending p;
+  std::string death;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (wc.wr_id >= pending_.size() ||
+        pending_[wc.wr_id].state != State::kReading) {
+      Warning("a %s completion for wr_id %d matches no outstanding READ; "
+              "ignored",
+              WcStatusName(wc.status), wc.wr_id);
+      return;
+    }
+    pending_[wc.wr_id].state = State::kIdle;
+    p = pending_[wc.wr_id];
+    if (!PeerAlive(p.peer) && p.peer >= 0 && p.peer < nranks_) {
+      death = death_[p.peer];
+    }
+  }
+  if (wc.status != WcStatus::kSuccess) {
+    Fail(p.request,
+         absl::UnavailableError(absl::StrFormat(
+             "the one-sided READ of 0x%x from rank %d failed: %s%s%s",
+             p.remote_addr, wc.peer, WcStatusName(wc.status),
+             death.empty() ? "" : ": ", death)));
+    return;
+  }
+  // The page is in the slot's landing buffer; the dataspace decides how it
+  // is installed (write-protected unless this is a write).
+  PageCompletion c = p.ds->OnFetched(p.request, p.page);
+  if (service != nullptr &&
+      p.request.completion_queue == &service->completion_queue()) {
+    service->InstallDirect(std::move(c));
+  } else {
+    (cq != nullptr ? cq : p.request.completion_queue)->Post(std::move(c));
+  }
+}
+
 void RemoteFetcher::Drain(CompletionQueue& cq) {
+  // On the fault loop, which installs what `cq` receives in this same
+  // wake-up: no need to install directly.
   WorkCompletion wcs[kCompletionBurst];
   for (;;) {
     int n = transport_.PollCompletions(wcs, kCompletionBurst);
-    for (int i = 0; i < n; ++i) {
-      const WorkCompletion& wc = wcs[i];
-      if (SyncBatch::IsSync(wc.wr_id)) {
-        SyncBatch::FromWrId(wc.wr_id)->Complete(wc);
-        continue;
-      }
-      Pending p;
-      std::string death;
-      {
-        absl::MutexLock lock(&mutex_);
-        if (wc.wr_id >= pending_.size() ||
-            pending_[wc.wr_id].state != State::kReading) {
-          Warning("a %s completion for wr_id %d matches no outstanding READ; "
-                  "ignored",
-                  WcStatusName(wc.status), wc.wr_id);
-          continue;
-        }
-        pending_[wc.wr_id].state = State::kIdle;
-        p = pending_[wc.wr_id];
-        if (!PeerAlive(p.peer) && p.peer >= 0 && p.peer < nranks_) {
-          death = death_[p.peer];
-        }
-      }
-      if (wc.status == WcStatus::kSuccess) {
-        // The page is in the slot's landing buffer; the dataspace decides
-        // how it is installed (write-protected unless this is a write).
-        cq.Post(p.ds->OnFetched(p.request, p.page));
-      } else {
-        Fail(p.request,
-             absl::UnavailableError(absl::StrFormat(
-                 "the one-sided READ of 0x%x from rank %d failed: %s%s%s",
-                 p.remote_addr, wc.peer, WcStatusName(wc.status),
-                 death.empty() ? "" : ": ", death)));
-      }
-    }
+    for (int i = 0; i < n; ++i) Dispatch(wcs[i], nullptr, &cq);
     if (n < kCompletionBurst) break;
   }
   transport_.ArmCompletionFd();
+}
+
+void RemoteFetcher::OnCompletions(absl::Span<const WorkCompletion> wcs) {
+  FaultService* service = service_.load(std::memory_order_acquire);
+  for (const WorkCompletion& wc : wcs) Dispatch(wc, service, nullptr);
+}
+
+void RemoteFetcher::AttachService(FaultService* service) {
+  if (service == nullptr) {
+    // Returns once the transport's thread is out of OnCompletions.
+    transport_.SetCompletionHandler(nullptr);
+    service_.store(nullptr, std::memory_order_release);
+    return;
+  }
+  service_.store(service, std::memory_order_release);
+  transport_.SetCompletionHandler(
+      [this](absl::Span<const WorkCompletion> wcs) { OnCompletions(wcs); });
 }
 
 FetchStats RemoteFetcher::stats() const {

@@ -4,10 +4,14 @@
 //
 // The fetcher is a CompletionSource of the fault service: the fault loop
 // polls the transport's completion fd and drains it here in bursts. A READ's
-// wr_id is the fault slot, so a completion finds its fault in O(1). Fetches
-// that need a home manager first (a nested backing, or first-touch
-// ownership) send a message and continue when the reply arrives; the pending
-// table, indexed by slot, remembers them. Nothing waits with a timeout: a
+// wr_id is the fault slot, so a completion finds its fault in O(1). On a
+// transport that completes on a thread of its own (TCP), the fetcher takes
+// the completions on that thread instead and hands each fetched page to
+// FaultService::InstallDirect there, which installs it at once if the fault
+// loop sleeps: the faulting thread resumes without a hop through the loop.
+// Fetches that need a home manager first (a nested backing, or first-touch
+// ownership) send a message and continue when the reply arrives; the
+// pending table, indexed by slot, remembers them. Nothing waits with a timeout: a
 // fault waits until its READ or reply completes, or until membership
 // declares the peer dead (PeerDied), which fails it loudly.
 //
@@ -15,8 +19,9 @@
 // routed to their batch.
 //
 // Threads: Read/Send* from the fault loop (inside RequestPage) or from the
-// transport thread (on a reply); Drain on the fault loop; PostSync from any;
-// OnReady/OnClaimed on the transport thread; PeerDied and SetPeer from
+// transport thread (on a reply); Drain on the fault loop; OnCompletions,
+// OnReady and OnClaimed on the transport thread; PostSync from any;
+// AttachService from the fault service's owner; PeerDied and SetPeer from
 // control-plane threads.
 #ifndef PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
 #define PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
@@ -129,6 +134,10 @@ class RemoteFetcher final : public CompletionSource {
   // CompletionSource
   int fd() const override { return transport_.completion_fd(); }
   void Drain(CompletionQueue& cq) override;
+  // Takes the transport's completions on its own thread, if it has one, and
+  // gives fetched pages to `service` there (InstallDirect); null gives them
+  // back to the transport's queue (and Drain).
+  void AttachService(FaultService* service) override;
 
   static constexpr int kCompletionBurst = 64;
 
@@ -146,6 +155,12 @@ class RemoteFetcher final : public CompletionSource {
   };
 
   void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // One completion from the transport: a SyncBatch's, or a READ's, whose
+  // page goes to `service` (InstallDirect) or, if null, is posted to `cq`.
+  void Dispatch(const WorkCompletion& wc, FaultService* service,
+                CompletionQueue* cq);
+  // The transport's completion handler (its own thread).
+  void OnCompletions(absl::Span<const WorkCompletion> wcs);
   void Fail(const PageRequest& request, absl::Status why);
   // Fails the request if `peer` is dead (naming its `role`); true if so.
   bool FailIfDead(const PageRequest& request, int peer, const char* role)
@@ -172,6 +187,10 @@ class RemoteFetcher final : public CompletionSource {
   uint32_t KeyFor(int peer, uint64_t addr) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);
+
+  // Set while the transport hands completions to OnCompletions (the
+  // transport's handler lock orders it against those calls).
+  std::atomic<FaultService*> service_{nullptr};
 
   std::atomic<uint64_t> remote_reads_{0}, home_requests_{0}, failed_{0};
 };

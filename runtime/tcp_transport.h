@@ -182,8 +182,9 @@ class UniqueFd {
 // Threads: as for Transport. Create() and the destructor from the owner;
 // RegisterMemory/DeregisterMemory/Connect/PeerDied from owner (control-plane)
 // threads; PostSend and SendMessage from any thread; PollCompletions from one
-// consumer thread. The message handler runs on "pw-tcp" and must not block
-// or call SetMessageHandler. The destructor must not race with other calls.
+// consumer thread. The message and completion handlers run on "pw-tcp" and
+// must not block or call SetMessageHandler / SetCompletionHandler. The
+// destructor must not race with other calls.
 class TcpTransport final : public Transport {
  public:
   // Binds and listens on config.bind_host:config.port and starts "pw-tcp".
@@ -215,6 +216,9 @@ class TcpTransport final : public Transport {
   absl::Status PostSend(int peer, WorkRequest* chain) override;
   int PollCompletions(WorkCompletion* out, int max) override;
   int completion_fd() const override { return cq_fd_.get(); }
+  // Completions of responses, and of operations a broken connection takes
+  // with it, go to the handler on "pw-tcp" at the end of each event round.
+  bool SetCompletionHandler(CompletionHandler handler) override;
   void SetMessageHandler(MessageHandler handler) override;
   // Unavailable if the peer is gone; FailedPrecondition if never connected.
   absl::Status SendMessage(int peer, uint16_t type,
@@ -339,6 +343,10 @@ class TcpTransport final : public Transport {
 
   absl::Mutex handler_mu_;
   MessageHandler handler_ ABSL_GUARDED_BY(handler_mu_);
+
+  // Readers: "pw-tcp" while it calls the handler; writer: SetCompletionHandler.
+  absl::Mutex completion_handler_mu_;
+  CompletionHandler completion_handler_ ABSL_GUARDED_BY(completion_handler_mu_);
 
   absl::Mutex cq_mu_;
   Ring<WorkCompletion> cq_ ABSL_GUARDED_BY(cq_mu_);

@@ -236,8 +236,24 @@ void TcpTransport::Complete(const PendingOp& op, WcStatus status, int peer) {
 
 void TcpTransport::FlushThreadCompletions() {
   if (thread_wcs_.empty()) return;
+  {
+    absl::ReaderMutexLock lock(&completion_handler_mu_);
+    if (completion_handler_) {
+      // Right here, on the thread that received the responses: no hop to
+      // the consumer's thread.
+      completion_handler_(thread_wcs_);
+      thread_wcs_.clear();
+      return;
+    }
+  }
   PushCompletions(thread_wcs_);
   thread_wcs_.clear();
+}
+
+bool TcpTransport::SetCompletionHandler(CompletionHandler handler) {
+  absl::MutexLock lock(&completion_handler_mu_);
+  completion_handler_ = std::move(handler);
+  return true;
 }
 
 void TcpTransport::PushCompletions(absl::Span<const WorkCompletion> wcs) {

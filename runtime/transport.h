@@ -145,6 +145,25 @@ class Transport {
   // (verbs needs ibv_req_notify_cq; TCP does nothing).
   virtual void ArmCompletionFd() {}
 
+  // Completions where they happen. A transport that makes progress on a
+  // thread of its own (TCP: the thread that receives the responses) hands
+  // each burst of the completions that thread produces to `handler`, on that
+  // thread, instead of queueing them for PollCompletions. A consumer that can
+  // act on a completion from any thread (install a fetched page) then needs
+  // no wake-up of its own on the critical path. Completions produced
+  // elsewhere (a post that fails at once, teardown) still go to the queue,
+  // so the consumer keeps polling completion_fd. The handler must not block
+  // and must not call SetCompletionHandler. An empty handler removes it;
+  // the call returns once no call of the old one is running. Returns false,
+  // changing nothing, if the transport has no such thread (verbs: the NIC
+  // completes, the consumer polls its completion queue).
+  using CompletionHandler =
+      std::function<void(absl::Span<const WorkCompletion> completions)>;
+  virtual bool SetCompletionHandler(CompletionHandler handler) {
+    (void)handler;
+    return false;
+  }
+
   // The message channel to peers' home managers. Bodies are small (at most
   // kMaxMessageBytes). Delivered in order per peer.
   static constexpr size_t kMaxMessageBytes = 64 * 1024;
