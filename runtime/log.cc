@@ -3,6 +3,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +22,7 @@ LogSink& Sink() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sink_mutex) {
 
 const char* Prefix(LogLevel level) {
   switch (level) {
+    case LogLevel::kDebug: return "pagewire: debug: ";
     case LogLevel::kInfo: return "pagewire: ";
     case LogLevel::kWarning: return "pagewire: warning: ";
     case LogLevel::kError: return "pagewire: error: ";
@@ -39,6 +43,11 @@ void LogLine(LogLevel level, absl::string_view line) {
     Sink()(level, line);
     return;
   }
+  static const bool debug = [] {
+    const char* v = std::getenv("PAGEWIRE_LOG");
+    return v != nullptr && std::strcmp(v, "debug") == 0;
+  }();
+  if (level == LogLevel::kDebug && !debug) return;
   // One write(2) per line so lines of concurrent ranks and threads never mix.
   std::string out = absl::StrCat(Prefix(level), line, "\n");
   ssize_t ignored = ::write(STDERR_FILENO, out.data(), out.size());

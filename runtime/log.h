@@ -2,7 +2,9 @@
 // a sink a test installs to read what was said.
 //
 // Any thread may log. Logging is never on the fast path of a fault: only
-// failures, warnings and start-up/shutdown are logged.
+// failures, warnings and start-up/shutdown are logged. Debug lines (every
+// connection, every join and allocation) reach stderr only with
+// PAGEWIRE_LOG=debug; a sink gets them always.
 #ifndef PAGEWIRE_RUNTIME_LOG_H_
 #define PAGEWIRE_RUNTIME_LOG_H_
 
@@ -14,7 +16,7 @@
 
 namespace pagewire {
 
-enum class LogLevel { kInfo, kWarning, kError };
+enum class LogLevel { kDebug, kInfo, kWarning, kError };
 
 using LogSink = std::function<void(LogLevel, absl::string_view)>;
 
@@ -27,6 +29,10 @@ void LogLine(LogLevel level, absl::string_view line);
 template <typename... Args>
 void Log(const absl::FormatSpec<Args...>& fmt, const Args&... args) {
   LogLine(LogLevel::kInfo, absl::StrFormat(fmt, args...));
+}
+template <typename... Args>
+void Debug(const absl::FormatSpec<Args...>& fmt, const Args&... args) {
+  LogLine(LogLevel::kDebug, absl::StrFormat(fmt, args...));
 }
 template <typename... Args>
 void Warning(const absl::FormatSpec<Args...>& fmt, const Args&... args) {

@@ -380,7 +380,7 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
     }
     FlushLocked(conn.get());
   }
-  Log("tcp: rank %d connected to peer %d at %s", config_.rank, peer, remote);
+  Debug("tcp: rank %d connected to peer %d at %s", config_.rank, peer, remote);
   return absl::OkStatus();
 }
 

@@ -648,7 +648,7 @@ bool TcpTransport::ParseRequests(Connection* c) {
       c->hello_done = true;
       c->peer_rank = hello.rank;
       c->in_head += sizeof(hello);
-      Log("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
+      Debug("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
           c->remote);
       continue;
     }

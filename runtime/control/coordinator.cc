@@ -397,7 +397,7 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
   slot.last_heartbeat = Clock::now();
   PublishLocked();
   lease_cv_.Signal();  // the monitor may have had no lease to watch
-  Log("coordinator: rank %d joined from %s (epoch %d)", rank,
+  Debug("coordinator: rank %d joined from %s (epoch %d)", rank,
       DescribeEndpoint(slot.endpoint), epoch_);
 
   proto::JoinReply reply;
@@ -438,7 +438,7 @@ absl::Status Coordinator::Leave(const proto::LeaveRequest& request) {
     if (absl::Status s = CheckAliveLocked(rank, "Leave"); !s.ok()) return s;
     slots_[rank].state = proto::Member::LEFT;
     PublishLocked();
-    Log("coordinator: rank %d left (%s), epoch %d", rank,
+    Debug("coordinator: rank %d left (%s), epoch %d", rank,
         request.reason().empty() ? "no reason given" : request.reason(),
         epoch_);
     MemberGoneLocked(
@@ -742,7 +742,7 @@ absl::StatusOr<proto::Dataspace> Coordinator::CreateDataspace(
   rec.dataspace.set_page_size(static_cast<uint32_t>(kPageSize));
   rec.dataspace.set_sequential(request.sequential());
   creates_[seq] = CollectiveCreate{rank, request, id};
-  Log("coordinator: dataspace %d = [0x%x, 0x%x) %s, collective create %d "
+  Debug("coordinator: dataspace %d = [0x%x, 0x%x) %s, collective create %d "
       "(first caller rank %d)",
       id, *addr, *addr + length, proto::Placement_Name(request.placement()),
       seq, rank);
@@ -806,7 +806,7 @@ void Coordinator::ReleaseFreedLocked() {
       ++it;
       continue;
     }
-    Log("coordinator: dataspace %d released (freed by every live rank)",
+    Debug("coordinator: dataspace %d released (freed by every live rank)",
         it->first);
     it = dataspaces_.erase(it);
   }

@@ -49,7 +49,7 @@ case "$mode" in
     prefix="pwd$$"
     trap '"$NETNS" down "$prefix" >/dev/null 2>&1 || true' EXIT
     "$NETNS" up "$prefix" 4 >/dev/null || fail "netns-hosts.sh up failed"
-    "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 ||
+    PAGEWIRE_LOG=debug "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 ||
       { cat "$out"; fail "dsm_check in netns hosts exited $?"; }
     expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
     # The ranks really talked over the namespaces' addresses.
