@@ -4,7 +4,7 @@
 // kind. Cases are named ".../Tcp" and ".../Verbs":
 //   - on the host, Bazel runs //tests/transport:transport_test with
 //     --gtest_filter=-*/Verbs (the host has no RDMA device);
-//   - in the soft-RoCE VM, //tests/transport:transport_vm_test runs the same
+//   - in the soft-RoCE VM, //tests/softroce:verbs_suite_vm_test runs the same
 //     binary with --gtest_filter=*/Verbs.
 // A Verbs case that finds no usable device FAILS (it never skips), and a run
 // whose filter selects no test fails too (see main), so neither step can
