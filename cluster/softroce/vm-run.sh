@@ -495,7 +495,8 @@ if [[ "$rc" != 0 ]]; then
     reason="${status_line#rc=* }"
     say "FAIL: guest setup failed: ${reason#*: }"
   else
-    say "FAIL: $failed of $total step(s) failed: $(IFS=,; echo "${failed_steps[*]}" | sed 's/,/, /g'); first failing status $rc"
+    joined="$(printf '%s; ' "${failed_steps[@]}")"
+    say "FAIL: $failed of $total step(s) failed: ${joined%; }; first failing status $rc"
   fi
   show_kernel_log
   [[ $keep_out == 1 ]] && say "run files kept in $out_dir"
