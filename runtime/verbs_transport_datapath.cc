@@ -499,8 +499,8 @@ void VerbsTransport::ArmCompletionFd() {
   // next one, poll again. A request is one-shot and raises at most one
   // event, so the channel is read only while a request stands, once, and a
   // request is made only when none stands: the consumer pays one read and
-  // one ibv_req_notify_cq per wake-up by the NIC, and nothing when woken by
-  // the software bell, instead of reading the channel until EAGAIN and
+  // one ibv_req_notify_cq per wake-up by the NIC, and one read when woken
+  // by the software bell, instead of reading the channel until EAGAIN and
   // re-arming every time.
   if (send_armed_) {
     ibv_cq* cq = nullptr;
