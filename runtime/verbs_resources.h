@@ -81,8 +81,9 @@ using MemoryRegistration = std::unique_ptr<ibv_mr, MemoryRegistrationDeleter>;
 using CompletionChannel =
     std::unique_ptr<ibv_comp_channel, CompletionChannelDeleter>;
 // A CQ bound to a channel must have every event it raised acknowledged
-// (ibv_ack_cq_events) before it is destroyed; the transport acks each event
-// as soon as it takes it, so none is pending at teardown.
+// (ibv_ack_cq_events) before it is destroyed (ibv_destroy_cq waits for
+// them); the transport acks the send CQ's events in batches and the rest in
+// its destructor, the receive CQ's as soon as it takes them.
 using CompletionQueue = std::unique_ptr<ibv_cq, CompletionQueueDeleter>;
 
 // Where an RC QP connects to: the remote QP and how to route to its port.

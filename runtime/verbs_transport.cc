@@ -245,6 +245,7 @@ absl::Status VerbsTransport::Open(const VerbsTransportConfig& config) {
     return absl::InternalError(absl::StrFormat(
         "verbs: ibv_req_notify_cq(%s): %s", device_name_, ErrnoStr(errno)));
   }
+  send_armed_ = true;
 
   // completion_fd(): the send channel plus the software completions' bell.
   software_fd_ = FileDescriptor(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -456,6 +457,11 @@ VerbsTransport::~VerbsTransport() {
     ssize_t n = ::write(wake_fd_.get(), &one, sizeof(one));
     (void)n;
     thread_.join();
+  }
+  // ibv_destroy_cq waits until every event the send CQ raised is acked.
+  if (send_events_unacked_ > 0) {
+    ibv_ack_cq_events(send_cq_.get(), send_events_unacked_);
+    send_events_unacked_ = 0;
   }
   // Members go in reverse declaration order: the QPs (with their buffers),
   // the CQs, the channels, the user's regions, the PD, the context.

@@ -124,6 +124,13 @@ class VerbsTransport final : public Transport {
   static_assert(kMessageSlots <= kSendQueueDepth, "slots need SQ entries");
   // Completions taken from a CQ per ibv_poll_cq call.
   static constexpr int kCompletionBurst = 32;
+  // Send-CQ events taken before one ibv_ack_cq_events call. Acking takes
+  // the CQ's mutex and signals its condition variable, so it is batched
+  // (ibv_get_cq_event(3)); at most this many minus one wait for the
+  // destructor, which acks them before the CQ goes (ibv_destroy_cq waits
+  // for every event to be acked).
+  static constexpr unsigned kCqEventAckBatch = 64;
+  static_assert(kCqEventAckBatch >= 1, "acks at least every event");
 
   // Opens the device, allocates the PD, the CQs and their channels, and
   // starts "pw-verbs". Unavailable when the machine has no usable RDMA
@@ -189,9 +196,12 @@ class VerbsTransport final : public Transport {
   // eventfd (completions the transport made itself: checks that failed,
   // queued work of a failed peer); readable while either has something.
   int completion_fd() const override { return completion_epoll_.get(); }
-  // Acks the channel's events, requests the next notification
-  // (ibv_req_notify_cq) and then polls once more, so a completion that
-  // arrived just before the request is not left without a wake-up.
+  // Takes the channel's event if a notification request stands (at most
+  // one read), requests the next notification (ibv_req_notify_cq) only when
+  // none stands, and after a request polls once more, so a completion that
+  // arrived just before it is not left without a wake-up (it goes to the
+  // software bell). Called with no event pending while a request stands
+  // (woken by the bell), it makes one read and nothing else.
   void ArmCompletionFd() override;
 
   void SetMessageHandler(MessageHandler handler) override;
@@ -353,6 +363,12 @@ class VerbsTransport final : public Transport {
   absl::Mutex software_mu_;
   Ring<WorkCompletion> software_ ABSL_GUARDED_BY(software_mu_);
   bool software_bell_ ABSL_GUARDED_BY(software_mu_) = false;
+
+  // The send CQ's notification state, the consumer thread's alone
+  // (ArmCompletionFd): whether a request (ibv_req_notify_cq) stands whose
+  // event has not been taken, and events taken but not yet acked.
+  bool send_armed_ = false;
+  unsigned send_events_unacked_ = 0;
 
   std::thread thread_;
 };

@@ -495,17 +495,48 @@ int VerbsTransport::PollCompletions(WorkCompletion* out, int max) {
 }
 
 void VerbsTransport::ArmCompletionFd() {
-  ibv_cq* cq = nullptr;
-  void* context = nullptr;
-  while (ibv_get_cq_event(send_channel_.get(), &cq, &context) == 0) {
-    ibv_ack_cq_events(cq, 1);
+  // rdma-core's pattern (ibv_get_cq_event(3)): take the event, request the
+  // next one, poll again. A request is one-shot and raises at most one
+  // event, so the channel is read only while a request stands, once, and a
+  // request is made only when none stands: the consumer pays one read and
+  // one ibv_req_notify_cq per wake-up by the NIC, and one read when woken
+  // by the software bell, instead of reading the channel until EAGAIN and
+  // re-arming every time.
+  if (send_armed_) {
+    ibv_cq* cq = nullptr;
+    void* context = nullptr;
+    if (ibv_get_cq_event(send_channel_.get(), &cq, &context) != 0) {
+      if (errno == EAGAIN) {
+        // No event yet: either no completion arrived since the request (the
+        // caller has drained the CQ, and the next one will raise the event),
+        // or the event is on its way and will wake the consumer once more.
+        // The request still stands; re-arming would cost a system call for
+        // nothing.
+        return;
+      }
+      // Not expected from a non-blocking channel. Re-request (harmless if a
+      // request stands) and poll, so nothing is left without a wake-up.
+      Error("verbs: rank %d: ibv_get_cq_event(send): %s", rank_,
+            verbs_internal::ErrnoStr(errno));
+    } else {
+      send_armed_ = false;
+      if (++send_events_unacked_ == kCqEventAckBatch) {
+        ibv_ack_cq_events(send_cq_.get(), send_events_unacked_);
+        send_events_unacked_ = 0;
+      }
+    }
   }
   if (ibv_req_notify_cq(send_cq_.get(), 0) != 0) {
     Error("verbs: rank %d: ibv_req_notify_cq(send): %s", rank_,
           verbs_internal::ErrnoStr(errno));
+    // Without a standing request the channel stays silent: the next call
+    // tries again (send_armed_ stays false).
+  } else {
+    send_armed_ = true;
   }
   // A completion that arrived after the consumer's last poll and before the
-  // request raised no event: take it now and ring the software bell.
+  // request raised no event: take it now and ring the software bell. One
+  // that arrives after the request raises the event.
   ibv_wc wcs[kCompletionBurst];
   WorkCompletion made[kCompletionBurst];
   for (;;) {

@@ -4,8 +4,10 @@
 # Prints a final "N passed, N failed" line and exits with Bazel's status.
 #
 # Runs in two steps: every test except the soft-RoCE VM suite, then (the VM
-# step) the tests tagged "softroce", which boot QEMU guests; the final line
-# counts both.
+# step) the tests tagged "softroce": //tests/softroce:verbs_suite_vm_test,
+# which boots ONE QEMU guest for every verbs test and the verbs benchmark.
+# The final line counts both; the VM step's per-step results (which of its
+# steps failed) and the benchmark's figures are printed after it.
 #
 # Environment:
 #   PAGEWIRE_SKIP_VM=1   skip the QEMU soft-RoCE suite: the VM step does not
@@ -40,8 +42,10 @@ status=0
 run_bazel_test --test_tag_filters=-softroce "$@" || status=$?
 
 # Step 2 (VM): the soft-RoCE suite (tag "softroce"), real verbs on rdma_rxe
-# inside ONE QEMU/TCG guest per test target (cluster/softroce/vm-run.sh).
-# Its results are counted in the summary below like any other test.
+# inside ONE QEMU/TCG guest (cluster/softroce/vm-run.sh): one Bazel target
+# whose steps are the smoke/perftest baseline, the remote-fault benchmark,
+# the transport suite's Verbs cases and the DSM runtime on verbs. It counts
+# as one test in the summary below and fails if any of its steps fails.
 echo
 echo "== soft-RoCE VM step (tests tagged softroce; cluster/softroce/README.md)"
 vm_note=""
@@ -54,14 +58,19 @@ else
   run_bazel_test --test_tag_filters=softroce "$@" || vm_status=$?
   vm_note="soft-RoCE VM step: bazel status $vm_status in $((SECONDS - vm_start)) s"
   [[ $status == 0 ]] && status=$vm_status
-  # The remote-fault benchmark over verbs ran in that step
-  # (bench/remote_fault_vm.sh inside //tests/dsm:dsm_verbs_vm_test); show
-  # its table here, since Bazel prints only failing tests' output.
-  bench_log=bazel-testlogs/tests/dsm/dsm_verbs_vm_test/test.log
-  if [[ -f "$bench_log" ]]; then
+  # Bazel prints only failing tests' output: show which steps of the VM
+  # suite ran and how they ended, and the remote-fault benchmark's table
+  # (bench/remote_fault_vm.sh, step remote_fault_bench).
+  suite_log=bazel-testlogs/tests/softroce/verbs_suite_vm_test/test.log
+  if [[ -f "$suite_log" ]]; then
     echo
-    echo "== remote-fault benchmark over verbs (bench/RESULTS.md; from $bench_log)"
-    grep -E '^remote_fault_vm: [^|]' "$bench_log" || echo "(no remote_fault_vm lines in $bench_log)"
+    echo "== soft-RoCE VM suite, one boot (from $suite_log)"
+    grep -E '^vm-run: (step |OK|FAIL|SKIP)' "$suite_log" || echo "(no step results in $suite_log)"
+    echo
+    echo "== remote-fault benchmark over verbs (bench/RESULTS.md)"
+    grep -E '^remote_fault_vm: [^|]' "$suite_log" || echo "(no remote_fault_vm lines in $suite_log)"
+  else
+    echo "(no $suite_log: the VM suite did not run)"
   fi
 fi
 

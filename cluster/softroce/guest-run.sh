@@ -9,9 +9,10 @@
 #        rxe1  on pwveth1  (10.77.1.1) --veth--   rxe2 on pwveth2 (10.77.1.2)
 #      every netdev at MTU 9000 so each rxe port runs a 4096-byte RoCE MTU,
 #      and GID index 1 of each is its RoCEv2 IPv4-mapped address;
-#   3. runs the command lines of /pw-out/job.cmds in order, each one's output
-#      appended to /pw-out/job.log between delimiter lines, its status to
-#      /pw-out/results;
+#   3. runs the command lines of /pw-out/job.cmds in order (the steps, named
+#      by the same lines of /pw-out/job.names), each one's output appended to
+#      /pw-out/job.log between delimiter lines naming the step, its status to
+#      /pw-out/results ("i status seconds name");
 #   4. writes /pw-out/status ("rc=N ...") and /pw-out/dmesg.txt, powers off.
 # The host (vm-run.sh) streams job.log while the VM runs and trusts only
 # /pw-out/status: a VM that stops without writing it has failed.
@@ -162,12 +163,15 @@ log "setup done after $(cut -d' ' -f1 /proc/uptime) s"
 
 # --- 3. the commands -------------------------------------------------------
 mapfile -t cmds <"$OUT/job.cmds"
+names=()
+[[ -r "$OUT/job.names" ]] && mapfile -t names <"$OUT/job.names"
 n=${#cmds[@]}
 first_fail=0
 : >"$OUT/results"
 for ((i = 1; i <= n; i++)); do
   line="${cmds[i - 1]}"
-  log "[$i/$n] BEGIN \$ $line"
+  name="${names[i - 1]:-step$i}"
+  log "[$i/$n] BEGIN step $name \$ $line"
   t0=$(date +%s%N)
   tmp="/tmp/pw-cmd-$i"
   mkdir -p "$tmp"
@@ -179,8 +183,8 @@ for ((i = 1; i <= n; i++)); do
   rc=$?
   t1=$(date +%s%N)
   secs="$(((t1 - t0) / 1000000000)).$(printf '%03d' $((((t1 - t0) / 1000000) % 1000)))"
-  log "[$i/$n] END exit=$rc after ${secs} s"
-  echo "$i $rc $secs" >>"$OUT/results"
+  log "[$i/$n] END step $name exit=$rc after ${secs} s"
+  echo "$i $rc $secs $name" >>"$OUT/results"
   if ((rc != 0 && first_fail == 0)); then
     first_fail=$rc
     if [[ "$PW_STOP_ON_FAILURE" == 1 ]]; then

@@ -11,7 +11,10 @@
 #
 # Options:
 #   --job FILE        command lines to run, one per line (bash syntax; blank
-#                     lines and lines starting with '#' are skipped)
+#                     lines and lines starting with '#' are skipped). A line
+#                     "[NAME] CMD" names its step NAME (letters, digits,
+#                     _ . -) in the log and the summary; others are named
+#                     after their first word.
 #   --timeout-s N     harness watchdog: kill QEMU after N s (default 1800).
 #                     Only a bound on a wedged VM for CI, not a test timeout.
 #   --share DIR       also share DIR read-only at the same path (repeatable).
@@ -29,13 +32,15 @@
 #   --verbose         kernel console at loglevel 7, copied to stderr
 #   --build-only      only build (or find cached) kernel and initramfs
 #
-# Output: every guest line goes to stdout as it happens; each command sits
-# between "softroce-vm: [i/n] BEGIN $ CMD" and "softroce-vm: [i/n] END
-# exit=N after S s". A last line "vm-run: ..." sums up the run.
+# Output: every guest line goes to stdout as it happens; each command (a
+# step) sits between "softroce-vm: [i/n] BEGIN step NAME $ CMD" and
+# "softroce-vm: [i/n] END step NAME exit=N after S s". At the end, one line
+# per step, "vm-run: step i/n NAME: PASS|FAIL (exit N)|NOT RUN ...", then a
+# last line "vm-run: OK|FAIL: ..." that names the failing steps.
 # Exit status: the first failing command's status (0 if all pass); 125 if
-# the guest's setup failed or the VM stopped without reporting; 124 if the
-# harness watchdog killed it. On failure the guest kernel log's tail is
-# printed.
+# the guest's setup failed or the VM stopped without reporting (the summary
+# says during which step); 124 if the harness watchdog killed it. On failure
+# the guest kernel log's tail is printed.
 #
 # Environment: PAGEWIRE_SKIP_VM=1 skips the run (prints SKIP, exits 0).
 # PAGEWIRE_SOFTROCE_CACHE overrides the cache directory (default
@@ -102,15 +107,34 @@ fi
 
 # The command lines, one per line.
 cmd_lines=()
+step_names=()
+# default_name CMD: the step name of an unnamed line, its first word's
+# basename.
+default_name() {
+  local w="${1#"${1%%[![:space:]]*}"}"
+  w="${w%%[[:space:]]*}"
+  w="${w##*/}"
+  [[ -n "$w" ]] || w=step
+  echo "$w"
+}
 for f in "${jobs[@]}"; do
   [[ -r "$f" ]] || die "cannot read job file $f"
   while IFS= read -r line || [[ -n "$line" ]]; do
     [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
-    cmd_lines+=("$line")
+    if [[ "$line" =~ ^\[([A-Za-z0-9_.-]+)\][[:space:]]+(.*)$ ]]; then
+      step_names+=("${BASH_REMATCH[1]}")
+      cmd_lines+=("${BASH_REMATCH[2]}")
+    elif [[ "$line" =~ ^\[[^[:space:]]*\] ]]; then
+      die "job file $f: bad step name in '$line': want [NAME] CMD, NAME of letters, digits, _ . -"
+    else
+      step_names+=("$(default_name "$line")")
+      cmd_lines+=("$line")
+    fi
   done <"$f"
 done
 if [[ ${#cmd[@]} -gt 0 ]]; then
   cmd_lines+=("$(printf '%q ' "${cmd[@]}")")
+  step_names+=("$(basename "${cmd[0]}")")
 fi
 if [[ $build_only == 0 && $shell == 0 && ${#cmd_lines[@]} -eq 0 ]]; then
   die "nothing to run: give -- CMD [ARGS...], --job FILE or --shell"
@@ -309,10 +333,14 @@ if [[ -z "$out_dir" ]]; then
 fi
 mkdir -p "$out_dir"
 out_dir="$(cd "$out_dir" && pwd -P)"
-rm -rf "$out_dir"/{job.log,job.cmds,vm.conf,results,status,status.tmp,console.log,dmesg.txt,artifacts,.mounted}
+rm -rf "$out_dir"/{job.log,job.cmds,job.names,vm.conf,results,status,status.tmp,console.log,dmesg.txt,artifacts,.mounted}
 : >"$out_dir/job.log"
 printf '%s\n' "${cmd_lines[@]}" >"$out_dir/job.cmds"
-[[ ${#cmd_lines[@]} -eq 0 ]] && : >"$out_dir/job.cmds"
+printf '%s\n' "${step_names[@]}" >"$out_dir/job.names"
+if [[ ${#cmd_lines[@]} -eq 0 ]]; then
+  : >"$out_dir/job.cmds"
+  : >"$out_dir/job.names"
+fi
 {
   printf 'PW_SHARES=('
   for i in "${!shares[@]}"; do printf '%q ' "pw$i ${shares[i]}"; done
@@ -403,13 +431,50 @@ show_kernel_log() {
   fi
 }
 
+# One line per step from the guest's results ("i status seconds name");
+# a step without a result never finished. Sets failed_steps and
+# running_step (the step the VM was in when it stopped, if any).
+failed_steps=()
+running_step=""
+step_summary() {
+  local n=${#cmd_lines[@]} i rc secs name
+  declare -A st=() sec=()
+  if [[ -f "$out_dir/results" ]]; then
+    while read -r i rc secs name; do
+      [[ "$i" =~ ^[0-9]+$ ]] || continue
+      st[$i]=$rc
+      sec[$i]=$secs
+    done <"$out_dir/results"
+  fi
+  for ((i = 1; i <= n; i++)); do
+    name="${step_names[i - 1]}"
+    if [[ -n "${st[$i]:-}" ]]; then
+      if [[ "${st[$i]}" == 0 ]]; then
+        say "step $i/$n $name: PASS in ${sec[$i]} s"
+      else
+        say "step $i/$n $name: FAIL (exit ${st[$i]}) in ${sec[$i]} s"
+        failed_steps+=("$name ($i/$n, exit ${st[$i]})")
+      fi
+    elif [[ -z "$running_step" ]] &&
+      grep -q "^softroce-vm: \[$i/$n\] BEGIN " "$out_dir/job.log" 2>/dev/null; then
+      running_step="$name ($i/$n)"
+      say "step $i/$n $name: DID NOT FINISH (the VM stopped during it)"
+    else
+      say "step $i/$n $name: NOT RUN"
+    fi
+  done
+}
+
 if [[ ! -s "$out_dir/status" ]]; then
+  step_summary
+  during=""
+  [[ -n "$running_step" ]] && during=" during step $running_step"
   if [[ $qemu_status == 124 || $qemu_status == 137 ]]; then
-    say "FAIL: harness watchdog killed the VM after ${watchdog_s} s (--timeout-s); it never reported a status"
+    say "FAIL: harness watchdog killed the VM after ${watchdog_s} s (--timeout-s)$during; it never reported a status"
     show_kernel_log
     exit 124
   fi
-  say "FAIL: the VM stopped (qemu exit status $qemu_status) after $(elapsed) s without reporting a status"
+  say "FAIL: the VM stopped (qemu exit status $qemu_status) after $(elapsed) s$during, without reporting a status (guest crash, kernel panic or QEMU killed; see the log below)"
   show_kernel_log
   exit 125
 fi
@@ -424,17 +489,19 @@ if [[ -f "$out_dir/results" ]]; then
   failed="$(awk '$2 != 0 { n++ } END { print n + 0 }' "$out_dir/results")"
   total="$(awk 'END { print NR }' "$out_dir/results")"
 fi
+step_summary
 if [[ "$rc" != 0 ]]; then
   if [[ "$status_line" == *setup:* || "$status_line" == *stage1:* ]]; then
     reason="${status_line#rc=* }"
     say "FAIL: guest setup failed: ${reason#*: }"
   else
-    say "FAIL: $failed of $total command(s) failed; first failing status $rc"
+    joined="$(printf '%s; ' "${failed_steps[@]}")"
+    say "FAIL: $failed of $total step(s) failed: ${joined%; }; first failing status $rc"
   fi
   show_kernel_log
   [[ $keep_out == 1 ]] && say "run files kept in $out_dir"
   say "total $(elapsed) s"
   exit "$rc"
 fi
-say "OK: $total command(s) passed in $(elapsed) s (cache $ENTRY)"
+say "OK: $total step(s) passed in $(elapsed) s (cache $ENTRY)"
 exit 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # smoke.sh - the soft-RoCE smoke suite. Runs INSIDE the VM that
-# cluster/softroce/vm-run.sh boots (//tests/softroce:softroce_smoke_test):
+# cluster/softroce/vm-run.sh boots (step "perftest" of
+# //tests/softroce:verbs_suite_vm_test):
 #   1. ibv_devices lists rxe0, rxe1, rxe2 and ibv_devinfo shows each port
 #      PORT_ACTIVE with active_mtu 4096;
 #   2. perftest over the veth "wire": ib_read_lat -s 4096 and ib_read_bw

@@ -12,56 +12,52 @@ guest the programs see PAGEWIRE_VM=1, PAGEWIRE_RXE_GID_INDEX,
 PAGEWIRE_RXE_{LOCAL,A,B}_{DEV,IP} and a writable, host-visible
 PAGEWIRE_VM_OUT directory.
 
-Example (tests/transport/BUILD):
+Example (tests/softroce/BUILD, the one suite CI runs):
 
     load("//tests/softroce:softroce.bzl", "softroce_test")
 
-    cc_test(
-        name = "transport_test",
-        args = ["--gtest_filter=-*/Verbs"],  # the host has no devices
-        ...,
-    )
-
     softroce_test(
-        name = "transport_vm_test",
-        binaries = [":transport_test", ":verbs_two_host_test"],
-        args = {":transport_test": ["--gtest_filter=*/Verbs"]},
-        env = {"PAGEWIRE_TEST_DEVICE": "rxe0"},
+        name = "verbs_suite_vm_test",
+        steps = {
+            "perftest": "$(rootpath :smoke.sh)",
+            "transport_verbs": "$(rootpath //tests/transport:transport_test) --gtest_filter=*/Verbs",
+        },
+        data = [":smoke.sh", "//tests/transport:transport_test"],
     )
 
-One VM boot (~10-25 s plus the programs) runs every binary, then every line
-of `commands`, in order; all run even if one fails, and the test fails with
-the first failing status. The test is tagged local (the VM needs the real
-build tree and /dev paths, no sandbox), exclusive (TCG wants both cores) and
-softroce; PAGEWIRE_SKIP_VM=1 (--test_env) makes it a passing SKIP.
+One VM boot (~10-25 s plus the steps) runs every step, in order; all run
+even if one fails, each is reported by name (BEGIN/END lines, then one
+summary line per step), and the test fails with the first failing step's
+status, or with 125 if the VM stopped without reporting (naming the step it
+was in). The test is tagged local (the VM needs the real build tree and /dev
+paths, no sandbox), exclusive (TCG wants both cores) and softroce;
+PAGEWIRE_SKIP_VM=1 (--test_env) makes it a passing SKIP.
 """
+
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 
 def _sh_quote(s):
     return "'" + s.replace("'", "'\\''") + "'"
 
 def softroce_test(
         name,
-        binaries = [],
-        args = {},
-        commands = [],
-        env = {},
+        steps,
         data = [],
+        env = {},
         timeout_s = 1500,
         size = "large",
         tags = [],
         **kwargs):
-    """Defines an sh_test running `binaries` and `commands` in one VM.
+    """Defines an sh_test running the named `steps` in one soft-RoCE VM.
 
     Args:
       name: the test's name.
-      binaries: labels of cc_binary/cc_test (or any executable) targets,
-        run in this order inside the guest.
-      args: dict from a label in `binaries` (spelled the same way) to the
-        list of arguments to pass it. $(rootpath) etc. are expanded.
-      commands: bash command lines run after the binaries, e.g.
-        "$(rootpath :bench.sh) --quick"; $(rootpath) of `data` is expanded.
-      env: dict of environment variables for every program in the guest.
-      data: extra runfiles (scripts, inputs) the programs need.
+      steps: dict from a step name (letters, digits, _ . -) to the bash
+        command line it runs, in order. $(rootpath X) is expanded (X must be
+        in `data`); write $$ for a shell $ (Bazel's make-variable rule, as
+        in genrules).
+      data: the binaries and scripts the steps use.
+      env: dict of environment variables for every step in the guest.
       timeout_s: the harness watchdog on the whole VM run. Keep it below
         the test size's Bazel timeout (large: 1800 s), so a wedged VM is
         reported with its kernel log rather than killed by Bazel.
@@ -69,20 +65,15 @@ def softroce_test(
       tags: extra tags; "local", "exclusive" and "softroce" are always added.
       **kwargs: passed to sh_test (e.g. visibility, flaky).
     """
-    for key in args:
-        if key not in binaries:
-            fail("softroce_test(%s): args key %s is not in binaries" % (name, key))
-    if not binaries and not commands:
-        fail("softroce_test(%s): give binaries or commands" % name)
-
+    if not steps:
+        fail("softroce_test(%s): give at least one step" % name)
     driver_args = ["--timeout-s", str(timeout_s)]
     for k in sorted(env.keys()):
         driver_args += ["--env", _sh_quote("%s=%s" % (k, env[k]))]
-    for b in binaries:
-        words = ["$(rootpath %s)" % b] + [_sh_quote(a) for a in args.get(b, [])]
-        driver_args += ["--run", str(len(words))] + words
-    for line in commands:
-        driver_args += ["--line", "1", _sh_quote(line)]
+    for step, line in steps.items():
+        if not step or [c for c in step.elems() if c not in _NAME_CHARS]:
+            fail("softroce_test(%s): step name '%s': use letters, digits, _ . -" % (name, step))
+        driver_args += ["--step", step, _sh_quote(line)]
 
     all_tags = list(tags)
     for t in ["local", "exclusive", "softroce"]:
@@ -94,7 +85,7 @@ def softroce_test(
         size = size,
         srcs = ["//tests/softroce:softroce_test.sh"],
         args = driver_args,
-        data = binaries + data + ["//cluster/softroce:vm-run"],
+        data = data + ["//cluster/softroce:vm-run"],
         tags = all_tags,
         **kwargs
     )

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # softroce_test.sh - the test driver behind softroce_test() (softroce.bzl):
 # boots ONE soft-RoCE VM with cluster/softroce/vm-run.sh and runs every
-# given program in it, in order, each with its own arguments; the test fails
-# with the first failing program's status. Arguments (written by the macro):
+# named step in it, in order; the test fails with the first failing step's
+# status (vm-run names the failing steps, or the step a dying VM was in).
+# Arguments (written by the macro):
 #   --timeout-s N         the VM's harness watchdog
-#   --env NAME=VALUE      environment for every program (repeatable)
-#   --run N PATH ARG...   one program: N words follow (PATH and its args)
-#   --line N WORD...      one bash command line made of the N words (joined
-#                         with spaces, not quoted: shell syntax allowed)
+#   --env NAME=VALUE      environment for every step (repeatable)
+#   --step NAME LINE      one step: a bash command line (shell syntax)
 # PAGEWIRE_SKIP_VM=1 turns the test into a SKIP that passes.
 set -euo pipefail
 
@@ -25,25 +24,18 @@ vm_run="$ws/cluster/softroce/vm-run.sh"
 opts=()
 job="${TEST_TMPDIR:?}/softroce.job"
 : >"$job"
-take() { # take N words after the option; sets words=()
-  local n=$1
-  shift
-  [[ "$n" =~ ^[0-9]+$ && $# -ge $n ]] || { echo "$name: bad driver arguments" >&2; exit 2; }
-  words=("${@:1:n}")
-}
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --timeout-s|--env) opts+=("$1" "$2"); shift 2 ;;
-    --run)
-      take "$2" "${@:3}"
-      shift $((2 + $2))
-      printf '%q ' "${words[@]}" >>"$job"
-      echo >>"$job"
+    --timeout-s|--env)
+      [[ $# -ge 2 ]] || { echo "$name: $1 needs a value" >&2; exit 2; }
+      opts+=("$1" "$2")
+      shift 2
       ;;
-    --line)
-      take "$2" "${@:3}"
-      shift $((2 + $2))
-      echo "${words[*]}" >>"$job"
+    --step)
+      [[ $# -ge 3 ]] || { echo "$name: --step needs NAME and LINE" >&2; exit 2; }
+      # vm-run's job-file syntax for a named step.
+      printf '[%s] %s\n' "$2" "$3" >>"$job"
+      shift 3
       ;;
     *) echo "$name: unknown driver argument '$1'" >&2; exit 2 ;;
   esac

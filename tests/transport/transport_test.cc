@@ -4,7 +4,7 @@
 // kind. Cases are named ".../Tcp" and ".../Verbs":
 //   - on the host, Bazel runs //tests/transport:transport_test with
 //     --gtest_filter=-*/Verbs (the host has no RDMA device);
-//   - in the soft-RoCE VM, //tests/transport:transport_vm_test runs the same
+//   - in the soft-RoCE VM, //tests/softroce:verbs_suite_vm_test runs the same
 //     binary with --gtest_filter=*/Verbs.
 // A Verbs case that finds no usable device FAILS (it never skips), and a run
 // whose filter selects no test fails too (see main), so neither step can
@@ -735,6 +735,79 @@ TEST_P(TransportTest, UnsignalledFloodReportsOnlyTheSignalledOne) {
   WorkCompletion extra;
   requester_->ArmCompletionFd();
   EXPECT_EQ(requester_->PollCompletions(&extra, 1), 0);
+}
+
+// Waits, as the fault loop does, until completion_fd() is readable and a
+// poll yields one completion; a readable fd with nothing to take (an event
+// for a completion already taken) is re-armed and waited on again. False if
+// the fd stays silent until the deadline: a lost wake-up.
+bool WaitWokenForOne(Transport& t, WorkCompletion* out) {
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kDeadlineMs);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) return false;
+    pollfd p{t.completion_fd(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+    if (t.PollCompletions(out, 1) == 1) return true;
+    t.ArmCompletionFd();
+  }
+}
+
+// The consumer's contract: once a poll came back short and ArmCompletionFd
+// ran, the next completion makes completion_fd() readable, wherever it
+// lands. Rounds vary where: the READ is posted after one poll-and-arm,
+// before it (its completion can land before the poll, between the poll and
+// the arm, or after), after two in a row, or after the consumer was woken
+// by a completion the transport made itself (a local protection error,
+// which rings the software bell, not the NIC; verbs then still has its
+// notification request standing and must not lose it). A lost wake-up
+// leaves the fd silent and fails the round.
+TEST_P(TransportTest, EveryCompletionWakesTheConsumer) {
+  constexpr int kRounds = 200;
+  Buffer remote = MakeBuffer(*target_, 64 * 4096);
+  Buffer local = MakeBuffer(*requester_, 64 * 4096);
+  FillPattern(remote, 9);
+  std::vector<char> unregistered(4096);
+  WorkCompletion wc;
+  auto poll_and_arm = [&] {
+    EXPECT_EQ(requester_->PollCompletions(&wc, 1), 0) << "no stray completion";
+    requester_->ArmCompletionFd();
+  };
+  poll_and_arm();
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    const int variant = round % 4;
+    if (variant == 2) {
+      poll_and_arm();
+    } else if (variant == 3) {
+      WorkRequest bad = Read(100000 + round, local, 0, remote, 0, 4096);
+      bad.local = unregistered.data();
+      ASSERT_TRUE(requester_->PostSend(1, &bad).ok());
+      ASSERT_TRUE(WaitWokenForOne(*requester_, &wc))
+          << "the software completion woke nobody";
+      EXPECT_EQ(wc.wr_id, static_cast<uint64_t>(100000 + round));
+      EXPECT_EQ(wc.status, WcStatus::kLocalProtectionError);
+      poll_and_arm();
+    }
+    const size_t off = static_cast<size_t>(round % 64) * 4096;
+    WorkRequest wr = Read(round, local, off, remote, off, 4096);
+    ASSERT_TRUE(requester_->PostSend(1, &wr).ok());
+    // Variant 1 polls and arms while the READ is in flight: its completion
+    // may be taken at once; if not, it lands after the poll, before or
+    // after the arm, and must still wake the consumer.
+    if (variant != 1 || requester_->PollCompletions(&wc, 1) == 0) {
+      if (variant == 1) requester_->ArmCompletionFd();
+      ASSERT_TRUE(WaitWokenForOne(*requester_, &wc))
+          << "READ " << round << "'s completion woke nobody";
+    }
+    EXPECT_EQ(wc.wr_id, static_cast<uint64_t>(round));
+    EXPECT_EQ(wc.status, WcStatus::kSuccess);
+    EXPECT_EQ(std::memcmp(local.data + off, remote.data + off, 4096), 0);
+    poll_and_arm();
+  }
 }
 
 // A bad lkey or an unregistered local buffer is a local protection error,
