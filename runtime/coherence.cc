@@ -365,7 +365,7 @@ std::vector<uint64_t> Coherence::CachedCopies(const PageList& pages) const {
 
 absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
   std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> offsets, flushed, earlier;
+  std::vector<uint64_t> offsets, flushed;
   uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
@@ -379,7 +379,6 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
       return true;
     };
     mutex_.Await(absl::Condition(&settled));
-    earlier.assign(inflight_flushes_.begin(), inflight_flushes_.end());
     flush_id = ++next_flush_id_;
     inflight_flushes_.insert(flush_id);
     for (uint64_t offset : offsets) {
@@ -400,8 +399,8 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
     absl::MutexLock lock(&mutex_);
     inflight_flushes_.erase(flush_id);
   }
-  // Drop the copies. A page with unreleased writes of another flush or a
-  // fresh twin (it was missing at the freeze and fetched since) stays.
+  // Drop the copies. Frozen pages cannot be twinned again (TwinOrDefer),
+  // so keeping pages with a twin or a flush under way is only a safety net.
   absl::Notification dropped;
   service_.InvalidatePagesAsync(
       offsets, [&dropped] { dropped.Notify(); },
@@ -437,7 +436,7 @@ absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
 
 absl::Status Coherence::FlushAndDropAll() {
   std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> flushed, earlier;
+  std::vector<uint64_t> flushed;
   std::vector<DistributedDataspace*> all;
   uint64_t flush_id;
   {
@@ -448,7 +447,6 @@ absl::Status Coherence::FlushAndDropAll() {
       return flushing_.empty();
     };
     mutex_.Await(absl::Condition(&settled));
-    earlier.assign(inflight_flushes_.begin(), inflight_flushes_.end());
     flush_id = ++next_flush_id_;
     inflight_flushes_.insert(flush_id);
     ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
