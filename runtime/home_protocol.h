@@ -53,7 +53,8 @@ struct ScGrant {
   uint64_t page;
   uint64_t store_addr;  // the page in the home's store
   uint32_t rkey;
-  uint32_t write;
+  uint16_t write;
+  int16_t lost_by;  // EIO: the rank that died holding the page, else -1
 };
 
 struct ScRecall {

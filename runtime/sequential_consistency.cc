@@ -277,6 +277,7 @@ void SequentialConsistency::Handle(const Event& e) {
       for (auto& [key, d] : directory_) {
         if (d.writer == dead) {
           d.writer = -1;
+          d.lost_by = static_cast<int>(dead);
           d.lost = absl::StrFormat(
               "rank %d held the only up-to-date copy of this sequentially "
               "consistent page and died",
@@ -330,7 +331,8 @@ void SequentialConsistency::OnRequest(int peer, absl::Span<const char> body) {
     Warning("sequential consistency: rank %d asked for page %d of allocation "
             "%d, which is not homed here",
             peer, m.page, m.alloc_id);
-    hp::ScGrant g{m.slot, EINVAL, m.page, 0, 0, m.write};
+    hp::ScGrant g{m.slot, EINVAL, m.page, 0, 0,
+                  static_cast<uint16_t>(m.write), -1};
     Send(peer, hp::kScGrant, hp::AsBytes(g));
     return;
   }
@@ -410,6 +412,7 @@ void SequentialConsistency::OnRecalled(int peer, absl::Span<const char> body) {
   d.recalled.erase(r);
   if (m.error != 0 && d.writer == peer) {
     d.writer = -1;
+    d.lost_by = peer;
     d.lost = absl::StrFormat(
         "rank %d could not write the page back (%s)", peer, strerror(m.error));
     Error("page %d of allocation %d: %s", m.page, m.alloc_id, d.lost);
@@ -438,7 +441,8 @@ void SequentialConsistency::Finish(uint32_t alloc_id, uint64_t page,
     }
   }
   if (!d.lost.empty()) {
-    hp::ScGrant g{w.slot, EIO, page, 0, 0, w.write};
+    hp::ScGrant g{w.slot, EIO, page, 0, 0, w.write,
+                  static_cast<int16_t>(d.lost_by)};
     if (!requester_dead) Send(w.rank, hp::kScGrant, hp::AsBytes(g));
     return;
   }
@@ -455,7 +459,7 @@ void SequentialConsistency::Finish(uint32_t alloc_id, uint64_t page,
     // stays the writer.
     if (d.writer != w.rank) d.readers[w.rank] = true;
   }
-  hp::ScGrant g{w.slot, 0, page, store_addr, rkey, w.write};
+  hp::ScGrant g{w.slot, 0, page, store_addr, rkey, w.write, -1};
   Send(w.rank, hp::kScGrant, hp::AsBytes(g));
 }
 
@@ -535,9 +539,11 @@ void SequentialConsistency::OnGrant(int peer, absl::Span<const char> body) {
             "page %d of %s cannot be provided by its home, rank %d: %s (its "
             "log says more)",
             m.page, w.ds->Describe(), peer,
-            m.error == EIO ? "its latest contents died with the rank that "
-                             "wrote them"
-                           : strerror(m.error)))));
+            m.error == EIO
+                ? absl::StrFormat("its latest contents died with rank %d, "
+                                  "which held it for writing",
+                                  m.lost_by)
+                : std::string(strerror(m.error))))));
     return;
   }
   if (request.upgrade) {

@@ -109,6 +109,7 @@ class SequentialConsistency {
     Want current{};
     std::deque<Want> queue;
     std::string lost;  // the writer died: the page's contents are gone
+    int lost_by = -1;  // that writer
   };
   // A fault waiting for its grant, by fault slot.
   struct Waiting {

@@ -5,7 +5,11 @@
  * Rank 1 homes an allocation and kills itself (SIGKILL) after a barrier.
  * Rank 0 then reads a page homed on rank 1: it must get SIGBUS (the runtime
  * logs why). Rank 2 meanwhile reads pages homed on rank 0, which must keep
- * working. The next barrier must fail naming rank 1. The survivors ignore
+ * working. Sequentially consistent memory too: rank 1 dies holding a page
+ * of rank 0's for writing, so its latest contents die with it: rank 0's
+ * read of it must get SIGBUS once membership declares the death, while
+ * rank 2 still reads an SC page rank 0 wrote. The next barrier must fail
+ * naming rank 1. The survivors ignore
  * the launcher's SIGTERM long enough to report, then exit 0.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -35,6 +39,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   signal(SIGTERM, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0); /* every line out before any death */
   int rank = pw_rank();
   const size_t pages = 64;
   unsigned char *on1 = pw_alloc_on(pages * 4096, 1);
@@ -43,8 +48,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dsm_death: pw_alloc_on: %s\n", pw_last_error());
     return 1;
   }
+  /* Cyclic over 3 ranks: SC pages 0 and 3 are homed on rank 0. */
+  volatile unsigned char *sc = pw_alloc_sc(6 * 4096, PW_PLACE_CYCLIC);
+  if (sc == NULL) {
+    fprintf(stderr, "dsm_death: pw_alloc_sc: %s\n", pw_last_error());
+    return 1;
+  }
   if (rank == 1) memset(on1, 0x11, pages * 4096);
   if (rank == 0) memset(on0, 0x22, pages * 4096);
+  if (rank == 1) sc[0] = 0x33;        /* rank 1 holds SC page 0 for writing */
+  if (rank == 0) sc[3 * 4096] = 0x44; /* rank 0 holds SC page 3 */
   pw_barrier();
   if (rank == 1) {
     printf("dsm_death: rank 1 dies now\n");
@@ -54,13 +67,26 @@ int main(int argc, char **argv) {
   Pause(200);  /* rank 1 is gone by now */
   int status = 0;
   if (rank == 0) {
-    signal(SIGBUS, OnBus);
+    /* sigaction, not signal(): strict C11 gives signal() System V
+     * semantics, which would reset the handler after the first SIGBUS. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = OnBus;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
     if (sigsetjmp(jump, 1) == 0) {
       volatile unsigned char b = on1[5 * 4096];
       printf("dsm_death: rank 0 read %d from dead rank 1's page: WRONG\n", b);
       status = 1;
     } else {
       printf("dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1\n");
+    }
+    if (sigsetjmp(jump, 1) == 0) {
+      volatile unsigned char b = sc[7];
+      printf("dsm_death: rank 0 read %d from an SC page dead rank 1 held: WRONG\n", b);
+      status = 1;
+    } else {
+      printf("dsm_death: rank 0 got SIGBUS reading an SC page dead rank 1 held\n");
     }
   }
   if (rank == 2) {
@@ -69,6 +95,10 @@ int main(int argc, char **argv) {
         printf("dsm_death: rank 2 read a wrong byte from rank 0\n");
         status = 1;
       }
+    }
+    if (sc[3 * 4096] != 0x44) {
+      printf("dsm_death: rank 2 read a wrong byte of an SC page rank 0 wrote\n");
+      status = 1;
     }
     printf("dsm_death: rank 2 still reads rank 0's pages\n");
   }

@@ -81,7 +81,9 @@ case "$mode" in
     [[ "$status" == 137 ]] || { cat "$out"; fail "the launcher exited $status, want 137 (rank 1 killed by signal 9)"; }
     expect_lines '^pagewire-run: rank 1 \(pid [0-9]+\) killed by signal 9' 1
     expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1' 1
-    expect_lines '^\[0\] pagewire: error: fault at 0x[0-9a-f]+ .*rank 1.*SIGBUS' 1
+    expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS reading an SC page dead rank 1 held' 1
+    expect_lines '^\[0\] pagewire: error: fault at 0x[0-9a-f]+ .*rank 1.*SIGBUS' 2
+    expect_lines '^\[0\] pagewire: error: fault at .*died with rank 1, which held it for writing' 1
     expect_lines '^\[2\] dsm_death: rank 2 still reads rank 0.s pages' 1
     expect_lines '^\[[02]\] dsm_death: rank [02]: barrier after the death: .*rank 1' 2
     expect_lines '^\[[02]\] pagewire: error: rank 1 is dead' 2
