@@ -101,24 +101,39 @@ int pw_nranks(void) {
   return rt ? rt->nranks() : -1;
 }
 
-void* pw_alloc(size_t bytes, pw_placement_t placement) {
+namespace {
+
+// pw_alloc and pw_alloc_sc: the placement checked, then the collective.
+void* AllocPlaced(const char* call, size_t bytes, pw_placement_t placement,
+                  bool sequential) {
   Runtime* rt = Current();
   if (rt == nullptr) {
-    NotInitialized("pw_alloc");
+    NotInitialized(call);
     return nullptr;
   }
   pagewire::Placement p;
   switch (placement) {
     case PW_PLACE_BLOCK: p = pagewire::Placement::kBlock; break;
     case PW_PLACE_CYCLIC: p = pagewire::Placement::kCyclic; break;
-    case PW_PLACE_FIRST_TOUCH: p = pagewire::Placement::kFirstTouch; break;
+    case PW_PLACE_FIRST_TOUCH:
+      if (!sequential) {
+        p = pagewire::Placement::kFirstTouch;
+        break;
+      }
+      last_error = std::string(call) +
+                   ": PW_PLACE_FIRST_TOUCH cannot be sequentially consistent "
+                   "(a page needs a fixed home); use PW_PLACE_BLOCK or "
+                   "PW_PLACE_CYCLIC";
+      return nullptr;
     default:
-      last_error = "pw_alloc: unknown placement " + std::to_string(placement) +
-                   "; use PW_PLACE_BLOCK, PW_PLACE_CYCLIC or "
-                   "PW_PLACE_FIRST_TOUCH";
+      last_error = std::string(call) + ": unknown placement " +
+                   std::to_string(placement) +
+                   (sequential ? "; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC"
+                               : "; use PW_PLACE_BLOCK, PW_PLACE_CYCLIC or "
+                                 "PW_PLACE_FIRST_TOUCH");
       return nullptr;
   }
-  absl::StatusOr<void*> ptr = rt->Alloc(bytes, p);
+  absl::StatusOr<void*> ptr = rt->Alloc(bytes, p, 0, sequential);
   if (!ptr.ok()) {
     ToC(ptr.status());
     return nullptr;
@@ -126,28 +141,14 @@ void* pw_alloc(size_t bytes, pw_placement_t placement) {
   return *ptr;
 }
 
+}  // namespace
+
+void* pw_alloc(size_t bytes, pw_placement_t placement) {
+  return AllocPlaced("pw_alloc", bytes, placement, /*sequential=*/false);
+}
+
 void* pw_alloc_sc(size_t bytes, pw_placement_t placement) {
-  Runtime* rt = Current();
-  if (rt == nullptr) {
-    NotInitialized("pw_alloc_sc");
-    return nullptr;
-  }
-  pagewire::Placement p;
-  switch (placement) {
-    case PW_PLACE_BLOCK: p = pagewire::Placement::kBlock; break;
-    case PW_PLACE_CYCLIC: p = pagewire::Placement::kCyclic; break;
-    default:
-      last_error = "pw_alloc_sc: placement " + std::to_string(placement) +
-                   " cannot be sequentially consistent; use PW_PLACE_BLOCK "
-                   "or PW_PLACE_CYCLIC (a page needs a fixed home)";
-      return nullptr;
-  }
-  absl::StatusOr<void*> ptr = rt->Alloc(bytes, p, 0, /*sequential=*/true);
-  if (!ptr.ok()) {
-    ToC(ptr.status());
-    return nullptr;
-  }
-  return *ptr;
+  return AllocPlaced("pw_alloc_sc", bytes, placement, /*sequential=*/true);
 }
 
 void* pw_alloc_on(size_t bytes, int home_rank) {
