@@ -214,7 +214,7 @@ void RemoteFetcher::PostRead(uint32_t slot) {
   // A first-touch page on verbs has its own key; the rest are covered by
   // the region its home registered at allocation (or TCP's global one).
   const uint32_t page_key = p.ds != nullptr ? p.ds->PageKey(p.page) : 0;
-  wr.rkey = p.has_rkey ? p.rkey
+  wr.rkey = p.rkey ? *p.rkey
             : page_key != 0 ? page_key
                             : KeyFor(p.peer, p.remote_addr);
   wr.signaled = true;
@@ -230,21 +230,11 @@ void RemoteFetcher::PostRead(uint32_t slot) {
 
 void RemoteFetcher::Read(const PageRequest& request, int home,
                          uint64_t remote_addr, DistributedDataspace* ds,
-                         uint64_t page) {
+                         uint64_t page, std::optional<uint32_t> rkey) {
   absl::MutexLock lock(&mutex_);
   if (FailIfDead(request, home, "the page's home")) return;
   pending_[request.slot] =
-      Pending{State::kReading, home, request, remote_addr, page, ds};
-  PostRead(request.slot);
-}
-
-void RemoteFetcher::ReadFrom(const PageRequest& request, int peer,
-                             uint64_t remote_addr, uint32_t rkey,
-                             DistributedDataspace* ds, uint64_t page) {
-  absl::MutexLock lock(&mutex_);
-  if (FailIfDead(request, peer, "the page's home")) return;
-  pending_[request.slot] =
-      Pending{State::kReading, peer, request, remote_addr, page, ds, true, rkey};
+      Pending{State::kReading, home, request, remote_addr, page, ds, rkey};
   PostRead(request.slot);
 }
 

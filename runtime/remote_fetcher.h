@@ -28,6 +28,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -99,15 +100,14 @@ class RemoteFetcher final : public CompletionSource {
   // every later fetch from it.
   void PeerDied(int peer, const std::string& why);
 
-  // READs the page at global address `remote_addr` from `home` into the
-  // request's landing buffer; `ds` hears of the data before it is installed
-  // (DistributedDataspace::OnFetched).
+  // READs the page at `remote_addr` of `home` into the request's landing
+  // buffer; `ds` hears of the data before it is installed
+  // (DistributedDataspace::OnFetched). `rkey`: the key of that memory (a
+  // sequentially consistent page's home store); by default the key of the
+  // region `home` published that holds `remote_addr`.
   void Read(const PageRequest& request, int home, uint64_t remote_addr,
-            DistributedDataspace* ds, uint64_t page);
-  // READs the page at `remote_addr` of `peer`, a region registered under
-  // `rkey` (a sequentially consistent page's home store), the same way.
-  void ReadFrom(const PageRequest& request, int peer, uint64_t remote_addr,
-                uint32_t rkey, DistributedDataspace* ds, uint64_t page);
+            DistributedDataspace* ds, uint64_t page,
+            std::optional<uint32_t> rkey = std::nullopt);
   // Asks `home` to register this rank as a cacher and make the page readable
   // first (kFetch); READs on kReady.
   void FetchVia(const PageRequest& request, int home, uint64_t remote_addr,
@@ -150,8 +150,7 @@ class RemoteFetcher final : public CompletionSource {
     uint64_t remote_addr = 0;
     uint64_t page = 0;
     DistributedDataspace* ds = nullptr;
-    bool has_rkey = false;  // else: the key of the region holding remote_addr
-    uint32_t rkey = 0;
+    std::optional<uint32_t> rkey;  // else: the region holding remote_addr
   };
 
   void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

@@ -559,7 +559,7 @@ void SequentialConsistency::OnGrant(int peer, absl::Span<const char> body) {
         /*write_protect=*/!m.write));
     return;
   }
-  fetcher_.ReadFrom(request, peer, m.store_addr, m.rkey, w.ds, m.page);
+  fetcher_.Read(request, peer, m.store_addr, w.ds, m.page, m.rkey);
 }
 
 }  // namespace pagewire
