@@ -131,6 +131,7 @@ FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
       resident_(resident),
       slots_(kMaxPendingPages),
       sources_(config.sources),
+      spin_polls_(config.spin_polls),
       direct_(new DirectSlot[kMaxPendingPages]) {
   for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
     slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
@@ -166,6 +167,12 @@ void FaultService::Stop() {
   ssize_t n = ::write(control_fd_, &one, sizeof(one));
   (void)n;
   loop_.join();
+  const FaultStats st = stats();
+  Debug("fault service: %d faults, %d requests, %d installed, %d upgrades, "
+        "%d failed; polled before sleeping %d times: %d found a completion, "
+        "%d polls in all",
+        st.faults, st.requests, st.installed, st.upgrades, st.failed,
+        st.spin_hits + st.spin_misses, st.spin_hits, st.spin_polls);
 
   // Make the range inaccessible before unregistering: unregistering wakes
   // every thread still blocked on it, and they must meet SIGSEGV, not a
@@ -193,6 +200,9 @@ FaultStats FaultService::stats() const {
   s.failed = get(failed_);
   s.evicted = get(evicted_);
   s.max_outstanding = get(max_outstanding_);
+  s.spin_hits = get(spin_hits_);
+  s.spin_misses = get(spin_misses_);
+  s.spin_polls = get(spin_total_polls_);
   s.mean_latency_ns = latency_.MeanNs();
   s.p50_latency_ns = latency_.QuantileNs(0.50);
   s.p99_latency_ns = latency_.QuantileNs(0.99);
@@ -211,11 +221,19 @@ void FaultService::Loop() {
     fds.push_back({source->fd(), POLLIN, 0});
   }
   for (;;) {
-    // Infinite wait: the loop sleeps until a fault, an answer or a command
-    // arrives. Nothing here is ever timed.
-    waiting_.store(true, std::memory_order_relaxed);
-    int n = ::poll(fds.data(), fds.size(), -1);
-    waiting_.store(false, std::memory_order_relaxed);
+    int n;
+    if (SpinForCompletions() && AwaitsPolledCompletions()) {
+      // Pages arrived while polling and are installed, and more are on
+      // their way: look at every other source without sleeping.
+      n = ::poll(fds.data(), fds.size(), 0);
+    } else {
+      // Infinite wait: the loop sleeps until a fault, an answer or a
+      // command arrives. Nothing here is ever timed.
+      for (CompletionSource* source : sources_) source->BeforeSleep();
+      waiting_.store(true, std::memory_order_relaxed);
+      n = ::poll(fds.data(), fds.size(), -1);
+      waiting_.store(false, std::memory_order_relaxed);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       Error("fault loop: poll failed: %s; the fault service stops",
@@ -245,6 +263,42 @@ void FaultService::Loop() {
       return;
     }
   }
+}
+
+bool FaultService::AwaitsPolledCompletions() const {
+  for (CompletionSource* source : sources_) {
+    if (source->AwaitsPolledCompletions()) return true;
+  }
+  return false;
+}
+
+bool FaultService::SpinForCompletions() {
+  if (spin_polls_ == 0 || !AwaitsPolledCompletions()) return false;
+  // Look at the userfaultfd now and then, so a new fault is not held up by
+  // a long spin: one system call per kFaultCheckEvery polls.
+  constexpr uint32_t kFaultCheckEvery = 64;
+  pollfd faults = {uffd_.fd(), POLLIN, 0};
+  uint32_t polls = 0;
+  bool found = false;
+  while (polls < spin_polls_ && !found) {
+    ++polls;
+    for (CompletionSource* source : sources_) {
+      if (source->Poll(*cq_)) found = true;
+    }
+    if (found) break;
+    if (polls % kFaultCheckEvery == 0) {
+      if (::poll(&faults, 1, 0) > 0 || !AwaitsPolledCompletions()) break;
+    }
+  }
+  Bump(spin_total_polls_, polls);
+  if (!found) {
+    Bump(spin_misses_);
+    return false;
+  }
+  Bump(spin_hits_);
+  DrainCompletions(false);
+  for (CompletionSource* source : sources_) source->AfterBurst();
+  return true;
 }
 
 void FaultService::ReadFaults() {

@@ -73,6 +73,23 @@ class CompletionSource {
   // Called after every burst of installations: a place for work that must
   // not delay them (batched notices to home managers).
   virtual void AfterBurst() {}
+  // Completions that no thread of ours produces (the NIC writes them into a
+  // queue in our memory) and that work the loop posted is waiting for: true
+  // while such work is in flight. The loop then polls the source (Poll) a
+  // bounded number of times before it goes to sleep, as rdma-core's and
+  // eRPC's consumers do, instead of paying a sleep and a wake-up per
+  // completion. Called on the loop only.
+  virtual bool AwaitsPolledCompletions() const { return false; }
+  // Takes what has completed, like Drain but without re-arming fd(); true
+  // if it found anything. Called on the loop only.
+  virtual bool Poll(CompletionQueue& cq) {
+    (void)cq;
+    return false;
+  }
+  // The loop is about to sleep in poll(): fd() must become readable for
+  // whatever completes from now on, including work the loop posted itself
+  // since the last Drain (Transport::PrepareToSleep).
+  virtual void BeforeSleep() {}
   // The service this source feeds, once at Start() (before the loop runs)
   // and null at Stop(): a source whose completions arrive on a thread of
   // its own may install pages there (FaultService::InstallDirect). After
@@ -86,6 +103,12 @@ struct FaultServiceConfig {
   UffdSyscalls syscalls = UffdSyscalls::Kernel();
   // Polled by the loop for completions; must outlive Stop().
   std::vector<CompletionSource*> sources;
+  // How many times the loop polls a source that awaits polled completions
+  // before it sleeps (PAGEWIRE_SPIN_POLLS). A count, not a time: running
+  // out only means the loop sleeps until the completion's event wakes it;
+  // nothing is ever dropped or failed. 0: always sleep.
+  uint32_t spin_polls = kDefaultSpinPolls;
+  static constexpr uint32_t kDefaultSpinPolls = 4096;
 };
 
 // Counters since start; any thread may read them. A page installed directly
@@ -100,6 +123,11 @@ struct FaultStats {
   uint64_t failed = 0;       // faults ended in SIGBUS
   uint64_t evicted = 0;      // pages dropped because their backing changed
   uint64_t max_outstanding = 0;
+  // Polling before sleeping (FaultServiceConfig::spin_polls): spins that
+  // found a completion, spins that ran out and slept, and polls made.
+  uint64_t spin_hits = 0;
+  uint64_t spin_misses = 0;
+  uint64_t spin_polls = 0;
   double mean_latency_ns = 0;
   uint64_t p50_latency_ns = 0;
   uint64_t p99_latency_ns = 0;
@@ -286,6 +314,11 @@ class FaultService final : public RegionMap::Listener {
                uint64_t* resident);
 
   void Loop();
+  // Before the loop sleeps: while a source awaits polled completions, polls
+  // it up to spin_polls_ times and installs what it finds; true if it found
+  // anything (the loop then does not sleep).
+  bool SpinForCompletions();
+  bool AwaitsPolledCompletions() const;
   void ReadFaults();
   void HandleFault(const uffd_msg& msg);
   // Finds or starts the request for `page`; kNoSlot if the table is full.
@@ -363,6 +396,7 @@ class FaultService final : public RegionMap::Listener {
   absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
   std::vector<CompletionSource*> sources_;
+  const uint32_t spin_polls_;
 
   // Per slot, shared with InstallDirect.
   std::unique_ptr<DirectSlot[]> direct_;
@@ -382,7 +416,8 @@ class FaultService final : public RegionMap::Listener {
 
   std::atomic<uint64_t> faults_{0}, requests_{0}, coalesced_{0},
       installed_{0}, upgrades_{0}, failed_{0}, evicted_{0},
-      max_outstanding_{0};
+      max_outstanding_{0}, spin_hits_{0}, spin_misses_{0},
+      spin_total_polls_{0};
   LatencyHistogram latency_;
 };
 

@@ -219,8 +219,10 @@ void RemoteFetcher::PostRead(uint32_t slot) {
                             : KeyFor(p.peer, p.remote_addr);
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
+  reads_in_flight_.fetch_add(1, std::memory_order_relaxed);
   absl::Status s = transport_.PostSend(p.peer, &wr);
   if (!s.ok()) {
+    reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
     p.state = State::kIdle;
     Fail(p.request, absl::UnavailableError(absl::StrFormat(
                         "posting the READ of 0x%x to rank %d failed: %s",
@@ -339,6 +341,7 @@ void RemoteFetcher::Dispatch(const WorkCompletion& wc, FaultService* service,
       return;
     }
     pending_[wc.wr_id].state = State::kIdle;
+    reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
     p = pending_[wc.wr_id];
     if (!PeerAlive(p.peer) && p.peer >= 0 && p.peer < nranks_) {
       death = death_[p.peer];
@@ -363,16 +366,31 @@ void RemoteFetcher::Dispatch(const WorkCompletion& wc, FaultService* service,
   }
 }
 
-void RemoteFetcher::Drain(CompletionQueue& cq) {
+int RemoteFetcher::Take(CompletionQueue& cq) {
   // On the fault loop, which installs what `cq` receives in this same
   // wake-up: no need to install directly.
   WorkCompletion wcs[kCompletionBurst];
-  for (;;) {
-    int n = transport_.PollCompletions(wcs, kCompletionBurst);
-    for (int i = 0; i < n; ++i) Dispatch(wcs[i], nullptr, &cq);
-    if (n < kCompletionBurst) break;
+  const int n = transport_.PollCompletions(wcs, kCompletionBurst);
+  for (int i = 0; i < n; ++i) Dispatch(wcs[i], nullptr, &cq);
+  return n;
+}
+
+void RemoteFetcher::Drain(CompletionQueue& cq) {
+  while (Take(cq) == kCompletionBurst) {
   }
   transport_.ArmCompletionFd();
+}
+
+bool RemoteFetcher::Poll(CompletionQueue& cq) {
+  // No re-arming: a notification request that stands raises its event
+  // anyway, and the loop's next Drain takes it.
+  int total = 0;
+  int n;
+  do {
+    n = Take(cq);
+    total += n;
+  } while (n == kCompletionBurst);
+  return total > 0;
 }
 
 void RemoteFetcher::OnCompletions(absl::Span<const WorkCompletion> wcs) {
@@ -385,11 +403,13 @@ void RemoteFetcher::AttachService(FaultService* service) {
     // Returns once the transport's thread is out of OnCompletions.
     transport_.SetCompletionHandler(nullptr);
     service_.store(nullptr, std::memory_order_release);
+    polled_.store(false, std::memory_order_relaxed);
     return;
   }
   service_.store(service, std::memory_order_release);
-  transport_.SetCompletionHandler(
+  const bool handled = transport_.SetCompletionHandler(
       [this](absl::Span<const WorkCompletion> wcs) { OnCompletions(wcs); });
+  polled_.store(!handled, std::memory_order_relaxed);
 }
 
 FetchStats RemoteFetcher::stats() const {

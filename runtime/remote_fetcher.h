@@ -138,6 +138,14 @@ class RemoteFetcher final : public CompletionSource {
   // gives fetched pages to `service` there (InstallDirect); null gives them
   // back to the transport's queue (and Drain).
   void AttachService(FaultService* service) override;
+  // On a transport without a thread of its own (verbs), while READs for
+  // faults are in flight: the loop polls for them before sleeping.
+  bool AwaitsPolledCompletions() const override {
+    return polled_.load(std::memory_order_relaxed) &&
+           reads_in_flight_.load(std::memory_order_relaxed) > 0;
+  }
+  bool Poll(CompletionQueue& cq) override;
+  void BeforeSleep() override { transport_.PrepareToSleep(); }
 
   static constexpr int kCompletionBurst = 64;
 
@@ -168,8 +176,16 @@ class RemoteFetcher final : public CompletionSource {
     return peer >= 0 && peer < nranks_ && !dead_[peer];
   }
 
+  // Takes up to one burst of completions into `cq`; how many.
+  int Take(CompletionQueue& cq);
+
   Transport& transport_;
   const int self_;
+  // The transport hands no completions to a thread of its own: the fault
+  // loop polls for them (AttachService).
+  std::atomic<bool> polled_{false};
+  // READs posted for faults whose completion has not been dispatched.
+  std::atomic<int> reads_in_flight_{0};
   const int nranks_;
 
   mutable absl::Mutex mutex_;

@@ -142,6 +142,11 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
   if (const char* v = std::getenv("PAGEWIRE_COORDINATOR_EXTERNAL")) {
     config.host_coordinator = std::string(v) != "1";
   }
+  if (const char* v = std::getenv("PAGEWIRE_SPIN_POLLS")) {
+    absl::StatusOr<int> polls = ParseInt("PAGEWIRE_SPIN_POLLS", v, 0);
+    if (!polls.ok()) return polls.status();
+    config.spin_polls = static_cast<uint32_t>(*polls);
+  }
   if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
     absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
     if (!ms.ok()) return ms.status();
@@ -220,6 +225,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   fs.size = config.global_size;
   fs.syscalls = config.syscalls;
   fs.sources = {fetcher_.get()};
+  fs.spin_polls = config.spin_polls;
   absl::StatusOr<std::unique_ptr<FaultService>> service =
       FaultService::Start(fs, *root_);
   if (!service.ok()) return service.status();

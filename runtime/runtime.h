@@ -68,6 +68,9 @@ struct RuntimeConfig {
   std::string transport = "auto";
   absl::Duration heartbeat_interval = absl::Milliseconds(100);
   absl::Duration lease = absl::Seconds(3);  // PAGEWIRE_LEASE_MS
+  // PAGEWIRE_SPIN_POLLS: on verbs, how often the fault loop polls the
+  // completion queue for an outstanding READ before it sleeps (0: never).
+  uint32_t spin_polls = FaultServiceConfig::kDefaultSpinPolls;
 
   // Reads the PAGEWIRE_* variables over the defaults; names the variable
   // and the fix for each bad value.

@@ -142,8 +142,17 @@ class Transport {
   // consumer can poll() it alongside its other sources.
   virtual int completion_fd() const = 0;
   // Re-arms completion_fd after PollCompletions returned fewer than max
-  // (verbs needs ibv_req_notify_cq; TCP does nothing).
+  // (verbs needs ibv_req_notify_cq; TCP does nothing). Once it has run,
+  // every later completion makes completion_fd readable, whoever posted
+  // the work.
   virtual void ArmCompletionFd() {}
+  // The consumer is about to sleep on completion_fd, possibly after posting
+  // more work itself since ArmCompletionFd: the same promise for that work.
+  // A consumer that calls this before every sleep lets a transport leave
+  // its completion queue unarmed while nothing is in flight, so work the
+  // consumer posts and then polls for costs no notification (verbs: no
+  // ibv_req_notify_cq, no channel event). Nothing for TCP.
+  virtual void PrepareToSleep() {}
 
   // Completions where they happen. A transport that makes progress on a
   // thread of its own (TCP: the thread that receives the responses) hands

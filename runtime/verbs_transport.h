@@ -203,6 +203,11 @@ class VerbsTransport final : public Transport {
   // software bell). Called with no event pending while a request stands
   // (woken by the bell), it makes one read and nothing else.
   void ArmCompletionFd() override;
+  // If no notification request stands: none is made while nothing is in
+  // flight (a post from another thread then rings the software bell), else
+  // one is, as in ArmCompletionFd. Marks the calling thread as the consumer,
+  // whose own posts ring nothing (it calls this again before it sleeps).
+  void PrepareToSleep() override;
 
   void SetMessageHandler(MessageHandler handler) override;
   // SEND with immediate (the type) from a registered send buffer.
@@ -315,6 +320,12 @@ class VerbsTransport final : public Transport {
   int Retire(const ibv_wc& wc, WorkCompletion* out);
   int DrainSoftware(WorkCompletion* out, int max);
   void PushSoftware(absl::Span<const WorkCompletion> wcs);
+  // The consumer's part of ArmCompletionFd / PrepareToSleep once no request
+  // stands: makes one (and polls once more) only if work is in flight.
+  void RequestNotificationIfBusy();
+  // After `n` entries were posted: wakes a consumer asleep with no request
+  // standing, unless the poster is the consumer.
+  void WakeUnarmedConsumer();
 
   // Device and port, fixed after Create.
   std::string device_name_;
@@ -369,6 +380,15 @@ class VerbsTransport final : public Transport {
   // event has not been taken, and events taken but not yet acked.
   bool send_armed_ = false;
   unsigned send_events_unacked_ = 0;
+  // Send-queue entries posted and not yet retired, over all connections:
+  // while none is, no completion can come, and the consumer may sleep with
+  // no request standing (RequestNotificationIfBusy).
+  std::atomic<int64_t> unretired_{0};
+  // The consumer may be asleep with no request standing: a post by another
+  // thread rings the software bell so that it wakes and makes one.
+  std::atomic<bool> sleeping_unarmed_{false};
+  // The thread that calls PrepareToSleep (the fault loop).
+  std::atomic<std::thread::id> consumer_{};
 
   std::thread thread_;
 };

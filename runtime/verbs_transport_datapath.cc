@@ -139,10 +139,14 @@ void VerbsTransport::AddToChain(Connection* c, uint32_t n,
 
 void VerbsTransport::PostChainLocked(Connection* c, uint32_t n) {
   if (n == 0) return;
+  // Counted before the NIC can complete them, so the consumer never sees
+  // nothing in flight while a completion is on its way.
+  unretired_.fetch_add(n);
   ibv_send_wr* bad = nullptr;
   const int rc = ibv_post_send(c->qp.get(), &c->chain[0], &bad);
   if (rc == 0) {
     c->posted += n;
+    WakeUnarmedConsumer();
     return;
   }
   // The QP refused part of the chain (it went to ERR under us, or the
@@ -151,6 +155,8 @@ void VerbsTransport::PostChainLocked(Connection* c, uint32_t n) {
   const uint32_t accepted =
       bad == nullptr ? 0 : static_cast<uint32_t>(bad - &c->chain[0]);
   c->posted += accepted;
+  unretired_.fetch_sub(n - accepted);
+  if (accepted > 0) WakeUnarmedConsumer();
   absl::InlinedVector<WorkCompletion, 8> failed;
   for (uint32_t i = accepted; i < n; ++i) {
     const SendSlot& slot = c->shadow[(c->posted + i - accepted) & kShadowMask];
@@ -390,6 +396,7 @@ int VerbsTransport::Retire(const ibv_wc& wc, WorkCompletion* out) {
     if (c->shadow[s & kShadowMask].message) ++c->messages_retired;
   }
   const SendSlot slot = c->shadow[seq & kShadowMask];
+  unretired_.fetch_sub(static_cast<int64_t>(seq + 1 - c->retired));
   c->retired = seq + 1;
 
   int produced = 0;
@@ -526,6 +533,22 @@ void VerbsTransport::ArmCompletionFd() {
       }
     }
   }
+  RequestNotificationIfBusy();
+}
+
+void VerbsTransport::PrepareToSleep() {
+  consumer_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  // A standing request raises its event for whatever completes next.
+  if (!send_armed_) RequestNotificationIfBusy();
+}
+
+void VerbsTransport::RequestNotificationIfBusy() {
+  // Against WakeUnarmedConsumer: the flag is set before the count is read,
+  // and a poster counts its work before it reads the flag (all sequentially
+  // consistent), so either this sees the work or the poster sees the flag.
+  sleeping_unarmed_.store(true);
+  if (unretired_.load() <= 0) return;
+  sleeping_unarmed_.store(false, std::memory_order_relaxed);
   if (ibv_req_notify_cq(send_cq_.get(), 0) != 0) {
     Error("verbs: rank %d: ibv_req_notify_cq(send): %s", rank_,
           verbs_internal::ErrnoStr(errno));
@@ -546,6 +569,23 @@ void VerbsTransport::ArmCompletionFd() {
     for (int i = 0; i < k; ++i) m += Retire(wcs[i], made + m);
     PushSoftware(absl::MakeConstSpan(made, m));
     if (k < kCompletionBurst) return;
+  }
+}
+
+void VerbsTransport::WakeUnarmedConsumer() {
+  if (!sleeping_unarmed_.load()) return;
+  if (std::this_thread::get_id() == consumer_.load(std::memory_order_relaxed)) {
+    return;  // awake, and it calls PrepareToSleep before it sleeps
+  }
+  if (!sleeping_unarmed_.exchange(false)) return;
+  // The bell: the consumer wakes, drains, and makes a request before it
+  // sleeps again.
+  absl::MutexLock lock(&software_mu_);
+  if (!software_bell_) {
+    software_bell_ = true;
+    uint64_t one = 1;
+    ssize_t n = ::write(software_fd_.get(), &one, sizeof(one));
+    (void)n;
   }
 }
 

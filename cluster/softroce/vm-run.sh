@@ -376,7 +376,7 @@ qemu=(
   qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
   -machine pc -accel tcg,thread=multi -cpu max -m "$VM_MEMORY" -smp "$VM_CPUS"
   -kernel "$VMLINUX" -initrd "$INITRD"
-  -append "console=ttyS0 loglevel=$loglevel panic=-1 mitigations=off random.trust_cpu=on"
+  -append "console=ttyS0 loglevel=$loglevel panic=-1 mitigations=off random.trust_cpu=on tsc=reliable"
   -virtfs "$(virtfs "$out_dir" pwout)"
   -virtfs "$(virtfs /usr pwusr ro)"
   -virtfs "$(virtfs /etc pwetc ro)"

@@ -810,6 +810,76 @@ TEST_P(TransportTest, EveryCompletionWakesTheConsumer) {
   }
 }
 
+// Waits as the fault loop does when it sleeps: PrepareToSleep, poll(), and
+// on a wake-up with nothing to take, ArmCompletionFd (its Drain) and again.
+bool SleepUntilOne(Transport& t, WorkCompletion* out) {
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kDeadlineMs);
+  for (;;) {
+    if (t.PollCompletions(out, 1) == 1) return true;
+    t.ArmCompletionFd();
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) return false;
+    t.PrepareToSleep();
+    pollfd p{t.completion_fd(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) == 0) return false;  // lost
+  }
+}
+
+// The fault loop's contract (PrepareToSleep): it sleeps with no
+// notification request while nothing is in flight (verbs), and it posts
+// and polls its own READs without one. Every completion must still wake
+// it: of work another thread posts while it sleeps unarmed (at once, or
+// after a moment), of work it posted itself before PrepareToSleep, and of
+// work it found by polling alone, after which it sleeps unarmed again.
+TEST_P(TransportTest, ConsumerThatPreparesToSleepIsWokenForEveryCompletion) {
+  constexpr int kRounds = 120;
+  Buffer remote = MakeBuffer(*target_, 64 * 4096);
+  Buffer local = MakeBuffer(*requester_, 64 * 4096);
+  FillPattern(remote, 11);
+  WorkCompletion wc;
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    const size_t off = static_cast<size_t>(round % 64) * 4096;
+    WorkRequest wr = Read(round, local, off, remote, off, 4096);
+    const int variant = round % 3;
+    if (variant == 0) {
+      // Another thread posts while the consumer sleeps (or is about to).
+      requester_->PrepareToSleep();
+      std::thread poster([&, round] {
+        if (round % 2) std::this_thread::sleep_for(std::chrono::microseconds(300));
+        EXPECT_TRUE(requester_->PostSend(1, &wr).ok());
+      });
+      const bool woken = SleepUntilOne(*requester_, &wc);
+      poster.join();
+      ASSERT_TRUE(woken) << "a READ posted by another thread woke nobody";
+    } else if (variant == 1) {
+      // The consumer posts after it last got ready to sleep.
+      requester_->PrepareToSleep();
+      ASSERT_TRUE(requester_->PostSend(1, &wr).ok());
+      ASSERT_TRUE(SleepUntilOne(*requester_, &wc))
+          << "the consumer's own READ woke nobody";
+    } else {
+      // The consumer posts and finds the completion by polling alone.
+      ASSERT_TRUE(requester_->PostSend(1, &wr).ok());
+      auto deadline = std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(kDeadlineMs);
+      while (requester_->PollCompletions(&wc, 1) == 0) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+      }
+    }
+    EXPECT_EQ(wc.wr_id, static_cast<uint64_t>(round));
+    EXPECT_EQ(wc.status, WcStatus::kSuccess);
+    EXPECT_EQ(std::memcmp(local.data + off, remote.data + off, 4096), 0);
+  }
+  // Nothing left over, and the fd is quiet once drained.
+  requester_->ArmCompletionFd();
+  requester_->PrepareToSleep();
+  EXPECT_EQ(requester_->PollCompletions(&wc, 1), 0);
+}
+
 // A bad lkey or an unregistered local buffer is a local protection error,
 // a misaligned atomic a remote access error; each fails alone, and the
 // connection carries the READ behind them.
