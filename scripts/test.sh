@@ -4,8 +4,10 @@
 # Prints a final "N passed, N failed" line and exits with Bazel's status.
 #
 # Runs in two steps: every test except the soft-RoCE VM suite, then (the VM
-# step) the tests tagged "softroce": //tests/softroce:verbs_suite_vm_test,
-# which boots ONE QEMU guest for every verbs test and the verbs benchmark.
+# step) the tests tagged "softroce", one after the other:
+# //tests/softroce:verbs_suite_vm_test, which boots ONE QEMU guest for every
+# verbs test and the verbs benchmark, and //tests/softroce:vm_dies_test, two
+# short boots checking that vm-run.sh reports a guest that dies or hangs.
 # The final line counts both; the VM step's per-step results (which of its
 # steps failed) and the benchmark's figures are printed after it.
 #
@@ -46,6 +48,9 @@ run_bazel_test --test_tag_filters=-softroce "$@" || status=$?
 # whose steps are the smoke/perftest baseline, the remote-fault benchmark,
 # the transport suite's Verbs cases and the DSM runtime on verbs. It counts
 # as one test in the summary below and fails if any of its steps fails.
+# Also tagged softroce: vm_dies_test (vm-run's exit 125 for a guest that
+# panics mid-step, 124 for its watchdog), 45-70 s. The tests are "exclusive",
+# so Bazel runs them one at a time: never two VMs at once.
 echo
 echo "== soft-RoCE VM step (tests tagged softroce; cluster/softroce/README.md)"
 vm_note=""
@@ -72,6 +77,11 @@ else
   else
     echo "(no $suite_log: the VM suite did not run)"
   fi
+  dies_log=bazel-testlogs/tests/softroce/vm_dies_test/test.log
+  echo
+  echo "== vm-run reports a dying VM (from $dies_log)"
+  grep -E '^//tests/softroce:vm_dies_test: (PASS|FAIL)' "$dies_log" 2>/dev/null ||
+    echo "(no result in $dies_log: the test did not run)"
 fi
 
 # Bazel's per-target summary lines look like
