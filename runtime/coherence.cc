@@ -363,42 +363,59 @@ std::vector<uint64_t> Coherence::CachedCopies(const PageList& pages) const {
   return offsets;
 }
 
-absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
+absl::Status Coherence::FreezeAndFlush(
+    absl::FunctionRef<void(std::map<uint64_t, Twin>& twins)> freeze,
+    PageList& written) {
   std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> offsets, flushed;
+  std::vector<uint64_t> flushed;
   uint64_t flush_id;
   {
     absl::MutexLock lock(&mutex_);
-    offsets = CachedCopies(pages);
-    // Another thread's release still flushes some of these pages: let it
-    // finish, so nothing it snapshots is dropped under it.
-    auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-      for (uint64_t offset : offsets) {
-        if (flushing_.count(offset)) return false;
-      }
-      return true;
-    };
-    mutex_.Await(absl::Condition(&settled));
+    // `freeze` waits first (mutex_.Await); from its return to the end of
+    // this block the lock is held throughout, so the freeze, the taking of
+    // the twins and the flush's registration are one step: a release that
+    // starts later waits for this flush (EndFlush).
+    freeze(twins);
     flush_id = ++next_flush_id_;
     inflight_flushes_.insert(flush_id);
-    for (uint64_t offset : offsets) {
-      ++frozen_[offset].holds;  // upgrades wait until the copy is gone
-      auto it = twins_.find(offset);
-      if (it == twins_.end()) continue;
-      written_since_barrier_.insert({it->second.ds->id(), it->second.page});
-      twins.insert(twins_.extract(it));
+    for (const auto& [offset, twin] : twins) {
+      written_since_barrier_.insert({twin.ds->id(), twin.page});
       ++flushing_[offset];
       flushed.push_back(offset);
     }
-    stats_.invalidated += offsets.size();
   }
-  PageList written;
   absl::Status s = twins.empty() ? absl::OkStatus() : FlushTwins(twins, written);
   Unfreeze({}, flushed);  // flushed: the pages may go now
   {
     absl::MutexLock lock(&mutex_);
     inflight_flushes_.erase(flush_id);
   }
+  return s;
+}
+
+absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
+  std::vector<uint64_t> offsets;
+  PageList written;
+  absl::Status s = FreezeAndFlush(
+      [&](std::map<uint64_t, Twin>& twins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        offsets = CachedCopies(pages);
+        // Another thread's release still flushes some of these pages: let
+        // it finish, so nothing it snapshots is dropped under it.
+        auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          for (uint64_t offset : offsets) {
+            if (flushing_.count(offset)) return false;
+          }
+          return true;
+        };
+        mutex_.Await(absl::Condition(&settled));
+        for (uint64_t offset : offsets) {
+          ++frozen_[offset].holds;  // upgrades wait until the copy is gone
+          auto it = twins_.find(offset);
+          if (it != twins_.end()) twins.insert(twins_.extract(it));
+        }
+        stats_.invalidated += offsets.size();
+      },
+      written);
   // Drop the copies. Frozen pages cannot be twinned again (TwinOrDefer),
   // so keeping pages with a twin or a flush under way is only a safety net.
   absl::Notification dropped;
@@ -435,36 +452,21 @@ absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
 }
 
 absl::Status Coherence::FlushAndDropAll() {
-  std::map<uint64_t, Twin> twins;
-  std::vector<uint64_t> flushed;
   std::vector<DistributedDataspace*> all;
-  uint64_t flush_id;
-  {
-    absl::MutexLock lock(&mutex_);
-    // Flushes under way finish first, so nothing they snapshot is dropped
-    // under them.
-    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-      return flushing_.empty();
-    };
-    mutex_.Await(absl::Condition(&settled));
-    flush_id = ++next_flush_id_;
-    inflight_flushes_.insert(flush_id);
-    ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
-    twins.swap(twins_);
-    for (const auto& [offset, twin] : twins) {
-      written_since_barrier_.insert({twin.ds->id(), twin.page});
-      ++flushing_[offset];
-      flushed.push_back(offset);
-    }
-    for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
-  }
   PageList written;
-  absl::Status s = twins.empty() ? absl::OkStatus() : FlushTwins(twins, written);
-  Unfreeze({}, flushed);
-  {
-    absl::MutexLock lock(&mutex_);
-    inflight_flushes_.erase(flush_id);
-  }
+  absl::Status s = FreezeAndFlush(
+      [&](std::map<uint64_t, Twin>& twins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        // Flushes under way finish first, so nothing they snapshot is
+        // dropped under them.
+        auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          return flushing_.empty();
+        };
+        mutex_.Await(absl::Condition(&settled));
+        ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
+        twins.swap(twins_);
+        for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
+      },
+      written);
   for (DistributedDataspace* ds : all) {
     if (ds->sequential()) continue;  // coherent by itself
     const uint64_t at = ds->global_addr() - service_.base();

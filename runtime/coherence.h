@@ -51,6 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -165,6 +166,15 @@ class Coherence {
   // Offsets of the pages in `pages` that are copies of other ranks' pages.
   std::vector<uint64_t> CachedCopies(const PageList& pages) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // The first half of FlushAndDropCopies and FlushAndDropAll. Under
+  // mutex_, `freeze` waits for the flushes it must not overtake, freezes
+  // the copies to be dropped (so they cannot be twinned again) and moves
+  // their twins out of twins_ into its argument; then those twins are
+  // written home (their pages appended to `written`) and their pages may
+  // be dropped. Returns the flush's status; the caller drops and unfreezes.
+  absl::Status FreezeAndFlush(
+      absl::FunctionRef<void(std::map<uint64_t, Twin>& twins)> freeze,
+      PageList& written);
   // Drops the cached copies `pages` (other ranks' pages only), which other
   // threads of this rank may be writing: the pages are frozen, their twins
   // flushed home, then they are dropped; writers that hit them meanwhile
