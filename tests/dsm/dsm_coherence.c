@@ -24,9 +24,7 @@
  *                  the new bytes, and their own bytes of the same pages,
  *                  written before it, are not lost
  *   acquire_racing the same with the others' own bytes written by a second
- *                  thread during pw_acquire. KNOWN TO FAIL in a few % of
- *                  runs (a write to the allocation's first page is lost),
- *                  so its target is manual (tests/dsm/BUILD)
+ *                  thread that keeps writing them while pw_acquire runs
  *
  * Prints "dsm_coherence: <test> rank R ok" or names the first difference
  * and exits non-zero.
@@ -34,6 +32,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <pagewire/pagewire.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,7 +296,7 @@ static void Races(void) {
 /* ---- pw_acquire (drop every cached copy) without locks or barriers ---- */
 enum { kAcqPages = 8, kAcqRounds = 6 };
 static unsigned char *acq_data;
-static volatile int acq_stop;
+static int acq_stop;
 static int acq_round;
 
 /* Byte i of every page belongs to rank i % nranks; its value in round e. */
@@ -313,10 +312,17 @@ static void AcqWriteOwn(void) {
 
 /* acquire_racing: keeps writing this rank's bytes while the main thread
  * acquires, so the acquire's own freeze finds twins to flush and writers
- * that meet frozen pages wait for the drop. */
+ * that meet frozen pages wait for the drop. It says when it has begun, and
+ * the main thread waits for that before it acquires: on a loaded machine a
+ * new thread may not run at all before the round ends, and then the
+ * round's bytes would never be written (the check after the barrier
+ * would report them lost, a failure of the test, not of the runtime). */
+static int acq_begun;
 static void *AcqScribbler(void *arg) {
   (void)arg;
-  while (!acq_stop) AcqWriteOwn();
+  AcqWriteOwn();
+  __atomic_store_n(&acq_begun, 1, __ATOMIC_RELEASE);
+  while (!__atomic_load_n(&acq_stop, __ATOMIC_ACQUIRE)) AcqWriteOwn();
   return NULL;
 }
 
@@ -349,7 +355,9 @@ static void Acquire(int racing) {
       pthread_t th;
       if (racing) {
         acq_stop = 0;
+        acq_begun = 0;
         pthread_create(&th, NULL, AcqScribbler, NULL);
+        while (!__atomic_load_n(&acq_begun, __ATOMIC_ACQUIRE)) sched_yield();
       } else {
         AcqWriteOwn();
       }
@@ -361,7 +369,7 @@ static void Acquire(int racing) {
           CHECK(acq_data[(size_t)p * PAGE + i] == AcqByte(e, p, i),
                 "round %d: after pw_acquire, page %d byte %zu (rank %d's) is stale", e, p, i, writer);
       if (racing) {
-        acq_stop = 1;
+        __atomic_store_n(&acq_stop, 1, __ATOMIC_RELEASE);
         pthread_join(th, NULL);
       }
     }
