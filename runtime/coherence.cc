@@ -151,6 +151,17 @@ void Coherence::RemoveDataspace(uint32_t id) {
   };
   drop(home_written_release_);
   drop(home_written_barrier_);
+  auto drop_keys = [id](auto& map) {
+    for (auto it = map.begin(); it != map.end();) {
+      if (it->first.first == id) {
+        map.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  };
+  drop_keys(hot_);
+  drop_keys(home_written_epoch_);
   for (PageList& l : remote_written_barrier_) {
     l.erase(std::remove_if(l.begin(), l.end(),
                            [id](const hp::PageRef& r) { return r.alloc_id == id; }),
@@ -199,8 +210,16 @@ bool Coherence::TwinOrDefer(const PageRequest& request,
 
 void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  home_written_release_.insert({ds->id(), page});
-  home_written_barrier_.insert({ds->id(), page});
+  const std::pair<uint32_t, uint64_t> key{ds->id(), page};
+  home_written_release_.insert(key);
+  home_written_barrier_.insert(key);
+  // Written a short while ago too: from now on it stays writable (hot).
+  // epoch_ counts barriers begun; this write belongs to epoch_ + 1.
+  if (auto last = home_written_epoch_.find(key);
+      last != home_written_epoch_.end() && epoch_ + 1 - last->second <= kHotWindow &&
+      hot_.try_emplace(key, kHotProbeEpochs).second) {
+    ++stats_.hot_pages;
+  }
 }
 
 absl::Status Coherence::Release() {
@@ -222,10 +241,13 @@ absl::Status Coherence::Release() {
       // another thread of this rank must report these pages too.
       written_since_barrier_.insert({twin.ds->id(), twin.page});
     }
-    home_written.assign(home_written_release_.begin(),
-                        home_written_release_.end());
+    for (const auto& ref : home_written_release_) {
+      // Hot pages stay writable (reported below, as always).
+      if (!hot_.contains(ref)) home_written.push_back(ref);
+    }
     home_written_release_.clear();
     for (const auto& ref : home_written) written_since_barrier_.insert(ref);
+    for (const auto& [ref, left] : hot_) written_since_barrier_.insert(ref);
   }
   // Tracked home pages written since the last release: protect them again,
   // so the next write is seen too, and report them.
@@ -580,6 +602,9 @@ absl::Status Coherence::Barrier() {
     home_written.assign(home_written_barrier_.begin(),
                         home_written_barrier_.end());
     home_written_barrier_.clear();
+    // Hot pages count as written in every epoch: nothing sees their writes.
+    for (const auto& [ref, left] : hot_) home_written.push_back(ref);
+    for (const auto& ref : home_written) home_written_epoch_[ref] = epoch;
   }
 
   // Round 2, as a home: who must drop which copies.
@@ -596,11 +621,16 @@ absl::Status Coherence::Barrier() {
     }
   }
   // Pages written at home this epoch are protected again (tracked), so
-  // the next epoch's writes are seen.
+  // the next epoch's writes are seen; hot pages only when their probe is
+  // due.
   for (const auto& [key, who] : writers) {
     DistributedDataspace* ds;
     {
       absl::MutexLock lock(&mutex_);
+      if (auto hot = hot_.find(key); hot != hot_.end()) {
+        if (--hot->second > 0) continue;
+        hot_.erase(hot);
+      }
       ds = Find(key.first);
     }
     if (ds == nullptr) continue;

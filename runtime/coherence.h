@@ -70,6 +70,7 @@ struct CoherenceStats {
   uint64_t diff_bytes = 0;      // bytes written home at releases
   uint64_t diff_writes = 0;     // one-sided WRITEs they took
   uint64_t invalidated = 0;     // cached copies dropped at acquires
+  uint64_t hot_pages = 0;       // home pages left writable (hot_), in all
   uint64_t barriers = 0;
   uint64_t lock_acquires = 0;
 };
@@ -242,6 +243,21 @@ class Coherence {
       ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_set<std::pair<uint32_t, uint64_t>> home_written_barrier_
       ABSL_GUARDED_BY(mutex_);
+  // Home pages written again within kHotWindow barrier epochs ("hot", such
+  // as a stencil's boundary rows, written every epoch or every other one):
+  // left writable, so their writes cost no fault, and reported as written
+  // at every release and barrier instead. Every kHotProbeEpochs barriers a
+  // hot page is write-protected again (a probe): written again soon, it is
+  // hot again at its first write; else it is tracked as before. Value:
+  // barriers left until the probe.
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, int> hot_
+      ABSL_GUARDED_BY(mutex_);
+  static constexpr int kHotProbeEpochs = 16;
+  static constexpr uint64_t kHotWindow = 2;
+  // The last barrier epoch in which each home page was written (hot ones
+  // count as written in every epoch).
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, uint64_t>
+      home_written_epoch_ ABSL_GUARDED_BY(mutex_);
   // Other ranks' pages this rank wrote since the last barrier, by home.
   std::vector<PageList> remote_written_barrier_ ABSL_GUARDED_BY(mutex_);
   // Pages this rank wrote since the last barrier (remote and tracked home
