@@ -25,6 +25,10 @@
  *                  written before it, are not lost
  *   acquire_racing the same with the others' own bytes written by a second
  *                  thread that keeps writing them while pw_acquire runs
+ *   hot            a home page written in epoch after epoch (left writable,
+ *                  "hot"), then not for many epochs (write-protected again
+ *                  at its probe), then written once more: every rank sees
+ *                  every value after the barrier that follows it
  *
  * Prints "dsm_coherence: <test> rank R ok" or names the first difference
  * and exits non-zero.
@@ -386,6 +390,28 @@ static void Acquire(int racing) {
   pw_free(acq_data);
 }
 
+/* ---- hot home pages ---- */
+/* Rank 0 writes word 0 of a page it homes in the listed epochs; after each
+ * barrier every rank must read the last value written. Epochs 2-6 make the
+ * page hot; 7-29 leave it unwritten past its probe (16 barriers later);
+ * 30 must still be seen (a write-protect fault again); 47-48 hot again. */
+static int HotWritten(int e) { return e <= 6 || e == 30 || e == 47 || e == 48; }
+static void Hot(void) {
+  uint64_t *page = pw_alloc_on(PAGE, 0);
+  CHECK(page, "pw_alloc_on");
+  pw_barrier();
+  uint64_t last = 0;
+  for (int e = 1; e <= 60; e++) {
+    if (HotWritten(e)) last = (uint64_t)e;
+    if (rank == 0 && HotWritten(e)) page[0] = (uint64_t)e;
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    CHECK(page[0] == last, "epoch %d: read %llu, want %llu", e,
+          (unsigned long long)page[0], (unsigned long long)last);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  pw_free(page);
+}
+
 int main(int argc, char **argv) {
   if (pw_init(&argc, &argv) != PW_OK) {
     fprintf(stderr, "dsm_coherence: pw_init: %s\n", pw_last_error());
@@ -401,8 +427,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "races")) Races();
   else if (!strcmp(test, "acquire")) Acquire(0);
   else if (!strcmp(test, "acquire_racing")) Acquire(1);
+  else if (!strcmp(test, "hot")) Hot();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot\n");
     return 2;
   }
   pw_stats_t s;
