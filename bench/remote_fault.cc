@@ -568,6 +568,10 @@ void Measure(const Options& o, char* remote) {
 int main(int argc, char** argv) {
   using namespace pagewire;
   const Options o = ParseOptions(argc, argv);
+  // Every measured fault is one remote fetch: the rounds walk the pages in
+  // order, and read-ahead would turn every other fault into a hit. (Set
+  // PAGEWIRE_READAHEAD yourself to see what it does.)
+  setenv("PAGEWIRE_READAHEAD", "0", /*overwrite=*/0);
   if (pw_init(&argc, &argv) != PW_OK) {
     fprintf(stderr, "remote_fault: pw_init: %s\n", pw_last_error());
     return 1;

@@ -156,6 +156,18 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
   const uint64_t remote_addr = params_.global_addr + page * kPageSize;
   if (params_.homes_always_readable && GetBit(registered_.get(), page)) {
     fetcher_.Read(request, owner, remote_addr, this, page);
+    if (params_.readahead != nullptr && !request.prefetch &&
+        request.access == Access::kRead) {
+      // Only pages this rank already caches from that home (registered):
+      // a first fetch goes through the home manager.
+      for (uint64_t next = page + 1;
+           next <= page + static_cast<uint64_t>(params_.readahead_pages) &&
+           next < params_.placement.pages && OwnerOf(next) == owner &&
+           GetBit(registered_.get(), next);
+           ++next) {
+        params_.readahead->ReadAhead(GlobalOffset(next));
+      }
+    }
   } else {
     fetcher_.FetchVia(request, owner, remote_addr, this, page);
   }

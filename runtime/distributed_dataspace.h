@@ -43,6 +43,7 @@
 #include "absl/synchronization/mutex.h"
 #include "runtime/dataspace.h"
 #include "runtime/page.h"
+#include "runtime/fault_service.h"
 #include "runtime/placement.h"
 #include "runtime/remote_fetcher.h"
 
@@ -75,6 +76,12 @@ class DistributedDataspace final : public Dataspace {
     // registered (verbs): the owner registers its pages one at a time with
     // this transport and hands out per-page keys. Null otherwise.
     Transport* page_registrar = nullptr;
+    // Read-ahead: a read fault on a page of another rank, fetched directly,
+    // also asks `readahead` for the next `readahead_pages` pages of the same
+    // home (PAGEWIRE_READAHEAD), so a thread walking through remote memory
+    // finds them on their way. Null: none.
+    FaultService* readahead = nullptr;
+    int readahead_pages = 0;
   };
 
   DistributedDataspace(Params params, RemoteFetcher& fetcher,

@@ -200,6 +200,7 @@ FaultStats FaultService::stats() const {
   s.failed = get(failed_);
   s.evicted = get(evicted_);
   s.max_outstanding = get(max_outstanding_);
+  s.readaheads = get(readaheads_);
   s.spin_hits = get(spin_hits_);
   s.spin_misses = get(spin_misses_);
   s.spin_polls = get(spin_total_polls_);
@@ -255,6 +256,7 @@ void FaultService::Loop() {
       if (fds[i].revents & POLLIN) sources_[i - kFixed]->Drain(*cq_);
     }
     DrainCompletions(fds[1].revents & POLLIN);
+    RunReadAheads();
     for (CompletionSource* source : sources_) source->AfterBurst();
     if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
       Error("fault loop: the userfaultfd reported an error; the fault "
@@ -315,6 +317,7 @@ void FaultService::ReadFaults() {
     }
     size_t count = static_cast<size_t>(n) / sizeof(uffd_msg);
     for (size_t i = 0; i < count; ++i) HandleFault(msgs[i]);
+    RunReadAheads();
     // Install what managers answered inline before reading more, so pages
     // reach their threads in bursts of at most one batch.
     DrainCompletions(false);
@@ -389,6 +392,29 @@ uint32_t FaultService::StartRequest(uintptr_t page, Access access,
   return slot;
 }
 
+void FaultService::ReadAhead(uint64_t offset) {
+  // A manager answering on another thread (a first-touch claim's reply)
+  // gets no read-ahead: the list is the loop's.
+  if (std::this_thread::get_id() != loop_id_ || offset >= size_) return;
+  readahead_.push_back(PageDown(offset));
+}
+
+void FaultService::RunReadAheads() {
+  // Requests made here may name more pages (a manager that reads ahead of
+  // a retried fault); those wait for the next call.
+  std::vector<uint64_t> offsets;
+  offsets.swap(readahead_);
+  for (uint64_t offset : offsets) {
+    const uintptr_t page = base_ + offset;
+    CatchUpDirect(page);
+    if (Resident(PageIndex(page)) || pending_index_.contains(page)) continue;
+    const uint32_t slot = StartRequest(page, Access::kRead, false);
+    if (slot == kNoSlot) break;  // a full table: faults come first
+    Bump(readaheads_);
+    Request(slot);
+  }
+}
+
 void FaultService::StartPrefetch(uint64_t offset, PrefetchDone done) {
   if (offset >= size_) {
     done(absl::OutOfRangeError(absl::StrFormat(
@@ -432,6 +458,7 @@ void FaultService::Request(uint32_t slot) {
   request.offset = p.page - base_;
   request.access = p.access;
   request.upgrade = p.upgrade;
+  request.prefetch = !p.faulted;
   request.slot = slot;
   request.landing = Landing(slot);
   request.completion_queue = cq_.get();

@@ -122,6 +122,7 @@ struct FaultStats {
   uint64_t upgrades = 0;     // write-protected pages made writable
   uint64_t failed = 0;       // faults ended in SIGBUS
   uint64_t evicted = 0;      // pages dropped because their backing changed
+  uint64_t readaheads = 0;   // pages requested ahead of a fault (ReadAhead)
   uint64_t max_outstanding = 0;
   // Polling before sleeping (FaultServiceConfig::spin_polls): spins that
   // found a completion, spins that ran out and slept, and polls made.
@@ -171,6 +172,11 @@ class FaultService final : public RegionMap::Listener {
   // home manager uses it to serve a remote fetch from a nested backing.
   using PrefetchDone = std::function<void(const absl::Status&)>;
   void Prefetch(uint64_t offset, PrefetchDone done);
+  // A manager answering a fault on the loop thread (RequestPage) expects a
+  // fault on the page at `offset` soon: the loop requests it once the
+  // current request is out, unless it is installed or asked for already
+  // or no slot is free (a hint, never waited for). Loop thread only.
+  void ReadAhead(uint64_t offset);
 
   // Write-protects (or unprotects) the installed pages of the range: a
   // later write to a protected page faults as an upgrade request. Pages not
@@ -318,6 +324,8 @@ class FaultService final : public RegionMap::Listener {
   // it up to spin_polls_ times and installs what it finds; true if it found
   // anything (the loop then does not sleep).
   bool SpinForCompletions();
+  // Requests the pages ReadAhead named.
+  void RunReadAheads();
   bool AwaitsPolledCompletions() const;
   void ReadFaults();
   void HandleFault(const uffd_msg& msg);
@@ -395,6 +403,7 @@ class FaultService final : public RegionMap::Listener {
   std::vector<std::pair<uint64_t, PrefetchDone>> deferred_prefetches_;
   absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
+  std::vector<uint64_t> readahead_;  // offsets named by ReadAhead
   std::vector<CompletionSource*> sources_;
   const uint32_t spin_polls_;
 
@@ -416,7 +425,7 @@ class FaultService final : public RegionMap::Listener {
 
   std::atomic<uint64_t> faults_{0}, requests_{0}, coalesced_{0},
       installed_{0}, upgrades_{0}, failed_{0}, evicted_{0},
-      max_outstanding_{0}, spin_hits_{0}, spin_misses_{0},
+      max_outstanding_{0}, readaheads_{0}, spin_hits_{0}, spin_misses_{0},
       spin_total_polls_{0};
   LatencyHistogram latency_;
 };

@@ -29,6 +29,9 @@ struct PageRequest {
   // The page is mapped but write-protected and the faulting thread wants to
   // write: the manager grants write access (kWritable) or fails.
   bool upgrade = false;
+  // No thread waits for the page yet (a prefetch or a read-ahead): a
+  // manager that reads ahead of faults does not read ahead of this one.
+  bool prefetch = false;
   uint32_t slot = 0;         // the fault service's pending-page slot (its wr_id)
   void* landing = nullptr;   // a page-sized buffer the manager may fill
   CompletionQueue* completion_queue = nullptr;

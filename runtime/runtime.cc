@@ -147,6 +147,16 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
     if (!polls.ok()) return polls.status();
     config.spin_polls = static_cast<uint32_t>(*polls);
   }
+  if (const char* v = std::getenv("PAGEWIRE_READAHEAD")) {
+    absl::StatusOr<int> pages = ParseInt("PAGEWIRE_READAHEAD", v, 0);
+    if (!pages.ok()) return pages.status();
+    if (*pages > RuntimeConfig::kMaxReadAheadPages) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_READAHEAD=%d reads too far ahead; use 0 to %d pages",
+          *pages, RuntimeConfig::kMaxReadAheadPages));
+    }
+    config.readahead_pages = *pages;
+  }
   if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
     absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
     if (!ms.ok()) return ms.status();
@@ -165,6 +175,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
   std::unique_ptr<Runtime> rt(new Runtime());
   rt->rank_ = config.rank;
   rt->nranks_ = config.nranks;
+  rt->readahead_pages_ = config.readahead_pages;
   rt->root_ = std::make_shared<RegionMap>(config.global_size, "global range");
   if (config.coordinator.empty()) {
     FaultServiceConfig fs;
@@ -572,6 +583,10 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   // A file-backed home is read on demand: peers ask its manager first.
   p.homes_always_readable = !homes_backed;
   if (sequential) p.sequential = sequential_.get();
+  if (!sequential && readahead_pages_ > 0) {
+    p.readahead = fault_service_.get();
+    p.readahead_pages = readahead_pages_;
+  }
   // First touch on verbs: owners register their pages as peers first ask
   // for them (nobody owns any yet, so there is nothing to register now).
   if (verbs_ != nullptr && placement == Placement::kFirstTouch) {

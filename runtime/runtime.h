@@ -71,6 +71,10 @@ struct RuntimeConfig {
   // PAGEWIRE_SPIN_POLLS: on verbs, how often the fault loop polls the
   // completion queue for an outstanding READ before it sleeps (0: never).
   uint32_t spin_polls = FaultServiceConfig::kDefaultSpinPolls;
+  // PAGEWIRE_READAHEAD: a read fault on another rank's page also requests
+  // this many following pages of the same home (0: none).
+  int readahead_pages = 1;
+  static constexpr int kMaxReadAheadPages = 64;
 
   // Reads the PAGEWIRE_* variables over the defaults; names the variable
   // and the fix for each bad value.
@@ -160,6 +164,7 @@ class Runtime {
 
   int rank_ = 0;
   int nranks_ = 1;
+  int readahead_pages_ = 0;  // RuntimeConfig::readahead_pages
 
   // Declared in construction order; destroyed in reverse (see ~Runtime).
   std::unique_ptr<control::CoordinatorServer> coordinator_;

@@ -122,6 +122,7 @@ typedef struct pw_stats {
   double mean_latency_us;   /* fault resolution latency */
   double p50_latency_us;
   double p99_latency_us;
+  uint64_t readaheads;      /* pages fetched ahead of a fault (PAGEWIRE_READAHEAD) */
 } pw_stats_t;
 
 pw_status_t pw_get_stats(pw_stats_t *stats);

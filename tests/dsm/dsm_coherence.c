@@ -25,6 +25,11 @@
  *                  written before it, are not lost
  *   acquire_racing the same with the others' own bytes written by a second
  *                  thread that keeps writing them while pw_acquire runs
+ *   readahead      ranks walk through pages homed on rank 0 that they cached
+ *                  before (so read-ahead applies): every page is fetched
+ *                  once, some ahead of their fault, and every value is the
+ *                  latest after each barrier; PAGEWIRE_READAHEAD=0 fetches
+ *                  none ahead
  *   hot            a home page written in epoch after epoch (left writable,
  *                  "hot"), then not for many epochs (write-protected again
  *                  at its probe), then written once more: every rank sees
@@ -390,6 +395,42 @@ static void Acquire(int racing) {
   pw_free(acq_data);
 }
 
+/* ---- read-ahead ---- */
+enum { kRaPages = 64, kRaRounds = 4 };
+static void ReadAhead(void) {
+  uint64_t *data = pw_alloc_on(kRaPages * PAGE, 0);
+  CHECK(data, "pw_alloc_on");
+  const char *env = getenv("PAGEWIRE_READAHEAD");
+  const int enabled = env == NULL || atoi(env) > 0;
+  uint64_t ahead = 0;
+  for (int e = 1; e <= kRaRounds; e++) {
+    if (rank == 0)
+      for (int p = 0; p < kRaPages; p++) data[(size_t)p * PAGE / 8] = (uint64_t)(e * 1000 + p);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    pw_stats_t before, after;
+    CHECK(pw_get_stats(&before) == PW_OK, "stats");
+    for (int p = 0; p < kRaPages; p++)
+      CHECK(data[(size_t)p * PAGE / 8] == (uint64_t)(e * 1000 + p),
+            "round %d page %d: read %llu, want %d", e, p,
+            (unsigned long long)data[(size_t)p * PAGE / 8], e * 1000 + p);
+    CHECK(pw_get_stats(&after) == PW_OK, "stats");
+    if (rank != 0) {
+      CHECK(after.remote_fetches - before.remote_fetches == kRaPages,
+            "round %d: %llu fetches for %d pages (each once)", e,
+            (unsigned long long)(after.remote_fetches - before.remote_fetches), kRaPages);
+      /* Round 1 registers this rank with the home page by page: nothing
+       * is read ahead of a first fetch. */
+      if (e > 1) ahead += after.readaheads - before.readaheads;
+    }
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  if (rank != 0) {
+    if (enabled) CHECK(ahead > 0, "nothing was read ahead (PAGEWIRE_READAHEAD on)");
+    else CHECK(ahead == 0, "%llu pages read ahead with PAGEWIRE_READAHEAD=0", (unsigned long long)ahead);
+  }
+  pw_free(data);
+}
+
 /* ---- hot home pages ---- */
 /* Rank 0 writes word 0 of a page it homes in the listed epochs; after each
  * barrier every rank must read the last value written. Epochs 2-6 make the
@@ -428,8 +469,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "acquire")) Acquire(0);
   else if (!strcmp(test, "acquire_racing")) Acquire(1);
   else if (!strcmp(test, "hot")) Hot();
+  else if (!strcmp(test, "readahead")) ReadAhead();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead\n");
     return 2;
   }
   pw_stats_t s;
