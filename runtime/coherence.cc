@@ -540,18 +540,44 @@ absl::Status Coherence::AwaitPeers(const std::function<bool()>& done_with,
 absl::Status Coherence::Barrier() {
   if (absl::Status s = Release(); !s.ok()) return s;
   uint64_t epoch;
-  std::vector<PageList> mine(nranks_);
+  PageList mine;  // every page this rank wrote this epoch, of any home
   {
     absl::MutexLock lock(&mutex_);
     epoch = ++epoch_;
     ++stats_.barriers;
-    mine.swap(remote_written_barrier_);
+    for (PageList& l : remote_written_barrier_) {
+      mine.insert(mine.end(), l.begin(), l.end());
+    }
     remote_written_barrier_.assign(nranks_, PageList());
     written_since_barrier_.clear();
+    // Its own pages: those it wrote (tracked) and the hot ones, which count
+    // as written in every epoch because nothing sees their writes.
+    // (A peer's diff applied here after this point is a write of the next
+    // epoch as far as this rank is concerned; the peer reports it itself.)
+    for (const auto& ref : home_written_barrier_) {
+      mine.push_back(hp::PageRef{ref.first, 0, ref.second});
+    }
+    home_written_barrier_.clear();
+    for (const auto& [ref, left] : hot_) {
+      mine.push_back(hp::PageRef{ref.first, 0, ref.second});
+    }
+    for (const hp::PageRef& r : mine) {
+      if (Find(r.alloc_id) != nullptr && Find(r.alloc_id)->HomedHere(r.page)) {
+        home_written_epoch_[{r.alloc_id, r.page}] = epoch;
+      }
+    }
     EpochState& st = epochs_[epoch];
     st.writes_from.resize(nranks_);
-    st.inval_from.resize(nranks_);
   }
+  std::sort(mine.begin(), mine.end(),
+            [](const hp::PageRef& a, const hp::PageRef& b) {
+              return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
+            });
+  mine.erase(std::unique(mine.begin(), mine.end(),
+                         [](const hp::PageRef& a, const hp::PageRef& b) {
+                           return a.alloc_id == b.alloc_id && a.page == b.page;
+                         }),
+             mine.end());
   // A rank the barrier cannot reach ends it, naming the rank.
   auto unreachable = [&](int peer, absl::Status sent) {
     if (sent.ok()) return sent;
@@ -561,28 +587,18 @@ absl::Status Coherence::Barrier() {
         "barrier cannot complete: rank %d is unreachable: %s", peer,
         dead_[peer] ? death_[peer] : std::string(sent.message())));
   };
-  // Round 1: tell every home what this rank wrote of its pages.
+  // The one round: tell every rank what this rank wrote (possibly nothing).
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == self_) continue;
-    std::sort(mine[peer].begin(), mine[peer].end(),
-              [](const hp::PageRef& a, const hp::PageRef& b) {
-                return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
-              });
-    mine[peer].erase(std::unique(mine[peer].begin(), mine[peer].end(),
-                                 [](const hp::PageRef& a, const hp::PageRef& b) {
-                                   return a.alloc_id == b.alloc_id &&
-                                          a.page == b.page;
-                                 }),
-                     mine[peer].end());
     if (absl::Status s = unreachable(
-            peer, SendPageList(peer, hp::kEpochWrites, epoch, 0, mine[peer], 0));
+            peer, SendPageList(peer, hp::kEpochWrites, epoch, 0, mine, 0));
         !s.ok()) {
       return s;
     }
   }
 
   std::vector<std::tuple<int, uint32_t, uint64_t>> written;
-  std::vector<std::pair<uint32_t, uint64_t>> home_written;
+  std::vector<uint64_t> protect;
   {
     absl::MutexLock lock(&mutex_);
     EpochState& st = epochs_[epoch];
@@ -594,79 +610,48 @@ absl::Status Coherence::Barrier() {
           return true;
         },
         "barrier");
-    if (!s.ok()) {
-      epochs_.erase(epoch);
-      return s;
-    }
     written.swap(st.written);
-    home_written.assign(home_written_barrier_.begin(),
-                        home_written_barrier_.end());
-    home_written_barrier_.clear();
-    // Hot pages count as written in every epoch: nothing sees their writes.
-    for (const auto& [ref, left] : hot_) home_written.push_back(ref);
-    for (const auto& ref : home_written) home_written_epoch_[ref] = epoch;
-  }
-
-  // Round 2, as a home: who must drop which copies.
-  std::map<std::pair<uint32_t, uint64_t>, std::set<int>> writers;
-  for (const auto& [id, page] : home_written) writers[{id, page}].insert(self_);
-  for (const auto& [writer, id, page] : written) writers[{id, page}].insert(writer);
-  std::vector<PageList> drop(nranks_);
-  for (const auto& [key, who] : writers) {
-    for (int cacher : home_.CachersOf(key.first, key.second)) {
-      if (cacher == self_) continue;
-      // The sole writer's copy is what the home has now.
-      if (who.size() == 1 && *who.begin() == cacher) continue;
-      drop[cacher].push_back(hp::PageRef{key.first, 0, key.second});
-    }
-  }
-  // Pages written at home this epoch are protected again (tracked), so
-  // the next epoch's writes are seen; hot pages only when their probe is
-  // due.
-  for (const auto& [key, who] : writers) {
-    DistributedDataspace* ds;
-    {
-      absl::MutexLock lock(&mutex_);
-      if (auto hot = hot_.find(key); hot != hot_.end()) {
-        if (--hot->second > 0) continue;
+    epochs_.erase(epoch);
+    if (!s.ok()) return s;
+    // As a home: the pages of its own written this epoch, by anyone, are
+    // protected again (tracked) so the next epoch's writes are seen; hot
+    // ones only when their probe is due.
+    auto protect_page = [&](uint32_t id, uint64_t page) {
+      DistributedDataspace* ds = Find(id);
+      if (ds == nullptr || !ds->HomedHere(page)) return;
+      if (auto hot = hot_.find({id, page}); hot != hot_.end()) {
+        if (--hot->second > 0) return;
         hot_.erase(hot);
       }
-      ds = Find(key.first);
+      protect.push_back(ds->global_addr() - service_.base() + page * kPageSize);
+    };
+    for (const hp::PageRef& r : mine) protect_page(r.alloc_id, r.page);
+    for (const auto& [writer, id, page] : written) {
+      if (!std::binary_search(mine.begin(), mine.end(), hp::PageRef{id, 0, page},
+                              [](const hp::PageRef& a, const hp::PageRef& b) {
+                                return std::tie(a.alloc_id, a.page) <
+                                       std::tie(b.alloc_id, b.page);
+                              })) {
+        protect_page(id, page);
+      }
     }
-    if (ds == nullptr) continue;
-    const uint64_t offset =
-        ds->global_addr() - service_.base() + key.second * kPageSize;
+  }
+  std::sort(protect.begin(), protect.end());
+  protect.erase(std::unique(protect.begin(), protect.end()), protect.end());
+  for (uint64_t offset : protect) {
     if (absl::Status s = service_.WriteProtect(offset, kPageSize, true); !s.ok()) {
       return s;
     }
   }
-  for (int peer = 0; peer < nranks_; ++peer) {
-    if (peer == self_) continue;
-    if (absl::Status s = unreachable(
-            peer, SendPageList(peer, hp::kEpochInvalidate, epoch, 0, drop[peer], 0));
-        !s.ok()) {
-      return s;
-    }
-  }
-
+  // As a cacher: every copy of a page another rank wrote is stale (a page
+  // only this rank wrote is what its home has now, and is kept). Other
+  // threads of this rank may be writing some of these copies (under locks,
+  // unrelated to the barrier): their writes go home first.
   PageList stale;
-  {
-    absl::MutexLock lock(&mutex_);
-    EpochState& st = epochs_[epoch];
-    absl::Status s = AwaitPeers(
-        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-          for (int r = 0; r < nranks_; ++r) {
-            if (r != self_ && !st.inval_from[r]) return false;
-          }
-          return true;
-        },
-        "barrier");
-    stale.swap(st.drop);
-    epochs_.erase(epoch);
-    if (!s.ok()) return s;
+  stale.reserve(written.size());
+  for (const auto& [writer, id, page] : written) {
+    stale.push_back(hp::PageRef{id, 0, page});
   }
-  // Other threads of this rank may be writing some of these copies (under
-  // locks, unrelated to the barrier): their writes go home first.
   return stale.empty() ? absl::OkStatus() : FlushAndDropCopies(stale);
 }
 
@@ -920,17 +905,8 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
     case hp::kEpochWrites: {
       EpochState& st = epochs_[h.epoch_or_lock];
       st.writes_from.resize(nranks_);
-      st.inval_from.resize(nranks_);
       for (const hp::PageRef& r : pages) st.written.emplace_back(peer, r.alloc_id, r.page);
       if (last) st.writes_from[peer] = true;
-      return;
-    }
-    case hp::kEpochInvalidate: {
-      EpochState& st = epochs_[h.epoch_or_lock];
-      st.writes_from.resize(nranks_);
-      st.inval_from.resize(nranks_);
-      st.drop.insert(st.drop.end(), pages.begin(), pages.end());
-      if (last) st.inval_from[peer] = true;
       return;
     }
     case hp::kLockAcquire:

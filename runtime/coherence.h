@@ -13,14 +13,15 @@
 // of modified bytes goes home by a one-sided WRITE, so ranks that wrote
 // different bytes of one page (false sharing) merge exactly at home.
 //
-// Barrier: after its release, every rank tells every other rank which of
-// its pages it wrote this epoch (kEpochWrites, possibly empty). A home then
-// knows every write to its pages and, from its directory, who caches them:
-// it tells every rank which copies to drop (kEpochInvalidate, possibly
-// empty) — a copy survives if nobody wrote the page, or if its holder was
-// the only writer. Each rank drops those copies and the barrier is done:
-// the two all-to-all rounds are the synchronisation. Read-only and private
-// pages stay cached across barriers.
+// Barrier: after its release (its diffs are home), every rank tells every
+// other rank which pages it wrote this epoch, of any home (kEpochWrites,
+// possibly empty). That one all-to-all round is the synchronisation: once a
+// rank has every list, it drops its copies of the pages others wrote — a
+// copy survives if nobody wrote the page, or if its holder was the only
+// writer — and, as a home, protects its written pages again. Read-only and
+// private pages stay cached across barriers. (An earlier form sent the
+// lists to the homes only, which then told the cachers from their
+// directories: a second round on the critical path, for smaller lists.)
 //
 // Locks live at the home of the page holding the pw_lock_t. The lock's home
 // manager queues requests (FIFO, no spinning) and keeps a log of the pages
@@ -130,12 +131,8 @@ class Coherence {
   };
   struct EpochState {
     std::vector<bool> writes_from;  // by rank: its kEpochWrites ended
-    std::vector<bool> inval_from;   // by rank: its kEpochInvalidate ended
-    // (writer, alloc, page) of pages homed here written this epoch.
+    // (writer, alloc, page) of the pages other ranks wrote this epoch.
     std::vector<std::tuple<int, uint32_t, uint64_t>> written;
-    // Copies the homes told this rank to drop; the barrier's own thread
-    // flushes and drops them once every home has spoken.
-    PageList drop;
   };
   struct Waiter {
     bool granted = false;

@@ -54,7 +54,6 @@ void HomeManager::OnMessage(int peer, uint16_t type,
                             absl::Span<const char> body) {
   switch (type) {
     case hp::kEpochWrites:
-    case hp::kEpochInvalidate:
     case hp::kLockAcquire:
     case hp::kLockGrant:
     case hp::kLockRelease: {

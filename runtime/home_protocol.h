@@ -24,8 +24,8 @@ enum Type : uint16_t {
   kClaim = 4,    // requester -> directory rank: who homes this first-touch page?
   kClaimed = 5,  // directory rank -> requester: the owner
   // Coherence (runtime/coherence.h). Page lists follow a PageListHeader.
-  kEpochWrites = 6,      // rank -> every rank: pages of yours I wrote
-  kEpochInvalidate = 7,  // home -> every rank: drop these copies
+  kEpochWrites = 6,      // rank -> every rank: the pages I wrote this epoch
+  // 7 was kEpochInvalidate (home -> rank: drop these copies), no longer sent.
   kLockAcquire = 8,      // rank -> lock's home
   kLockGrant = 9,        // lock's home -> rank: granted, drop these copies
   kLockRelease = 10,     // rank -> lock's home: released, I wrote these

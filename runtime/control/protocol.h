@@ -1,8 +1,10 @@
 // protocol.h - the control-plane protocol version a node speaks.
 //
-// Bumped whenever proto/control_plane.proto changes in a way an older node
-// cannot follow. The coordinator refuses a Join whose protocol_version
-// differs from its own, so every rank of a job runs compatible binaries.
+// Bumped whenever proto/control_plane.proto or the home managers' messages
+// (runtime/home_protocol.h) change in a way an older node cannot follow.
+// The coordinator refuses a Join whose protocol_version differs from its
+// own, so every rank of a job runs compatible binaries.
+//   2: a barrier is one round; kEpochWrites goes to every rank.
 #ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 #define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 
@@ -10,7 +12,7 @@
 
 namespace pagewire::control {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;
 
 }  // namespace pagewire::control
 
