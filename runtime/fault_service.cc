@@ -213,6 +213,12 @@ FaultStats FaultService::stats() const {
 void FaultService::Loop() {
   pthread_setname_np(pthread_self(), "pw-fault");
   cq_->BindConsumer(std::this_thread::get_id());
+  loop_mutex_.Lock();
+  LoopLocked();
+  loop_mutex_.Unlock();
+}
+
+void FaultService::LoopLocked() {
   // Fixed sources first, then the completion sources (transports).
   constexpr int kFixed = 3;
   std::vector<pollfd> fds = {{uffd_.fd(), POLLIN, 0},
@@ -232,7 +238,11 @@ void FaultService::Loop() {
       // command arrives. Nothing here is ever timed.
       for (CompletionSource* source : sources_) source->BeforeSleep();
       waiting_.store(true, std::memory_order_relaxed);
+      // Asleep, the loop lends its state: a thread with a command may run
+      // it here and now (TryRunInline) instead of waking the loop for it.
+      loop_mutex_.Unlock();
       n = ::poll(fds.data(), fds.size(), -1);
+      loop_mutex_.Lock();
       waiting_.store(false, std::memory_order_relaxed);
     }
     if (n < 0) {
@@ -805,8 +815,8 @@ void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
   c.pages = std::move(offsets);
   c.pages_done = std::move(done);
   c.pages_keep = std::move(keep);
-  if (std::this_thread::get_id() == loop_id_) {
-    RunCommand(c);
+  if (std::this_thread::get_id() == loop_id_ || TryRunInline(c)) {
+    if (std::this_thread::get_id() == loop_id_) RunCommand(c);
     return;
   }
   {
@@ -850,11 +860,35 @@ absl::Status FaultService::Populate(uint64_t offset, uint64_t size,
   return result;
 }
 
+bool FaultService::TryRunInline(const Command& c) {
+  switch (c.kind) {
+    case Command::kWriteProtect:
+    case Command::kSnapshot:
+    case Command::kRecall:
+    case Command::kInvalidatePages:
+      break;  // page-table work on installed pages, no requests
+    default:
+      return false;
+  }
+  if (!loop_mutex_.TryLock()) return false;  // the loop is awake
+  bool run;
+  {
+    // Only with nothing queued before it, so one thread's commands keep
+    // their order.
+    absl::MutexLock lock(&commands_mutex_);
+    run = !stop_requested_ && commands_.empty();
+  }
+  if (run) RunCommand(c);
+  loop_mutex_.Unlock();
+  return run;
+}
+
 void FaultService::Submit(Command c) {
   if (std::this_thread::get_id() == loop_id_) {
     RunCommand(c);
     return;
   }
+  if (TryRunInline(c)) return;
   absl::Notification done;
   c.done = &done;
   {

@@ -320,6 +320,11 @@ class FaultService final : public RegionMap::Listener {
                uint64_t* resident);
 
   void Loop();
+  void LoopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(loop_mutex_);
+  // Runs `c` on the calling thread if the loop sleeps and nothing is queued
+  // before it, for commands that only change installed pages (write
+  // protection, snapshots, drops); false: submit it as usual.
+  bool TryRunInline(const Command& c);
   // Before the loop sleeps: while a source awaits polled completions, polls
   // it up to spin_polls_ times and installs what it finds; true if it found
   // anything (the loop then does not sleep).
@@ -419,6 +424,11 @@ class FaultService final : public RegionMap::Listener {
   // correctness).
   std::atomic<bool> waiting_{false};
 
+  // Held by the loop except while it sleeps in poll(): the loop-only state
+  // is the holder's, so a thread that takes it while the loop sleeps may run
+  // a command itself (TryRunInline) instead of waking the loop and waiting
+  // for it, two context switches saved on a barrier's critical path.
+  absl::Mutex loop_mutex_;
   absl::Mutex commands_mutex_;
   std::vector<Command> commands_ ABSL_GUARDED_BY(commands_mutex_);
   bool stop_requested_ ABSL_GUARDED_BY(commands_mutex_) = false;
