@@ -326,8 +326,10 @@ void FaultService::ReadFaults() {
       return;
     }
     size_t count = static_cast<size_t>(n) / sizeof(uffd_msg);
+    for (CompletionSource* source : sources_) source->BeginRequests();
     for (size_t i = 0; i < count; ++i) HandleFault(msgs[i]);
     RunReadAheads();
+    for (CompletionSource* source : sources_) source->EndRequests();
     // Install what managers answered inline before reading more, so pages
     // reach their threads in bursts of at most one batch.
     DrainCompletions(false);

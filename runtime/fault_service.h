@@ -86,6 +86,12 @@ class CompletionSource {
     (void)cq;
     return false;
   }
+  // The loop is about to make a burst of requests (a batch of faults and
+  // their read-ahead) and has made them: a source may hold the work those
+  // requests post and post it at once, chained per peer, at EndRequests.
+  // Loop thread only.
+  virtual void BeginRequests() {}
+  virtual void EndRequests() {}
   // The loop is about to sleep in poll(): fd() must become readable for
   // whatever completes from now on, including work the loop posted itself
   // since the last Drain (Transport::PrepareToSleep).

@@ -23,7 +23,9 @@ RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
       pending_(FaultService::kMaxPendingPages),
       regions_(nranks),
       dead_(nranks),
-      death_(nranks) {}
+      death_(nranks) {
+  held_.resize(nranks);
+}
 
 void SyncBatch::Expect(int chains) {
   absl::MutexLock lock(&mutex_);
@@ -220,13 +222,43 @@ void RemoteFetcher::PostRead(uint32_t slot) {
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   reads_in_flight_.fetch_add(1, std::memory_order_relaxed);
-  absl::Status s = transport_.PostSend(p.peer, &wr);
-  if (!s.ok()) {
+  if (holding_ && std::this_thread::get_id() == holder_ && p.peer >= 0 &&
+      p.peer < nranks_) {
+    held_[p.peer].push_back(wr);
+    return;
+  }
+  PostReads(p.peer, &wr);
+}
+
+void RemoteFetcher::PostReads(int peer, WorkRequest* chain) {
+  absl::Status s = transport_.PostSend(peer, chain);
+  if (s.ok()) return;
+  for (WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
+    Pending& p = pending_[wr->wr_id];
     reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
     p.state = State::kIdle;
     Fail(p.request, absl::UnavailableError(absl::StrFormat(
                         "posting the READ of 0x%x to rank %d failed: %s",
                         p.remote_addr, p.peer, s.message())));
+  }
+}
+
+void RemoteFetcher::BeginRequests() {
+  absl::MutexLock lock(&mutex_);
+  holding_ = true;
+  holder_ = std::this_thread::get_id();
+}
+
+void RemoteFetcher::EndRequests() {
+  absl::MutexLock lock(&mutex_);
+  holding_ = false;
+  for (int peer = 0; peer < nranks_; ++peer) {
+    std::vector<WorkRequest>& wrs = held_[peer];
+    if (wrs.empty()) continue;
+    for (size_t i = 0; i + 1 < wrs.size(); ++i) wrs[i].next = &wrs[i + 1];
+    wrs.back().next = nullptr;
+    PostReads(peer, wrs.data());
+    wrs.clear();
   }
 }
 

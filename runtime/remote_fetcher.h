@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -146,6 +147,11 @@ class RemoteFetcher final : public CompletionSource {
   }
   bool Poll(CompletionQueue& cq) override;
   void BeforeSleep() override { transport_.PrepareToSleep(); }
+  // READs the loop posts in between are held and posted at EndRequests as
+  // one chain per home: one send (TCP) or one doorbell (verbs) for a fault
+  // and its read-ahead, or for a burst of faults.
+  void BeginRequests() override;
+  void EndRequests() override;
 
   static constexpr int kCompletionBurst = 64;
 
@@ -178,6 +184,10 @@ class RemoteFetcher final : public CompletionSource {
 
   // Takes up to one burst of completions into `cq`; how many.
   int Take(CompletionQueue& cq);
+  // Posts `chain` (wr_ids are slots of pending READs) to `peer`; on failure
+  // fails those READs' faults.
+  void PostReads(int peer, WorkRequest* chain)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   Transport& transport_;
   const int self_;
@@ -190,6 +200,10 @@ class RemoteFetcher final : public CompletionSource {
 
   mutable absl::Mutex mutex_;
   MemoryRegion landing_ ABSL_GUARDED_BY(mutex_);
+  // Between BeginRequests and EndRequests: the loop's READs, by peer.
+  bool holding_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread::id holder_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::vector<WorkRequest>> held_ ABSL_GUARDED_BY(mutex_);
 
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   struct RemoteRegion {
