@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/log.h"
+#include "runtime/service_thread.h"
 
 namespace pagewire {
 namespace {
@@ -211,7 +212,7 @@ FaultStats FaultService::stats() const {
 }
 
 void FaultService::Loop() {
-  pthread_setname_np(pthread_self(), "pw-fault");
+  BecomeServiceThread("pw-fault");
   cq_->BindConsumer(std::this_thread::get_id());
   loop_mutex_.Lock();
   LoopLocked();

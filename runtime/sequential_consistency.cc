@@ -14,6 +14,7 @@
 #include "runtime/distributed_dataspace.h"
 #include "runtime/home_protocol.h"
 #include "runtime/log.h"
+#include "runtime/service_thread.h"
 #include "runtime/page.h"
 
 namespace pagewire {
@@ -222,7 +223,7 @@ void SequentialConsistency::RequestPage(const PageRequest& request,
 }
 
 void SequentialConsistency::Serve() {
-  pthread_setname_np(pthread_self(), "pw-sc");
+  BecomeServiceThread("pw-sc");
   for (;;) {
     Event e;
     {

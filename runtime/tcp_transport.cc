@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/log.h"
+#include "runtime/service_thread.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the TCP wire format is little-endian host order");
@@ -524,7 +525,7 @@ void TcpTransport::HandleWake() {
 }
 
 void TcpTransport::Loop() {
-  pthread_setname_np(pthread_self(), "pw-tcp");
+  BecomeServiceThread("pw-tcp");
   epoll_event events[kMaxEvents];
   for (;;) {
     // No timeout: sockets and the wake eventfd are the only reasons to run.

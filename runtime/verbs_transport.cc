@@ -26,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "runtime/log.h"
+#include "runtime/service_thread.h"
 
 namespace pagewire {
 
@@ -743,7 +744,7 @@ void VerbsTransport::SetMessageHandler(MessageHandler handler) {
 // "pw-verbs": incoming messages.
 
 void VerbsTransport::ReceiveLoop() {
-  pthread_setname_np(pthread_self(), "pw-verbs");
+  BecomeServiceThread("pw-verbs");
   for (;;) {
     pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0},
                      {recv_channel_->fd, POLLIN, 0}};
