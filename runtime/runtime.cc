@@ -147,6 +147,12 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
     if (!polls.ok()) return polls.status();
     config.spin_polls = static_cast<uint32_t>(*polls);
   }
+  if (const char* v = std::getenv("PAGEWIRE_SERVICE_SLICE_US")) {
+    // Read where the threads start (BecomeServiceThread); checked here so a
+    // typo is an error, not a silent default.
+    absl::StatusOr<int> us = ParseInt("PAGEWIRE_SERVICE_SLICE_US", v, 0);
+    if (!us.ok()) return us.status();
+  }
   if (const char* v = std::getenv("PAGEWIRE_READAHEAD")) {
     absl::StatusOr<int> pages = ParseInt("PAGEWIRE_READAHEAD", v, 0);
     if (!pages.ok()) return pages.status();
