@@ -65,10 +65,14 @@ absl::StatusOr<uint64_t> ParseSize(const char* name, absl::string_view given) {
 absl::StatusOr<int> ParseInt(const char* name, const char* text, int min) {
   int value;
   if (!absl::SimpleAtoi(text, &value) || value < min) {
+    const bool bootstrap = std::string(name) == "PAGEWIRE_RANK" ||
+                           std::string(name) == "PAGEWIRE_NRANKS";
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%s=%s is not a whole number >= %d; the launcher (pagewire-run) sets "
-        "it, or set it yourself as cluster/launcher/README.md describes",
-        name, text, min));
+        "%s=%s is not a whole number >= %d; %s", name, text, min,
+        bootstrap ? "the launcher (pagewire-run) sets it, or set it yourself "
+                    "as cluster/launcher/README.md describes"
+                  : "fix or unset it (cluster/launcher/README.md lists the "
+                    "variables and their ranges)"));
   }
   return value;
 }
