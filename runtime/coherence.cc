@@ -562,7 +562,8 @@ absl::Status Coherence::Barrier() {
       mine.push_back(hp::PageRef{ref.first, 0, ref.second});
     }
     for (const hp::PageRef& r : mine) {
-      if (Find(r.alloc_id) != nullptr && Find(r.alloc_id)->HomedHere(r.page)) {
+      DistributedDataspace* ds = Find(r.alloc_id);
+      if (ds != nullptr && ds->HomedHere(r.page)) {
         home_written_epoch_[{r.alloc_id, r.page}] = epoch;
       }
     }

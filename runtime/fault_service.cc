@@ -818,10 +818,11 @@ void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
   c.pages = std::move(offsets);
   c.pages_done = std::move(done);
   c.pages_keep = std::move(keep);
-  if (std::this_thread::get_id() == loop_id_ || TryRunInline(c)) {
-    if (std::this_thread::get_id() == loop_id_) RunCommand(c);
+  if (std::this_thread::get_id() == loop_id_) {
+    RunCommand(c);
     return;
   }
+  if (TryRunInline(c)) return;
   {
     absl::MutexLock lock(&commands_mutex_);
     if (stop_requested_) {

@@ -320,6 +320,8 @@ class VerbsTransport final : public Transport {
   int Retire(const ibv_wc& wc, WorkCompletion* out);
   int DrainSoftware(WorkCompletion* out, int max);
   void PushSoftware(absl::Span<const WorkCompletion> wcs);
+  // Makes completion_fd readable until DrainSoftware finds nothing left.
+  void RingBellLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(software_mu_);
   // The consumer's part of ArmCompletionFd / PrepareToSleep once no request
   // stands: makes one (and polls once more) only if work is in flight.
   void RequestNotificationIfBusy();

@@ -453,13 +453,16 @@ void VerbsTransport::PushSoftware(absl::Span<const WorkCompletion> wcs) {
   if (wcs.empty()) return;
   absl::MutexLock lock(&software_mu_);
   for (const WorkCompletion& wc : wcs) software_.Push(wc);
-  if (!software_bell_) {
-    // Rung under the lock so a drain can never reset it before it is set.
-    software_bell_ = true;
-    uint64_t one = 1;
-    ssize_t n = ::write(software_fd_.get(), &one, sizeof(one));
-    (void)n;
-  }
+  RingBellLocked();
+}
+
+void VerbsTransport::RingBellLocked() {
+  if (software_bell_) return;
+  // Rung under the lock so a drain can never reset it before it is set.
+  software_bell_ = true;
+  uint64_t one = 1;
+  ssize_t n = ::write(software_fd_.get(), &one, sizeof(one));
+  (void)n;
 }
 
 int VerbsTransport::DrainSoftware(WorkCompletion* out, int max) {
@@ -581,12 +584,7 @@ void VerbsTransport::WakeUnarmedConsumer() {
   // The bell: the consumer wakes, drains, and makes a request before it
   // sleeps again.
   absl::MutexLock lock(&software_mu_);
-  if (!software_bell_) {
-    software_bell_ = true;
-    uint64_t one = 1;
-    ssize_t n = ::write(software_fd_.get(), &one, sizeof(one));
-    (void)n;
-  }
+  RingBellLocked();
 }
 
 }  // namespace pagewire
