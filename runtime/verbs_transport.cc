@@ -569,16 +569,7 @@ VerbsTransport::NewConnection(int peer) {
   // Receives may be posted in INIT: they are in place before the peer can
   // send.
   for (uint32_t i = 0; i < kRecvDepth; ++i) {
-    ibv_sge sge{};
-    sge.addr = reinterpret_cast<uint64_t>(c->recv_buffer(i));
-    sge.length = kMaxMessageBytes;
-    sge.lkey = c->buffers_mr->lkey;
-    ibv_recv_wr wr{};
-    wr.wr_id = i;
-    wr.sg_list = &sge;
-    wr.num_sge = 1;
-    ibv_recv_wr* bad = nullptr;
-    if (int rc = ibv_post_recv(qp, &wr, &bad); rc != 0) {
+    if (int rc = PostReceive(c.get(), i); rc != 0) {
       return absl::InternalError(absl::StrFormat(
           "verbs: ibv_post_recv for peer %d: %s", peer, ErrnoStr(rc)));
     }
@@ -764,7 +755,7 @@ void VerbsTransport::ReceiveLoop() {
   }
 }
 
-void VerbsTransport::RepostReceive(Connection* c, uint32_t slot) {
+int VerbsTransport::PostReceive(Connection* c, uint32_t slot) {
   ibv_sge sge{};
   sge.addr = reinterpret_cast<uint64_t>(c->recv_buffer(slot));
   sge.length = kMaxMessageBytes;
@@ -774,7 +765,11 @@ void VerbsTransport::RepostReceive(Connection* c, uint32_t slot) {
   wr.sg_list = &sge;
   wr.num_sge = 1;
   ibv_recv_wr* bad = nullptr;
-  if (int rc = ibv_post_recv(c->qp.get(), &wr, &bad); rc != 0) {
+  return ibv_post_recv(c->qp.get(), &wr, &bad);
+}
+
+void VerbsTransport::RepostReceive(Connection* c, uint32_t slot) {
+  if (int rc = PostReceive(c, slot); rc != 0) {
     Warning("verbs: rank %d: re-posting a receive buffer for peer %d: %s",
             rank_, c->peer, ErrnoStr(rc));
   }

@@ -296,6 +296,8 @@ class VerbsTransport final : public Transport {
   Connection* FindByQpNum(uint32_t qp_num) ABSL_LOCKS_EXCLUDED(mu_);
   void ReceiveLoop();
   void DrainReceives();
+  // Posts receive buffer `slot` of `c`; ibv_post_recv's result.
+  int PostReceive(Connection* c, uint32_t slot);
   void RepostReceive(Connection* c, uint32_t slot);
 
   // --- verbs_transport_datapath.cc ---
