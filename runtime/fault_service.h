@@ -29,9 +29,17 @@
 // replaced by a page past the end of an empty file, the reason is logged, and
 // the thread is woken to meet it. It never silently maps zeros.
 //
+// Before it sleeps, the loop polls sources whose completions no thread of
+// ours produces (verbs) for a bounded number of polls, and it requests the
+// pages managers expect next (ReadAhead) once a batch of faults is out.
+// While it sleeps, a thread with a command that only changes installed
+// pages (write protection, a snapshot, a drop) runs it itself under the
+// loop's lock instead of waking the loop (TryRunInline).
+//
 // Threads: Start() and Stop() from the owner; BackingChanged() from any thread
 // other than inside a manager's RequestPage(); InstallDirect() and stats()
-// from any thread. The loop runs on its own thread, named "pw-fault".
+// from any thread. The loop runs on its own thread, named "pw-fault", with
+// the short scheduler slice of a service thread (runtime/service_thread.h).
 #ifndef PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
 #define PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
 
