@@ -124,10 +124,10 @@ int main(int argc, char **argv) {
   pw_stats_t st;
   pw_get_stats(&st);
   printf("heat: rank %d: %llu faults, %llu remote fetches, %llu served, "
-         "fault latency mean %.1f us, p99 %.1f us\n",
+         "%llu pushed, fault latency mean %.1f us, p99 %.1f us\n",
          rank, (unsigned long long)st.faults,
          (unsigned long long)st.remote_fetches, (unsigned long long)st.served,
-         st.mean_latency_us, st.p99_latency_us);
+         (unsigned long long)st.pushed, st.mean_latency_us, st.p99_latency_us);
   pw_barrier();
   pw_free(u);
   pw_free(v);

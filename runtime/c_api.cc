@@ -288,6 +288,7 @@ pw_status_t pw_get_stats(pw_stats_t* stats) {
   stats->p50_latency_us = s.faults.p50_latency_ns / 1e3;
   stats->p99_latency_us = s.faults.p99_latency_ns / 1e3;
   stats->readaheads = s.faults.readaheads;
+  stats->pushed = s.pushed;
   return PW_OK;
 }
 

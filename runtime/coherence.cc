@@ -69,6 +69,7 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
       service_(service),
       home_(home),
       remote_written_barrier_(nranks),
+      subscribe_(nranks),
       dead_(nranks),
       death_(nranks),
       scratch_(new uint64_t[kScratchSlots]()),
@@ -162,10 +163,13 @@ void Coherence::RemoveDataspace(uint32_t id) {
   };
   drop_keys(hot_);
   drop_keys(home_written_epoch_);
-  for (PageList& l : remote_written_barrier_) {
-    l.erase(std::remove_if(l.begin(), l.end(),
-                           [id](const hp::PageRef& r) { return r.alloc_id == id; }),
-            l.end());
+  drop_keys(subscribers_);
+  for (auto* lists : {&remote_written_barrier_, &subscribe_}) {
+    for (PageList& l : *lists) {
+      l.erase(std::remove_if(l.begin(), l.end(),
+                             [id](const hp::PageRef& r) { return r.alloc_id == id; }),
+              l.end());
+    }
   }
   drop(written_since_barrier_);
 }
@@ -220,6 +224,12 @@ void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
       hot_.try_emplace(key, kHotProbeEpochs).second) {
     ++stats_.hot_pages;
   }
+}
+
+void Coherence::NoteRefetch(DistributedDataspace* ds, uint64_t page, int home) {
+  if (!push_ || ds->sequential() || home < 0 || home >= nranks_) return;
+  absl::MutexLock lock(&mutex_);
+  subscribe_[home].push_back(hp::PageRef{ds->id(), hp::kRefSubscribe, page});
 }
 
 absl::Status Coherence::Release() {
@@ -371,18 +381,21 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
   return first_error;
 }
 
-std::vector<uint64_t> Coherence::CachedCopies(const PageList& pages) const {
-  std::vector<uint64_t> offsets;
-  for (const hp::PageRef& r : pages) {
+std::vector<std::pair<uint64_t, size_t>> Coherence::CachedCopies(
+    const PageList& pages) const {
+  std::vector<std::pair<uint64_t, size_t>> copies;
+  for (size_t i = 0; i < pages.size(); ++i) {
+    const hp::PageRef& r = pages[i];
     DistributedDataspace* ds = Find(r.alloc_id);
     // The home's copy is the master: never dropped.
     if (ds == nullptr || r.page >= ds->placement().pages ||
         ds->HomedHere(r.page)) {
       continue;
     }
-    offsets.push_back(ds->global_addr() - service_.base() + r.page * kPageSize);
+    copies.emplace_back(
+        ds->global_addr() - service_.base() + r.page * kPageSize, i);
   }
-  return offsets;
+  return copies;
 }
 
 absl::Status Coherence::FreezeAndFlush(
@@ -415,12 +428,25 @@ absl::Status Coherence::FreezeAndFlush(
   return s;
 }
 
-absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
+absl::Status Coherence::FlushAndDropCopies(
+    const PageList& pages, const std::vector<const char*>& contents) {
   std::vector<uint64_t> offsets;
+  std::vector<const char*> replace;  // parallel to offsets, if any
   PageList written;
   absl::Status s = FreezeAndFlush(
       [&](std::map<uint64_t, Twin>& twins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        offsets = CachedCopies(pages);
+        for (const auto& [offset, i] : CachedCopies(pages)) {
+          offsets.push_back(offset);
+          if (contents.empty()) continue;
+          replace.resize(offsets.size());
+          // This rank's own write since the barrier (twinned, or flushed by
+          // another thread's release) is not in what the home pushed.
+          const hp::PageRef& r = pages[i];
+          if (contents[i] != nullptr && !twins_.count(offset) &&
+              !written_since_barrier_.contains({r.alloc_id, r.page})) {
+            replace.back() = contents[i];
+          }
+        }
         // Another thread's release still flushes some of these pages: let
         // it finish, so nothing it snapshots is dropped under it.
         auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -435,15 +461,19 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
           auto it = twins_.find(offset);
           if (it != twins_.end()) twins.insert(twins_.extract(it));
         }
-        stats_.invalidated += offsets.size();
+        const uint64_t replaced =
+            offsets.size() - std::count(replace.begin(), replace.end(), nullptr);
+        stats_.invalidated += offsets.size() - replaced;
+        stats_.pushes_installed += replaced;
       },
       written);
-  // Drop the copies. Frozen pages cannot be twinned again (TwinOrDefer),
-  // so keeping pages with a twin or a flush under way is only a safety net.
+  // Drop (or replace) the copies. Frozen pages cannot be twinned again
+  // (TwinOrDefer), so keeping pages with a twin or a flush under way is
+  // only a safety net.
   absl::Notification dropped;
   service_.InvalidatePagesAsync(
       offsets, [&dropped] { dropped.Notify(); },
-      [this](uint64_t offset) { return HasTwin(offset); });
+      [this](uint64_t offset) { return HasTwin(offset); }, std::move(replace));
   dropped.WaitForNotification();
   Unfreeze(offsets, {});
   absl::MutexLock lock(&mutex_);
@@ -455,16 +485,36 @@ absl::Status Coherence::FlushAndDropCopies(const PageList& pages) {
 
 absl::Status Coherence::SendPageList(int peer, uint16_t type, uint64_t key,
                                      uint64_t ticket, const PageList& pages,
-                                     uint32_t flags) {
+                                     uint32_t flags,
+                                     const std::vector<const char*>* contents) {
   std::vector<char> buf;
   size_t i = 0;
   do {
-    const size_t n = std::min(pages.size() - i, hp::kMaxPageRefs);
+    // A part: refs up to kMaxPageRefs, and pushed pages (after the refs)
+    // up to kMaxPushedPages, in one message of at most kMaxMessageBytes.
+    size_t n = 0, pushed = 0;
+    while (i + n < pages.size() && n < hp::kMaxPageRefs) {
+      const bool page = contents != nullptr && (*contents)[i + n] != nullptr;
+      if (page && pushed == hp::kMaxPushedPages) break;
+      if (sizeof(hp::PageListHeader) + (n + 1) * sizeof(hp::PageRef) +
+              (pushed + page) * kPageSize >
+          Transport::kMaxMessageBytes) {
+        break;
+      }
+      pushed += page;
+      ++n;
+    }
     hp::PageListHeader h{key, ticket, static_cast<uint32_t>(n),
                          flags | (i + n == pages.size() ? hp::kLastPart : 0u)};
-    buf.resize(sizeof(h) + n * sizeof(hp::PageRef));
+    buf.resize(sizeof(h) + n * sizeof(hp::PageRef) + pushed * kPageSize);
     std::memcpy(buf.data(), &h, sizeof(h));
     if (n) std::memcpy(buf.data() + sizeof(h), &pages[i], n * sizeof(hp::PageRef));
+    char* out = buf.data() + sizeof(h) + n * sizeof(hp::PageRef);
+    for (size_t k = i; pushed != 0 && k < i + n; ++k) {
+      if ((*contents)[k] == nullptr) continue;
+      std::memcpy(out, (*contents)[k], kPageSize);
+      out += kPageSize;
+    }
     absl::Status s = transport_.SendMessage(
         peer, type, absl::Span<const char>(buf.data(), buf.size()));
     if (!s.ok()) return s;
@@ -539,8 +589,12 @@ absl::Status Coherence::AwaitPeers(const std::function<bool()>& done_with,
 
 absl::Status Coherence::Barrier() {
   if (absl::Status s = Release(); !s.ok()) return s;
+  auto by_page = [](const hp::PageRef& a, const hp::PageRef& b) {
+    return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
+  };
   uint64_t epoch;
   PageList mine;  // every page this rank wrote this epoch, of any home
+  std::vector<PageList> subscribe;  // by home: this rank's subscriptions
   {
     absl::MutexLock lock(&mutex_);
     epoch = ++epoch_;
@@ -550,6 +604,8 @@ absl::Status Coherence::Barrier() {
     }
     remote_written_barrier_.assign(nranks_, PageList());
     written_since_barrier_.clear();
+    subscribe.swap(subscribe_);
+    subscribe_.assign(nranks_, PageList());
     // Its own pages: those it wrote (tracked) and the hot ones, which count
     // as written in every epoch because nothing sees their writes.
     // (A peer's diff applied here after this point is a write of the next
@@ -570,15 +626,48 @@ absl::Status Coherence::Barrier() {
     EpochState& st = epochs_[epoch];
     st.writes_from.resize(nranks_);
   }
-  std::sort(mine.begin(), mine.end(),
-            [](const hp::PageRef& a, const hp::PageRef& b) {
-              return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
-            });
+  std::sort(mine.begin(), mine.end(), by_page);
   mine.erase(std::unique(mine.begin(), mine.end(),
                          [](const hp::PageRef& a, const hp::PageRef& b) {
                            return a.alloc_id == b.alloc_id && a.page == b.page;
                          }),
              mine.end());
+
+  // As a home: which subscribers get which of its written pages, and the
+  // pages as they are now (after this rank's release; other ranks' writes
+  // this epoch, if any, make the subscribers refuse them).
+  std::vector<std::vector<size_t>> push_to(nranks_);  // indices into mine
+  std::vector<const char*> at(mine.size(), nullptr);  // the page, if pushed
+  {
+    absl::MutexLock lock(&mutex_);
+    for (size_t i = 0; i < mine.size() && !subscribers_.empty(); ++i) {
+      auto it = subscribers_.find({mine[i].alloc_id, mine[i].page});
+      if (it == subscribers_.end()) continue;
+      DistributedDataspace* ds = Find(mine[i].alloc_id);
+      if (ds == nullptr) continue;
+      auto& subs = it->second;
+      for (auto& [rank, left] : subs) {
+        push_to[rank].push_back(i);
+        --left;
+      }
+      subs.erase(std::remove_if(subs.begin(), subs.end(),
+                                [](const auto& s) { return s.second <= 0; }),
+                 subs.end());
+      if (subs.empty()) subscribers_.erase(it);
+      at[i] = reinterpret_cast<const char*>(ds->global_addr()) +
+              mine[i].page * kPageSize;
+    }
+  }
+  // One snapshot per pushed page, shared by its subscribers. Home pages
+  // are resident (written this epoch), so the copy does not fault.
+  std::vector<std::unique_ptr<char[]>> snapshots(mine.size());
+  uint64_t pushes = 0;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (at[i] == nullptr) continue;
+    snapshots[i].reset(new char[kPageSize]);
+    std::memcpy(snapshots[i].get(), at[i], kPageSize);
+  }
+
   // A rank the barrier cannot reach ends it, naming the rank.
   auto unreachable = [&](int peer, absl::Status sent) {
     if (sent.ok()) return sent;
@@ -588,20 +677,41 @@ absl::Status Coherence::Barrier() {
         "barrier cannot complete: rank %d is unreachable: %s", peer,
         dead_[peer] ? death_[peer] : std::string(sent.message())));
   };
-  // The one round: tell every rank what this rank wrote (possibly nothing).
+  // The one round: tell every rank what this rank wrote (possibly nothing),
+  // with the pages it subscribed to and its subscriptions with it.
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == self_) continue;
-    if (absl::Status s = unreachable(
-            peer, SendPageList(peer, hp::kEpochWrites, epoch, 0, mine, 0));
-        !s.ok()) {
-      return s;
+    absl::Status sent;
+    if (push_to[peer].empty() && subscribe[peer].empty()) {
+      sent = SendPageList(peer, hp::kEpochWrites, epoch, 0, mine, 0);
+    } else {
+      // Pushed pages first (they fill the first parts), then the rest of
+      // the list, then the subscriptions.
+      PageList list;
+      std::vector<const char*> contents;
+      std::vector<bool> pushed(mine.size());
+      for (size_t i : push_to[peer]) {
+        pushed[i] = true;
+        list.push_back(hp::PageRef{mine[i].alloc_id, hp::kRefPushed, mine[i].page});
+        contents.push_back(snapshots[i].get());
+      }
+      pushes += push_to[peer].size();
+      for (size_t i = 0; i < mine.size(); ++i) {
+        if (!pushed[i]) list.push_back(mine[i]);
+      }
+      list.insert(list.end(), subscribe[peer].begin(), subscribe[peer].end());
+      contents.resize(list.size(), nullptr);
+      sent = SendPageList(peer, hp::kEpochWrites, epoch, 0, list, 0, &contents);
     }
+    if (absl::Status s = unreachable(peer, sent); !s.ok()) return s;
   }
 
   std::vector<std::tuple<int, uint32_t, uint64_t>> written;
+  std::vector<Pushed> pushed;
   std::vector<uint64_t> protect;
   {
     absl::MutexLock lock(&mutex_);
+    stats_.pushes_sent += pushes;
     EpochState& st = epochs_[epoch];
     absl::Status s = AwaitPeers(
         [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -612,6 +722,7 @@ absl::Status Coherence::Barrier() {
         },
         "barrier");
     written.swap(st.written);
+    pushed.swap(st.pushed);
     epochs_.erase(epoch);
     if (!s.ok()) return s;
     // As a home: the pages of its own written this epoch, by anyone, are
@@ -629,10 +740,7 @@ absl::Status Coherence::Barrier() {
     for (const hp::PageRef& r : mine) protect_page(r.alloc_id, r.page);
     for (const auto& [writer, id, page] : written) {
       if (!std::binary_search(mine.begin(), mine.end(), hp::PageRef{id, 0, page},
-                              [](const hp::PageRef& a, const hp::PageRef& b) {
-                                return std::tie(a.alloc_id, a.page) <
-                                       std::tie(b.alloc_id, b.page);
-                              })) {
+                              by_page)) {
         protect_page(id, page);
       }
     }
@@ -645,15 +753,63 @@ absl::Status Coherence::Barrier() {
     }
   }
   // As a cacher: every copy of a page another rank wrote is stale (a page
-  // only this rank wrote is what its home has now, and is kept). Other
-  // threads of this rank may be writing some of these copies (under locks,
-  // unrelated to the barrier): their writes go home first.
+  // only this rank wrote is what its home has now, and is kept). A pushed
+  // page replaces it if its home was its only writer. Other threads of
+  // this rank may be writing some of these copies (under locks, unrelated
+  // to the barrier): their writes go home first.
+  std::sort(written.begin(), written.end(), [](const auto& a, const auto& b) {
+    return std::tie(std::get<1>(a), std::get<2>(a), std::get<0>(a)) <
+           std::tie(std::get<1>(b), std::get<2>(b), std::get<0>(b));
+  });
+  std::sort(pushed.begin(), pushed.end(), [](const Pushed& a, const Pushed& b) {
+    return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
+  });
   PageList stale;
+  std::vector<const char*> contents;
   stale.reserve(written.size());
-  for (const auto& [writer, id, page] : written) {
-    stale.push_back(hp::PageRef{id, 0, page});
+  auto next_push = pushed.begin();
+  for (size_t i = 0; i < written.size();) {
+    const auto [writer, id, page] = written[i];
+    size_t end = i + 1;
+    bool sole = true;
+    for (; end < written.size() && std::get<1>(written[end]) == id &&
+           std::get<2>(written[end]) == page;
+         ++end) {
+      sole &= std::get<0>(written[end]) == writer;
+    }
+    i = end;
+    const hp::PageRef ref{id, 0, page};
+    while (next_push != pushed.end() &&
+           std::tie(next_push->alloc_id, next_push->page) < std::tie(id, page)) {
+      ++next_push;
+    }
+    const char* from_home = nullptr;
+    if (next_push != pushed.end() && next_push->alloc_id == id &&
+        next_push->page == page && next_push->from == writer && sole &&
+        !std::binary_search(mine.begin(), mine.end(), ref, by_page)) {
+      from_home = next_push->contents.get();
+    }
+    stale.push_back(ref);
+    contents.push_back(from_home);
   }
-  return stale.empty() ? absl::OkStatus() : FlushAndDropCopies(stale);
+  if (stale.empty()) return absl::OkStatus();
+  {
+    // Copies dropped for good: a fetch of one of them later subscribes.
+    absl::MutexLock lock(&mutex_);
+    for (size_t i = 0; i < stale.size(); ++i) {
+      if (contents[i] != nullptr) continue;
+      DistributedDataspace* ds = Find(stale[i].alloc_id);
+      if (ds == nullptr || ds->sequential() || ds->HomedHere(stale[i].page) ||
+          stale[i].page >= ds->placement().pages) {
+        continue;
+      }
+      if (service_.IsResident(ds->global_addr() - service_.base() +
+                              stale[i].page * kPageSize)) {
+        ds->MarkDroppedStale(stale[i].page);
+      }
+    }
+  }
+  return FlushAndDropCopies(stale, contents);
 }
 
 absl::Status Coherence::LockCheck(uintptr_t lock_addr) const {
@@ -889,8 +1045,8 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
     return;
   }
   std::memcpy(&h, body.data(), sizeof(h));
-  if (body.size() != sizeof(h) + uint64_t{h.count} * sizeof(hp::PageRef) ||
-      h.count > hp::kMaxPageRefs) {
+  const uint64_t refs_end = sizeof(h) + uint64_t{h.count} * sizeof(hp::PageRef);
+  if (body.size() < refs_end || h.count > hp::kMaxPageRefs) {
     Warning("coherence: rank %d sent %d bytes for %d pages (type %d); dropped",
             peer, body.size(), h.count, type);
     return;
@@ -900,13 +1056,41 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
     std::memcpy(pages.data(), body.data() + sizeof(h),
                 h.count * sizeof(hp::PageRef));
   }
+  // Only a kEpochWrites list carries pushed pages, after its refs.
+  uint64_t pushed = 0;
+  if (type == hp::kEpochWrites) {
+    for (const hp::PageRef& r : pages) pushed += (r.flags & hp::kRefPushed) != 0;
+  }
+  if (body.size() != refs_end + pushed * kPageSize) {
+    Warning("coherence: rank %d sent %d bytes for %d pages, %d of them pushed "
+            "(type %d); dropped",
+            peer, body.size(), h.count, pushed, type);
+    return;
+  }
   const bool last = h.flags & hp::kLastPart;
   absl::MutexLock lock(&mutex_);
   switch (type) {
     case hp::kEpochWrites: {
       EpochState& st = epochs_[h.epoch_or_lock];
       st.writes_from.resize(nranks_);
-      for (const hp::PageRef& r : pages) st.written.emplace_back(peer, r.alloc_id, r.page);
+      const char* contents = body.data() + refs_end;
+      for (const hp::PageRef& r : pages) {
+        if (r.flags & hp::kRefSubscribe) {
+          Subscribe(peer, r);
+          continue;
+        }
+        st.written.emplace_back(peer, r.alloc_id, r.page);
+        if (!(r.flags & hp::kRefPushed)) continue;
+        // Taken only from the page's home (others' pushes are ignored).
+        DistributedDataspace* ds = Find(r.alloc_id);
+        if (ds != nullptr && !ds->sequential() && r.page < ds->placement().pages &&
+            ds->OwnerOf(r.page) == peer) {
+          Pushed p{peer, r.alloc_id, r.page, std::make_unique<char[]>(kPageSize)};
+          std::memcpy(p.contents.get(), contents, kPageSize);
+          st.pushed.push_back(std::move(p));
+        }
+        contents += kPageSize;
+      }
       if (last) st.writes_from[peer] = true;
       return;
     }
@@ -935,11 +1119,38 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
   }
 }
 
+void Coherence::Subscribe(int peer, const hp::PageRef& r) {
+  DistributedDataspace* ds = Find(r.alloc_id);
+  if (ds == nullptr || ds->sequential() || r.page >= ds->placement().pages ||
+      !ds->HomedHere(r.page) || dead_[peer]) {
+    return;  // freed meanwhile, or not a page this rank homes: no push
+  }
+  auto& subs = subscribers_[{r.alloc_id, r.page}];
+  for (auto& [rank, left] : subs) {
+    if (rank == peer) {
+      left = kPushLease;  // subscribed again: a fresh lease
+      return;
+    }
+  }
+  subs.emplace_back(peer, kPushLease);
+}
+
 void Coherence::PeerDied(int peer, const std::string& why) {
   absl::MutexLock lock(&mutex_);
   if (peer < 0 || peer >= nranks_ || dead_[peer]) return;
   dead_[peer] = true;
   death_[peer] = why;
+  for (auto it = subscribers_.begin(); it != subscribers_.end();) {
+    auto& subs = it->second;
+    subs.erase(std::remove_if(subs.begin(), subs.end(),
+                              [peer](const auto& s) { return s.first == peer; }),
+               subs.end());
+    if (subs.empty()) {
+      subscribers_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
   for (auto& [key, st] : locks_) {
     st.queue.erase(std::remove_if(st.queue.begin(), st.queue.end(),
                                   [peer](const auto& q) { return q.first == peer; }),

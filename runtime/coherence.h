@@ -23,6 +23,20 @@
 // lists to the homes only, which then told the cachers from their
 // directories: a second round on the critical path, for smaller lists.)
 //
+// Pushing hot pages. A rank that fetches a page again after a barrier
+// dropped its copy (a stencil's halo, written by its home every epoch)
+// subscribes to it in its next kEpochWrites to the home (kRefSubscribe).
+// The home then sends the page's contents along with its own list at each
+// barrier at which it reports the page written (kRefPushed), for
+// kPushLease barriers; the subscriber installs them in place of its stale
+// copy, so its threads read the page after the barrier without a fault.
+// It takes them only if the home was the page's sole writer this epoch
+// (no other rank's list names the page, and this rank did not write it):
+// then the contents are exactly what a fetch after the barrier would read.
+// Otherwise, or once the lease ends, the copy is dropped as before, and a
+// rank that reads the page again subscribes again. PAGEWIRE_PUSH=0 turns
+// subscribing off.
+//
 // Locks live at the home of the page holding the pw_lock_t. The lock's home
 // manager queues requests (FIFO, no spinning) and keeps a log of the pages
 // written under the lock: a release appends the releaser's writes, a grant
@@ -74,6 +88,8 @@ struct CoherenceStats {
   uint64_t hot_pages = 0;       // home pages left writable (hot_), in all
   uint64_t barriers = 0;
   uint64_t lock_acquires = 0;
+  uint64_t pushes_sent = 0;       // pages pushed to subscribers at barriers
+  uint64_t pushes_installed = 0;  // stale copies replaced by pushed pages
 };
 
 class Coherence {
@@ -97,6 +113,13 @@ class Coherence {
                    uint64_t page, int home, const void* current);
   // Fault loop: this rank writes a tracked page it homes.
   void NoteHomeWrite(DistributedDataspace* ds, uint64_t page);
+  // Fault loop: this rank fetches `page` of `home` again after a barrier
+  // dropped its copy; it subscribes at the next barrier (unless push is
+  // off).
+  void NoteRefetch(DistributedDataspace* ds, uint64_t page, int home);
+  // Whether this rank subscribes to pushes (PAGEWIRE_PUSH; on by default).
+  // Set at start-up.
+  void SetPush(bool on) { push_ = on; }
 
   absl::Status Release();
   // Drops every cached copy of another rank's page (pw_acquire: without a
@@ -129,10 +152,17 @@ class Coherence {
     int home;
     std::unique_ptr<char[]> copy;
   };
+  struct Pushed {
+    int from;
+    uint32_t alloc_id;
+    uint64_t page;
+    std::unique_ptr<char[]> contents;  // kPageSize
+  };
   struct EpochState {
     std::vector<bool> writes_from;  // by rank: its kEpochWrites ended
     // (writer, alloc, page) of the pages other ranks wrote this epoch.
     std::vector<std::tuple<int, uint32_t, uint64_t>> written;
+    std::vector<Pushed> pushed;  // pages pushed to this rank
   };
   struct Waiter {
     bool granted = false;
@@ -157,13 +187,17 @@ class Coherence {
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* FindByAddr(uintptr_t addr) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
-  // Sends a page list in parts of at most kMaxPageRefs.
+  // Sends a page list in parts of at most kMaxPageRefs refs and, if
+  // `contents` (parallel to `pages`) is given, kMaxPushedPages pages: the
+  // non-null entries, which follow the refs of their part.
   absl::Status SendPageList(int peer, uint16_t type, uint64_t key,
                             uint64_t ticket, const PageList& pages,
-                            uint32_t flags);
-  // Offsets of the pages in `pages` that are copies of other ranks' pages.
-  std::vector<uint64_t> CachedCopies(const PageList& pages) const
-      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+                            uint32_t flags,
+                            const std::vector<const char*>* contents = nullptr);
+  // Offsets of the pages in `pages` that are copies of other ranks' pages,
+  // and the index in `pages` of each.
+  std::vector<std::pair<uint64_t, size_t>> CachedCopies(
+      const PageList& pages) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   // The first half of FlushAndDropCopies and FlushAndDropAll. Under
   // mutex_, `freeze` waits for the flushes it must not overtake, freezes
   // the copies to be dropped (so they cannot be twinned again) and moves
@@ -176,8 +210,12 @@ class Coherence {
   // Drops the cached copies `pages` (other ranks' pages only), which other
   // threads of this rank may be writing: the pages are frozen, their twins
   // flushed home, then they are dropped; writers that hit them meanwhile
-  // wait and then fetch afresh. From an application thread.
-  absl::Status FlushAndDropCopies(const PageList& pages);
+  // wait and then fetch afresh. A page with `contents` (parallel to
+  // `pages`, pushed by its home) is replaced by them instead, unless this
+  // rank wrote it since the barrier (its own write must stay visible to
+  // it): then it is only dropped. From an application thread.
+  absl::Status FlushAndDropCopies(
+      const PageList& pages, const std::vector<const char*>& contents = {});
   // The same for every cached copy of another rank's page (a whole-rank
   // freeze), when there is no record of what changed.
   absl::Status FlushAndDropAll();
@@ -196,6 +234,10 @@ class Coherence {
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<uint64_t> Atomic(uintptr_t addr, WorkOpcode op,
                                   uint64_t operand, uint64_t swap);
+
+  // Home side: `peer` subscribes to the page `r` (kRefSubscribe).
+  void Subscribe(int peer, const home_protocol::PageRef& r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   // Lock manager (this rank is the lock's home).
   void ManagerAcquire(uint64_t lock, int rank, uint64_t ticket)
@@ -262,6 +304,16 @@ class Coherence {
   // releases, so a narrower set could miss a write made under another lock.
   absl::flat_hash_set<std::pair<uint32_t, uint64_t>> written_since_barrier_
       ABSL_GUARDED_BY(mutex_);
+
+  // Home side: the ranks subscribed to each page homed here, with the
+  // pushes left of their lease.
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>,
+                      std::vector<std::pair<int, int>>>
+      subscribers_ ABSL_GUARDED_BY(mutex_);
+  static constexpr int kPushLease = 16;
+  // Cacher side: subscriptions to send at the next barrier, by home.
+  std::vector<PageList> subscribe_ ABSL_GUARDED_BY(mutex_);
+  bool push_ = true;  // set at start-up
 
   uint64_t epoch_ ABSL_GUARDED_BY(mutex_) = 0;
   std::map<uint64_t, EpochState> epochs_ ABSL_GUARDED_BY(mutex_);

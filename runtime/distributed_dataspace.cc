@@ -37,9 +37,11 @@ DistributedDataspace::DistributedDataspace(Params params,
   const uint64_t words = (params_.placement.pages + 63) / 64;
   registered_.reset(new std::atomic<uint64_t>[words]);
   tracked_.reset(new std::atomic<uint64_t>[words]);
+  dropped_stale_.reset(new std::atomic<uint64_t>[words]);
   for (uint64_t i = 0; i < words; ++i) {
     registered_[i] = 0;
     tracked_[i] = 0;
+    dropped_stale_[i] = 0;
   }
   if (params_.placement.placement == Placement::kFirstTouch) {
     owners_.reset(new std::atomic<int32_t>[params_.placement.pages]);
@@ -155,6 +157,10 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
   }
   const uint64_t remote_addr = params_.global_addr + page * kPageSize;
   if (params_.homes_always_readable && GetBit(registered_.get(), page)) {
+    if (coherence_ != nullptr && TakeBit(dropped_stale_.get(), page)) {
+      // Read again after a barrier dropped it: the home may push it.
+      coherence_->NoteRefetch(this, page, owner);
+    }
     fetcher_.Read(request, owner, remote_addr, this, page);
     if (params_.readahead != nullptr && !request.prefetch &&
         request.access == Access::kRead) {

@@ -118,6 +118,11 @@ class DistributedDataspace final : public Dataspace {
   // rank has fetched it), and starting to.
   bool Tracked(uint64_t page) const { return GetBit(tracked_.get(), page); }
   void MarkTracked(uint64_t page) { SetBit(tracked_.get(), page); }
+  // A barrier dropped this rank's copy of `page` because its home wrote
+  // it: the next fetch of the page tells Coherence (NoteRefetch).
+  void MarkDroppedStale(uint64_t page) {
+    if (page < params_.placement.pages) SetBit(dropped_stale_.get(), page);
+  }
 
   // Per-page keys (first touch on verbs; see the file comment).
   bool has_page_keys() const { return page_keys_ != nullptr; }
@@ -157,6 +162,12 @@ class DistributedDataspace final : public Dataspace {
   static void SetBit(std::atomic<uint64_t>* bits, uint64_t i) {
     bits[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_acq_rel);
   }
+  // Clears the bit; whether it was set. A load first: the bit is rarely set.
+  static bool TakeBit(std::atomic<uint64_t>* bits, uint64_t i) {
+    const uint64_t bit = uint64_t{1} << (i % 64);
+    if (!(bits[i / 64].load(std::memory_order_relaxed) & bit)) return false;
+    return bits[i / 64].fetch_and(~bit, std::memory_order_acq_rel) & bit;
+  }
 
   const Params params_;
   RemoteFetcher& fetcher_;
@@ -166,6 +177,8 @@ class DistributedDataspace final : public Dataspace {
   std::unique_ptr<std::atomic<uint64_t>[]> registered_;
   // Home side: the page is write-protected here to see this rank's writes.
   std::unique_ptr<std::atomic<uint64_t>[]> tracked_;
+  // This rank's copy was dropped at a barrier (MarkDroppedStale).
+  std::unique_ptr<std::atomic<uint64_t>[]> dropped_stale_;
   // First-touch owners as known here (-1: unknown); authoritative on the
   // page's directory rank.
   std::unique_ptr<std::atomic<int32_t>[]> owners_;

@@ -202,6 +202,7 @@ FaultStats FaultService::stats() const {
   s.evicted = get(evicted_);
   s.max_outstanding = get(max_outstanding_);
   s.readaheads = get(readaheads_);
+  s.replaced = get(replaced_);
   s.spin_hits = get(spin_hits_);
   s.spin_misses = get(spin_misses_);
   s.spin_polls = get(spin_total_polls_);
@@ -813,11 +814,13 @@ bool FaultService::RecallPage(uint64_t offset, char* buffer, bool drop) {
 }
 
 void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
-                                        Done done, PagePredicate keep) {
+                                        Done done, PagePredicate keep,
+                                        std::vector<const char*> contents) {
   Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
   c.pages = std::move(offsets);
   c.pages_done = std::move(done);
   c.pages_keep = std::move(keep);
+  c.pages_contents = std::move(contents);
   if (std::this_thread::get_id() == loop_id_) {
     RunCommand(c);
     return;
@@ -986,11 +989,15 @@ void FaultService::RunCommand(const Command& c) {
     case Command::kInvalidatePages: {
       {
         absl::MutexLock lock(&install_mutex_);
-        for (uint64_t off : c.pages) {
+        for (size_t i = 0; i < c.pages.size(); ++i) {
+          const uint64_t off = c.pages[i];
           if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
             continue;
           }
           DropPage(base_ + PageDown(off));
+          if (i < c.pages_contents.size() && c.pages_contents[i] != nullptr) {
+            ReplaceDropped(base_ + PageDown(off), c.pages_contents[i]);
+          }
         }
       }
       if (c.pages_done) c.pages_done();
@@ -1084,6 +1091,34 @@ absl::Status FaultService::ProtectRange(uint64_t offset, uint64_t size,
     off += run;
   }
   return absl::OkStatus();
+}
+
+void FaultService::ReplaceDropped(uintptr_t page, const char* contents) {
+  uffdio_copy copy{};
+  copy.dst = page;
+  copy.src = reinterpret_cast<uintptr_t>(contents);
+  copy.len = kPageSize;
+  copy.mode = UFFDIO_COPY_MODE_WP;  // a copy: its first write is tracked
+  int rc;
+  for (int attempt = 0;; ++attempt) {
+    // EAGAIN: the address space is changing (mremap, fork): retry.
+    do {
+      rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
+    } while (rc != 0 && errno == EAGAIN);
+    // EEXIST: mapped though not marked resident (never expected): drop it
+    // for real and try once more.
+    if (rc == 0 || errno != EEXIST || attempt > 0) break;
+    ::madvise(reinterpret_cast<void*>(page), kPageSize, MADV_DONTNEED);
+  }
+  if (rc != 0) {
+    // Left absent: the next access faults and fetches it, as if the page
+    // had only been dropped.
+    Warning("installing a pushed copy at 0x%x: %s; it is fetched on demand",
+            page, strerror(errno));
+    return;
+  }
+  SetResident(PageIndex(page), true);
+  Bump(replaced_);
 }
 
 void FaultService::DropPage(uintptr_t page) {

@@ -137,6 +137,7 @@ struct FaultStats {
   uint64_t failed = 0;       // faults ended in SIGBUS
   uint64_t evicted = 0;      // pages dropped because their backing changed
   uint64_t readaheads = 0;   // pages requested ahead of a fault (ReadAhead)
+  uint64_t replaced = 0;     // pages replaced by given contents (pushed)
   uint64_t max_outstanding = 0;
   // Polling before sleeping (FaultServiceConfig::spin_polls): spins that
   // found a completion, spins that ran out and slept, and polls made.
@@ -201,10 +202,14 @@ class FaultService final : public RegionMap::Listener {
   // re-asks for such pages whose requests are out, then calls `done` on the
   // loop thread. Does not wait: message handlers use it.
   // Pages for which `keep` (if given, called on the loop thread) returns
-  // true are left alone.
+  // true are left alone. `contents`, if not empty, goes with `offsets`: a
+  // page with contents is not left absent but replaced by them, installed
+  // write-protected in the same step (a copy pushed by its home), so the
+  // threads that read it never fault. The contents must live until `done`.
   using Done = std::function<void()>;
   void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done,
-                            PagePredicate keep = nullptr);
+                            PagePredicate keep = nullptr,
+                            std::vector<const char*> contents = {});
 
   // For each page offset: if installed, write-protects it and copies its
   // contents to the matching buffer (a page each), atomically with respect
@@ -324,6 +329,7 @@ class FaultService final : public RegionMap::Listener {
     std::vector<uint64_t> pages;  // kInvalidatePages
     Done pages_done;              // kInvalidatePages
     PagePredicate pages_keep;     // kInvalidatePages
+    std::vector<const char*> pages_contents;  // kInvalidatePages
     const std::vector<char*>* buffers = nullptr;  // kSnapshot
     std::vector<bool>* resident = nullptr;        // kSnapshot
   };
@@ -381,6 +387,10 @@ class FaultService final : public RegionMap::Listener {
                              const PagePredicate* which);
   absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
   void DropPage(uintptr_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
+  // Installs `contents` write-protected at the dropped `page`; on failure
+  // leaves it absent (fetched on demand), with a warning.
+  void ReplaceDropped(uintptr_t page, const char* contents)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   void AbandonPending();
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
@@ -449,7 +459,8 @@ class FaultService final : public RegionMap::Listener {
 
   std::atomic<uint64_t> faults_{0}, requests_{0}, coalesced_{0},
       installed_{0}, upgrades_{0}, failed_{0}, evicted_{0},
-      max_outstanding_{0}, readaheads_{0}, spin_hits_{0}, spin_misses_{0},
+      max_outstanding_{0}, readaheads_{0}, replaced_{0}, spin_hits_{0},
+      spin_misses_{0},
       spin_total_polls_{0};
   LatencyHistogram latency_;
 };

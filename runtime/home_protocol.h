@@ -86,9 +86,17 @@ struct AllocKey {
 // One page of one allocation in a page list.
 struct PageRef {
   uint32_t alloc_id;
-  uint32_t reserved;
+  uint32_t flags;  // kEpochWrites only (kRefPushed, kRefSubscribe); else 0
   uint64_t page;
 };
+// kEpochWrites: the sender homes the page, wrote it this epoch, and its
+// contents as of the sender's barrier follow the list (a page each, in the
+// order of the refs so marked), for a receiver that subscribed.
+inline constexpr uint32_t kRefPushed = 1;
+// kEpochWrites: not a write. The sender fetched this page of the receiver's
+// again after a barrier dropped its copy: push it at the barriers at which
+// the receiver writes it (runtime/coherence.h, "Pushing hot pages").
+inline constexpr uint32_t kRefSubscribe = 2;
 
 struct PageListHeader {
   uint64_t epoch_or_lock;  // barrier epoch, or the lock's global offset
@@ -100,6 +108,9 @@ inline constexpr uint32_t kLastPart = 1;  // the last message of a list
 inline constexpr uint32_t kAllPages = 2;  // "every cached copy" (list too long)
 // PageRefs per message.
 inline constexpr size_t kMaxPageRefs = 4000;
+// Pushed pages per kEpochWrites message (the rest of the transport's 64 KiB
+// holds the header and a few hundred refs).
+inline constexpr size_t kMaxPushedPages = 15;
 
 struct Fetch {
   uint32_t alloc_id;

@@ -167,6 +167,17 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
     }
     config.readahead_pages = *pages;
   }
+  if (const char* v = std::getenv("PAGEWIRE_PUSH")) {
+    const std::string on(v);
+    if (on != "0" && on != "1") {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_PUSH=%s is not 0 or 1; use 1 (pages written every epoch "
+          "arrive with the barrier, the default) or 0 (always fetched on "
+          "demand), or unset it",
+          v));
+    }
+    config.push = on == "1";
+  }
   if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
     absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
     if (!ms.ok()) return ms.status();
@@ -186,6 +197,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
   rt->rank_ = config.rank;
   rt->nranks_ = config.nranks;
   rt->readahead_pages_ = config.readahead_pages;
+  rt->push_ = config.push;
   rt->root_ = std::make_shared<RegionMap>(config.global_size, "global range");
   if (config.coordinator.empty()) {
     FaultServiceConfig fs;
@@ -272,6 +284,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
                                            *fetcher_, *fault_service_, *home_);
   if (absl::Status s = coherence_->Start(); !s.ok()) return s;
+  coherence_->SetPush(push_);
   home_->SetCoherence(coherence_.get());
   sequential_ = std::make_unique<SequentialConsistency>(
       rank_, nranks_, *transport_, *fetcher_, *fault_service_);
@@ -864,6 +877,7 @@ RuntimeStats Runtime::stats() const {
     s.twins = c.twins;
     s.diff_bytes = c.diff_bytes;
     s.invalidated = c.invalidated;
+    s.pushed = c.pushes_installed;
   }
   return s;
 }

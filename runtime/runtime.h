@@ -75,6 +75,9 @@ struct RuntimeConfig {
   // this many following pages of the same home (0: none).
   int readahead_pages = 1;
   static constexpr int kMaxReadAheadPages = 64;
+  // PAGEWIRE_PUSH: subscribe to pages that homes write every epoch, so they
+  // arrive with the barrier instead of by a fault after it (0: off).
+  bool push = true;
 
   // Reads the PAGEWIRE_* variables over the defaults; names the variable
   // and the fix for each bad value.
@@ -88,6 +91,7 @@ struct RuntimeStats {
   uint64_t twins = 0;           // pages twinned at a first write
   uint64_t diff_bytes = 0;      // modified bytes written home at releases
   uint64_t invalidated = 0;     // cached copies dropped at acquires
+  uint64_t pushed = 0;          // stale copies replaced by pushed pages
 };
 
 class Runtime {
@@ -165,6 +169,7 @@ class Runtime {
   int rank_ = 0;
   int nranks_ = 1;
   int readahead_pages_ = 0;  // RuntimeConfig::readahead_pages
+  bool push_ = true;         // RuntimeConfig::push
 
   // Declared in construction order; destroyed in reverse (see ~Runtime).
   std::unique_ptr<control::CoordinatorServer> coordinator_;

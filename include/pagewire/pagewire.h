@@ -123,6 +123,8 @@ typedef struct pw_stats {
   double p50_latency_us;
   double p99_latency_us;
   uint64_t readaheads;      /* pages fetched ahead of a fault (PAGEWIRE_READAHEAD) */
+  uint64_t pushed;          /* stale copies replaced by pages their homes pushed
+                               at barriers (PAGEWIRE_PUSH) */
 } pw_stats_t;
 
 pw_status_t pw_get_stats(pw_stats_t *stats);

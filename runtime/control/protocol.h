@@ -5,6 +5,7 @@
 // The coordinator refuses a Join whose protocol_version differs from its
 // own, so every rank of a job runs compatible binaries.
 //   2: a barrier is one round; kEpochWrites goes to every rank.
+//   3: kEpochWrites carries subscriptions and pushed pages (PageRef flags).
 #ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 #define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 
@@ -12,7 +13,7 @@
 
 namespace pagewire::control {
 
-inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr uint32_t kProtocolVersion = 3;
 
 }  // namespace pagewire::control
 

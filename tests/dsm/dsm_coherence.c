@@ -27,9 +27,15 @@
  *                  thread that keeps writing them while pw_acquire runs
  *   readahead      ranks walk through pages homed on rank 0 that they cached
  *                  before (so read-ahead applies): every page is fetched
- *                  once, some ahead of their fault, and every value is the
- *                  latest after each barrier; PAGEWIRE_READAHEAD=0 fetches
- *                  none ahead
+ *                  once (or pushed with the barrier), some ahead of their
+ *                  fault, and every value is the latest after each barrier;
+ *                  PAGEWIRE_READAHEAD=0 fetches none ahead
+ *   push           rank 0 writes its pages every epoch and the others read
+ *                  them after each barrier: they subscribe and get them
+ *                  pushed with the barrier (few fetches, many pushes; none
+ *                  with PAGEWIRE_PUSH=0). Every few epochs rank 1 writes a
+ *                  word of one page too, so its push must be refused: every
+ *                  rank must read both writers' values
  *   hot            a home page written in epoch after epoch (left writable,
  *                  "hot"), then not for many epochs (write-protected again
  *                  at its probe), then written once more: every rank sees
@@ -406,18 +412,22 @@ static void ReadAhead(void) {
   for (int e = 1; e <= kRaRounds; e++) {
     if (rank == 0)
       for (int p = 0; p < kRaPages; p++) data[(size_t)p * PAGE / 8] = (uint64_t)(e * 1000 + p);
-    CHECK(pw_barrier() == PW_OK, "barrier");
     pw_stats_t before, after;
     CHECK(pw_get_stats(&before) == PW_OK, "stats");
+    CHECK(pw_barrier() == PW_OK, "barrier");
     for (int p = 0; p < kRaPages; p++)
       CHECK(data[(size_t)p * PAGE / 8] == (uint64_t)(e * 1000 + p),
             "round %d page %d: read %llu, want %d", e, p,
             (unsigned long long)data[(size_t)p * PAGE / 8], e * 1000 + p);
     CHECK(pw_get_stats(&after) == PW_OK, "stats");
     if (rank != 0) {
-      CHECK(after.remote_fetches - before.remote_fetches == kRaPages,
-            "round %d: %llu fetches for %d pages (each once)", e,
-            (unsigned long long)(after.remote_fetches - before.remote_fetches), kRaPages);
+      /* From round 3 the pages come with the barrier (pushed), unless
+       * PAGEWIRE_PUSH=0; either way each arrives exactly once. */
+      const uint64_t fetched = after.remote_fetches - before.remote_fetches;
+      const uint64_t pushed = after.pushed - before.pushed;
+      CHECK(fetched + pushed == kRaPages,
+            "round %d: %llu fetches and %llu pushes for %d pages (each once)", e,
+            (unsigned long long)fetched, (unsigned long long)pushed, kRaPages);
       /* Round 1 registers this rank with the home page by page: nothing
        * is read ahead of a first fetch. */
       if (e > 1) ahead += after.readaheads - before.readaheads;
@@ -428,6 +438,62 @@ static void ReadAhead(void) {
     if (enabled) CHECK(ahead > 0, "nothing was read ahead (PAGEWIRE_READAHEAD on)");
     else CHECK(ahead == 0, "%llu pages read ahead with PAGEWIRE_READAHEAD=0", (unsigned long long)ahead);
   }
+  pw_free(data);
+}
+
+/* ---- pushed pages ---- */
+enum { kPushPages = 8, kPushRounds = 40, kPushShared = 3 };
+static uint64_t PushWord(int e, int p) { return (uint64_t)e * 1000 + (uint64_t)p; }
+/* Rank 1 also writes word 1 of page kPushShared in these epochs. */
+static int PushShared(int e) { return e % 5 == 0; }
+static void Push(void) {
+  uint64_t *data = pw_alloc_on(kPushPages * PAGE, 0);
+  CHECK(data, "pw_alloc_on");
+  const char *env = getenv("PAGEWIRE_PUSH");
+  const int enabled = env == NULL || atoi(env) > 0;
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  pw_stats_t before, after;
+  CHECK(pw_get_stats(&before) == PW_OK, "stats");
+  uint64_t shared = 0; /* word 1 of the shared page, as last written */
+  for (int e = 1; e <= kPushRounds; e++) {
+    if (rank == 0)
+      for (int p = 0; p < kPushPages; p++) data[(size_t)p * PAGE / 8] = PushWord(e, p);
+    if (PushShared(e)) {
+      shared = (uint64_t)e;
+      if (rank == 1) data[(size_t)kPushShared * PAGE / 8 + 1] = shared;
+    }
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    for (int p = 0; p < kPushPages; p++)
+      CHECK(data[(size_t)p * PAGE / 8] == PushWord(e, p),
+            "epoch %d page %d: read %llu, want %llu", e, p,
+            (unsigned long long)data[(size_t)p * PAGE / 8],
+            (unsigned long long)PushWord(e, p));
+    CHECK(data[(size_t)kPushShared * PAGE / 8 + 1] == shared,
+          "epoch %d: rank 1's word of page %d reads %llu, want %llu (a push "
+          "from its home was taken though rank 1 wrote the page too?)",
+          e, kPushShared, (unsigned long long)data[(size_t)kPushShared * PAGE / 8 + 1],
+          (unsigned long long)shared);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  CHECK(pw_get_stats(&after) == PW_OK, "stats");
+  const uint64_t fetched = after.remote_fetches - before.remote_fetches;
+  const uint64_t pushed = after.pushed - before.pushed;
+  if (rank != 0) {
+    if (enabled) {
+      /* Every page read in every epoch: pushed, except a refetch to
+       * subscribe at first, at each lease's end and after each refused
+       * push of the shared page. */
+      CHECK(pushed >= (uint64_t)kPushPages * kPushRounds / 2 &&
+                fetched < (uint64_t)kPushPages * kPushRounds / 2,
+            "%llu pages pushed and %llu fetched over %d epochs of %d pages: "
+            "pushing does not work", (unsigned long long)pushed,
+            (unsigned long long)fetched, kPushRounds, kPushPages);
+    } else {
+      CHECK(pushed == 0, "%llu pages pushed with PAGEWIRE_PUSH=0", (unsigned long long)pushed);
+    }
+  }
+  printf("dsm_coherence: rank %d: %llu pages pushed, %llu fetched\n", rank,
+         (unsigned long long)pushed, (unsigned long long)fetched);
   pw_free(data);
 }
 
@@ -470,8 +536,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "acquire_racing")) Acquire(1);
   else if (!strcmp(test, "hot")) Hot();
   else if (!strcmp(test, "readahead")) ReadAhead();
+  else if (!strcmp(test, "push")) Push();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push\n");
     return 2;
   }
   pw_stats_t s;
