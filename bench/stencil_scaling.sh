@@ -87,7 +87,7 @@ run() {
     echo "stencil_scaling.sh: $kind on $n ranks failed: ${cmd[*]}" >&2
     exit 1
   fi
-  line=$(grep -E '(heat|stencil_mpi): .* ms/iteration' "$out" | sed 's/^\[0\] //')
+  line=$(grep -E '(heat|stencil_mpi): [0-9]+x[0-9]+ grid.* ms/iteration' "$out" | sed 's/^\[0\] //')
   [[ "$line" == *"matches the sequential computation"* ]] ||
     { cat "$out" >&2; echo "stencil_scaling.sh: $kind on $n ranks: wrong result" >&2; exit 1; }
   echo "  $kind n=$n: $line"

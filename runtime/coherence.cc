@@ -162,6 +162,7 @@ void Coherence::RemoveDataspace(uint32_t id) {
     }
   };
   drop_keys(hot_);
+  drop_keys(hot_probes_);
   drop_keys(home_written_epoch_);
   drop_keys(subscribers_);
   for (auto* lists : {&remote_written_barrier_, &subscribe_}) {
@@ -221,7 +222,12 @@ void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
   // epoch_ counts barriers begun; this write belongs to epoch_ + 1.
   if (auto last = home_written_epoch_.find(key);
       last != home_written_epoch_.end() && epoch_ + 1 - last->second <= kHotWindow &&
-      hot_.try_emplace(key, kHotProbeEpochs).second) {
+      !hot_.contains(key)) {
+    HotProbe& probe = hot_probes_[key];
+    probe.interval = probe.probed != 0 && epoch_ + 1 - probe.probed <= kHotWindow
+                         ? std::min(2 * probe.interval, kMaxHotProbeEpochs)
+                         : kHotProbeEpochs;
+    hot_.emplace(key, probe.interval);
     ++stats_.hot_pages;
   }
 }
@@ -645,17 +651,13 @@ absl::Status Coherence::Barrier() {
       if (it == subscribers_.end()) continue;
       DistributedDataspace* ds = Find(mine[i].alloc_id);
       if (ds == nullptr) continue;
-      auto& subs = it->second;
-      for (auto& [rank, left] : subs) {
-        push_to[rank].push_back(i);
-        --left;
+      for (Subscriber& sub : it->second) {
+        if (sub.left == 0) continue;
+        push_to[sub.rank].push_back(i);
+        if (--sub.left == 0) sub.expired = epoch;
+        at[i] = reinterpret_cast<const char*>(ds->global_addr()) +
+                mine[i].page * kPageSize;
       }
-      subs.erase(std::remove_if(subs.begin(), subs.end(),
-                                [](const auto& s) { return s.second <= 0; }),
-                 subs.end());
-      if (subs.empty()) subscribers_.erase(it);
-      at[i] = reinterpret_cast<const char*>(ds->global_addr()) +
-              mine[i].page * kPageSize;
     }
   }
   // One snapshot per pushed page, shared by its subscribers. Home pages
@@ -734,6 +736,7 @@ absl::Status Coherence::Barrier() {
       if (auto hot = hot_.find({id, page}); hot != hot_.end()) {
         if (--hot->second > 0) return;
         hot_.erase(hot);
+        hot_probes_[{id, page}].probed = epoch;
       }
       protect.push_back(ds->global_addr() - service_.base() + page * kPageSize);
     };
@@ -1126,13 +1129,18 @@ void Coherence::Subscribe(int peer, const hp::PageRef& r) {
     return;  // freed meanwhile, or not a page this rank homes: no push
   }
   auto& subs = subscribers_[{r.alloc_id, r.page}];
-  for (auto& [rank, left] : subs) {
-    if (rank == peer) {
-      left = kPushLease;  // subscribed again: a fresh lease
-      return;
-    }
+  for (Subscriber& sub : subs) {
+    if (sub.rank != peer) continue;
+    // Renewed at once: it still reads the page, a longer lease. Otherwise
+    // (a push it refused, or a page read again after a long while) a
+    // fresh one.
+    sub.lease = sub.left == 0 && epoch_ - std::min(epoch_, sub.expired) <= kRenewWindow
+                    ? std::min(2 * sub.lease, kMaxPushLease)
+                    : kPushLease;
+    sub.left = sub.lease;
+    return;
   }
-  subs.emplace_back(peer, kPushLease);
+  subs.push_back(Subscriber{peer, kPushLease, kPushLease, 0});
 }
 
 void Coherence::PeerDied(int peer, const std::string& why) {
@@ -1143,7 +1151,7 @@ void Coherence::PeerDied(int peer, const std::string& why) {
   for (auto it = subscribers_.begin(); it != subscribers_.end();) {
     auto& subs = it->second;
     subs.erase(std::remove_if(subs.begin(), subs.end(),
-                              [peer](const auto& s) { return s.first == peer; }),
+                              [peer](const Subscriber& s) { return s.rank == peer; }),
                subs.end());
     if (subs.empty()) {
       subscribers_.erase(it++);

@@ -293,6 +293,17 @@ class Coherence {
       ABSL_GUARDED_BY(mutex_);
   static constexpr int kHotProbeEpochs = 16;
   static constexpr uint64_t kHotWindow = 2;
+  // Each page's probe interval and the epoch of its last probe. A page hot
+  // again right after its probe (within kHotWindow) doubles its interval,
+  // up to kMaxHotProbeEpochs: one that is written in every epoch for good
+  // (a stencil's boundary) costs a write fault ever more rarely.
+  struct HotProbe {
+    int interval = kHotProbeEpochs;
+    uint64_t probed = 0;  // 0: never
+  };
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, HotProbe> hot_probes_
+      ABSL_GUARDED_BY(mutex_);
+  static constexpr int kMaxHotProbeEpochs = 256;
   // The last barrier epoch in which each home page was written (hot ones
   // count as written in every epoch).
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, uint64_t>
@@ -305,12 +316,22 @@ class Coherence {
   absl::flat_hash_set<std::pair<uint32_t, uint64_t>> written_since_barrier_
       ABSL_GUARDED_BY(mutex_);
 
-  // Home side: the ranks subscribed to each page homed here, with the
-  // pushes left of their lease.
-  absl::flat_hash_map<std::pair<uint32_t, uint64_t>,
-                      std::vector<std::pair<int, int>>>
+  // Home side: the ranks subscribed to each page homed here. A lease is
+  // kPushLease pushes; a subscriber that subscribes again right after its
+  // lease ran out (within kRenewWindow barriers: it still reads the page)
+  // gets twice the lease, up to kMaxPushLease, so a page read for good
+  // costs a fetch ever more rarely. Expired leases stay, to be renewed.
+  struct Subscriber {
+    int rank;
+    int left;          // pushes left; 0: expired
+    int lease;         // pushes of the current (or last) lease
+    uint64_t expired;  // epoch of the last push of an expired lease
+  };
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, std::vector<Subscriber>>
       subscribers_ ABSL_GUARDED_BY(mutex_);
   static constexpr int kPushLease = 16;
+  static constexpr int kMaxPushLease = 256;
+  static constexpr uint64_t kRenewWindow = 4;
   // Cacher side: subscriptions to send at the next barrier, by home.
   std::vector<PageList> subscribe_ ABSL_GUARDED_BY(mutex_);
   bool push_ = true;  // set at start-up
