@@ -8,10 +8,12 @@
  * rank r homes a contiguous band of rows. Each iteration every rank
  * computes its own band of the new grid from the old one: the rows next to
  * its band (halos) are homed on the neighbouring ranks and arrive by
- * remote page faults, with no explicit communication in this program. A
- * barrier ends each iteration. At the end rank 0 reads the whole grid
- * (faulting in every other rank's band) and checks it bit for bit against
- * a sequential computation. Every rank prints its fault statistics.
+ * remote page faults, then pushed by their homes with each barrier, with
+ * no explicit communication in this program. A barrier ends each
+ * iteration. At the end rank 0 reads the whole grid (faulting in every
+ * other rank's band) and checks it bit for bit against a sequential
+ * computation. Every rank prints its time computing and in barriers, and
+ * its fault statistics.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pagewire/pagewire.h>

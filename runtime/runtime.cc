@@ -87,52 +87,10 @@ proto::Placement ToProto(Placement p) {
   return proto::BLOCK;
 }
 
-}  // namespace
-
-absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
-  RuntimeConfig config;
-  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_BASE")) {
-    absl::StatusOr<uint64_t> base = ParseSize("PAGEWIRE_GLOBAL_BASE", v);
-    if (!base.ok()) return base.status();
-    config.global_base = *base;
-  }
-  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_SIZE")) {
-    absl::StatusOr<uint64_t> size = ParseSize("PAGEWIRE_GLOBAL_SIZE", v);
-    if (!size.ok()) return size.status();
-    config.global_size = *size;
-  }
-  const char* coordinator = std::getenv("PAGEWIRE_COORDINATOR");
-  const char* rank = std::getenv("PAGEWIRE_RANK");
-  const char* nranks = std::getenv("PAGEWIRE_NRANKS");
-  if (coordinator == nullptr) {
-    if (nranks != nullptr && std::string(nranks) != "1") {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_NRANKS=%s but PAGEWIRE_COORDINATOR is not set; start the "
-          "job with pagewire-run, or set PAGEWIRE_COORDINATOR=host:port",
-          nranks));
-    }
-    return config;  // a job of one
-  }
-  config.coordinator = coordinator;
-  if (rank == nullptr || nranks == nullptr) {
-    return absl::InvalidArgumentError(
-        "PAGEWIRE_COORDINATOR is set but PAGEWIRE_RANK or PAGEWIRE_NRANKS is "
-        "not; set all three (the launcher does)");
-  }
-  absl::StatusOr<int> r = ParseInt("PAGEWIRE_RANK", rank, 0);
-  if (!r.ok()) return r.status();
-  absl::StatusOr<int> n = ParseInt("PAGEWIRE_NRANKS", nranks, 1);
-  if (!n.ok()) return n.status();
-  if (*r >= *n) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "PAGEWIRE_RANK=%d is not below PAGEWIRE_NRANKS=%d; ranks count from 0",
-        *r, *n));
-  }
-  config.rank = *r;
-  config.nranks = *n;
-  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
-  if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
-  if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
+// The variables that tune a node (transport, polling, read-ahead, push,
+// leases), over the defaults in `config`; names the variable and the fix
+// for each bad value.
+absl::Status ReadTuning(RuntimeConfig& config) {
   if (const char* v = std::getenv("PAGEWIRE_TRANSPORT")) {
     config.transport = v;
     if (config.transport != "tcp" && config.transport != "verbs" &&
@@ -185,6 +143,58 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
     config.heartbeat_interval =
         std::min(config.heartbeat_interval, config.lease / 4);
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
+  RuntimeConfig config;
+  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_BASE")) {
+    absl::StatusOr<uint64_t> base = ParseSize("PAGEWIRE_GLOBAL_BASE", v);
+    if (!base.ok()) return base.status();
+    config.global_base = *base;
+  }
+  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_SIZE")) {
+    absl::StatusOr<uint64_t> size = ParseSize("PAGEWIRE_GLOBAL_SIZE", v);
+    if (!size.ok()) return size.status();
+    config.global_size = *size;
+  }
+  const char* coordinator = std::getenv("PAGEWIRE_COORDINATOR");
+  const char* rank = std::getenv("PAGEWIRE_RANK");
+  const char* nranks = std::getenv("PAGEWIRE_NRANKS");
+  if (coordinator == nullptr) {
+    if (nranks != nullptr && std::string(nranks) != "1") {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_NRANKS=%s but PAGEWIRE_COORDINATOR is not set; start the "
+          "job with pagewire-run, or set PAGEWIRE_COORDINATOR=host:port",
+          nranks));
+    }
+    // A job of one: the tuning variables are checked all the same.
+    if (absl::Status s = ReadTuning(config); !s.ok()) return s;
+    return config;
+  }
+  config.coordinator = coordinator;
+  if (rank == nullptr || nranks == nullptr) {
+    return absl::InvalidArgumentError(
+        "PAGEWIRE_COORDINATOR is set but PAGEWIRE_RANK or PAGEWIRE_NRANKS is "
+        "not; set all three (the launcher does)");
+  }
+  absl::StatusOr<int> r = ParseInt("PAGEWIRE_RANK", rank, 0);
+  if (!r.ok()) return r.status();
+  absl::StatusOr<int> n = ParseInt("PAGEWIRE_NRANKS", nranks, 1);
+  if (!n.ok()) return n.status();
+  if (*r >= *n) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "PAGEWIRE_RANK=%d is not below PAGEWIRE_NRANKS=%d; ranks count from 0",
+        *r, *n));
+  }
+  config.rank = *r;
+  config.nranks = *n;
+  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
+  if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
+  if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
+  if (absl::Status s = ReadTuning(config); !s.ok()) return s;
   return config;
 }
 

@@ -127,6 +127,24 @@ TEST(StartupErrorsTest, BadEnvironmentNamesTheVariable) {
   EXPECT_EQ(config->global_size, uint64_t{64} << 30);
 }
 
+TEST(StartupErrorsTest, BadPushSettingNamesTheVariableAndTheFix) {
+  setenv("PAGEWIRE_PUSH", "yes", 1);
+  auto config = RuntimeConfig::FromEnvironment();
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("PAGEWIRE_PUSH=yes"), std::string::npos)
+      << config.status();
+  EXPECT_NE(config.status().message().find("unset it"), std::string::npos)
+      << config.status();
+  setenv("PAGEWIRE_PUSH", "0", 1);
+  config = RuntimeConfig::FromEnvironment();
+  unsetenv("PAGEWIRE_PUSH");
+  ASSERT_TRUE(config.ok());
+  EXPECT_FALSE(config->push);
+  config = RuntimeConfig::FromEnvironment();
+  ASSERT_TRUE(config.ok());
+  EXPECT_TRUE(config->push);
+}
+
 TEST(StartupErrorsTest, ServiceStartsAgainAfterAFailure) {
   std::string why;
   if (!UserfaultfdUsable(&why)) GTEST_SKIP() << why;
