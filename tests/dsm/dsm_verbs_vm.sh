@@ -5,7 +5,8 @@
 # block, cyclic, on-rank and first-touch allocations (first-touch owners
 # register each page when a peer first asks for it; the key comes back in
 # the home's reply), and write under release consistency (diffs by RDMA
-# WRITE, atomics by RDMA atomics), every byte checked; and sequentially
+# WRITE, atomics by RDMA atomics, halos pushed with the barrier's verbs
+# messages), every byte checked; and sequentially
 # consistent memory (grants, recalls and write-backs over verbs) passes the
 # message-passing litmus test and an exact CPU-atomic counter.
 set -euo pipefail
@@ -21,7 +22,7 @@ grep -E 'dsm_check|data plane' "$out"
 
 # atomics: the home's own atomics go through its NIC too (a queue pair to
 # itself), since rxe's atomics are not atomic with the CPU's.
-for t in false_sharing queue atomics; do
+for t in false_sharing queue atomics push; do
   "$RUN" -n 2 "$COHERENCE" "$t" >"$out" 2>&1 || { cat "$out"; fail "dsm_coherence $t on verbs exited $?"; }
   [[ "$(grep -cE "^\[[01]\] dsm_coherence: $t rank [01] ok" "$out")" == 2 ]] || { cat "$out"; fail "dsm_coherence $t on verbs"; }
   grep -E 'dsm_coherence' "$out"
