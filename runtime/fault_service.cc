@@ -8,10 +8,13 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -137,6 +140,8 @@ FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
   for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
     slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
   }
+  self_pid_ = ::getpid();
+  self_pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, self_pid_, 0));
   // Everything the loop touches is sized now, so it never allocates while
   // faults are flowing (the deferred queue only grows past a full table).
   pending_index_.reserve(kMaxPendingPages);
@@ -152,6 +157,7 @@ FaultService::~FaultService() {
   ::munmap(resident_, resident_bytes);
   ::close(control_fd_);
   ::close(unbacked_fd_);
+  if (self_pidfd_ >= 0) ::close(self_pidfd_);
 }
 
 void FaultService::Stop() {
@@ -989,16 +995,20 @@ void FaultService::RunCommand(const Command& c) {
     case Command::kInvalidatePages: {
       {
         absl::MutexLock lock(&install_mutex_);
+        std::vector<uintptr_t> drop;
+        std::vector<std::pair<uintptr_t, const char*>> replace;
         for (size_t i = 0; i < c.pages.size(); ++i) {
           const uint64_t off = c.pages[i];
           if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
             continue;
           }
-          DropPage(base_ + PageDown(off));
+          drop.push_back(base_ + PageDown(off));
           if (i < c.pages_contents.size() && c.pages_contents[i] != nullptr) {
-            ReplaceDropped(base_ + PageDown(off), c.pages_contents[i]);
+            replace.emplace_back(base_ + PageDown(off), c.pages_contents[i]);
           }
         }
+        DropPages(drop);
+        for (const auto& [page, contents] : replace) ReplaceDropped(page, contents);
       }
       if (c.pages_done) c.pages_done();
       return;
@@ -1119,6 +1129,54 @@ void FaultService::ReplaceDropped(uintptr_t page, const char* contents) {
   }
   SetResident(PageIndex(page), true);
   Bump(replaced_);
+}
+
+void FaultService::DropPages(absl::Span<const uintptr_t> pages) {
+  std::vector<iovec> runs;
+  uint64_t bytes = 0;
+  for (uintptr_t page : pages) {
+    const uint64_t i = PageIndex(page);
+    if (Resident(i)) {
+      SetResident(i, false);
+      if (!runs.empty() && static_cast<char*>(runs.back().iov_base) +
+                                   runs.back().iov_len ==
+                               reinterpret_cast<char*>(page)) {
+        runs.back().iov_len += kPageSize;
+      } else {
+        runs.push_back(iovec{reinterpret_cast<void*>(page), kPageSize});
+      }
+      bytes += kPageSize;
+      Bump(evicted_);
+    }
+    if (auto it = pending_index_.find(page); it != pending_index_.end()) {
+      // As in DropPage: an answer still to come is discarded, asked again.
+      if (DisarmLocked(it->second)) slots_[it->second].stale = true;
+    }
+  }
+  if (runs.empty()) return;
+  if (self_pidfd_ >= 0 && ::getpid() == self_pid_ && runs.size() > 1) {
+    // At most IOV_MAX runs a call; a short count leaves the rest to madvise
+    // (MADV_DONTNEED twice is harmless).
+    bool all = true;
+    for (size_t at = 0; at < runs.size() && all; at += IOV_MAX) {
+      const size_t n = std::min<size_t>(IOV_MAX, runs.size() - at);
+      uint64_t want = 0;
+      for (size_t k = at; k < at + n; ++k) want += runs[k].iov_len;
+      const long done = ::syscall(SYS_process_madvise, self_pidfd_, &runs[at], n,
+                                  MADV_DONTNEED, 0);
+      if (done < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) {
+        // This kernel cannot (MADV_DONTNEED through process_madvise came in
+        // Linux 6.x): madvise from now on.
+        Debug("process_madvise(MADV_DONTNEED): %s; dropping pages with madvise",
+              strerror(errno));
+        ::close(self_pidfd_);
+        self_pidfd_ = -1;
+      }
+      all = done >= 0 && static_cast<uint64_t>(done) == want;
+    }
+    if (all) return;
+  }
+  for (const iovec& run : runs) ::madvise(run.iov_base, run.iov_len, MADV_DONTNEED);
 }
 
 void FaultService::DropPage(uintptr_t page) {

@@ -387,6 +387,12 @@ class FaultService final : public RegionMap::Listener {
                              const PagePredicate* which);
   absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
   void DropPage(uintptr_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
+  // DropPage for many pages at once, unmapped in one system call where the
+  // kernel allows (process_madvise: one TLB shootdown for them all, where a
+  // madvise per page interrupts every other CPU running this process's
+  // threads once per page), else one madvise per run of adjacent pages.
+  void DropPages(absl::Span<const uintptr_t> pages)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   // Installs `contents` write-protected at the dropped `page`; on failure
   // leaves it absent (fetched on demand), with a warning.
   void ReplaceDropped(uintptr_t page, const char* contents)
@@ -415,6 +421,11 @@ class FaultService final : public RegionMap::Listener {
   std::unique_ptr<CompletionQueue> cq_;
   const int control_fd_;   // eventfd: commands or stop
   const int unbacked_fd_;  // empty memfd: its pages raise SIGBUS
+  // A pidfd of this process for process_madvise (DropPages), and the
+  // process it was opened in (a forked child must not use it); -1 if the
+  // kernel has none or refused MADV_DONTNEED through it.
+  int self_pidfd_ = -1;
+  pid_t self_pid_ = 0;
   void* const landing_;    // kMaxPendingPages landing buffers
   // One bit per page of the range: set by the loop and InstallDirect,
   // cleared by the loop.

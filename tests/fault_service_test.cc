@@ -831,5 +831,44 @@ TEST_F(FaultServiceTest, DirectInstallsNeverShowACopyOlderThanAnInvalidation) {
   EXPECT_GT(service_->stats().evicted, 300u) << "pages were dropped";
 }
 
+// A barrier's drop: pages in several runs go in one step; those given
+// contents (pushed by their home) are replaced by them and read without a
+// request, the others are asked for again, a kept one and an unlisted one
+// stay as they were.
+TEST_F(FaultServiceTest, InvalidatePagesDropsRunsAndReplacesThoseWithContents) {
+  auto ds = std::make_shared<LandingDataspace>(kMiB);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  ds->AnswerVersions(service_.get());
+  ds->SetVersion(1);
+  auto word = [&](uint64_t page) {
+    return *reinterpret_cast<volatile uint64_t*>(At(page * kPageSize));
+  };
+  for (uint64_t page = 0; page < 10; ++page) ASSERT_EQ(word(page), 1u);
+  ds->SetVersion(2);
+  std::vector<uint64_t> pushed(kPageSize / 8, 9);
+  const char* contents = reinterpret_cast<const char*>(pushed.data());
+  // Runs {1, 2}, {5}, {7, 8}; 2 and 7 pushed, 8 kept.
+  absl::Notification dropped;
+  service_->InvalidatePagesAsync(
+      {1 * kPageSize, 2 * kPageSize, 5 * kPageSize, 7 * kPageSize, 8 * kPageSize},
+      [&] { dropped.Notify(); },
+      [](uint64_t offset) { return offset == 8 * kPageSize; },
+      {nullptr, contents, nullptr, contents, nullptr});
+  dropped.WaitForNotification();
+  EXPECT_EQ(service_->stats().replaced, 2u);
+  EXPECT_EQ(service_->stats().evicted, 4u);
+  EXPECT_EQ(word(2), 9u);
+  EXPECT_EQ(word(7), 9u);
+  EXPECT_EQ(ds->RequestsFor(2 * kPageSize), 1u) << "a pushed page was fetched";
+  EXPECT_EQ(ds->RequestsFor(7 * kPageSize), 1u) << "a pushed page was fetched";
+  EXPECT_EQ(word(1), 2u);
+  EXPECT_EQ(word(5), 2u);
+  EXPECT_EQ(ds->RequestsFor(1 * kPageSize), 2u);
+  EXPECT_EQ(word(8), 1u) << "a kept page was dropped";
+  EXPECT_EQ(word(0), 1u);
+  EXPECT_EQ(word(9), 1u);
+  ds->StopAnswering();
+}
+
 }  // namespace
 }  // namespace pagewire::testing
