@@ -7,6 +7,7 @@
 #include <cstring>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "runtime/distributed_dataspace.h"
 #include "runtime/home_manager.h"
@@ -252,6 +253,7 @@ absl::Status Coherence::Release() {
     twins.swap(twins_);
     for (const auto& [offset, twin] : twins) {
       ++flushing_[offset];
+      flushed_since_barrier_.insert(offset);
       flushed.push_back(offset);
       // Recorded now, not when the flush ends: a lock released meanwhile by
       // another thread of this rank must report these pages too.
@@ -422,6 +424,7 @@ absl::Status Coherence::FreezeAndFlush(
     for (const auto& [offset, twin] : twins) {
       written_since_barrier_.insert({twin.ds->id(), twin.page});
       ++flushing_[offset];
+      flushed_since_barrier_.insert(offset);
       flushed.push_back(offset);
     }
   }
@@ -435,23 +438,20 @@ absl::Status Coherence::FreezeAndFlush(
 }
 
 absl::Status Coherence::FlushAndDropCopies(
-    const PageList& pages, const std::vector<const char*>& contents) {
+    const PageList& pages, bool at_barrier,
+    const std::vector<const char*>& contents) {
   std::vector<uint64_t> offsets;
   std::vector<const char*> replace;  // parallel to offsets, if any
   PageList written;
   absl::Status s = FreezeAndFlush(
       [&](std::map<uint64_t, Twin>& twins) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        std::vector<size_t> index;  // of each offset in `pages`
         for (const auto& [offset, i] : CachedCopies(pages)) {
           offsets.push_back(offset);
-          if (contents.empty()) continue;
-          replace.resize(offsets.size());
-          // This rank's own write since the barrier (twinned, or flushed by
-          // another thread's release) is not in what the home pushed.
-          const hp::PageRef& r = pages[i];
-          if (contents[i] != nullptr && !twins_.count(offset) &&
-              !written_since_barrier_.contains({r.alloc_id, r.page})) {
-            replace.back() = contents[i];
-          }
+          index.push_back(i);
+          // Not at a barrier (a lock's grant): a copy fetched after this
+          // drop may be newer than a page pushed at the coming barrier.
+          if (!at_barrier) dropped_since_barrier_.insert(offset);
         }
         // Another thread's release still flushes some of these pages: let
         // it finish, so nothing it snapshots is dropped under it.
@@ -462,24 +462,45 @@ absl::Status Coherence::FlushAndDropCopies(
           return true;
         };
         mutex_.Await(absl::Condition(&settled));
+        // Which copies a pushed page may replace: decided here, in the
+        // critical section that freezes them (the Await above may have let
+        // other threads twin or flush meanwhile). Not one this rank wrote
+        // since the barrier began (twinned, flushed or being flushed then):
+        // the home's page may not have that write yet, and the writer must
+        // see it.
+        if (!contents.empty()) {
+          replace.assign(offsets.size(), nullptr);
+          for (size_t k = 0; k < offsets.size(); ++k) {
+            const hp::PageRef& r = pages[index[k]];
+            if (contents[index[k]] != nullptr && !twins_.count(offsets[k]) &&
+                !flushed_since_barrier_.contains(offsets[k]) &&
+                !written_since_barrier_.contains({r.alloc_id, r.page}) &&
+                MayReplace(offsets[k])) {
+              replace[k] = contents[index[k]];
+            }
+          }
+        }
         for (uint64_t offset : offsets) {
           ++frozen_[offset].holds;  // upgrades wait until the copy is gone
           auto it = twins_.find(offset);
           if (it != twins_.end()) twins.insert(twins_.extract(it));
         }
-        const uint64_t replaced =
-            offsets.size() - std::count(replace.begin(), replace.end(), nullptr);
-        stats_.invalidated += offsets.size() - replaced;
-        stats_.pushes_installed += replaced;
+        stats_.invalidated += offsets.size();
       },
       written);
   // Drop (or replace) the copies. Frozen pages cannot be twinned again
   // (TwinOrDefer), so keeping pages with a twin or a flush under way is
-  // only a safety net.
+  // only a safety net. Whether a pushed page may still replace its copy is
+  // asked again as the drop runs: another thread's lock grant may have
+  // dropped it since, and its reader fetched a newer one.
   absl::Notification dropped;
   service_.InvalidatePagesAsync(
       offsets, [&dropped] { dropped.Notify(); },
-      [this](uint64_t offset) { return HasTwin(offset); }, std::move(replace));
+      [this](uint64_t offset) { return HasTwin(offset); }, std::move(replace),
+      [this](uint64_t offset) {
+        absl::MutexLock lock(&mutex_);
+        return MayReplace(offset);
+      });
   dropped.WaitForNotification();
   Unfreeze(offsets, {});
   absl::MutexLock lock(&mutex_);
@@ -541,6 +562,7 @@ absl::Status Coherence::FlushAndDropAll() {
         };
         mutex_.Await(absl::Condition(&settled));
         ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
+        dropped_all_since_barrier_ = true;  // no push may replace a copy
         twins.swap(twins_);
         for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
       },
@@ -610,6 +632,10 @@ absl::Status Coherence::Barrier() {
     }
     remote_written_barrier_.assign(nranks_, PageList());
     written_since_barrier_.clear();
+    // Flushes still under way are this epoch's writes too (they reach
+    // `mine` only when they end, after it is taken).
+    flushed_since_barrier_.clear();
+    for (const auto& [offset, n] : flushing_) flushed_since_barrier_.insert(offset);
     subscribe.swap(subscribe_);
     subscribe_.assign(nranks_, PageList());
     // Its own pages: those it wrote (tracked) and the hot ones, which count
@@ -795,6 +821,12 @@ absl::Status Coherence::Barrier() {
     stale.push_back(ref);
     contents.push_back(from_home);
   }
+  // Drops by lock grants from here on come after this barrier's pushes.
+  auto next_epoch = absl::MakeCleanup([this] {
+    absl::MutexLock lock(&mutex_);
+    dropped_since_barrier_.clear();
+    dropped_all_since_barrier_ = false;
+  });
   if (stale.empty()) return absl::OkStatus();
   {
     // Copies dropped for good: a fetch of one of them later subscribes.
@@ -812,7 +844,7 @@ absl::Status Coherence::Barrier() {
       }
     }
   }
-  return FlushAndDropCopies(stale, contents);
+  return FlushAndDropCopies(stale, /*at_barrier=*/true, contents);
 }
 
 absl::Status Coherence::LockCheck(uintptr_t lock_addr) const {
@@ -897,7 +929,7 @@ absl::Status Coherence::LockAcquire(uintptr_t lock_addr) {
     }
   }
   if (w.invalidate_all) return FlushAndDropAll();
-  return FlushAndDropCopies(w.invalidate);
+  return FlushAndDropCopies(w.invalidate, /*at_barrier=*/false);
 }
 
 absl::Status Coherence::LockRelease(uintptr_t lock_addr) {
@@ -1061,8 +1093,19 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
   }
   // Only a kEpochWrites list carries pushed pages, after its refs.
   uint64_t pushed = 0;
-  if (type == hp::kEpochWrites) {
-    for (const hp::PageRef& r : pages) pushed += (r.flags & hp::kRefPushed) != 0;
+  for (const hp::PageRef& r : pages) {
+    // A ref is a write, a pushed write or a subscription, and only a
+    // kEpochWrites list has anything but plain writes.
+    const uint32_t allowed =
+        type == hp::kEpochWrites ? hp::kRefPushed | hp::kRefSubscribe : 0;
+    if ((r.flags & ~allowed) != 0 ||
+        r.flags == (hp::kRefPushed | hp::kRefSubscribe)) {
+      Warning("coherence: rank %d sent a page ref with flags 0x%x (type %d); "
+              "message dropped",
+              peer, r.flags, type);
+      return;
+    }
+    pushed += (r.flags & hp::kRefPushed) != 0;
   }
   if (body.size() != refs_end + pushed * kPageSize) {
     Warning("coherence: rank %d sent %d bytes for %d pages, %d of them pushed "

@@ -89,7 +89,6 @@ struct CoherenceStats {
   uint64_t barriers = 0;
   uint64_t lock_acquires = 0;
   uint64_t pushes_sent = 0;       // pages pushed to subscribers at barriers
-  uint64_t pushes_installed = 0;  // stale copies replaced by pushed pages
 };
 
 class Coherence {
@@ -210,12 +209,14 @@ class Coherence {
   // Drops the cached copies `pages` (other ranks' pages only), which other
   // threads of this rank may be writing: the pages are frozen, their twins
   // flushed home, then they are dropped; writers that hit them meanwhile
-  // wait and then fetch afresh. A page with `contents` (parallel to
-  // `pages`, pushed by its home) is replaced by them instead, unless this
-  // rank wrote it since the barrier (its own write must stay visible to
-  // it): then it is only dropped. From an application thread.
-  absl::Status FlushAndDropCopies(
-      const PageList& pages, const std::vector<const char*>& contents = {});
+  // wait and then fetch afresh. At a barrier, a page with `contents`
+  // (parallel to `pages`, pushed by its home) is replaced by them instead,
+  // unless this rank wrote it since the barrier began (its own write must
+  // stay visible to it) or dropped it since the last barrier by other
+  // means (dropped_since_barrier_): then it is only dropped. From an
+  // application thread.
+  absl::Status FlushAndDropCopies(const PageList& pages, bool at_barrier,
+                                  const std::vector<const char*>& contents = {});
   // The same for every cached copy of another rank's page (a whole-rank
   // freeze), when there is no record of what changed.
   absl::Status FlushAndDropAll();
@@ -335,6 +336,20 @@ class Coherence {
   // Cacher side: subscriptions to send at the next barrier, by home.
   std::vector<PageList> subscribe_ ABSL_GUARDED_BY(mutex_);
   bool push_ = true;  // set at start-up
+  // Copies dropped by other means than a barrier (a lock's grant; all of
+  // them, by pw_acquire) since the last barrier ended. A thread may have
+  // fetched such a page afresh, newer than what its home pushes at the
+  // next barrier (the home may have written it under a lock after
+  // snapshotting it): that barrier must not replace it.
+  absl::flat_hash_set<uint64_t> dropped_since_barrier_ ABSL_GUARDED_BY(mutex_);
+  bool dropped_all_since_barrier_ ABSL_GUARDED_BY(mutex_) = false;
+  // Copies whose twins were flushed (or were being flushed) since the
+  // current barrier began: this rank's own writes, which a pushed page may
+  // lack.
+  absl::flat_hash_set<uint64_t> flushed_since_barrier_ ABSL_GUARDED_BY(mutex_);
+  bool MayReplace(uint64_t offset) const ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+    return !dropped_all_since_barrier_ && !dropped_since_barrier_.contains(offset);
+  }
 
   uint64_t epoch_ ABSL_GUARDED_BY(mutex_) = 0;
   std::map<uint64_t, EpochState> epochs_ ABSL_GUARDED_BY(mutex_);

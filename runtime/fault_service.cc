@@ -821,12 +821,14 @@ bool FaultService::RecallPage(uint64_t offset, char* buffer, bool drop) {
 
 void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
                                         Done done, PagePredicate keep,
-                                        std::vector<const char*> contents) {
+                                        std::vector<const char*> contents,
+                                        PagePredicate may_replace) {
   Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
   c.pages = std::move(offsets);
   c.pages_done = std::move(done);
   c.pages_keep = std::move(keep);
   c.pages_contents = std::move(contents);
+  c.pages_may_replace = std::move(may_replace);
   if (std::this_thread::get_id() == loop_id_) {
     RunCommand(c);
     return;
@@ -1003,7 +1005,8 @@ void FaultService::RunCommand(const Command& c) {
             continue;
           }
           drop.push_back(base_ + PageDown(off));
-          if (i < c.pages_contents.size() && c.pages_contents[i] != nullptr) {
+          if (i < c.pages_contents.size() && c.pages_contents[i] != nullptr &&
+              (!c.pages_may_replace || c.pages_may_replace(PageDown(off)))) {
             replace.emplace_back(base_ + PageDown(off), c.pages_contents[i]);
           }
         }

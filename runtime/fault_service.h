@@ -205,11 +205,14 @@ class FaultService final : public RegionMap::Listener {
   // true are left alone. `contents`, if not empty, goes with `offsets`: a
   // page with contents is not left absent but replaced by them, installed
   // write-protected in the same step (a copy pushed by its home), so the
-  // threads that read it never fault. The contents must live until `done`.
+  // threads that read it never fault; unless `may_replace` (if given,
+  // asked as the page is dropped) says no. The contents must live until
+  // `done`.
   using Done = std::function<void()>;
   void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done,
                             PagePredicate keep = nullptr,
-                            std::vector<const char*> contents = {});
+                            std::vector<const char*> contents = {},
+                            PagePredicate may_replace = nullptr);
 
   // For each page offset: if installed, write-protects it and copies its
   // contents to the matching buffer (a page each), atomically with respect
@@ -330,6 +333,7 @@ class FaultService final : public RegionMap::Listener {
     Done pages_done;              // kInvalidatePages
     PagePredicate pages_keep;     // kInvalidatePages
     std::vector<const char*> pages_contents;  // kInvalidatePages
+    PagePredicate pages_may_replace;          // kInvalidatePages
     const std::vector<char*>* buffers = nullptr;  // kSnapshot
     std::vector<bool>* resident = nullptr;        // kSnapshot
   };

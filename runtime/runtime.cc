@@ -880,6 +880,7 @@ absl::Status Runtime::AtomicStore(uintptr_t addr, uint64_t value) {
 RuntimeStats Runtime::stats() const {
   RuntimeStats s;
   s.faults = fault_service_->stats();
+  s.pushed = s.faults.replaced;
   if (fetcher_) s.fetches = fetcher_->stats();
   if (home_) s.fetches_served = home_->fetches_served();
   if (coherence_) {
@@ -887,7 +888,6 @@ RuntimeStats Runtime::stats() const {
     s.twins = c.twins;
     s.diff_bytes = c.diff_bytes;
     s.invalidated = c.invalidated;
-    s.pushed = c.pushes_installed;
   }
   return s;
 }

@@ -36,6 +36,15 @@
  *                  with PAGEWIRE_PUSH=0). Every few epochs rank 1 writes a
  *                  word of one page too, so its push must be refused: every
  *                  rank must read both writers' values
+ *   push_locks     the same page pushed at every barrier while a second
+ *                  thread on every rank uses a lock: rank 0's writes a
+ *                  word of the page under the lock and publishes its count
+ *                  in an atomic; the others' read both under the lock and
+ *                  must agree, though a barrier may push an older copy of
+ *                  the page meanwhile (it must not replace the newer one
+ *                  the lock's grant made them fetch); each of them also
+ *                  writes its own word of the page under the lock and must
+ *                  read it back
  *   hot            a home page written in epoch after epoch (left writable,
  *                  "hot"), then not for many epochs (write-protected again
  *                  at its probe), then written once more: every rank sees
@@ -52,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define PAGE 4096
 #define CHECK(cond, ...)                                        \
@@ -497,6 +507,80 @@ static void Push(void) {
   pw_free(data);
 }
 
+/* ---- pushed pages and locks ---- */
+enum { kPlEpochs = 300 };
+static uint64_t *pl_data, *pl_count;
+static pw_lock_t *pl_lock;
+static volatile int pl_stop;
+static uint64_t pl_checks;
+static void *PushLocksWorker(void *arg) {
+  (void)arg;
+  uint64_t n = 0;
+  while (!__atomic_load_n(&pl_stop, __ATOMIC_ACQUIRE)) {
+    CHECK(pw_lock_acquire(pl_lock) == PW_OK, "lock_acquire");
+    if (rank == 0) {
+      n++;
+      pl_data[8] = n;  /* word 8 of the pushed page */
+      CHECK(pw_atomic_store(pl_count, n) == PW_OK, "atomic_store");
+    } else {
+      uint64_t want;
+      CHECK(pw_atomic_load(pl_count, &want) == PW_OK, "atomic_load");
+      /* Twice, around a pause in which a barrier may push the page. */
+      for (int k = 0; k < 2; k++) {
+        const uint64_t seen = __atomic_load_n(&pl_data[8], __ATOMIC_RELAXED);
+        CHECK(seen == want,
+              "under the lock, word 8 of the pushed page reads %llu but rank "
+              "0 wrote %llu under it (an older pushed copy replaced the one "
+              "the lock's grant fetched?)",
+              (unsigned long long)seen, (unsigned long long)want);
+        if (k == 0) {
+          struct timespec ts = {0, 50000};
+          nanosleep(&ts, NULL);
+        }
+      }
+      pl_checks++;
+      /* Its own word of the page too: written under the lock, it must
+       * read back after the release (a pushed copy that lacks it must not
+       * replace the page). */
+      pl_data[16 + rank] = pl_checks;
+    }
+    CHECK(pw_lock_release(pl_lock) == PW_OK, "lock_release");
+    if (rank != 0) {
+      const uint64_t own = __atomic_load_n(&pl_data[16 + rank], __ATOMIC_RELAXED);
+      CHECK(own == pl_checks,
+            "its own word of the pushed page reads %llu after it wrote %llu "
+            "(a pushed copy without this rank's write replaced the page?)",
+            (unsigned long long)own, (unsigned long long)pl_checks);
+    }
+  }
+  return NULL;
+}
+static void PushLocks(void) {
+  pl_data = pw_alloc_on(PAGE, 0);
+  pl_count = pw_alloc_on(PAGE, nranks > 1 ? 1 : 0);
+  pl_lock = pw_alloc_on(PAGE, nranks > 2 ? 2 : 0);
+  CHECK(pl_data && pl_count && pl_lock, "pw_alloc_on");
+  if (rank == 0) CHECK(pw_lock_init(pl_lock) == PW_OK, "lock_init");
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  pthread_t th;
+  pthread_create(&th, NULL, PushLocksWorker, NULL);
+  for (int e = 1; e <= kPlEpochs; e++) {
+    if (rank == 0) __atomic_store_n(&pl_data[0], (uint64_t)e, __ATOMIC_RELAXED);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    CHECK(__atomic_load_n(&pl_data[0], __ATOMIC_RELAXED) == (uint64_t)e,
+          "epoch %d: word 0 reads %llu", e,
+          (unsigned long long)__atomic_load_n(&pl_data[0], __ATOMIC_RELAXED));
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  __atomic_store_n(&pl_stop, 1, __ATOMIC_RELEASE);
+  pthread_join(th, NULL);
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  pw_stats_t st;
+  CHECK(pw_get_stats(&st) == PW_OK, "stats");
+  printf("dsm_coherence: rank %d: %llu checks under the lock, %llu pages pushed\n",
+         rank, (unsigned long long)pl_checks, (unsigned long long)st.pushed);
+}
+
 /* ---- hot home pages ---- */
 /* Rank 0 writes word 0 of a page it homes in the listed epochs; after each
  * barrier every rank must read the last value written. Epochs 2-6 make the
@@ -537,8 +621,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "hot")) Hot();
   else if (!strcmp(test, "readahead")) ReadAhead();
   else if (!strcmp(test, "push")) Push();
+  else if (!strcmp(test, "push_locks")) PushLocks();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push|push_locks\n");
     return 2;
   }
   pw_stats_t s;
