@@ -7,7 +7,6 @@
 #include <cstring>
 #include <set>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "runtime/distributed_dataspace.h"
 #include "runtime/home_manager.h"
@@ -439,7 +438,7 @@ absl::Status Coherence::FreezeAndFlush(
 
 absl::Status Coherence::FlushAndDropCopies(
     const PageList& pages, bool at_barrier,
-    const std::vector<const char*>& contents) {
+    const std::vector<const char*>& contents, uint64_t epoch) {
   std::vector<uint64_t> offsets;
   std::vector<const char*> replace;  // parallel to offsets, if any
   PageList written;
@@ -451,7 +450,7 @@ absl::Status Coherence::FlushAndDropCopies(
           index.push_back(i);
           // Not at a barrier (a lock's grant): a copy fetched after this
           // drop may be newer than a page pushed at the coming barrier.
-          if (!at_barrier) dropped_since_barrier_.insert(offset);
+          if (!at_barrier) lock_dropped_[offset] = epoch_;
         }
         // Another thread's release still flushes some of these pages: let
         // it finish, so nothing it snapshots is dropped under it.
@@ -475,7 +474,7 @@ absl::Status Coherence::FlushAndDropCopies(
             if (contents[index[k]] != nullptr && !twins_.count(offsets[k]) &&
                 !flushed_since_barrier_.contains(offsets[k]) &&
                 !written_since_barrier_.contains({r.alloc_id, r.page}) &&
-                MayReplace(offsets[k])) {
+                MayReplace(offsets[k], epoch)) {
               replace[k] = contents[index[k]];
             }
           }
@@ -497,9 +496,9 @@ absl::Status Coherence::FlushAndDropCopies(
   service_.InvalidatePagesAsync(
       offsets, [&dropped] { dropped.Notify(); },
       [this](uint64_t offset) { return HasTwin(offset); }, std::move(replace),
-      [this](uint64_t offset) {
+      [this, epoch](uint64_t offset) {
         absl::MutexLock lock(&mutex_);
-        return MayReplace(offset);
+        return MayReplace(offset, epoch);
       });
   dropped.WaitForNotification();
   Unfreeze(offsets, {});
@@ -562,7 +561,7 @@ absl::Status Coherence::FlushAndDropAll() {
         };
         mutex_.Await(absl::Condition(&settled));
         ++frozen_all_.holds;  // upgrades of every copy wait until it is gone
-        dropped_all_since_barrier_ = true;  // no push may replace a copy
+        all_dropped_ = epoch_ + 1;  // no push may replace a copy for now
         twins.swap(twins_);
         for (const auto& [id, ds] : dataspaces_) all.push_back(ds);
       },
@@ -635,6 +634,7 @@ absl::Status Coherence::Barrier() {
     // Flushes still under way are this epoch's writes too (they reach
     // `mine` only when they end, after it is taken).
     flushed_since_barrier_.clear();
+    absl::erase_if(lock_dropped_, [epoch](const auto& d) { return d.second + 1 < epoch; });
     for (const auto& [offset, n] : flushing_) flushed_since_barrier_.insert(offset);
     subscribe.swap(subscribe_);
     subscribe_.assign(nranks_, PageList());
@@ -821,12 +821,6 @@ absl::Status Coherence::Barrier() {
     stale.push_back(ref);
     contents.push_back(from_home);
   }
-  // Drops by lock grants from here on come after this barrier's pushes.
-  auto next_epoch = absl::MakeCleanup([this] {
-    absl::MutexLock lock(&mutex_);
-    dropped_since_barrier_.clear();
-    dropped_all_since_barrier_ = false;
-  });
   if (stale.empty()) return absl::OkStatus();
   {
     // Copies dropped for good: a fetch of one of them later subscribes.
@@ -844,7 +838,7 @@ absl::Status Coherence::Barrier() {
       }
     }
   }
-  return FlushAndDropCopies(stale, /*at_barrier=*/true, contents);
+  return FlushAndDropCopies(stale, /*at_barrier=*/true, contents, epoch);
 }
 
 absl::Status Coherence::LockCheck(uintptr_t lock_addr) const {

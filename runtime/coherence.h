@@ -215,8 +215,10 @@ class Coherence {
   // stay visible to it) or dropped it since the last barrier by other
   // means (dropped_since_barrier_): then it is only dropped. From an
   // application thread.
+  // `epoch`: the barrier's (at_barrier only).
   absl::Status FlushAndDropCopies(const PageList& pages, bool at_barrier,
-                                  const std::vector<const char*>& contents = {});
+                                  const std::vector<const char*>& contents = {},
+                                  uint64_t epoch = 0);
   // The same for every cached copy of another rank's page (a whole-rank
   // freeze), when there is no record of what changed.
   absl::Status FlushAndDropAll();
@@ -337,18 +339,25 @@ class Coherence {
   std::vector<PageList> subscribe_ ABSL_GUARDED_BY(mutex_);
   bool push_ = true;  // set at start-up
   // Copies dropped by other means than a barrier (a lock's grant; all of
-  // them, by pw_acquire) since the last barrier ended. A thread may have
-  // fetched such a page afresh, newer than what its home pushes at the
-  // next barrier (the home may have written it under a lock after
-  // snapshotting it): that barrier must not replace it.
-  absl::flat_hash_set<uint64_t> dropped_since_barrier_ ABSL_GUARDED_BY(mutex_);
-  bool dropped_all_since_barrier_ ABSL_GUARDED_BY(mutex_) = false;
+  // them, by pw_acquire), with the epoch_ at the time. A thread may have
+  // fetched such a page afresh, newer than what its home pushes at a
+  // barrier: the home snapshots the page as it enters the barrier, and may
+  // write it under a lock after that. The home enters barrier e only after
+  // this rank entered barrier e - 1, so barrier e must not replace a copy
+  // dropped since then (epoch_ >= e - 1). Older entries are forgotten.
+  absl::flat_hash_map<uint64_t, uint64_t> lock_dropped_ ABSL_GUARDED_BY(mutex_);
+  uint64_t all_dropped_ ABSL_GUARDED_BY(mutex_) = 0;  // epoch_ + 1; 0: never
   // Copies whose twins were flushed (or were being flushed) since the
   // current barrier began: this rank's own writes, which a pushed page may
   // lack.
   absl::flat_hash_set<uint64_t> flushed_since_barrier_ ABSL_GUARDED_BY(mutex_);
-  bool MayReplace(uint64_t offset) const ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-    return !dropped_all_since_barrier_ && !dropped_since_barrier_.contains(offset);
+  // Whether a page pushed at barrier `epoch` may replace the copy at
+  // `offset` (see lock_dropped_).
+  bool MayReplace(uint64_t offset, uint64_t epoch) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+    if (all_dropped_ != 0 && all_dropped_ >= epoch) return false;  // dropped at >= epoch - 1
+    auto it = lock_dropped_.find(offset);
+    return it == lock_dropped_.end() || it->second + 1 < epoch;
   }
 
   uint64_t epoch_ ABSL_GUARDED_BY(mutex_) = 0;

@@ -137,7 +137,8 @@ struct FaultStats {
   uint64_t failed = 0;       // faults ended in SIGBUS
   uint64_t evicted = 0;      // pages dropped because their backing changed
   uint64_t readaheads = 0;   // pages requested ahead of a fault (ReadAhead)
-  uint64_t replaced = 0;     // pages replaced by given contents (pushed)
+  uint64_t replaced = 0;     // pages given contents took (pushed); a copy
+                             // that held them already is kept as it was
   uint64_t max_outstanding = 0;
   // Polling before sleeping (FaultServiceConfig::spin_polls): spins that
   // found a completion, spins that ran out and slept, and polls made.
@@ -205,9 +206,9 @@ class FaultService final : public RegionMap::Listener {
   // true are left alone. `contents`, if not empty, goes with `offsets`: a
   // page with contents is not left absent but replaced by them, installed
   // write-protected in the same step (a copy pushed by its home), so the
-  // threads that read it never fault; unless `may_replace` (if given,
-  // asked as the page is dropped) says no. The contents must live until
-  // `done`.
+  // threads that read it never fault (an installed copy that holds those
+  // bytes already is kept as it is); unless `may_replace` (if given, asked
+  // as the page is dropped) says no. The contents must live until `done`.
   using Done = std::function<void()>;
   void InvalidatePagesAsync(std::vector<uint64_t> offsets, Done done,
                             PagePredicate keep = nullptr,
@@ -391,10 +392,9 @@ class FaultService final : public RegionMap::Listener {
                              const PagePredicate* which);
   absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
   void DropPage(uintptr_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
-  // DropPage for many pages at once, unmapped in one system call where the
-  // kernel allows (process_madvise: one TLB shootdown for them all, where a
-  // madvise per page interrupts every other CPU running this process's
-  // threads once per page), else one madvise per run of adjacent pages.
+  // DropPage for many pages at once: adjacent pages are unmapped as one
+  // run, one madvise (one TLB shootdown, which interrupts every other CPU
+  // running this process's threads) per run instead of per page.
   void DropPages(absl::Span<const uintptr_t> pages)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   // Installs `contents` write-protected at the dropped `page`; on failure
@@ -425,11 +425,6 @@ class FaultService final : public RegionMap::Listener {
   std::unique_ptr<CompletionQueue> cq_;
   const int control_fd_;   // eventfd: commands or stop
   const int unbacked_fd_;  // empty memfd: its pages raise SIGBUS
-  // A pidfd of this process for process_madvise (DropPages), and the
-  // process it was opened in (a forked child must not use it); -1 if the
-  // kernel has none or refused MADV_DONTNEED through it.
-  int self_pidfd_ = -1;
-  pid_t self_pid_ = 0;
   void* const landing_;    // kMaxPendingPages landing buffers
   // One bit per page of the range: set by the loop and InstallDirect,
   // cleared by the loop.

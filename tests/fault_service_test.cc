@@ -833,8 +833,8 @@ TEST_F(FaultServiceTest, DirectInstallsNeverShowACopyOlderThanAnInvalidation) {
 
 // A barrier's drop: pages in several runs go in one step; those given
 // contents (pushed by their home) are replaced by them and read without a
-// request, the others are asked for again, a kept one and an unlisted one
-// stay as they were.
+// request, the others are asked for again, a kept one, an unlisted one and
+// one that holds the pushed bytes already stay as they were.
 TEST_F(FaultServiceTest, InvalidatePagesDropsRunsAndReplacesThoseWithContents) {
   auto ds = std::make_shared<LandingDataspace>(kMiB);
   ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
@@ -847,16 +847,19 @@ TEST_F(FaultServiceTest, InvalidatePagesDropsRunsAndReplacesThoseWithContents) {
   ds->SetVersion(2);
   std::vector<uint64_t> pushed(kPageSize / 8, 9);
   const char* contents = reinterpret_cast<const char*>(pushed.data());
-  // Runs {1, 2}, {5}, {7, 8}; 2 and 7 pushed, 8 kept.
+  std::vector<uint64_t> same(kPageSize / 8, 1);  // what page 9 holds
+  // Runs {1, 2}, {5}, {7, 8}; 2 and 7 pushed, 8 kept, 9 pushed unchanged.
   absl::Notification dropped;
   service_->InvalidatePagesAsync(
-      {1 * kPageSize, 2 * kPageSize, 5 * kPageSize, 7 * kPageSize, 8 * kPageSize},
+      {1 * kPageSize, 2 * kPageSize, 5 * kPageSize, 7 * kPageSize, 8 * kPageSize,
+       9 * kPageSize},
       [&] { dropped.Notify(); },
       [](uint64_t offset) { return offset == 8 * kPageSize; },
-      {nullptr, contents, nullptr, contents, nullptr});
+      {nullptr, contents, nullptr, contents, nullptr,
+       reinterpret_cast<const char*>(same.data())});
   dropped.WaitForNotification();
-  EXPECT_EQ(service_->stats().replaced, 2u);
-  EXPECT_EQ(service_->stats().evicted, 4u);
+  EXPECT_EQ(service_->stats().replaced, 3u);
+  EXPECT_EQ(service_->stats().evicted, 4u) << "page 9 held the pushed bytes";
   EXPECT_EQ(word(2), 9u);
   EXPECT_EQ(word(7), 9u);
   EXPECT_EQ(ds->RequestsFor(2 * kPageSize), 1u) << "a pushed page was fetched";
@@ -867,6 +870,7 @@ TEST_F(FaultServiceTest, InvalidatePagesDropsRunsAndReplacesThoseWithContents) {
   EXPECT_EQ(word(8), 1u) << "a kept page was dropped";
   EXPECT_EQ(word(0), 1u);
   EXPECT_EQ(word(9), 1u);
+  EXPECT_EQ(ds->RequestsFor(9 * kPageSize), 1u);
   ds->StopAnswering();
 }
 
