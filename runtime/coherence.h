@@ -31,11 +31,15 @@
 // kPushLease barriers; the subscriber installs them in place of its stale
 // copy, so its threads read the page after the barrier without a fault.
 // It takes them only if the home was the page's sole writer this epoch
-// (no other rank's list names the page, and this rank did not write it):
-// then the contents are exactly what a fetch after the barrier would read.
-// Otherwise, or once the lease ends, the copy is dropped as before, and a
-// rank that reads the page again subscribes again. PAGEWIRE_PUSH=0 turns
-// subscribing off.
+// (no other rank's list names the page, and this rank did not write,
+// twin or flush it since the barrier began): then the contents are what
+// a fetch after the barrier would read. And not over a copy that another
+// of its threads may have fetched newer, after a lock's grant dropped it
+// since this rank entered the barrier before (lock_dropped_). Otherwise,
+// or once the lease ends, the copy is dropped as before, and a rank that
+// reads the page again subscribes again. A lease doubles (up to 256
+// pushes) while it is renewed at once. PAGEWIRE_PUSH=0 turns subscribing
+// off.
 //
 // Locks live at the home of the page holding the pw_lock_t. The lock's home
 // manager queues requests (FIFO, no spinning) and keeps a log of the pages
