@@ -138,7 +138,6 @@ FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
   for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
     slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
   }
-
   // Everything the loop touches is sized now, so it never allocates while
   // faults are flowing (the deferred queue only grows past a full table).
   pending_index_.reserve(kMaxPendingPages);
@@ -154,7 +153,6 @@ FaultService::~FaultService() {
   ::munmap(resident_, resident_bytes);
   ::close(control_fd_);
   ::close(unbacked_fd_);
-
 }
 
 void FaultService::Stop() {
@@ -1161,7 +1159,8 @@ void FaultService::DropPages(absl::Span<const uintptr_t> pages) {
       Bump(evicted_);
     }
     if (auto it = pending_index_.find(page); it != pending_index_.end()) {
-      // As in DropPage: an answer still to come is discarded, asked again.
+      // Installed directly already: dropped above, nothing to ask again.
+      // Otherwise its answer, when it comes, is discarded and asked again.
       if (DisarmLocked(it->second)) slots_[it->second].stale = true;
     }
   }
@@ -1173,17 +1172,7 @@ void FaultService::DropPages(absl::Span<const uintptr_t> pages) {
 }
 
 void FaultService::DropPage(uintptr_t page) {
-  const uint64_t i = PageIndex(page);
-  if (Resident(i)) {
-    SetResident(i, false);
-    ::madvise(reinterpret_cast<void*>(page), kPageSize, MADV_DONTNEED);
-    Bump(evicted_);
-  }
-  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
-    // Installed directly already: dropped above, nothing to ask again.
-    // Otherwise its answer, when it comes, is discarded and asked again.
-    if (DisarmLocked(it->second)) slots_[it->second].stale = true;
-  }
+  DropPages(absl::MakeConstSpan(&page, 1));
 }
 
 void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
