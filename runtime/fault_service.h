@@ -44,6 +44,7 @@
 #define PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
 
 #include <linux/userfaultfd.h>
+#include <poll.h>
 
 #include <atomic>
 #include <functional>
@@ -123,6 +124,12 @@ struct FaultServiceConfig {
   // nothing is ever dropped or failed. 0: always sleep.
   uint32_t spin_polls = kDefaultSpinPolls;
   static constexpr uint32_t kDefaultSpinPolls = 4096;
+  // How many times the loop, out of work, polls all its sources (the
+  // userfaultfd, commands, completions) before it sleeps
+  // (PAGEWIRE_IDLE_POLLS). A fault that comes within the polls skips the
+  // loop's wake-up, at the price of the CPU the polls use. Also a count,
+  // not a time. 0 (the default): sleep at once, for ranks that share cores.
+  uint32_t idle_polls = 0;
 };
 
 // Counters since start; any thread may read them. A page installed directly
@@ -145,6 +152,10 @@ struct FaultStats {
   uint64_t spin_hits = 0;
   uint64_t spin_misses = 0;
   uint64_t spin_polls = 0;
+  // Polling while idle (FaultServiceConfig::idle_polls): idle spells that
+  // found work, spells that ran out and slept.
+  uint64_t idle_hits = 0;
+  uint64_t idle_misses = 0;
   double mean_latency_ns = 0;
   uint64_t p50_latency_ns = 0;
   uint64_t p99_latency_ns = 0;
@@ -354,6 +365,10 @@ class FaultService final : public RegionMap::Listener {
   // it up to spin_polls_ times and installs what it finds; true if it found
   // anything (the loop then does not sleep).
   bool SpinForCompletions();
+  // Before the loop sleeps with nothing outstanding: polls every source in
+  // `fds` up to idle_polls_ times without blocking; poll()'s result for
+  // the first poll that found something (revents set), else 0.
+  int PollWhileIdle(std::vector<pollfd>& fds);
   // Requests the pages ReadAhead named.
   void RunReadAheads();
   bool AwaitsPolledCompletions() const;
@@ -445,6 +460,7 @@ class FaultService final : public RegionMap::Listener {
   std::vector<uint64_t> readahead_;  // offsets named by ReadAhead
   std::vector<CompletionSource*> sources_;
   const uint32_t spin_polls_;
+  const uint32_t idle_polls_;
 
   // Per slot, shared with InstallDirect.
   std::unique_ptr<DirectSlot[]> direct_;
@@ -471,7 +487,7 @@ class FaultService final : public RegionMap::Listener {
       installed_{0}, upgrades_{0}, failed_{0}, evicted_{0},
       max_outstanding_{0}, readaheads_{0}, replaced_{0}, spin_hits_{0},
       spin_misses_{0},
-      spin_total_polls_{0};
+      spin_total_polls_{0}, idle_hits_{0}, idle_misses_{0};
   LatencyHistogram latency_;
 };
 

@@ -109,6 +109,11 @@ absl::Status ReadTuning(RuntimeConfig& config) {
     if (!polls.ok()) return polls.status();
     config.spin_polls = static_cast<uint32_t>(*polls);
   }
+  if (const char* v = std::getenv("PAGEWIRE_IDLE_POLLS")) {
+    absl::StatusOr<int> polls = ParseInt("PAGEWIRE_IDLE_POLLS", v, 0);
+    if (!polls.ok()) return polls.status();
+    config.idle_polls = static_cast<uint32_t>(*polls);
+  }
   if (const char* v = std::getenv("PAGEWIRE_SERVICE_SLICE_US")) {
     // Read where the threads start (BecomeServiceThread); checked here so a
     // typo is an error, not a silent default.
@@ -269,6 +274,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   fs.syscalls = config.syscalls;
   fs.sources = {fetcher_.get()};
   fs.spin_polls = config.spin_polls;
+  fs.idle_polls = config.idle_polls;
   absl::StatusOr<std::unique_ptr<FaultService>> service =
       FaultService::Start(fs, *root_);
   if (!service.ok()) return service.status();

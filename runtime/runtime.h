@@ -71,6 +71,9 @@ struct RuntimeConfig {
   // PAGEWIRE_SPIN_POLLS: on verbs, how often the fault loop polls the
   // completion queue for an outstanding READ before it sleeps (0: never).
   uint32_t spin_polls = FaultServiceConfig::kDefaultSpinPolls;
+  // PAGEWIRE_IDLE_POLLS: how often the fault loop, out of work, polls for
+  // the next fault before it sleeps (0: never; costs a CPU while it polls).
+  uint32_t idle_polls = 0;
   // PAGEWIRE_READAHEAD: a read fault on another rank's page also requests
   // this many following pages of the same home (0: none).
   int readahead_pages = 1;

@@ -876,3 +876,46 @@ TEST_F(FaultServiceTest, InvalidatePagesDropsRunsAndReplacesThoseWithContents) {
 
 }  // namespace
 }  // namespace pagewire::testing
+
+namespace pagewire::testing {
+namespace {
+
+// PAGEWIRE_IDLE_POLLS: a loop that polls before it sleeps serves faults,
+// commands and Stop exactly as a sleeping one does, and finds the next
+// fault while it polls.
+TEST_F(FaultServiceTest, LoopThatPollsWhileIdleServesFaultsAndCommands) {
+  service_->Stop();
+  root_->RemoveListener(service_.get());
+  service_.reset();
+  FaultServiceConfig config;
+  config.base = kBase;
+  config.size = kSize;
+  config.idle_polls = 1 << 20;  // far more than the gap between two faults
+  auto service = FaultService::Start(config, *root_);
+  ASSERT_TRUE(service.ok()) << service.status();
+  service_ = *std::move(service);
+  root_->AddListener(service_.get());
+
+  auto ds = std::make_shared<ControlledDataspace>(4 << 20, 93);
+  ASSERT_TRUE(root_->Attach(ds, {.at = 0}).ok());
+  constexpr uint64_t kPages = 64;
+  for (uint64_t i = 0; i < kPages; ++i) {
+    ASSERT_EQ(*reinterpret_cast<volatile uint64_t*>(At(i * kPageSize)),
+              PatternWord(93, i * kPageSize));
+  }
+  const FaultStats polled = service_->stats();
+  EXPECT_EQ(polled.installed, kPages);
+  // Each fault after the first comes while the loop polls.
+  EXPECT_GT(polled.idle_hits, 0u);
+  // A command from this thread reaches the polling loop (it cannot run
+  // inline: the loop is awake), and the dropped pages come back.
+  service_->Invalidate(0, kPages * kPageSize, [](uint64_t) { return false; });
+  for (uint64_t i = 0; i < kPages; ++i) {
+    ASSERT_EQ(*reinterpret_cast<volatile uint64_t*>(At(i * kPageSize)),
+              PatternWord(93, i * kPageSize));
+  }
+  EXPECT_EQ(ds->requests(), 2 * kPages);
+}
+
+}  // namespace
+}  // namespace pagewire::testing

@@ -145,6 +145,25 @@ TEST(StartupErrorsTest, BadPushSettingNamesTheVariableAndTheFix) {
   EXPECT_TRUE(config->push);
 }
 
+TEST(StartupErrorsTest, BadIdlePollsNamesTheVariableAndTheFix) {
+  setenv("PAGEWIRE_IDLE_POLLS", "-5", 1);
+  auto config = RuntimeConfig::FromEnvironment();
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("PAGEWIRE_IDLE_POLLS=-5"),
+            std::string::npos)
+      << config.status();
+  EXPECT_NE(config.status().message().find("unset it"), std::string::npos)
+      << config.status();
+  setenv("PAGEWIRE_IDLE_POLLS", "256", 1);
+  config = RuntimeConfig::FromEnvironment();
+  unsetenv("PAGEWIRE_IDLE_POLLS");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->idle_polls, 256u);
+  config = RuntimeConfig::FromEnvironment();
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->idle_polls, 0u);
+}
+
 TEST(StartupErrorsTest, ServiceStartsAgainAfterAFailure) {
   std::string why;
   if (!UserfaultfdUsable(&why)) GTEST_SKIP() << why;
