@@ -57,6 +57,9 @@ std::string Usage() {
       "  --secret S              job secret (default: random per job)\n"
       "  --grace-ms MS           shutdown grace between SIGTERM and SIGKILL\n"
       "                          when the job ends early (default %d)\n"
+      "  --bind-to core|none     core: bind rank i (all its threads) to the\n"
+      "                          i-th CPU this launcher may use, round robin;\n"
+      "                          none: no binding (default)\n"
       "  -h, --help              this text\n"
       "\n"
       "Exit status: 0 if every rank exits 0; otherwise the first failing\n"
@@ -147,6 +150,15 @@ absl::StatusOr<LaunchOptions> ParseLaunchOptions(
       auto ms = ParseInt("--grace-ms", value, 0, INT_MAX);
       if (!ms.ok()) return ms.status();
       options.grace_ms = *ms;
+    } else if (is(arg, "--bind-to")) {
+      if (auto s = value_of(arg, "--bind-to", &value); !s.ok()) return s;
+      if (value != "core" && value != "none") {
+        return Invalid(absl::StrFormat(
+            "--bind-to %s is not a binding; use core (rank i on the i-th "
+            "usable CPU) or none",
+            value));
+      }
+      options.bind_to_core = value == "core";
     } else {
       return Invalid(absl::StrFormat(
           "unknown option '%s' (options go before the program; put '--' "

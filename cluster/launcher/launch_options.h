@@ -34,6 +34,11 @@ struct LaunchOptions {
   // Unset: a random secret per job.
   std::optional<std::string> secret;
   int grace_ms = kDefaultGraceMs;
+  // --bind-to core: rank i and all its threads run on the i-th CPU
+  // (modulo the count) of those the launcher may use, as `mpirun --bind-to
+  // core` does; the runtime's service threads then share their rank's core.
+  // false (--bind-to none, the default): the kernel places them.
+  bool bind_to_core = false;
   // The program and its argv (argv[0] is the program as given).
   std::vector<std::string> argv;
   // --help was given: print Usage() and exit 0; nothing else is parsed.

@@ -38,10 +38,12 @@ struct StartError {
 };
 constexpr const char* kStartSteps[] = {"setns into its network namespace",
                                        "set up its standard streams",
-                                       "execve"};
+                                       "execve",
+                                       "bind to its CPU (--bind-to core)"};
 constexpr int kStepSetns = 0;
 constexpr int kStepDup = 1;
 constexpr int kStepExec = 2;
+constexpr int kStepBind = 3;
 
 std::string SignalName(int sig) {
   const char* name = ::strsignal(sig);
@@ -119,6 +121,26 @@ absl::Status Launcher::Setup() {
             n, static_cast<long long>(need),
             static_cast<long long>(lim.rlim_max)));
       }
+    }
+  }
+
+  // --bind-to core: the CPUs this launcher may use, in order.
+  if (options_.bind_to_core) {
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+      return absl::InternalError(absl::StrFormat(
+          "--bind-to core: sched_getaffinity: %s; run without --bind-to",
+          std::strerror(errno)));
+    }
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &allowed)) bind_cpus_.push_back(cpu);
+    }
+    if (bind_cpus_.size() < static_cast<size_t>(n)) {
+      Say(absl::StrFormat(
+          "--bind-to core: %d ranks on %d usable CPUs; ranks share cores "
+          "round robin",
+          n, bind_cpus_.size()));
     }
   }
 
@@ -221,6 +243,11 @@ void Launcher::StartRank(Rank& rank) {
   argv.push_back(nullptr);
   const int netns_fd =
       netns_fds_.empty() ? -1 : netns_fds_[rank.index].get();
+  cpu_set_t bind_set;
+  CPU_ZERO(&bind_set);
+  if (!bind_cpus_.empty()) {
+    CPU_SET(bind_cpus_[rank.index % bind_cpus_.size()], &bind_set);
+  }
 
   int out[2], err[2], status_pipe[2];
   if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -267,6 +294,10 @@ void Launcher::StartRank(Rank& rank) {
     if (netns_fd >= 0 && ::setns(netns_fd, CLONE_NEWNET) != 0) {
       ChildFail(status_w.get(), kStepSetns);
     }
+    if (!bind_cpus_.empty() &&
+        ::sched_setaffinity(0, sizeof(bind_set), &bind_set) != 0) {
+      ChildFail(status_w.get(), kStepBind);
+    }
     if (::dup2(dev_null_.get(), 0) < 0 || ::dup2(out_w.get(), 1) < 0 ||
         ::dup2(err_w.get(), 2) < 0) {
       ChildFail(status_w.get(), kStepDup);
@@ -305,6 +336,10 @@ void Launcher::StartRank(Rank& rank) {
                         e.step == kStepSetns
                             ? absl::StrCat(kNetnsDir, "/",
                                            options_.netns_prefix, rank.index)
+                        : e.step == kStepBind
+                            ? absl::StrCat(
+                                  "CPU ",
+                                  bind_cpus_[rank.index % bind_cpus_.size()])
                             : program_path_,
                         std::strerror(e.err)));
   }

@@ -107,6 +107,7 @@ class Launcher {
   const std::string program_path_;
   BootstrapEnv env_;
   std::vector<UniqueFd> netns_fds_;  // one per rank with --netns
+  std::vector<int> bind_cpus_;       // --bind-to core: the usable CPUs
   std::vector<Rank> ranks_;
   UniqueFd signal_fd_;
   UniqueFd timer_fd_;

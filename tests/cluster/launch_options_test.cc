@@ -30,13 +30,15 @@ std::string ErrorOf(std::vector<std::string> args) {
 
 TEST(LaunchOptionsTest, ParsesAllOptions) {
   auto r = Parse({"-n", "4", "--netns", "pw", "--coordinator-port=4000",
-                  "--secret", "s", "--grace-ms", "10", "--", "prog", "-x"});
+                  "--secret", "s", "--grace-ms", "10", "--bind-to", "core",
+                  "--", "prog", "-x"});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->nranks, 4);
   EXPECT_EQ(r->netns_prefix, "pw");
   EXPECT_EQ(r->coordinator_port, 4000);
   EXPECT_EQ(r->secret, "s");
   EXPECT_EQ(r->grace_ms, 10);
+  EXPECT_TRUE(r->bind_to_core);
   EXPECT_THAT(r->argv, ElementsAre("prog", "-x"));
 }
 
@@ -72,6 +74,8 @@ TEST(LaunchOptionsTest, RejectsBadInputWithTheReason) {
               HasSubstr("may only contain"));
   EXPECT_THAT(ErrorOf({"-n", "2", "--grace-ms", "-1", "prog"}),
               HasSubstr("between 0 and"));
+  EXPECT_THAT(ErrorOf({"-n", "2", "--bind-to", "socket", "prog"}),
+              HasSubstr("use core (rank i on the i-th usable CPU) or none"));
 }
 
 TEST(ResolveProgramTest, FindsProgramsInPath) {

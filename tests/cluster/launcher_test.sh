@@ -215,6 +215,27 @@ check_usage "--grace-ms must be between 0 and" -n 2 --grace-ms -1 "$HELPER"
 check_usage "--coordinator-port must be between 1 and 65535" -n 2 --coordinator-port 70000 "$HELPER"
 check_usage "--secret must not be empty" -n 2 --secret= "$HELPER"
 check_usage "--netns prefix 'a/b' may only contain" -n 2 --netns a/b "$HELPER"
+check_usage "--bind-to socket is not a binding; use core" -n 2 --bind-to socket "$HELPER"
+
+# --bind-to core: rank i runs on the i-th usable CPU, round robin; none and
+# the default leave every rank the launcher's whole set.
+mapfile -t usable < <(taskset -c -p $$ | sed 's/.*: //' | tr ',' '\n' |
+  awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); c++) print c }')
+n=$((${#usable[@]} + 1))  # one more rank than CPUs: the first CPU twice
+run bind -n "$n" --bind-to core -- bash -c 'grep Cpus_allowed_list /proc/self/status'
+expect_rc bind 0
+for ((r = 0; r < n; r++)); do
+  want=${usable[r % ${#usable[@]}]}
+  grep -qE "^\[$r\] Cpus_allowed_list:\s+$want\$" "$out" ||
+    { cat "$out" >&2; fail "bind: rank $r is not bound to CPU $want alone"; }
+done
+expect_err bind "$n ranks on $((n - 1)) usable CPUs; ranks share cores round robin"
+all=$(grep Cpus_allowed_list /proc/self/status | awk '{ print $2 }')
+run nobind -n 2 --bind-to none -- bash -c 'grep Cpus_allowed_list /proc/self/status'
+expect_rc nobind 0
+[[ $(grep -c "Cpus_allowed_list:\s*$all\$" "$out") == 2 ]] ||
+  { cat "$out" >&2; fail "nobind: a rank lost CPUs ($all)"; }
+
 run help --help
 expect_rc help 0
 grep -q '^usage: pagewire-run -n N' "$out" || fail "--help: no usage on stdout"
