@@ -8,6 +8,10 @@
 #      -s 4096, server on rxe2 (10.77.1.2), client on rxe1, GID index 1;
 #   3. ib_read_lat and ib_read_bw -s 4096 on rxe0 alone (the single-device
 #      setup, which bench/remote_fault_vm.sh compares the runtime against).
+# `smoke.sh --rxe0-latency TAG [PORT]` runs only ib_read_lat -s 4096 on
+# rxe0 (handshake on PORT, default 18519) and reports it as
+# ib_read_lat_4096_rxe0_TAG (remote_fault_vm.sh measures the
+# floor right before and after Pagewire's runs).
 # Prints one machine-readable line per perftest run, e.g.
 #   softroce: ib_read_lat_4096 t_typical_us=152.3 t_avg_us=160.1 p99_us=... ...
 # and appends the same lines to $PAGEWIRE_VM_OUT/perftest.txt, so benchmarks
@@ -27,16 +31,12 @@ readonly BW_ITERS=2000
 readonly GID="${PAGEWIRE_RXE_GID_INDEX:-1}"
 results="${PAGEWIRE_VM_OUT:-/tmp}/perftest.txt"
 
-echo "== ibv_devices"
-ibv_devices
-for dev in rxe0 rxe1 rxe2; do
-  info="$(ibv_devinfo -d "$dev")" || fail "ibv_devinfo -d $dev failed"
-  state="$(awk '$1 == "state:" { print $2 }' <<<"$info")"
-  mtu="$(awk '$1 == "active_mtu:" { print $2 }' <<<"$info")"
-  echo "$dev: state $state active_mtu $mtu"
-  [[ "$state" == PORT_ACTIVE ]] || fail "$dev state is '$state', want PORT_ACTIVE"
-  [[ "$mtu" == 4096 ]] || fail "$dev active_mtu is '$mtu', want 4096"
-done
+rxe0_latency() {
+  local name=$1 port=$2
+  run_perftest "$name" "$port" rxe0 rxe0 10.77.0.1 ib_read_lat -s 4096 -n "$LAT_ITERS"
+  read -r _ iters tmin tmax ttyp tavg tstd p99 p999 <<<"$row"
+  report "$name t_typical_us=$ttyp t_avg_us=$tavg p99_us=$p99 iters=$iters devs=rxe0->rxe0"
+}
 
 # Waits until something listens on TCP port $1 (perftest's handshake
 # socket), so the client never races the server's start.
@@ -78,6 +78,25 @@ report() {
   echo "softroce: $*" >>"$results"
 }
 
+if [[ "${1:-}" == --rxe0-latency ]]; then
+  [[ "${2:-}" =~ ^[a-z0-9]+$ ]] || fail "--rxe0-latency needs a tag of lower-case letters and digits"
+  [[ "${3:-18519}" =~ ^[0-9]+$ ]] || fail "--rxe0-latency TAG PORT: '$3' is not a port number"
+  rxe0_latency "ib_read_lat_4096_rxe0_$2" "${3:-18519}"
+  exit 0
+fi
+[[ $# -eq 0 ]] || fail "unknown arguments '$*'; usage: smoke.sh [--rxe0-latency TAG [PORT]]"
+
+echo "== ibv_devices"
+ibv_devices
+for dev in rxe0 rxe1 rxe2; do
+  info="$(ibv_devinfo -d "$dev")" || fail "ibv_devinfo -d $dev failed"
+  state="$(awk '$1 == "state:" { print $2 }' <<<"$info")"
+  mtu="$(awk '$1 == "active_mtu:" { print $2 }' <<<"$info")"
+  echo "$dev: state $state active_mtu $mtu"
+  [[ "$state" == PORT_ACTIVE ]] || fail "$dev state is '$state', want PORT_ACTIVE"
+  [[ "$mtu" == 4096 ]] || fail "$dev active_mtu is '$mtu', want 4096"
+done
+
 run_perftest ib_read_lat_4096 18515 rxe2 rxe1 10.77.1.2 ib_read_lat -s 4096 -n "$LAT_ITERS"
 # #bytes #iterations t_min t_max t_typical t_avg t_stdev p99 p99.9 (usec)
 read -r _ iters tmin tmax ttyp tavg tstd p99 p999 <<<"$row"
@@ -88,9 +107,7 @@ run_perftest ib_read_bw_4096 18516 rxe2 rxe1 10.77.1.2 ib_read_bw -s 4096 -n "$B
 read -r _ iters bwpeak bwavg mpps <<<"$row"
 report "ib_read_bw_4096 bw_avg_MBps=$bwavg bw_peak_MBps=$bwpeak msg_rate_Mpps=$mpps iters=$iters devs=rxe1->rxe2"
 
-run_perftest ib_read_lat_4096_rxe0 18517 rxe0 rxe0 10.77.0.1 ib_read_lat -s 4096 -n "$LAT_ITERS"
-read -r _ iters tmin tmax ttyp tavg tstd p99 p999 <<<"$row"
-report "ib_read_lat_4096_rxe0 t_typical_us=$ttyp t_avg_us=$tavg p99_us=$p99 iters=$iters devs=rxe0->rxe0"
+rxe0_latency ib_read_lat_4096_rxe0 18517
 
 run_perftest ib_read_bw_4096_rxe0 18518 rxe0 rxe0 10.77.0.1 ib_read_bw -s 4096 -n "$BW_ITERS"
 read -r _ iters bwpeak bwavg mpps <<<"$row"
