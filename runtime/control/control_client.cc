@@ -2,6 +2,7 @@
 // barriers and dataspace calls.
 #include "runtime/control/control_client.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -22,8 +23,17 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
   }
   std::unique_ptr<ControlClient> client(new ControlClient(std::move(config)));
   const ControlClientConfig& c = client->config_;
-  client->channel_ =
-      grpc::CreateChannel(c.coordinator, grpc::InsecureChannelCredentials());
+  // HTTP/2 keepalive pings find a connection whose peer vanished without a
+  // reset (a powered-off host, a cut cable), so the watch stream breaks and
+  // reconnects instead of waiting on a dead socket forever. The control
+  // plane only: membership, not a ping, decides whether a rank is dead.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  client->channel_ = grpc::CreateCustomChannel(
+      c.coordinator, grpc::InsecureChannelCredentials(), args);
   client->membership_ = proto::Membership::NewStub(client->channel_);
   client->dataspaces_ = proto::Dataspaces::NewStub(client->channel_);
 
@@ -130,34 +140,66 @@ void ControlClient::HeartbeatLoop() {
 }
 
 void ControlClient::WatchLoop() {
-  grpc::ClientContext ctx;  // no deadline: the stream lasts the membership
-  {
-    absl::MutexLock l(&mu_);
-    if (stopping_) return;
-    watch_context_ = &ctx;
-  }
-  proto::WatchViewRequest request;
-  request.set_rank(rank_);
-  request.set_since_epoch(0);  // the current view first
-  std::unique_ptr<grpc::ClientReader<proto::MembershipView>> reader =
-      membership_->WatchView(&ctx, request);
-  proto::MembershipView pv;
-  while (reader->Read(&pv)) {
-    View view = View::FromProto(pv);
+  absl::Duration pause = kWatchRetryFirst;
+  for (;;) {
+    grpc::ClientContext ctx;  // no deadline: the stream lasts the membership
+    // A broken connection is waited out (the channel reconnects), not
+    // failed: the stream is how this rank learns of deaths.
+    ctx.set_wait_for_ready(true);
+    proto::WatchViewRequest request;
+    request.set_rank(rank_);
     {
       absl::MutexLock l(&mu_);
-      if (view.epoch <= seen_epoch_) continue;
-      seen_epoch_ = view.epoch;
-      current_view_ = view;
+      if (stopping_ || left_) return;
+      watch_context_ = &ctx;
+      // Views are whole snapshots: after a break, the current one (if
+      // newer) replaces every view missed meanwhile.
+      request.set_since_epoch(seen_epoch_);
     }
-    if (config_.on_view) config_.on_view(view);
-  }
-  grpc::Status st = reader->Finish();
-  absl::MutexLock l(&mu_);
-  watch_context_ = nullptr;
-  if (!stopping_ && !left_ && !st.ok()) {
-    Warning("control client rank %d: view stream ended: %s", rank_,
-            FromGrpcStatus(st, "WatchView").ToString());
+    std::unique_ptr<grpc::ClientReader<proto::MembershipView>> reader =
+        membership_->WatchView(&ctx, request);
+    proto::MembershipView pv;
+    while (reader->Read(&pv)) {
+      View view = View::FromProto(pv);
+      {
+        absl::MutexLock l(&mu_);
+        if (view.epoch <= seen_epoch_) continue;
+        seen_epoch_ = view.epoch;
+        current_view_ = view;
+      }
+      pause = kWatchRetryFirst;  // the stream worked
+      if (config_.on_view) config_.on_view(view);
+    }
+    grpc::Status st = reader->Finish();
+    absl::MutexLock l(&mu_);
+    watch_context_ = nullptr;
+    if (stopping_ || left_) return;
+    switch (st.error_code()) {
+      case grpc::StatusCode::OK:  // the coordinator ended it: shut down
+        return;
+      case grpc::StatusCode::FAILED_PRECONDITION:  // no longer a member
+      case grpc::StatusCode::NOT_FOUND:
+      case grpc::StatusCode::INVALID_ARGUMENT:
+      case grpc::StatusCode::PERMISSION_DENIED:
+      case grpc::StatusCode::UNAUTHENTICATED:
+        Warning("control client rank %d: view stream ended: %s", rank_,
+                FromGrpcStatus(st, "WatchView").ToString());
+        return;
+      default:
+        break;
+    }
+    // The connection broke: watch again, paced so a coordinator that
+    // refuses at once is not called in a tight loop. The pause only spaces
+    // reconnects; no view, and so no death, is ever skipped.
+    Warning("control client rank %d: view stream broke (%s); watching "
+            "again from epoch %d in %s",
+            rank_, FromGrpcStatus(st, "WatchView").ToString(), seen_epoch_,
+            absl::FormatDuration(pause));
+    if (mu_.AwaitWithTimeout(
+            absl::Condition(+[](bool* s) { return *s; }, &stopping_), pause)) {
+      return;
+    }
+    pause = std::min(2 * pause, kWatchRetryMax);
   }
 }
 

@@ -108,7 +108,13 @@ class ControlClient {
   explicit ControlClient(ControlClientConfig config);
 
   void HeartbeatLoop();
+  // Watches views until the rank leaves or the client stops; a stream that
+  // breaks is opened again from the last epoch seen.
   void WatchLoop();
+  static constexpr absl::Duration kWatchRetryFirst = absl::Milliseconds(50);
+  static constexpr absl::Duration kWatchRetryMax = absl::Seconds(2);
+  static constexpr int kKeepaliveTimeMs = 10000;
+  static constexpr int kKeepaliveTimeoutMs = 10000;
   std::unique_ptr<grpc::ClientContext> UnaryContext() const;
 
   const ControlClientConfig config_;

@@ -3,9 +3,12 @@
 // dataspaces, and robustness against garbage on the port.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -421,6 +424,164 @@ TEST(CoordinatorTest, GarbageOnThePortDoesNotDisturbOtherClients) {
   EXPECT_TRUE(b0.ok()) << b0;
   EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 2));
   close(lingering);
+}
+
+// A TCP relay on 127.0.0.1 in front of the coordinator. Cut() breaks
+// every relayed connection, both ways, as a network failure would; new
+// connections are relayed again.
+class Relay {
+ public:
+  explicit Relay(int target_port) : target_port_(target_port) {
+    listen_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    EXPECT_EQ(bind(listen_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_EQ(listen(listen_, 16), 0);
+    EXPECT_EQ(getsockname(listen_, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    port_ = ntohs(a.sin_port);
+    wake_ = eventfd(0, EFD_CLOEXEC);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Relay() {
+    stop_ = true;
+    Poke();
+    thread_.join();
+    for (auto& [a, b] : pairs_) {
+      close(a);
+      close(b);
+    }
+    close(listen_);
+    close(wake_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // Breaks the connections relayed now; returns how many there were.
+  int Cut() {
+    cut_ = true;
+    Poke();
+    while (cut_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return cut_count_;
+  }
+
+ private:
+  void Poke() {
+    uint64_t one = 1;
+    EXPECT_EQ(write(wake_, &one, sizeof(one)), 8);
+  }
+  void Run() {
+    while (!stop_) {
+      std::vector<pollfd> fds = {{listen_, POLLIN, 0}, {wake_, POLLIN, 0}};
+      for (auto& [a, b] : pairs_) {
+        fds.push_back({a, POLLIN, 0});
+        fds.push_back({b, POLLIN, 0});
+      }
+      if (poll(fds.data(), fds.size(), -1) < 0) continue;
+      if (fds[1].revents & POLLIN) {
+        uint64_t n;
+        EXPECT_EQ(read(wake_, &n, sizeof(n)), 8);
+        if (cut_) {
+          cut_count_ = static_cast<int>(pairs_.size());
+          for (auto& [a, b] : pairs_) {
+            shutdown(a, SHUT_RDWR);
+            shutdown(b, SHUT_RDWR);
+            close(a);
+            close(b);
+          }
+          pairs_.clear();
+          cut_ = false;
+          continue;
+        }
+      }
+      if (fds[0].revents & POLLIN) {
+        int in = accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC);
+        int out = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in t{};
+        t.sin_family = AF_INET;
+        t.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        t.sin_port = htons(target_port_);
+        if (in >= 0 &&
+            connect(out, reinterpret_cast<sockaddr*>(&t), sizeof(t)) == 0) {
+          pairs_.emplace_back(in, out);
+        } else {
+          if (in >= 0) close(in);
+          close(out);
+        }
+      }
+      for (size_t i = 0; i < pairs_.size(); ++i) {
+        const pollfd& pa = fds[2 + 2 * i];
+        const pollfd& pb = fds[3 + 2 * i];
+        bool closed = false;
+        if (pa.revents) closed |= !Forward(pairs_[i].first, pairs_[i].second);
+        if (!closed && pb.revents) {
+          closed |= !Forward(pairs_[i].second, pairs_[i].first);
+        }
+        if (closed) {
+          close(pairs_[i].first);
+          close(pairs_[i].second);
+          pairs_[i] = {-1, -1};
+        }
+      }
+      pairs_.erase(std::remove(pairs_.begin(), pairs_.end(),
+                               std::pair<int, int>(-1, -1)),
+                   pairs_.end());
+    }
+  }
+  static bool Forward(int from, int to) {
+    char buf[65536];
+    ssize_t n = read(from, buf, sizeof(buf));
+    if (n <= 0) return false;
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(to, buf + off, n - off);
+      if (w <= 0) return false;
+      off += w;
+    }
+    return true;
+  }
+
+  const int target_port_;
+  int listen_ = -1, wake_ = -1, port_ = 0;
+  std::atomic<bool> stop_{false}, cut_{false};
+  int cut_count_ = 0;
+  std::vector<std::pair<int, int>> pairs_;  // the relay thread's
+  std::thread thread_;
+};
+
+// The watch stream is how a rank learns of deaths. A network break must
+// not end it for good: the client watches again from the last epoch it saw
+// and gets every change made meanwhile.
+TEST(CoordinatorTest, WatchStreamThatBreaksIsOpenedAgainAndMissesNoChange) {
+  LogCapture log;
+  auto server = StartServer(TestConfig(3));
+  ASSERT_NE(server, nullptr);
+  Relay relay(server->port());
+  ViewRecorder rec0;
+  ControlClientConfig through_relay = ClientConfig(*server, 0, &rec0);
+  through_relay.coordinator = relay.address();
+  auto c0 = MustJoin(through_relay);
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  auto c2 = MustJoin(ClientConfig(*server, 2));
+  ASSERT_TRUE(c0 && c1 && c2);
+  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 3); }));
+
+  // Break rank 0's connection; rank 1 leaves while the stream may still be
+  // down, so only a stream opened again can tell rank 0.
+  ASSERT_GE(relay.Cut(), 1);
+  ASSERT_TRUE(c1->Leave("test").ok());
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 1, proto::Member::LEFT); }))
+      << "rank 0 never learnt that rank 1 left";
+  EXPECT_TRUE(log.Contains("view stream broke", "watching again"));
+
+  // A second break, then a death by lease: seen too.
+  ASSERT_GE(relay.Cut(), 1);
+  c2->PauseHeartbeatsForTesting(true);
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 2, proto::Member::DEAD); }))
+      << "rank 0 never learnt that rank 2 died";
+  EXPECT_TRUE(RankIs(View::FromProto(server->coordinator().CurrentView()), 0,
+                     proto::Member::ALIVE))
+      << "rank 0's heartbeats did not come back after the breaks";
 }
 
 TEST(CoordinatorTest, ShutdownEndsPendingBarriersAndWatchStreams) {
