@@ -326,6 +326,10 @@ int FaultService::PollWhileIdle(std::vector<pollfd>& fds) {
   // With READs outstanding the spin above has polled their queue already,
   // and an unarmed queue's completions would not show here.
   if (idle_polls_ == 0 || AwaitsPolledCompletions()) return 0;
+  // Prepared as for a sleep, so every source signals its fd for new work
+  // (verbs: a post by another thread rings the bell, or the queue is
+  // armed); the polls then see what a sleep would have been woken by.
+  for (CompletionSource* source : sources_) source->BeforeSleep();
   for (uint32_t k = 0; k < idle_polls_; ++k) {
     const int n = ::poll(fds.data(), fds.size(), 0);
     if (n > 0 || (n < 0 && errno != EINTR)) {

@@ -365,9 +365,10 @@ class FaultService final : public RegionMap::Listener {
   // it up to spin_polls_ times and installs what it finds; true if it found
   // anything (the loop then does not sleep).
   bool SpinForCompletions();
-  // Before the loop sleeps with nothing outstanding: polls every source in
-  // `fds` up to idle_polls_ times without blocking; poll()'s result for
-  // the first poll that found something (revents set), else 0.
+  // Before the loop sleeps with no READ awaiting a polled completion:
+  // prepares the sources as for a sleep, then polls every fd in `fds` up to
+  // idle_polls_ times without blocking; poll()'s result for the first poll
+  // that found something (revents set), else 0.
   int PollWhileIdle(std::vector<pollfd>& fds);
   // Requests the pages ReadAhead named.
   void RunReadAheads();
