@@ -129,11 +129,13 @@ int main(int argc, char **argv) {
   pw_get_stats(&st);
   printf("heat: rank %d: %.3f ms/iteration computing (halo faults included), "
          "%.3f in barriers; %llu faults, %llu remote fetches, %llu served, "
-         "%llu pushed, fault latency mean %.1f us, p99 %.1f us\n",
+         "%llu pushed, %.1f write notices sent per barrier, fault latency "
+         "mean %.1f us, p99 %.1f us\n",
          rank, (elapsed - in_barrier) * 1e3 / iters, in_barrier * 1e3 / iters,
          (unsigned long long)st.faults,
          (unsigned long long)st.remote_fetches, (unsigned long long)st.served,
-         (unsigned long long)st.pushed, st.mean_latency_us, st.p99_latency_us);
+         (unsigned long long)st.pushed, (double)st.notices / iters,
+         st.mean_latency_us, st.p99_latency_us);
   pw_barrier();
   pw_free(u);
   pw_free(v);

@@ -289,6 +289,7 @@ pw_status_t pw_get_stats(pw_stats_t* stats) {
   stats->p99_latency_us = s.faults.p99_latency_ns / 1e3;
   stats->readaheads = s.faults.readaheads;
   stats->pushed = s.pushed;
+  stats->notices = s.notices;
   return PW_OK;
 }
 

@@ -665,6 +665,39 @@ absl::Status Coherence::Barrier() {
                          }),
              mine.end());
 
+  // Who hears of which page. A page this rank homes goes only to the ranks
+  // its directory lists as cachers (HomeManager::CachersOf): a rank READs
+  // a page directly only after the home registered it, and never
+  // unregisters, so a rank not listed holds no copy. One that registers
+  // after this look is answered after this rank's writes of the epoch, so
+  // the copy it then reads has them. Pages of other homes (this rank's
+  // diffs) go to every rank: only their homes know who caches them. So a
+  // list's length follows the sharing, not the number of ranks.
+  std::vector<char> own(mine.size(), 0);
+  {
+    absl::MutexLock lock(&mutex_);
+    for (size_t i = 0; i < mine.size(); ++i) {
+      DistributedDataspace* ds = Find(mine[i].alloc_id);
+      own[i] = ds != nullptr && !ds->sequential() && ds->HomedHere(mine[i].page);
+    }
+  }
+  PageList own_pages;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (own[i]) own_pages.push_back(mine[i]);
+  }
+  const std::vector<std::vector<uint64_t>> own_cachers =
+      home_.CachersOf(own_pages);
+  std::vector<const std::vector<uint64_t>*> cachers(mine.size(), nullptr);
+  for (size_t i = 0, k = 0; i < mine.size(); ++i) {
+    if (own[i]) cachers[i] = &own_cachers[k++];
+  }
+  auto tells = [&](size_t i, int peer) {
+    if (cachers[i] == nullptr) return true;  // another home's page
+    const std::vector<uint64_t>& bits = *cachers[i];
+    const size_t word = static_cast<size_t>(peer) / 64;
+    return word < bits.size() && (bits[word] >> (peer % 64) & 1) != 0;
+  };
+
   // As a home: which subscribers get which of its written pages, and the
   // pages as they are now (after this rank's release; other ranks' writes
   // this epoch, if any, make the subscribers refuse them).
@@ -705,13 +738,21 @@ absl::Status Coherence::Barrier() {
         "barrier cannot complete: rank %d is unreachable: %s", peer,
         dead_[peer] ? death_[peer] : std::string(sent.message())));
   };
-  // The one round: tell every rank what this rank wrote (possibly nothing),
-  // with the pages it subscribed to and its subscriptions with it.
+  // The one round: tell every rank what it needs of what this rank wrote
+  // (possibly nothing), with the pages it subscribed to and its
+  // subscriptions with it.
+  uint64_t notices = 0;
+  PageList told;
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == self_) continue;
     absl::Status sent;
     if (push_to[peer].empty() && subscribe[peer].empty()) {
-      sent = SendPageList(peer, hp::kEpochWrites, epoch, 0, mine, 0);
+      told.clear();
+      for (size_t i = 0; i < mine.size(); ++i) {
+        if (tells(i, peer)) told.push_back(mine[i]);
+      }
+      notices += told.size();
+      sent = SendPageList(peer, hp::kEpochWrites, epoch, 0, told, 0);
     } else {
       // Pushed pages first (they fill the first parts), then the rest of
       // the list, then the subscriptions.
@@ -725,8 +766,9 @@ absl::Status Coherence::Barrier() {
       }
       pushes += push_to[peer].size();
       for (size_t i = 0; i < mine.size(); ++i) {
-        if (!pushed[i]) list.push_back(mine[i]);
+        if (!pushed[i] && tells(i, peer)) list.push_back(mine[i]);
       }
+      notices += list.size();
       list.insert(list.end(), subscribe[peer].begin(), subscribe[peer].end());
       contents.resize(list.size(), nullptr);
       sent = SendPageList(peer, hp::kEpochWrites, epoch, 0, list, 0, &contents);
@@ -740,6 +782,7 @@ absl::Status Coherence::Barrier() {
   {
     absl::MutexLock lock(&mutex_);
     stats_.pushes_sent += pushes;
+    stats_.notices_sent += notices;
     EpochState& st = epochs_[epoch];
     absl::Status s = AwaitPeers(
         [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {

@@ -14,14 +14,18 @@
 // different bytes of one page (false sharing) merge exactly at home.
 //
 // Barrier: after its release (its diffs are home), every rank tells every
-// other rank which pages it wrote this epoch, of any home (kEpochWrites,
-// possibly empty). That one all-to-all round is the synchronisation: once a
-// rank has every list, it drops its copies of the pages others wrote — a
-// copy survives if nobody wrote the page, or if its holder was the only
-// writer — and, as a home, protects its written pages again. Read-only and
-// private pages stay cached across barriers. (An earlier form sent the
-// lists to the homes only, which then told the cachers from their
-// directories: a second round on the critical path, for smaller lists.)
+// other rank which pages it wrote this epoch (kEpochWrites, possibly
+// empty): of its own pages, those the receiver caches according to its
+// home directory (a rank READs a page only after its home registered it
+// as a cacher, and never unregisters); of other homes' pages, all, since
+// only their homes know the cachers. So a list's length follows the
+// sharing, not the number of ranks. That one all-to-all round is the
+// synchronisation: once a rank has every list, it drops its copies of the
+// pages others wrote — a copy survives if nobody wrote the page, or if its
+// holder was the only writer — and, as a home, protects its written pages
+// again. Read-only and private pages stay cached across barriers. (An
+// earlier form sent the lists to the homes only, which then told the
+// cachers: a second round on the critical path.)
 //
 // Pushing hot pages. A rank that fetches a page again after a barrier
 // dropped its copy (a stencil's halo, written by its home every epoch)
@@ -93,6 +97,8 @@ struct CoherenceStats {
   uint64_t barriers = 0;
   uint64_t lock_acquires = 0;
   uint64_t pushes_sent = 0;       // pages pushed to subscribers at barriers
+  uint64_t notices_sent = 0;      // written pages named to other ranks at
+                                  // barriers, one per page and receiver
 };
 
 class Coherence {

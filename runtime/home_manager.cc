@@ -201,17 +201,17 @@ void HomeManager::AddCacher(uint32_t id, uint64_t page, int rank) {
   bits[rank / 64] |= uint64_t{1} << (rank % 64);
 }
 
-std::vector<int> HomeManager::CachersOf(uint32_t id, uint64_t page) const {
-  std::vector<int> ranks;
+std::vector<std::vector<uint64_t>> HomeManager::CachersOf(
+    absl::Span<const hp::PageRef> pages) const {
+  std::vector<std::vector<uint64_t>> bits(pages.size());
   absl::MutexLock lock(&mutex_);
-  auto a = directory_.find(id);
-  if (a == directory_.end()) return ranks;
-  auto p = a->second.find(page);
-  if (p == a->second.end()) return ranks;
-  for (int r = 0; r < nranks_; ++r) {
-    if (p->second[r / 64] >> (r % 64) & 1) ranks.push_back(r);
+  for (size_t i = 0; i < pages.size(); ++i) {
+    auto a = directory_.find(pages[i].alloc_id);
+    if (a == directory_.end()) continue;
+    auto p = a->second.find(pages[i].page);
+    if (p != a->second.end()) bits[i] = p->second;
   }
-  return ranks;
+  return bits;
 }
 
 uint64_t HomeManager::fetches_served() const {

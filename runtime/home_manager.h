@@ -25,6 +25,7 @@
 #include "absl/types/span.h"
 #include "runtime/distributed_dataspace.h"
 #include "runtime/fault_service.h"
+#include "runtime/home_protocol.h"
 #include "runtime/remote_fetcher.h"
 #include "runtime/transport.h"
 
@@ -50,8 +51,12 @@ class HomeManager {
   // The transport's message handler.
   void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
 
-  // Ranks that may cache `page` of allocation `id` (homed here).
-  std::vector<int> CachersOf(uint32_t id, uint64_t page) const;
+  // For each of `pages` (homed here): the ranks that may cache it, one bit
+  // per rank (bit r of word r / 64); empty if no rank registered for it.
+  // A rank registers before its first READ of a page (OnFetch) and never
+  // withdraws, so a rank not listed holds no copy of the page.
+  std::vector<std::vector<uint64_t>> CachersOf(
+      absl::Span<const home_protocol::PageRef> pages) const;
   void AddCacher(uint32_t id, uint64_t page, int rank);
 
   uint64_t fetches_served() const;

@@ -894,6 +894,7 @@ RuntimeStats Runtime::stats() const {
     s.twins = c.twins;
     s.diff_bytes = c.diff_bytes;
     s.invalidated = c.invalidated;
+    s.notices = c.notices_sent;
   }
   return s;
 }

@@ -95,6 +95,7 @@ struct RuntimeStats {
   uint64_t diff_bytes = 0;      // modified bytes written home at releases
   uint64_t invalidated = 0;     // cached copies dropped at acquires
   uint64_t pushed = 0;          // stale copies replaced by pushed pages
+  uint64_t notices = 0;         // written pages named to others at barriers
 };
 
 class Runtime {

@@ -125,6 +125,9 @@ typedef struct pw_stats {
   uint64_t readaheads;      /* pages fetched ahead of a fault (PAGEWIRE_READAHEAD) */
   uint64_t pushed;          /* stale copies replaced by pages their homes pushed
                                at barriers (PAGEWIRE_PUSH) */
+  uint64_t notices;         /* written pages this rank named to other ranks at
+                               barriers, one per page and receiver (a page of
+                               its own only to the ranks that cache it) */
 } pw_stats_t;
 
 pw_status_t pw_get_stats(pw_stats_t *stats);

@@ -45,6 +45,14 @@
  *                  the lock's grant made them fetch); each of them also
  *                  writes its own word of the page under the lock and must
  *                  read it back
+ *   notices        every rank writes all its home pages in every epoch; rank
+ *                  0 has read them all once, each rank reads one page of
+ *                  its right neighbour every epoch, and from half-way one
+ *                  page of the rank two to its right too (a cacher that
+ *                  registers late). Every value read is the latest, and a
+ *                  rank names its pages at a barrier only to their cachers:
+ *                  at most kNoticePages + 2 notices per barrier, not
+ *                  kNoticePages x (ranks - 1)
  *   hot            a home page written in epoch after epoch (left writable,
  *                  "hot"), then not for many epochs (write-protected again
  *                  at its probe), then written once more: every rank sees
@@ -586,6 +594,67 @@ static void PushLocks(void) {
  * barrier every rank must read the last value written. Epochs 2-6 make the
  * page hot; 7-29 leave it unwritten past its probe (16 barriers later);
  * 30 must still be seen (a write-protect fault again); 47-48 hot again. */
+/* ---- write notices go to the cachers only ---- */
+enum { kNoticePages = 16, kNoticeEpochs = 40 };
+static uint64_t NoticeWord(int e, int r, int p) {
+  return (uint64_t)e * 100000 + (uint64_t)r * 100 + (uint64_t)p;
+}
+static void Notices(void) {
+  CHECK(nranks >= 3, "notices needs 3 or more ranks");
+  const size_t words = PAGE / 8;
+  uint64_t *g = pw_alloc((size_t)kNoticePages * nranks * PAGE, PW_PLACE_BLOCK);
+  CHECK(g, "pw_alloc");
+  uint64_t *own = g + (size_t)rank * kNoticePages * words;
+  for (int p = 0; p < kNoticePages; p++) own[(size_t)p * words] = NoticeWord(0, rank, p);
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  if (rank == 0) {  /* every page now has rank 0 as a cacher */
+    for (int r = 0; r < nranks; r++)
+      for (int p = 0; p < kNoticePages; p++)
+        CHECK(g[((size_t)r * kNoticePages + p) * words] == NoticeWord(0, r, p),
+              "rank %d page %d before the epochs", r, p);
+  }
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  pw_stats_t before, after;
+  CHECK(pw_get_stats(&before) == PW_OK, "stats");
+  const int right = (rank + 1) % nranks, right2 = (rank + 2) % nranks;
+  for (int e = 1; e <= kNoticeEpochs; e++) {
+    for (int p = 0; p < kNoticePages; p++) own[(size_t)p * words] = NoticeWord(e, rank, p);
+    CHECK(pw_barrier() == PW_OK, "barrier");
+    const uint64_t *r1 = g + (size_t)right * kNoticePages * words;
+    CHECK(r1[0] == NoticeWord(e, right, 0), "epoch %d: rank %d's page 0 reads %llu, want %llu",
+          e, right, (unsigned long long)r1[0], (unsigned long long)NoticeWord(e, right, 0));
+    if (e > kNoticeEpochs / 2) {
+      const uint64_t *r2 = g + ((size_t)right2 * kNoticePages + 1) * words;
+      CHECK(r2[0] == NoticeWord(e, right2, 1), "epoch %d: rank %d's page 1 reads %llu, want %llu "
+            "(read since epoch %d)", e, right2, (unsigned long long)r2[0],
+            (unsigned long long)NoticeWord(e, right2, 1), kNoticeEpochs / 2 + 1);
+    }
+    if (rank == 0 && e % 10 == 0) {
+      for (int r = 1; r < nranks; r++)
+        for (int p = 0; p < kNoticePages; p++)
+          CHECK(g[((size_t)r * kNoticePages + p) * words] == NoticeWord(e, r, p),
+                "epoch %d: rank %d's page %d is stale on rank 0", e, r, p);
+    }
+    CHECK(pw_barrier() == PW_OK, "barrier");
+  }
+  CHECK(pw_get_stats(&after) == PW_OK, "stats");
+  /* Pages written in every epoch are hot: named at both barriers of an
+   * epoch, since nothing sees their writes. Each time, to rank 0 (which
+   * caches all of them), the left neighbour (one) and, from half-way, the
+   * rank two to the left (one more); rank 0's own pages to just those two. */
+  const uint64_t notices = after.notices - before.notices;
+  const uint64_t most = 2 * (uint64_t)kNoticeEpochs * (kNoticePages + 2);
+  CHECK(notices <= most,
+        "%llu write notices over %d epochs of %d written pages: more than %llu, "
+        "so pages were named to ranks that do not cache them (%d would be "
+        "every page to every rank)", (unsigned long long)notices, kNoticeEpochs,
+        kNoticePages, (unsigned long long)most,
+        2 * kNoticeEpochs * kNoticePages * (nranks - 1));
+  printf("dsm_coherence: rank %d: %llu write notices over %d epochs\n", rank,
+         (unsigned long long)notices, kNoticeEpochs);
+  pw_free(g);
+}
+
 static int HotWritten(int e) { return e <= 6 || e == 30 || e == 47 || e == 48; }
 static void Hot(void) {
   uint64_t *page = pw_alloc_on(PAGE, 0);
@@ -619,11 +688,12 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "acquire")) Acquire(0);
   else if (!strcmp(test, "acquire_racing")) Acquire(1);
   else if (!strcmp(test, "hot")) Hot();
+  else if (!strcmp(test, "notices")) Notices();
   else if (!strcmp(test, "readahead")) ReadAhead();
   else if (!strcmp(test, "push")) Push();
   else if (!strcmp(test, "push_locks")) PushLocks();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push|push_locks\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push|push_locks|notices\n");
     return 2;
   }
   pw_stats_t s;

@@ -13,7 +13,7 @@
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   coherence_TEST  dsm_coherence TEST on 4 ranks (histogram, false_sharing,
 #             queue, atomics, races, acquire, acquire_racing, hot,
-#             readahead, push, push_locks; coherence_push also once with
+#             readahead, push, push_locks, notices; coherence_push also once with
 #             PAGEWIRE_PUSH=0)
 #   litmus_TEST     dsm_litmus TEST on 4 ranks (mp, sb, dekker, counter,
 #             errors): sequential-consistency memory (pw_alloc_sc)
@@ -58,7 +58,7 @@ case "$mode" in
     grep -qE 'connected to peer [0-9] at 10\.' "$out" || { cat "$out"; fail "no data-plane connection over a netns address"; }
     # The coherence and sequential-consistency correctness tests, in the
     # same hosts.
-    for t in histogram false_sharing queue atomics races acquire acquire_racing hot readahead push push_locks; do
+    for t in histogram false_sharing queue atomics races acquire acquire_racing hot readahead push push_locks notices; do
       "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_coherence" "$t" >"$out" 2>&1 ||
         { cat "$out"; fail "dsm_coherence $t in netns hosts exited $?"; }
       expect_lines "^\[[0-3]\] dsm_coherence: $t rank [0-3] ok" 4
