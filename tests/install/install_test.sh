@@ -40,8 +40,11 @@ echo "$out"
 grep -qx "hello_pagewire: ok" <<<"$out" || fail "expected 'hello_pagewire: ok' in output"
 
 # The program must have used the installed copy (via the .pc's RPATH).
-ldd "$exe" | grep -q "$prefix/lib/libpagewire.so" ||
-  fail "hello_pagewire does not resolve libpagewire.so from $prefix/lib: $(ldd "$exe")"
+# ldd's output is taken whole first: `ldd | grep -q` under pipefail fails
+# whenever grep stops reading before ldd has written everything (SIGPIPE).
+libs="$(ldd "$exe")" || fail "ldd $exe failed"
+grep -qF "$prefix/lib/libpagewire.so" <<<"$libs" ||
+  fail "hello_pagewire does not resolve libpagewire.so from $prefix/lib: $libs"
 
 # The examples, as an HPC user builds them: plain cc / c++ / gfortran with
 # pkg-config, started by the installed launcher on 2 ranks.
@@ -57,7 +60,7 @@ for ex in "heat 256 20" "global_sum" "global_histogram"; do
     fail "$ex on 2 ranks failed: $out"
   echo "$out" | grep -v "tcp:\|coordinator:"
 done
-echo "$out" | grep -q "rank 1 of 2: 1048576 samples, histogram matches" ||
+grep -q "rank 1 of 2: 1048576 samples, histogram matches" <<<"$out" ||
   fail "global_histogram did not report a matching histogram"
 
 echo "install_test: PASS"
