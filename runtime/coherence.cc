@@ -1038,14 +1038,19 @@ void Coherence::Grant(uint64_t lock, LockState& st, int rank,
   const uint64_t seen = st.last_seen[rank];
   st.last_seen[rank] = st.seq;
   PageList pages;
-  bool all = false;
+  // Entries this rank has not seen were dropped: it cannot be told which
+  // pages, so it drops them all.
+  bool all = st.truncated > seen;
+  // Each page once, however many releases named it since.
+  absl::flat_hash_set<std::pair<uint32_t, uint64_t>> listed;
   for (const LogEntry& e : st.log) {
+    if (all) break;
     if (e.seq <= seen || e.writer == rank) continue;
     if (e.ref.alloc_id == 0) {
       all = true;
       break;
     }
-    pages.push_back(e.ref);
+    if (listed.insert({e.ref.alloc_id, e.ref.page}).second) pages.push_back(e.ref);
   }
   if (pages.size() > hp::kMaxPageRefs) all = true;
   if (all) pages.clear();
@@ -1057,6 +1062,20 @@ void Coherence::Grant(uint64_t lock, LockState& st, int rank,
   st.log.erase(std::remove_if(st.log.begin(), st.log.end(),
                               [oldest](const LogEntry& e) { return e.seq <= oldest; }),
                st.log.end());
+  // A rank that holds the lock rarely (or never: every rank starts at 0)
+  // would keep the log growing with every release of the others. Past
+  // kMaxLockLog entries all but the newest kLockLogKept go, and such a rank
+  // drops every copy at its next grant (as when a grant would list more
+  // than kMaxPageRefs pages).
+  if (st.log.size() > kMaxLockLog) {
+    const size_t drop = st.log.size() - kLockLogKept;
+    st.truncated = st.log[drop - 1].seq;
+    st.log.erase(st.log.begin(), st.log.begin() + drop);
+    Debug("lock 0x%x: its log of writes reached %d entries; the oldest %d "
+          "were dropped, so a rank that has not held the lock since then "
+          "drops every cached copy at its next acquire",
+          lock, drop + kLockLogKept, drop);
+  }
   if (rank == self_) {
     DeliverGrant(ticket, std::move(pages), all, absl::OkStatus());
     return;

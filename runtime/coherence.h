@@ -48,7 +48,11 @@
 // Locks live at the home of the page holding the pw_lock_t. The lock's home
 // manager queues requests (FIFO, no spinning) and keeps a log of the pages
 // written under the lock: a release appends the releaser's writes, a grant
-// tells the acquirer which pages others wrote since it last held the lock.
+// tells the acquirer which pages others wrote since it last held the lock
+// (each page once). The log keeps what some rank has not seen, but at most
+// kMaxLockLog entries: a rank that holds a lock rarely, or never, would
+// otherwise make it grow with every release; one that missed entries cut
+// from it drops every cached copy at its next grant.
 // Atomics are one-sided operations at the word's home.
 //
 // Nothing here waits with a timeout: a wait ends when the messages arrive
@@ -184,11 +188,17 @@ class Coherence {
     int writer;
     home_protocol::PageRef ref;  // alloc_id == 0: "every page"
   };
+  // Log entries a lock keeps at most, and after cutting it (see Grant).
+  static constexpr size_t kMaxLockLog = 2 * home_protocol::kMaxPageRefs;
+  static constexpr size_t kLockLogKept = home_protocol::kMaxPageRefs / 2;
   struct LockState {
     int holder = -1;
     std::deque<std::pair<int, uint64_t>> queue;  // (rank, ticket)
     std::vector<LogEntry> log;
     uint64_t seq = 0;
+    // Entries up to this seq were dropped to bound the log (kMaxLockLog):
+    // a rank that has not seen them drops every copy at its next grant.
+    uint64_t truncated = 0;
     absl::flat_hash_map<int, uint64_t> last_seen;
     std::string broken;  // the holder died: every later acquire fails
   };

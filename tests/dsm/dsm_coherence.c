@@ -53,6 +53,13 @@
  *                  rank names its pages at a barrier only to their cachers:
  *                  at most kNoticePages + 2 notices per barrier, not
  *                  kNoticePages x (ranks - 1)
+ *   lock_log       rank 0 writes page A in a few sections of a lock, then
+ *                  rank 1 writes page B in thousands; rank 3, which took
+ *                  the lock once at the start (and cached A), takes it
+ *                  again only at the end, with no barrier in between. The
+ *                  lock's log of writes outgrows its bound meanwhile and
+ *                  A's entries go; rank 3 must still read A's and B's last
+ *                  values
  *   hot            a home page written in epoch after epoch (left writable,
  *                  "hot"), then not for many epochs (write-protected again
  *                  at its probe), then written once more: every rank sees
@@ -655,6 +662,64 @@ static void Notices(void) {
   pw_free(g);
 }
 
+/* ---- a lock's log of writes stays bounded ---- */
+enum { kLogSections = 9000, kLogEarly = 50 };
+static void LockLog(void) {
+  CHECK(nranks == 4, "lock_log needs 4 ranks");
+  const size_t words = PAGE / 8;
+  /* The lock and pages A and B live on rank 2, which never takes the lock:
+   * A and B change only by the writers' diffs. */
+  uint64_t *g = pw_alloc_on(3 * PAGE, 2);
+  CHECK(g, "pw_alloc_on");
+  pw_lock_t *lock = (pw_lock_t *)g;
+  uint64_t *a = g + words, *b = g + 2 * words;
+  uint64_t *done = pw_alloc_on(PAGE, 2);
+  CHECK(done, "pw_alloc_on");
+  if (rank == 2) CHECK(pw_lock_init(lock) == PW_OK, "lock_init");
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  if (rank == 3) {
+    CHECK(pw_lock_acquire(lock) == PW_OK, "acquire");
+    CHECK(a[0] == 0 && b[0] == 0, "A and B start at 0");  /* now cached */
+    CHECK(pw_lock_release(lock) == PW_OK, "release");
+  }
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  /* No barrier from here on: only the lock's grants tell who wrote what.
+   * Rank 0 writes A in a few sections and stops; then rank 1 writes B in
+   * many, so A's entries become the oldest and fall out of the log. */
+  uint64_t n = 0, old;
+  if (rank == 0 || rank == 1) {
+    if (rank == 1) {
+      while (n < 1) {
+        CHECK(pw_atomic_load(done, &n) == PW_OK, "atomic_load");
+        sched_yield();
+      }
+    }
+    uint64_t *page = rank == 0 ? a : b;
+    const int sections = rank == 0 ? kLogEarly : kLogSections;
+    for (int i = 0; i < sections; i++) {
+      CHECK(pw_lock_acquire(lock) == PW_OK, "acquire");
+      page[0]++;
+      CHECK(pw_lock_release(lock) == PW_OK, "release");
+    }
+    CHECK(pw_atomic_fetch_add(done, 1, &old) == PW_OK, "fetch_add");
+  } else if (rank == 3) {
+    while (n < 2) {
+      CHECK(pw_atomic_load(done, &n) == PW_OK, "atomic_load");
+      sched_yield();
+    }
+    CHECK(pw_lock_acquire(lock) == PW_OK, "acquire");
+    CHECK(a[0] == kLogEarly, "page A reads %llu after the lock, want %d (its "
+          "writes fell out of the lock's log and rank 3 was not told)",
+          (unsigned long long)a[0], kLogEarly);
+    CHECK(b[0] == kLogSections, "page B reads %llu, want %d",
+          (unsigned long long)b[0], kLogSections);
+    CHECK(pw_lock_release(lock) == PW_OK, "release");
+  }
+  CHECK(pw_barrier() == PW_OK, "barrier");
+  pw_free(done);
+  pw_free(g);
+}
+
 static int HotWritten(int e) { return e <= 6 || e == 30 || e == 47 || e == 48; }
 static void Hot(void) {
   uint64_t *page = pw_alloc_on(PAGE, 0);
@@ -689,11 +754,12 @@ int main(int argc, char **argv) {
   else if (!strcmp(test, "acquire_racing")) Acquire(1);
   else if (!strcmp(test, "hot")) Hot();
   else if (!strcmp(test, "notices")) Notices();
+  else if (!strcmp(test, "lock_log")) LockLog();
   else if (!strcmp(test, "readahead")) ReadAhead();
   else if (!strcmp(test, "push")) Push();
   else if (!strcmp(test, "push_locks")) PushLocks();
   else {
-    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push|push_locks|notices\n");
+    fprintf(stderr, "usage: dsm_coherence histogram|false_sharing|queue|atomics|races|acquire|acquire_racing|hot|readahead|push|push_locks|notices|lock_log\n");
     return 2;
   }
   pw_stats_t s;

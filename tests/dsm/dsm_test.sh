@@ -13,8 +13,9 @@
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   coherence_TEST  dsm_coherence TEST on 4 ranks (histogram, false_sharing,
 #             queue, atomics, races, acquire, acquire_racing, hot,
-#             readahead, push, push_locks, notices; coherence_push also once with
-#             PAGEWIRE_PUSH=0)
+#             readahead, push, push_locks, notices, lock_log; coherence_push
+#             also once with PAGEWIRE_PUSH=0; coherence_lock_log with
+#             PAGEWIRE_LOG=debug, and its lock's log must have been cut)
 #   litmus_TEST     dsm_litmus TEST on 4 ranks (mp, sb, dekker, counter,
 #             errors): sequential-consistency memory (pw_alloc_sc)
 set -euo pipefail
@@ -93,9 +94,16 @@ case "$mode" in
   coherence_*)
     test="${mode#coherence_}"
     ranks=4
-    "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
+    log_level=""
+    [[ "$test" == lock_log ]] && log_level=debug
+    PAGEWIRE_LOG="$log_level" "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
       { cat "$out"; fail "dsm_coherence $test exited $?"; }
     expect_lines "^\[[0-3]\] dsm_coherence: $test rank [0-3] ok" 4
+    if [[ "$test" == lock_log ]]; then
+      grep -E 'its log of writes reached' "$out" | head -1
+      grep -qE 'lock 0x[0-9a-f]+: its log of writes reached [0-9]+ entries' "$out" ||
+        { cat "$out"; fail "lock_log: the lock's log was never cut (kMaxLockLog)"; }
+    fi
     if [[ "$test" == push ]]; then
       grep -E 'pages pushed' "$out"
       PAGEWIRE_PUSH=0 "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
