@@ -39,7 +39,7 @@ expect_lines() {  # expect_lines PATTERN COUNT
 
 case "$mode" in
   loopback)
-    "$RUN" -n 4 "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 || { cat "$out"; fail "dsm_check exited $?"; }
+    "$RUN" -n 4 "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_check exited $rc"; }
     expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
     ;;
   netns)
@@ -53,7 +53,7 @@ case "$mode" in
     trap '"$NETNS" down "$prefix" >/dev/null 2>&1 || true' EXIT
     "$NETNS" up "$prefix" 4 >/dev/null || fail "netns-hosts.sh up failed"
     PAGEWIRE_LOG=debug "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_check" 8 64 >"$out" 2>&1 ||
-      { cat "$out"; fail "dsm_check in netns hosts exited $?"; }
+      { rc=$?; cat "$out"; fail "dsm_check in netns hosts exited $rc"; }
     expect_lines '^\[[0-3]\] dsm_check: rank [0-3] ok' 4
     # The ranks really talked over the namespaces' addresses.
     grep -qE 'connected to peer [0-9] at 10\.' "$out" || { cat "$out"; fail "no data-plane connection over a netns address"; }
@@ -61,19 +61,19 @@ case "$mode" in
     # same hosts.
     for t in histogram false_sharing queue atomics races acquire acquire_racing hot readahead push push_locks notices; do
       "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_coherence" "$t" >"$out" 2>&1 ||
-        { cat "$out"; fail "dsm_coherence $t in netns hosts exited $?"; }
+        { rc=$?; cat "$out"; fail "dsm_coherence $t in netns hosts exited $rc"; }
       expect_lines "^\[[0-3]\] dsm_coherence: $t rank [0-3] ok" 4
     done
     for t in mp sb dekker counter; do
       "$RUN" -n 4 --netns "$prefix" "$ws/tests/dsm/dsm_litmus" "$t" >"$out" 2>&1 ||
-        { cat "$out"; fail "dsm_litmus $t in netns hosts exited $?"; }
+        { rc=$?; cat "$out"; fail "dsm_litmus $t in netns hosts exited $rc"; }
       expect_lines "^\[[0-3]\] dsm_litmus: $t rank [0-3] ok" 4
     done
     ;;
   file)
     data="${TEST_TMPDIR:-/tmp}/dsm_file.bin"
     head -c 777777 /dev/urandom >"$data"
-    "$RUN" -n 3 "$ws/tests/dsm/dsm_file" "$data" 1 >"$out" 2>&1 || { cat "$out"; fail "dsm_file exited $?"; }
+    "$RUN" -n 3 "$ws/tests/dsm/dsm_file" "$data" 1 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_file exited $rc"; }
     expect_lines '^\[[0-2]\] dsm_file: rank [0-2] ok' 3
     ;;
   death)
@@ -97,7 +97,7 @@ case "$mode" in
     log_level=""
     [[ "$test" == lock_log ]] && log_level=debug
     PAGEWIRE_LOG="$log_level" "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
-      { cat "$out"; fail "dsm_coherence $test exited $?"; }
+      { rc=$?; cat "$out"; fail "dsm_coherence $test exited $rc"; }
     expect_lines "^\[[0-3]\] dsm_coherence: $test rank [0-3] ok" 4
     if [[ "$test" == lock_log ]]; then
       grep -E 'its log of writes reached' "$out" | head -1
@@ -107,18 +107,18 @@ case "$mode" in
     if [[ "$test" == push ]]; then
       grep -E 'pages pushed' "$out"
       PAGEWIRE_PUSH=0 "$RUN" -n "$ranks" "$ws/tests/dsm/dsm_coherence" "$test" >"$out" 2>&1 ||
-        { cat "$out"; fail "dsm_coherence $test with PAGEWIRE_PUSH=0 exited $?"; }
+        { rc=$?; cat "$out"; fail "dsm_coherence $test with PAGEWIRE_PUSH=0 exited $rc"; }
       expect_lines "^\[[0-3]\] dsm_coherence: $test rank [0-3] ok" 4
     fi
     ;;
   litmus_*)
     test="${mode#litmus_}"
     "$RUN" -n 4 "$ws/tests/dsm/dsm_litmus" "$test" >"$out" 2>&1 ||
-      { cat "$out"; fail "dsm_litmus $test exited $?"; }
+      { rc=$?; cat "$out"; fail "dsm_litmus $test exited $rc"; }
     expect_lines "^\[[0-3]\] dsm_litmus: $test rank [0-3] ok" 4
     ;;
   heat)
-    "$RUN" -n 4 "$ws/examples/heat" 512 50 >"$out" 2>&1 || { cat "$out"; fail "heat exited $?"; }
+    "$RUN" -n 4 "$ws/examples/heat" 512 50 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "heat exited $rc"; }
     expect_lines '^\[0\] heat: 512x512 grid, 50 iterations on 4 ranks: .* matches the sequential computation' 1
     expect_lines '^\[[0-3]\] heat: rank [0-3]: .*; [0-9]+ faults, [1-9][0-9]* remote fetches' 4
     ;;
