@@ -113,7 +113,8 @@ void ControlClient::HeartbeatLoop() {
             +[](bool* s) { return *s; }, &stopping_),
         heartbeat_interval_);
     if (stop || left_) break;
-    if (heartbeats_paused_) continue;
+    // Leaving: a heartbeat now would only race the Leave and be refused.
+    if (heartbeats_paused_ || leaving_) continue;
     proto::HeartbeatRequest request;
     request.set_rank(rank_);
     request.set_epoch(seen_epoch_);
@@ -123,6 +124,7 @@ void ControlClient::HeartbeatLoop() {
     grpc::Status st = membership_->Heartbeat(ctx.get(), request, &reply);
     mu_.Lock();
     if (st.ok()) continue;
+    if (leaving_ || left_) break;  // refused because this rank just left
     if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
         st.error_code() == grpc::StatusCode::NOT_FOUND) {
       // The coordinator no longer counts this rank as a member; more
@@ -265,6 +267,7 @@ absl::Status ControlClient::Leave(const std::string& reason) {
   {
     absl::MutexLock l(&mu_);
     if (left_) return absl::OkStatus();
+    leaving_ = true;
   }
   proto::LeaveRequest request;
   request.set_rank(rank_);
@@ -272,8 +275,9 @@ absl::Status ControlClient::Leave(const std::string& reason) {
   proto::LeaveReply reply;
   std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
   grpc::Status st = membership_->Leave(ctx.get(), request, &reply);
-  if (!st.ok()) return FromGrpcStatus(st, "Leave");
   absl::MutexLock l(&mu_);
+  leaving_ = false;
+  if (!st.ok()) return FromGrpcStatus(st, "Leave");
   left_ = true;  // also ends the heartbeat loop at its next wake-up
   return absl::OkStatus();
 }

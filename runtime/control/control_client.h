@@ -133,6 +133,7 @@ class ControlClient {
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool left_ ABSL_GUARDED_BY(mu_) = false;
+  bool leaving_ ABSL_GUARDED_BY(mu_) = false;  // a Leave call is under way
   bool heartbeats_paused_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t seen_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   View current_view_ ABSL_GUARDED_BY(mu_);

@@ -584,6 +584,27 @@ TEST(CoordinatorTest, WatchStreamThatBreaksIsOpenedAgainAndMissesNoChange) {
       << "rank 0's heartbeats did not come back after the breaks";
 }
 
+// A heartbeat that crosses the rank's own Leave is refused (the rank is
+// LEFT); that is the end the rank asked for, not an error to log.
+TEST(CoordinatorTest, LeavingRankLogsNoRefusedHeartbeat) {
+  LogCapture log;
+  for (int round = 0; round < 10; ++round) {
+    // Heartbeats every millisecond, so one is often in flight at Leave.
+    auto server = StartServer(
+        TestConfig(2, absl::Milliseconds(200), absl::Milliseconds(1)));
+    ASSERT_NE(server, nullptr);
+    auto c0 = MustJoin(ClientConfig(*server, 0));
+    auto c1 = MustJoin(ClientConfig(*server, 1));
+    ASSERT_TRUE(c0 && c1);
+    absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_TRUE(c0->Leave("test").ok());
+    ASSERT_TRUE(c1->Leave("test").ok());
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_FALSE(log.Contains("heartbeat refused", "LEFT"))
+      << "a rank that left logged its own refused heartbeat as an error";
+}
+
 TEST(CoordinatorTest, ShutdownEndsPendingBarriersAndWatchStreams) {
   auto server = StartServer(TestConfig(2));
   ASSERT_NE(server, nullptr);
