@@ -53,13 +53,23 @@ int main(int argc, char **argv) {
   const long n = argc > 1 ? atol(argv[1]) : 512;
   const int iters = argc > 2 ? atoi(argv[2]) : 100;
   const long row_bytes = n * (long)sizeof(double);
-  if (n < 8 || iters < 1 || (n * row_bytes) % 4096 != 0 ||
-      (n * row_bytes / 4096) % nranks != 0) {
+  if (iters < 1) {
+    fprintf(stderr, "heat: %d iterations: give 1 or more\n", iters);
+    pw_finalize();
+    return 2;
+  }
+  if (n < 8 || (n * row_bytes) % 4096 != 0 ||
+      (n * row_bytes / 4096) % nranks != 0 || n % nranks != 0) {
+    /* The smallest grid from N up whose rows split into equal, page-aligned
+     * bands, one per rank. */
+    long fit = n < 8 ? 8 : n;
+    while (fit % nranks != 0 || (fit / nranks) * fit * 8 % 4096 != 0) fit++;
     fprintf(stderr,
-            "heat: N=%ld does not split into %d page-aligned bands; pick N so "
-            "that N*N*8 is a multiple of 4096*%d (e.g. 512 or 1024), and "
-            "iterations >= 1\n",
-            n, nranks, nranks);
+            "heat: N=%ld does not split into %d page-aligned bands of whole "
+            "rows; pick N so that N is a multiple of %d and each band (N/%d "
+            "rows of N doubles) a multiple of 4096 bytes: N=%ld is the next "
+            "that does\n",
+            n, nranks, nranks, nranks, fit);
     pw_finalize();
     return 2;
   }

@@ -121,6 +121,14 @@ case "$mode" in
     "$RUN" -n 4 "$ws/examples/heat" 512 50 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "heat exited $rc"; }
     expect_lines '^\[0\] heat: 512x512 grid, 50 iterations on 4 ranks: .* matches the sequential computation' 1
     expect_lines '^\[[0-3]\] heat: rank [0-3]: .*; [0-9]+ faults, [1-9][0-9]* remote fetches' 4
+    # A grid that does not split into equal bands: the ranks say so and
+    # name the next size that does (576 for 3 ranks), exit status 2. (The
+    # first rank to exit ends the others, so not all may get to say it.)
+    rc=0
+    "$RUN" -n 3 "$ws/examples/heat" 512 5 >"$out" 2>&1 || rc=$?
+    ((rc == 2)) || { cat "$out"; fail "heat 512 on 3 ranks exited $rc, want 2"; }
+    grep -qE '^\[[0-2]\] heat: N=512 does not split into 3 page-aligned bands .*N=576 is the next that does' "$out" ||
+      { cat "$out"; fail "heat 512 on 3 ranks did not name N=576"; }
     ;;
   *)
     fail "unknown mode"
