@@ -11,6 +11,10 @@
 #   death     a rank dies: the faults that need it fail loudly (SIGBUS with
 #             the reason), barriers fail naming it, the rest carries on
 #   heat      the main example on 4 ranks, checked against a sequential run
+#   scale     more ranks than the other modes: heat on 70 ranks (more than
+#             64, so the home directory's cacher sets take two words), and
+#             dsm_coherence histogram, false_sharing, push and notices on 8;
+#             every result exact and not one error or warning logged
 #   coherence_TEST  dsm_coherence TEST on 4 ranks (histogram, false_sharing,
 #             queue, atomics, races, acquire, acquire_racing, hot,
 #             readahead, push, push_locks, notices, lock_log; coherence_push
@@ -20,7 +24,7 @@
 #             errors): sequential-consistency memory (pw_alloc_sc)
 set -euo pipefail
 
-mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|coherence_TEST|litmus_TEST}"
+mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|scale|coherence_TEST|litmus_TEST}"
 fail() {
   echo "dsm_test($mode): FAIL: $*" >&2
   exit 1
@@ -129,6 +133,17 @@ case "$mode" in
     ((rc == 2)) || { cat "$out"; fail "heat 512 on 3 ranks exited $rc, want 2"; }
     grep -qE '^\[[0-2]\] heat: N=512 does not split into 3 page-aligned bands .*N=576 is the next that does' "$out" ||
       { cat "$out"; fail "heat 512 on 3 ranks did not name N=576"; }
+    ;;
+  scale)
+    "$RUN" -n 70 "$ws/examples/heat" 1120 3 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "heat on 70 ranks exited $rc"; }
+    expect_lines '^\[0\] heat: 1120x1120 grid, 3 iterations on 70 ranks: .* matches the sequential computation' 1
+    expect_lines 'pagewire: (error|warning)' 0
+    for t in histogram false_sharing push notices; do
+      "$RUN" -n 8 "$ws/tests/dsm/dsm_coherence" "$t" >"$out" 2>&1 ||
+        { rc=$?; cat "$out"; fail "dsm_coherence $t on 8 ranks exited $rc"; }
+      expect_lines "^\[[0-7]\] dsm_coherence: $t rank [0-7] ok" 8
+      expect_lines 'pagewire: (error|warning)' 0
+    done
     ;;
   *)
     fail "unknown mode"
