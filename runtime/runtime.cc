@@ -488,6 +488,10 @@ Runtime::~Runtime() {
     absl::Status s = ControlBarrier();
     if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
     if (transport_) transport_->ExpectPeerCloses();
+    // And every rank expects the others to close before any of them does,
+    // so a closed connection at the end is not reported as a failure.
+    if (s.ok()) s = ControlBarrier();
+    if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
   }
   // Stop faulting first (waiting faults fail loudly), then let the managers
   // go, then the data plane, and last the buffers managers may write to.
@@ -513,7 +517,12 @@ Runtime::~Runtime() {
   transport_.reset();
   fetcher_.reset();
   fault_service_.reset();
-  if (coordinator_) coordinator_->Shutdown();
+  if (coordinator_) {
+    // The other ranks leave through this coordinator: it stays until they
+    // have (or membership declared them dead).
+    if (started_) coordinator_->coordinator().AwaitOthersGone(rank_);
+    coordinator_->Shutdown();
+  }
   coordinator_.reset();
 }
 

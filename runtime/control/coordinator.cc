@@ -324,6 +324,22 @@ void Coordinator::Shutdown() {
   for (Completion& c : done) c();
 }
 
+void Coordinator::AwaitOthersGone(int self) {
+  auto gone = [this, self]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (shutdown_) return true;
+    for (int r = 0; r < config_.nranks; ++r) {
+      const Slot& s = slots_[r];
+      if (r != self && s.joined && s.state != proto::Member::LEFT &&
+          s.state != proto::Member::DEAD) {
+        return false;
+      }
+    }
+    return true;
+  };
+  absl::MutexLock l(&mu_);
+  mu_.Await(absl::Condition(&gone));
+}
+
 // ---------------------------------------------------------------------------
 // Membership
 

@@ -87,6 +87,13 @@ class Coordinator {
   // calls fail at once. Idempotent.
   void Shutdown();
 
+  // Blocks until every rank other than `self` that joined is LEFT or DEAD
+  // (or the coordinator shuts down): the host of the coordinator calls it
+  // at the end of a job, so no rank's Leave meets a closed coordinator. No
+  // timeout: a rank that neither leaves nor heartbeats is DEAD after its
+  // lease.
+  void AwaitOthersGone(int self);
+
   // --- The operations behind the RPCs (also usable without gRPC). ---
 
   absl::StatusOr<proto::JoinReply> Join(const proto::JoinRequest& request);
