@@ -16,9 +16,11 @@
 //   bare_verbs_fault: p50_us=... p99_us=... faults=... device=... gid_index=...
 //
 // Usage: bare_verbs_fault [--device NAME] [--gid-index N] [--pages N]
-//                         [--rounds R]
+//                         [--rounds R] [--spin]
 // --device defaults to $PAGEWIRE_VERBS_DEVICE, else the first device;
-// --gid-index to 1 (RoCEv2, IPv4-mapped, on rxe).
+// --gid-index to 1 (RoCEv2, IPv4-mapped, on rxe). --spin: the handler polls
+// the userfaultfd without sleeping (poll with timeout 0), the counterpart
+// of PAGEWIRE_IDLE_POLLS (bench/RESULTS.md; not part of the CI step).
 #include <fcntl.h>
 #include <infiniband/verbs.h>
 #include <linux/userfaultfd.h>
@@ -71,7 +73,7 @@ struct Options {
   int gid_index = 1;
   uint64_t pages = 512;
   int rounds = 3;
-  bool spin = false;  // handler spins on read() instead of sleeping in poll
+  bool spin = false;  // handler polls (timeout 0) instead of sleeping
 };
 
 Options Parse(int argc, char** argv) {
@@ -93,7 +95,7 @@ Options Parse(int argc, char** argv) {
       fprintf(stderr,
               "bare_verbs_fault: unknown argument '%s'\n"
               "usage: bare_verbs_fault [--device NAME] [--gid-index N] "
-              "[--pages N (>= 100)] [--rounds R (>= 1)]\n",
+              "[--pages N (>= 100)] [--rounds R (>= 1)] [--spin]\n",
               a.c_str());
       exit(2);
     }
