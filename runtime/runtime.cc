@@ -486,7 +486,6 @@ Runtime::~Runtime() {
   if (control_ && started_) {
     // Nobody may still be reading from this rank's home pages.
     absl::Status s = ControlBarrier();
-    if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
     if (transport_) transport_->ExpectPeerCloses();
     // And every rank expects the others to close before any of them does,
     // so a closed connection at the end is not reported as a failure.
