@@ -337,10 +337,12 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
     }
     // Snapshot on the fault loop, which alone knows exactly which pages are
     // installed, and stop further writes: a writer now faults and twins the
-    // page afresh (with what is flushed).
+    // page afresh (with what is flushed). Posted in snapshot order
+    // (post_order_).
     std::vector<bool> resident;
-    absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
     SyncBatch batch;
+    absl::ReleasableMutexLock order(&post_order_);
+    absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
     for (size_t i = 0; s.ok() && i < round.size(); ++i) {
       const Twin& twin = round[i]->second;
       if (!resident[i]) {
@@ -371,6 +373,7 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
       remote_written_barrier_[twin.home].push_back(
           hp::PageRef{twin.ds->id(), 0, twin.page});
     }
+    order.Release();
     absl::Status waited = batch.Wait();
     {
       absl::MutexLock lock(&mutex_);

@@ -399,6 +399,15 @@ class Coherence {
   std::vector<uint32_t> free_scratch_ ABSL_GUARDED_BY(mutex_);
   std::unique_ptr<char[]> staging_;
   MemoryRegion staging_region_;
+  // Held by FlushTwins from a round's snapshot until its diffs are posted,
+  // so rounds post in the order they snapshot. Otherwise two threads that
+  // flush successive twins of one page (a release snapshots it, its writer
+  // twins it again and writes on, a second release snapshots that) may post
+  // the other way round, and the home ends with the older bytes. A
+  // transport keeps the order of the WRITEs to one peer (one RC queue pair,
+  // one TCP stream), so order of posting is order at the home. Taken before
+  // mutex_, never while holding it.
+  absl::Mutex post_order_;
   std::vector<uint32_t> free_staging_ ABSL_GUARDED_BY(mutex_);
 
   CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
