@@ -312,8 +312,10 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
   absl::Status first_error;
   auto next = twins.begin();
   while (next != twins.end()) {
-    // A round: as many pages as staging slots are free.
+    // A round: as many pages as staging slots are free, and its ticket
+    // (post_turn_).
     std::vector<uint32_t> slots;
+    uint64_t ticket;
     {
       absl::MutexLock lock(&mutex_);
       auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -325,6 +327,7 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
         slots.push_back(free_staging_.back());
         free_staging_.pop_back();
       }
+      ticket = ++post_tickets_;
     }
     std::vector<const std::pair<const uint64_t, Twin>*> round;
     std::vector<uint64_t> offsets;
@@ -337,12 +340,21 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
     }
     // Snapshot on the fault loop, which alone knows exactly which pages are
     // installed, and stop further writes: a writer now faults and twins the
-    // page afresh (with what is flushed). Posted in snapshot order
-    // (post_order_).
+    // page afresh (with what is flushed). Then it waits for its turn to
+    // post (post_turn_).
     std::vector<bool> resident;
     SyncBatch batch;
-    absl::ReleasableMutexLock order(&post_order_);
     absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
+    {
+      absl::MutexLock lock(&mutex_);
+      auto my_turn = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return post_turn_ == ticket;
+      };
+      if (!my_turn()) {
+        ++stats_.post_waits;
+        mutex_.Await(absl::Condition(&my_turn));
+      }
+    }
     for (size_t i = 0; s.ok() && i < round.size(); ++i) {
       const Twin& twin = round[i]->second;
       if (!resident[i]) {
@@ -373,7 +385,10 @@ absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
       remote_written_barrier_[twin.home].push_back(
           hp::PageRef{twin.ds->id(), 0, twin.page});
     }
-    order.Release();
+    {
+      absl::MutexLock lock(&mutex_);
+      ++post_turn_;
+    }
     absl::Status waited = batch.Wait();
     {
       absl::MutexLock lock(&mutex_);

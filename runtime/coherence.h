@@ -103,6 +103,8 @@ struct CoherenceStats {
   uint64_t pushes_sent = 0;       // pages pushed to subscribers at barriers
   uint64_t notices_sent = 0;      // written pages named to other ranks at
                                   // barriers, one per page and receiver
+  uint64_t post_waits = 0;        // flush rounds that waited for an earlier
+                                  // round to post first (post_turn_)
 };
 
 class Coherence {
@@ -399,15 +401,18 @@ class Coherence {
   std::vector<uint32_t> free_scratch_ ABSL_GUARDED_BY(mutex_);
   std::unique_ptr<char[]> staging_;
   MemoryRegion staging_region_;
-  // Held by FlushTwins from a round's snapshot until its diffs are posted,
-  // so rounds post in the order they snapshot. Otherwise two threads that
-  // flush successive twins of one page (a release snapshots it, its writer
-  // twins it again and writes on, a second release snapshots that) may post
-  // the other way round, and the home ends with the older bytes. A
-  // transport keeps the order of the WRITEs to one peer (one RC queue pair,
-  // one TCP stream), so order of posting is order at the home. Taken before
-  // mutex_, never while holding it.
-  absl::Mutex post_order_;
+  // FlushTwins' rounds post their diffs in the order of their tickets,
+  // taken just before their snapshots: for any one page that is the order
+  // of its snapshots (a page is twinned again only after a snapshot
+  // write-protected it, so the round that flushes the newer twin takes its
+  // ticket after the round that flushed the older one took its own).
+  // Otherwise two threads that flush successive twins of one page could
+  // post the other way round, and the home would end with the older bytes.
+  // A transport keeps the order of the WRITEs to one peer (one RC queue
+  // pair, one TCP stream), so order of posting is order at the home. Every
+  // ticket is retired (post_turn_ moves past it) by the round that took it.
+  uint64_t post_tickets_ ABSL_GUARDED_BY(mutex_) = 0;  // the last handed out
+  uint64_t post_turn_ ABSL_GUARDED_BY(mutex_) = 1;     // whose turn it is
   std::vector<uint32_t> free_staging_ ABSL_GUARDED_BY(mutex_);
 
   CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
