@@ -4,6 +4,7 @@
 
 #include "runtime/completion_queue.h"
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -1393,6 +1394,32 @@ absl::StatusOr<uint64_t> Coherence::CompareSwap(uintptr_t addr,
                                                 uint64_t expected,
                                                 uint64_t desired) {
   return Atomic(addr, WorkOpcode::kCompareSwap, expected, desired);
+}
+
+void Coherence::BeforeDrop(uint64_t offset, bool write_protected) {
+  const char* problem = nullptr;
+  {
+    absl::MutexLock lock(&mutex_);
+    DistributedDataspace* ds = FindByAddr(service_.base() + offset);
+    if (ds == nullptr) return;  // not distributed memory
+    const uint64_t page = (service_.base() + offset - ds->global_addr()) / kPageSize;
+    if (!ds->sequential() && ds->HomedHere(page)) {
+      problem = "it is this rank's home copy";
+    } else if (twins_.count(offset)) {
+      problem = "it has a twin: its writes were never sent home";
+    } else if (flushing_.count(offset)) {
+      problem = "its writes are still on their way home";
+    } else if (!write_protected) {
+      problem = "it is writable without a twin: writes made since it was "
+                "last write-protected cannot be sent home";
+    }
+    if (problem == nullptr) return;
+    ++stats_.lost_drops;
+  }
+  Error("coherence invariant violated: the copy at global offset 0x%x is "
+        "dropped, but %s (a coherence bug: writes are lost)",
+        offset, problem);
+  if (abort_on_loss_) std::abort();
 }
 
 CoherenceStats Coherence::stats() const {

@@ -59,9 +59,15 @@
 // or when membership declares a rank it needs dead, which fails the call
 // naming that rank.
 //
-// Threads: TwinOrDefer/NoteHomeWrite from the fault loop; OnMessage on the
-// transport thread; everything else from application threads (collectives
-// from one thread per rank at a time).
+// Checked runs (PAGEWIRE_CHECK=1, the default in builds with
+// --config=debug) install the Coherence as the fault service's DropAudit:
+// every copy of another rank's page that is dropped or replaced must be
+// write-protected, with no twin and no flush under way; anything else
+// would lose writes, and is reported (and ends the process) at once.
+//
+// Threads: TwinOrDefer/NoteHomeWrite/BeforeDrop from the fault loop;
+// OnMessage on the transport thread; everything else from application
+// threads (collectives from one thread per rank at a time).
 #ifndef PAGEWIRE_RUNTIME_COHERENCE_H_
 #define PAGEWIRE_RUNTIME_COHERENCE_H_
 
@@ -105,13 +111,14 @@ struct CoherenceStats {
                                   // barriers, one per page and receiver
   uint64_t post_waits = 0;        // flush rounds that waited for an earlier
                                   // round to post first (post_turn_)
+  uint64_t lost_drops = 0;        // drops the audit found losing writes
 };
 
-class Coherence {
+class Coherence final : public DropAudit {
  public:
   Coherence(int self, int nranks, Transport& transport, RemoteFetcher& fetcher,
             FaultService& service, HomeManager& home);
-  ~Coherence();
+  ~Coherence() override;
 
   // Registers scratch memory for atomics' results. Once, at start-up.
   absl::Status Start();
@@ -158,6 +165,13 @@ class Coherence {
   void PeerDied(int peer, const std::string& why);
 
   CoherenceStats stats() const;
+
+  // DropAudit (installed with FaultService::SetDropAudit in checked runs):
+  // a dropped copy of another rank's page must be write-protected, with no
+  // twin and no flush under way. A violation is logged as an error, counted
+  // (lost_drops) and, if `abort_on_loss`, ends the process.
+  void BeforeDrop(uint64_t offset, bool write_protected) override;
+  void SetAbortOnLoss(bool on) { abort_on_loss_ = on; }
 
  private:
   using PageList = std::vector<home_protocol::PageRef>;
@@ -417,6 +431,7 @@ class Coherence {
 
   CoherenceStats stats_ ABSL_GUARDED_BY(mutex_);
   bool atomics_through_transport_ = false;  // set at start-up
+  bool abort_on_loss_ = false;              // set at start-up
 };
 
 }  // namespace pagewire

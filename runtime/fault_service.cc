@@ -154,6 +154,7 @@ FaultService::~FaultService() {
   ::munmap(resident_, resident_bytes);
   ::close(control_fd_);
   ::close(unbacked_fd_);
+  if (pagemap_fd_ >= 0) ::close(pagemap_fd_);
 }
 
 void FaultService::Stop() {
@@ -1168,11 +1169,39 @@ void FaultService::ReplaceDropped(uintptr_t page, const char* contents) {
   Bump(replaced_);
 }
 
+absl::Status FaultService::SetDropAudit(DropAudit* audit) {
+  if (audit != nullptr && pagemap_fd_ < 0) {
+    pagemap_fd_ = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pagemap_fd_ < 0) {
+      return absl::UnavailableError(absl::StrFormat(
+          "the drop audit reads /proc/self/pagemap, which cannot be opened: "
+          "%s; run without PAGEWIRE_CHECK",
+          strerror(errno)));
+    }
+  }
+  drop_audit_.store(audit, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void FaultService::AuditDrop(uintptr_t page) {
+  DropAudit* audit = drop_audit_.load(std::memory_order_acquire);
+  if (audit == nullptr) return;
+  // pagemap: bit 63 present, bit 57 userfaultfd write-protected.
+  uint64_t entry = 0;
+  const off_t at = static_cast<off_t>(page / kPageSize * sizeof(entry));
+  if (::pread(pagemap_fd_, &entry, sizeof(entry), at) != sizeof(entry)) {
+    entry = 0;
+  }
+  const bool present = entry >> 63 & 1;
+  audit->BeforeDrop(page - base_, !present || (entry >> 57 & 1) != 0);
+}
+
 void FaultService::DropPages(absl::Span<const uintptr_t> pages) {
   std::vector<iovec> runs;
   for (uintptr_t page : pages) {
     const uint64_t i = PageIndex(page);
     if (Resident(i)) {
+      AuditDrop(page);
       SetResident(i, false);
       if (!runs.empty() && static_cast<char*>(runs.back().iov_base) +
                                    runs.back().iov_len ==
@@ -1246,6 +1275,7 @@ void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
   for (uintptr_t page = start; page < end; page += kPageSize) {
     uint64_t i = PageIndex(page);
     if (!Resident(i) || (keep != nullptr && (*keep)(page - base_))) continue;
+    if (keep != nullptr) AuditDrop(page);  // an invalidation, not a new backing
     SetResident(i, false);
     ++dropped;
     if (run_end != page) {

@@ -112,6 +112,21 @@ class CompletionSource {
   virtual void AttachService(FaultService* service) { (void)service; }
 };
 
+// Asked about each page the service drops at a caller's request
+// (Invalidate, InvalidatePagesAsync, RecallPage, a replacement): an owner
+// that knows which pages carry writes not yet written elsewhere checks that
+// none is dropped with them (coherence does, in checked runs:
+// PAGEWIRE_CHECK). Not asked for a change of backing, which disposes of the
+// old contents, nor at Stop(). `write_protected`: the page is installed
+// under userfaultfd write protection, so no write has reached it since it
+// was protected. Called on the loop thread (or a thread running one of its
+// commands) while the page is still installed.
+class DropAudit {
+ public:
+  virtual ~DropAudit() = default;
+  virtual void BeforeDrop(uint64_t offset, bool write_protected) = 0;
+};
+
 struct FaultServiceConfig {
   uintptr_t base = 0;  // where the global range is reserved (page-aligned)
   uint64_t size = 0;   // bytes (page multiple)
@@ -255,6 +270,11 @@ class FaultService final : public RegionMap::Listener {
   // loop installs, discards or reports it. Any thread; never blocks for
   // longer than the loop takes to drop a range of pages.
   void InstallDirect(PageCompletion c);
+
+  // Installs the audit of drops (null: none, the default). From the owner,
+  // before faults flow; the audit must outlive the service or be removed
+  // first. Each audited drop reads the page's entry in /proc/self/pagemap.
+  absl::Status SetDropAudit(DropAudit* audit);
 
   // Whether the page at `offset` is installed (any thread; a hint, exact on
   // the loop thread).
@@ -418,6 +438,8 @@ class FaultService final : public RegionMap::Listener {
   void ReplaceDropped(uintptr_t page, const char* contents)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   void AbandonPending();
+  // Tells the audit (if any) that `page`, installed, is about to go.
+  void AuditDrop(uintptr_t page);
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
   // The loop and InstallDirect both change bits, of different pages in one
@@ -462,6 +484,9 @@ class FaultService final : public RegionMap::Listener {
   std::vector<CompletionSource*> sources_;
   const uint32_t spin_polls_;
   const uint32_t idle_polls_;
+
+  std::atomic<DropAudit*> drop_audit_{nullptr};
+  int pagemap_fd_ = -1;  // opened with the audit, before it is published
 
   // Per slot, shared with InstallDirect.
   std::unique_ptr<DirectSlot[]> direct_;

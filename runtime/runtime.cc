@@ -141,6 +141,16 @@ absl::Status ReadTuning(RuntimeConfig& config) {
     }
     config.push = on == "1";
   }
+  if (const char* v = std::getenv("PAGEWIRE_CHECK")) {
+    const std::string on(v);
+    if (on != "0" && on != "1") {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_CHECK=%s is not 0 or 1; use 1 (audit every dropped copy "
+          "for lost writes, for tests and debugging) or 0, or unset it",
+          v));
+    }
+    config.check = on == "1";
+  }
   if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
     absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
     if (!ms.ok()) return ms.status();
@@ -213,6 +223,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
   rt->nranks_ = config.nranks;
   rt->readahead_pages_ = config.readahead_pages;
   rt->push_ = config.push;
+  rt->check_ = config.check;
   rt->root_ = std::make_shared<RegionMap>(config.global_size, "global range");
   if (config.coordinator.empty()) {
     FaultServiceConfig fs;
@@ -301,6 +312,12 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
                                            *fetcher_, *fault_service_, *home_);
   if (absl::Status s = coherence_->Start(); !s.ok()) return s;
   coherence_->SetPush(push_);
+  if (check_) {
+    coherence_->SetAbortOnLoss(true);
+    if (absl::Status s = fault_service_->SetDropAudit(coherence_.get()); !s.ok()) {
+      return s;
+    }
+  }
   home_->SetCoherence(coherence_.get());
   sequential_ = std::make_unique<SequentialConsistency>(
       rank_, nranks_, *transport_, *fetcher_, *fault_service_);
@@ -508,6 +525,7 @@ Runtime::~Runtime() {
     (void)control_->Leave("pw_finalize");
     control_.reset();
   }
+  if (fault_service_) (void)fault_service_->SetDropAudit(nullptr);
   if (home_) home_->SetCoherence(nullptr);
   if (home_) home_->SetSequential(nullptr);
   sequential_.reset();

@@ -81,6 +81,14 @@ struct RuntimeConfig {
   // PAGEWIRE_PUSH: subscribe to pages that homes write every epoch, so they
   // arrive with the barrier instead of by a fault after it (0: off).
   bool push = true;
+  // PAGEWIRE_CHECK: audit every drop of a cached copy for lost writes and
+  // end the process at the first (Coherence::BeforeDrop); on by default in
+  // builds with --config=debug (PAGEWIRE_DEBUG_CHECKS), off otherwise.
+#ifdef PAGEWIRE_DEBUG_CHECKS
+  bool check = true;
+#else
+  bool check = false;
+#endif
 
   // Reads the PAGEWIRE_* variables over the defaults; names the variable
   // and the fix for each bad value.
@@ -174,6 +182,7 @@ class Runtime {
   int nranks_ = 1;
   int readahead_pages_ = 0;  // RuntimeConfig::readahead_pages
   bool push_ = true;         // RuntimeConfig::push
+  bool check_ = false;       // RuntimeConfig::check
 
   // Declared in construction order; destroyed in reverse (see ~Runtime).
   std::unique_ptr<control::CoordinatorServer> coordinator_;

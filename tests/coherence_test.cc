@@ -101,6 +101,8 @@ class CoherenceTest : public ::testing::Test {
                                              *fetcher_, *service_, *home_);
     ASSERT_TRUE(coherence_->Start().ok());
     home_->SetCoherence(coherence_.get());
+    // Every drop in these tests is audited; TearDown expects none lost.
+    ASSERT_TRUE(service_->SetDropAudit(coherence_.get()).ok());
 
     DistributedDataspace::Params p;
     p.id = kAllocId;
@@ -124,7 +126,12 @@ class CoherenceTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (!transport_) return;  // skipped
     transport_->SetGate(nullptr);
+    if (coherence_) {
+      EXPECT_EQ(coherence_->stats().lost_drops, expected_lost_drops_)
+          << "the drop audit found copies dropped with their writes";
+    }
     if (service_) {
       service_->Stop();
       root_->RemoveListener(service_.get());
@@ -177,6 +184,7 @@ class CoherenceTest : public ::testing::Test {
   std::unique_ptr<FaultService> service_;
   std::unique_ptr<Coherence> coherence_;
   std::shared_ptr<DistributedDataspace> ds_;
+  uint64_t expected_lost_drops_ = 0;
 };
 
 // Two threads release one page's successive twins: A snapshots it (10) and
@@ -317,6 +325,40 @@ TEST_F(CoherenceTest, LockGrantDropsACopyOnlyAfterAnotherThreadsDiffIsHome) {
   EXPECT_FALSE(Resident(4));
   EXPECT_EQ(HomeWord(4), 2u);
   EXPECT_EQ(*Word(4), 2u);
+}
+
+// The audit itself: a copy dropped while writable and twinned, by a caller
+// that skips the freeze and flush, is reported; one dropped after them is
+// not.
+TEST_F(CoherenceTest, TheDropAuditReportsACopyDroppedWithItsWrites) {
+  testing::LogCapture log;
+  *Word(5) = 9;  // twinned and writable
+  absl::Notification dropped;
+  service_->InvalidatePagesAsync({5 * kPageSize}, [&] { dropped.Notify(); });
+  dropped.WaitForNotification();
+  EXPECT_EQ(coherence_->stats().lost_drops, 1u);
+  EXPECT_NE(log.All().find("coherence invariant violated: the copy at global "
+                           "offset 0x5000 is dropped, but it has a twin"),
+            std::string::npos)
+      << log.All();
+  // Made writable behind the protocol's back (no twin): writes to it could
+  // never be sent home.
+  EXPECT_EQ(*Word(7), 0u);
+  ASSERT_TRUE(service_->WriteProtect(7 * kPageSize, kPageSize, false).ok());
+  absl::Notification dropped_too;
+  service_->InvalidatePagesAsync({7 * kPageSize}, [&] { dropped_too.Notify(); });
+  dropped_too.WaitForNotification();
+  EXPECT_EQ(coherence_->stats().lost_drops, 2u);
+  EXPECT_NE(log.All().find("0x7000 is dropped, but it is writable without a twin"),
+            std::string::npos)
+      << log.All();
+  // Through the protocol: frozen, flushed, then dropped write-protected.
+  *Word(6) = 9;
+  ASSERT_TRUE(coherence_->AcquireAll().ok());
+  EXPECT_FALSE(Resident(6));
+  EXPECT_EQ(HomeWord(6), 9u);
+  EXPECT_EQ(coherence_->stats().lost_drops, 2u) << log.All();
+  expected_lost_drops_ = 2;
 }
 
 }  // namespace

@@ -22,9 +22,15 @@
 #             PAGEWIRE_LOG=debug, and its lock's log must have been cut)
 #   litmus_TEST     dsm_litmus TEST on 4 ranks (mp, sb, dekker, counter,
 #             errors): sequential-consistency memory (pw_alloc_sc)
+#   rank_threads_SYNC  dsm_rank_threads SYNC on 4 ranks x 16 threads, each
+#             thread releasing and acquiring on its own (relacq, acquire,
+#             release, barrier, locked, sc); barrier runs four times:
+#             pushes and read-ahead each on and off
+# Every mode runs with PAGEWIRE_CHECK=1: each dropped copy is audited for
+# lost writes.
 set -euo pipefail
 
-mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|scale|coherence_TEST|litmus_TEST}"
+mode="${1:?usage: dsm_test.sh loopback|netns|file|death|heat|scale|coherence_TEST|litmus_TEST|rank_threads_SYNC}"
 fail() {
   echo "dsm_test($mode): FAIL: $*" >&2
   exit 1
@@ -34,6 +40,9 @@ ws="$runfiles/pagewire"
 RUN="$ws/cluster/launcher/pagewire-run"
 NETNS="$ws/cluster/netns/netns-hosts.sh"
 out="${TEST_TMPDIR:-/tmp}/dsm_$mode.log"
+# Every rank audits every copy it drops for lost writes, and ends at the
+# first (runtime/coherence.h).
+export PAGEWIRE_CHECK=1
 
 expect_lines() {  # expect_lines PATTERN COUNT
   local n
@@ -114,6 +123,21 @@ case "$mode" in
         { rc=$?; cat "$out"; fail "dsm_coherence $test with PAGEWIRE_PUSH=0 exited $rc"; }
       expect_lines "^\[[0-3]\] dsm_coherence: $test rank [0-3] ok" 4
     fi
+    ;;
+  rank_threads_*)
+    sync="${mode#rank_threads_}"
+    variants=("PAGEWIRE_PUSH=1 PAGEWIRE_READAHEAD=1")
+    if [[ "$sync" == barrier ]]; then
+      variants+=("PAGEWIRE_PUSH=0 PAGEWIRE_READAHEAD=1" "PAGEWIRE_PUSH=1 PAGEWIRE_READAHEAD=0"
+                 "PAGEWIRE_PUSH=0 PAGEWIRE_READAHEAD=0")
+    fi
+    for v in "${variants[@]}"; do
+      env $v "$RUN" -n 4 "$ws/tests/dsm/dsm_rank_threads" "$sync" 16 200 25 >"$out" 2>&1 ||
+        { rc=$?; cat "$out"; fail "dsm_rank_threads $sync ($v) exited $rc"; }
+      expect_lines "^\[[0-3]\] dsm_rank_threads: $sync rank [0-3] ok" 4
+      expect_lines 'coherence invariant violated' 0
+      grep -E "rank 0 ok" "$out" | sed "s/^/($v) /"
+    done
     ;;
   litmus_*)
     test="${mode#litmus_}"
