@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Builds and runs every test. On a fresh Debian 12 machine, as root:
 #   bash scripts/test.sh [extra bazel test args...]
-# Prints a final "N passed, N failed" line and exits with Bazel's status.
+# Prints a final "N passed, N failed, N skipped" line and exits with Bazel's
+# status. Every test runs: results are never taken from Bazel's cache
+# (--nocache_test_results). A test that passed only by skipping (a shell
+# test's "NAME: SKIP: why", or a GoogleTest binary all of whose cases
+# skipped) counts as skipped, not passed, and is listed with its reason;
+# GoogleTest cases skipped inside a passing binary are listed too.
 #
 # Runs in two steps: every test except the soft-RoCE VM suite, then (the VM
 # step) the tests tagged "softroce", one after the other:
@@ -15,6 +20,9 @@
 #   PAGEWIRE_SKIP_VM=1   skip the QEMU soft-RoCE suite: the VM step does not
 #                        run and says so (also passed to the tests as
 #                        --test_env; tests that need the VM check it).
+#   PAGEWIRE_REQUIRE_NETNS=1  the network-namespace tests fail instead of
+#                        skipping where namespaces cannot be made (CI sets
+#                        it: .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +31,10 @@ bash scripts/install-deps.sh
 log="$(mktemp -t pagewire-test.XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
 
-args=(--test_output=errors)
-if [[ -n "${PAGEWIRE_SKIP_VM:-}" ]]; then
-  args+=("--test_env=PAGEWIRE_SKIP_VM=$PAGEWIRE_SKIP_VM")
-fi
+args=(--test_output=errors --nocache_test_results)
+for v in PAGEWIRE_SKIP_VM PAGEWIRE_REQUIRE_NETNS; do
+  if [[ -n "${!v:-}" ]]; then args+=("--test_env=$v=${!v}"); fi
+done
 
 # Bazel exits 4 when a tag filter leaves no test to run: not a failure.
 run_bazel_test() {
@@ -54,9 +62,11 @@ run_bazel_test --test_tag_filters=-softroce "$@" || status=$?
 echo
 echo "== soft-RoCE VM step (tests tagged softroce; cluster/softroce/README.md)"
 vm_note=""
+vm_skipped=()
 if [[ "${PAGEWIRE_SKIP_VM:-}" == 1 ]]; then
   vm_note="soft-RoCE VM step SKIPPED (PAGEWIRE_SKIP_VM=1): no verbs test ran in a VM"
   echo "$vm_note"
+  mapfile -t vm_skipped < <(bazel query 'attr(tags, softroce, tests(//...))' 2>/dev/null)
 else
   vm_start=$SECONDS
   vm_status=0
@@ -85,12 +95,52 @@ else
 fi
 
 # Bazel's per-target summary lines look like
-#   //proto:control_plane_proto_test        (cached) PASSED in 0.1s
+#   //proto:control_plane_proto_test                PASSED in 0.1s
 #   //tests/install:install_test                     FAILED in 0.2s
 #   //x:y                                            TIMEOUT in 300.0s
-passed=$(grep -cE '^//[^ ]+ +(\(cached\) +)?PASSED( |$)' "$log" || true)
-failed=$(grep -cE '^//[^ ]+ +(\(cached\) +)?(FAILED|TIMEOUT|FLAKY|NO STATUS|FAILED TO BUILD|INCOMPLETE)( |$)' "$log" || true)
+# A PASSED target whose log says it skipped counts as skipped.
+passed=0
+skipped=0
+skipped_lines=()
+partial_lines=()
+for target in "${vm_skipped[@]}"; do
+  skipped=$((skipped + 1))
+  skipped_lines+=("  $target: not run (PAGEWIRE_SKIP_VM=1)")
+done
+while read -r target; do
+  logf="bazel-testlogs/${target#//}"
+  logf="${logf/://}/test.log"
+  why=""
+  if [[ -f "$logf" ]]; then
+    why="$(grep -m1 -E '^[^ ]+: SKIP: ' "$logf" | sed -E 's/^[^ ]+: SKIP: //' || true)"
+    if [[ -z "$why" ]] && grep -qE '^\[  PASSED  \] 0 tests' "$logf" &&
+       grep -qE '^\[  SKIPPED \] [0-9]+ test' "$logf"; then
+      # GoogleTest prints the skip's reason just before the case's result.
+      why="every case skipped: $(grep -m1 -B1 -E '^\[  SKIPPED \] [A-Za-z]' "$logf" | head -1)"
+    fi
+  fi
+  if [[ -n "$why" ]]; then
+    skipped=$((skipped + 1))
+    skipped_lines+=("  $target: $why")
+    continue
+  fi
+  passed=$((passed + 1))
+  if [[ -f "$logf" ]]; then
+    while read -r case_line; do
+      partial_lines+=("  $target: ${case_line#\[  SKIPPED \] }")
+    done < <(grep -E '^\[  SKIPPED \] [A-Za-z_]+\.[A-Za-z_]+' "$logf" | sort -u || true)
+  fi
+done < <(grep -oE '^//[^ ]+ +PASSED( |$)' "$log" | awk '{print $1}' | sort -u)
+failed=$(grep -cE '^//[^ ]+ +(FAILED|TIMEOUT|FLAKY|NO STATUS|FAILED TO BUILD|INCOMPLETE)( |$)' "$log" || true)
 echo
+if [[ ${#skipped_lines[@]} -gt 0 ]]; then
+  echo "== skipped tests (not counted as passed)"
+  printf '%s\n' "${skipped_lines[@]}"
+fi
+if [[ ${#partial_lines[@]} -gt 0 ]]; then
+  echo "== skipped cases inside passing tests"
+  printf '%s\n' "${partial_lines[@]}"
+fi
 [[ -n "$vm_note" ]] && echo "$vm_note"
-echo "${passed} passed, ${failed} failed"
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"
