@@ -31,7 +31,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
-#include "runtime/page.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 namespace bench {

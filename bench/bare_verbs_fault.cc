@@ -42,7 +42,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/verbs_resources.h"
+#include "runtime/transport/verbs/verbs_resources.h"
 
 namespace {
 

@@ -31,9 +31,9 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/fault_service.h"
-#include "runtime/ram_dataspace.h"
-#include "runtime/region_map.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/memory/ram_dataspace.h"
+#include "runtime/memory/region_map.h"
 
 namespace pagewire {
 namespace {

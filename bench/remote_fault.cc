@@ -54,7 +54,7 @@ namespace {
 
 // Clear of the global range (32 TiB up, 1 TiB long) and of fault_latency's.
 constexpr uintptr_t kFloorBase = uintptr_t{0x3c00} << 32;
-// The TCP transport's frame sizes (runtime/tcp_transport.h, tcp_internal):
+// The TCP transport's frame sizes (runtime/transport/tcp/tcp_transport.h, tcp_internal):
 // the floor sends exactly what a READ puts on the wire.
 constexpr size_t kRequestBytes = 40;   // sizeof(RequestHeader)
 constexpr size_t kResponseBytes = 16;  // sizeof(ResponseHeader)

@@ -5,7 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "pagewire/pagewire.h"
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 #include "runtime/runtime.h"
 
 namespace {

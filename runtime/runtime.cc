@@ -1,6 +1,6 @@
 // runtime.cc - bootstrap, collective allocation, barriers and shutdown of a
 // node.
-#include "runtime/sequential_consistency.h"
+#include "runtime/coherence/sequential_consistency.h"
 #include "runtime/runtime.h"
 
 #include <sys/stat.h>
@@ -19,19 +19,19 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "runtime/coherence.h"
+#include "runtime/coherence/coherence.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
 #include "runtime/control/view.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/file_dataspace.h"
-#include "runtime/home_manager.h"
-#include "runtime/home_protocol.h"
-#include "runtime/log.h"
-#include "runtime/page.h"
-#include "runtime/ram_dataspace.h"
-#include "runtime/tcp_transport.h"
-#include "runtime/verbs_transport.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/memory/file_dataspace.h"
+#include "runtime/dsm/home_manager.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/base/log.h"
+#include "runtime/base/page.h"
+#include "runtime/memory/ram_dataspace.h"
+#include "runtime/transport/tcp/tcp_transport.h"
+#include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
 namespace {
@@ -271,13 +271,11 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
     if (!tcp.ok()) return tcp.status();
     transport_ = *std::move(tcp);
   }
-  fetcher_ = std::make_unique<RemoteFetcher>(*transport_, rank_, nranks_);
-  home_ = std::make_unique<HomeManager>(*transport_, *fetcher_, rank_, nranks_);
-  HomeManager* home = home_.get();
-  transport_->SetMessageHandler(
-      [home](int peer, uint16_t type, absl::Span<const char> body) {
-        home->OnMessage(peer, type, body);
-      });
+  // Every component registers the messages it handles with the router as
+  // it is made.
+  transport_->SetMessageHandler(router_.AsHandler());
+  fetcher_ = std::make_unique<RemoteFetcher>(*transport_, router_, rank_,
+                                             nranks_);
 
   FaultServiceConfig fs;
   fs.base = config.global_base;
@@ -291,7 +289,8 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   if (!service.ok()) return service.status();
   fault_service_ = *std::move(service);
   root_->AddListener(fault_service_.get());
-  home_->SetFaultService(fault_service_.get(), fault_service_->base());
+  home_ = std::make_unique<HomeManager>(*transport_, router_, *fault_service_,
+                                        rank_, nranks_);
 
   // Registered once: the landing buffers (READs land there) and, on TCP,
   // the whole global range (peers READ home pages from it; TCP pins
@@ -309,7 +308,8 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
     global = *r;
   }
   coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
-                                           *fetcher_, *fault_service_, *home_);
+                                           router_, *fetcher_, *fault_service_,
+                                           *home_);
   if (absl::Status s = coherence_->Start(); !s.ok()) return s;
   coherence_->SetPush(push_);
   if (check_) {
@@ -318,11 +318,9 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
       return s;
     }
   }
-  home_->SetCoherence(coherence_.get());
   sequential_ = std::make_unique<SequentialConsistency>(
-      rank_, nranks_, *transport_, *fetcher_, *fault_service_);
+      rank_, nranks_, *transport_, router_, *fetcher_, *fault_service_);
   if (absl::Status s = sequential_->Start(); !s.ok()) return s;
-  home_->SetSequential(sequential_.get());
 
   if (config.rank == 0 && config.host_coordinator) {
     control::CoordinatorConfig cc;
@@ -526,8 +524,6 @@ Runtime::~Runtime() {
     control_.reset();
   }
   if (fault_service_) (void)fault_service_->SetDropAudit(nullptr);
-  if (home_) home_->SetCoherence(nullptr);
-  if (home_) home_->SetSequential(nullptr);
   sequential_.reset();
   coherence_.reset();
   home_.reset();

@@ -24,11 +24,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "runtime/fault_service.h"
-#include "runtime/placement.h"
-#include "runtime/region_map.h"
-#include "runtime/remote_fetcher.h"
-#include "runtime/transport.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/dsm/placement.h"
+#include "runtime/memory/region_map.h"
+#include "runtime/dsm/remote_fetcher.h"
+#include "runtime/transport/message_router.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
@@ -118,7 +119,7 @@ class Runtime {
   // Collective: every rank gets the same address. Memory reads as zero
   // until written.
   // `sequential`: the allocation is sequentially consistent (single
-  // writer / multiple readers, runtime/sequential_consistency.h) instead of
+  // writer / multiple readers, runtime/coherence/sequential_consistency.h) instead of
   // release consistent.
   absl::StatusOr<void*> Alloc(uint64_t bytes, Placement placement,
                               int home_rank = 0, bool sequential = false);
@@ -186,6 +187,9 @@ class Runtime {
 
   // Declared in construction order; destroyed in reverse (see ~Runtime).
   std::unique_ptr<control::CoordinatorServer> coordinator_;
+  // The transport's message handler: outlives the transport (and every
+  // component that registers with it).
+  MessageRouter router_;
   std::unique_ptr<Transport> transport_;
   VerbsTransport* verbs_ = nullptr;  // transport_, when it is verbs
   std::unique_ptr<RemoteFetcher> fetcher_;

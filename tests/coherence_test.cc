@@ -14,13 +14,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
-#include "runtime/coherence.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/fault_service.h"
-#include "runtime/home_manager.h"
-#include "runtime/home_protocol.h"
-#include "runtime/region_map.h"
-#include "runtime/remote_fetcher.h"
+#include "runtime/coherence/coherence.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/dsm/home_manager.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/memory/region_map.h"
+#include "runtime/dsm/remote_fetcher.h"
 #include "runtime/testing/fake_peer_transport.h"
 #include "tests/fault_test_support.h"
 
@@ -76,13 +76,9 @@ class CoherenceTest : public ::testing::Test {
     std::string why;
     if (!testing::UserfaultfdUsable(&why)) GTEST_SKIP() << why;
     transport_ = std::make_unique<FakePeerTransport>(kBase, kSize, kRanks);
-    fetcher_ = std::make_unique<RemoteFetcher>(*transport_, kSelf, kRanks);
-    home_ = std::make_unique<HomeManager>(*transport_, *fetcher_, kSelf, kRanks);
-    HomeManager* home = home_.get();
-    transport_->SetMessageHandler(
-        [home](int peer, uint16_t type, absl::Span<const char> body) {
-          home->OnMessage(peer, type, body);
-        });
+    transport_->SetMessageHandler(router_.AsHandler());
+    fetcher_ = std::make_unique<RemoteFetcher>(*transport_, router_, kSelf,
+                                               kRanks);
     root_ = std::make_shared<RegionMap>(kSize, "test root");
     FaultServiceConfig fs;
     fs.base = kBase;
@@ -92,15 +88,16 @@ class CoherenceTest : public ::testing::Test {
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     root_->AddListener(service_.get());
-    home_->SetFaultService(service_.get(), kBase);
+    home_ = std::make_unique<HomeManager>(*transport_, router_, *service_,
+                                          kSelf, kRanks);
     auto landing = transport_->RegisterMemory(service_->landing_area(),
                                               service_->landing_bytes());
     ASSERT_TRUE(landing.ok());
     fetcher_->SetLanding(*landing);
     coherence_ = std::make_unique<Coherence>(kSelf, kRanks, *transport_,
-                                             *fetcher_, *service_, *home_);
+                                             router_, *fetcher_, *service_,
+                                             *home_);
     ASSERT_TRUE(coherence_->Start().ok());
-    home_->SetCoherence(coherence_.get());
     // Every drop in these tests is audited; TearDown expects none lost.
     ASSERT_TRUE(service_->SetDropAudit(coherence_.get()).ok());
 
@@ -138,7 +135,7 @@ class CoherenceTest : public ::testing::Test {
     }
     root_.reset();
     ds_.reset();
-    if (home_) home_->SetCoherence(nullptr);
+    if (service_) (void)service_->SetDropAudit(nullptr);
     coherence_.reset();
     home_.reset();
     transport_.reset();
@@ -177,6 +174,7 @@ class CoherenceTest : public ::testing::Test {
     transport_->Deliver(kHome, type, absl::MakeConstSpan(body));
   }
 
+  MessageRouter router_;
   std::unique_ptr<FakePeerTransport> transport_;
   std::unique_ptr<RemoteFetcher> fetcher_;
   std::unique_ptr<HomeManager> home_;

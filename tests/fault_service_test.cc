@@ -1,6 +1,6 @@
 // fault_service_test.cc - the fault service end to end: real userfaultfd,
 // real threads, managers that answer inline, late, or never until told.
-#include "runtime/fault_service.h"
+#include "runtime/fault/fault_service.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,8 +28,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "runtime/file_dataspace.h"
-#include "runtime/ram_dataspace.h"
+#include "runtime/memory/file_dataspace.h"
+#include "runtime/memory/ram_dataspace.h"
 #include "runtime/testing/controlled_dataspace.h"
 #include "runtime/testing/pattern.h"
 #include "tests/fault_test_support.h"

@@ -15,9 +15,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "runtime/fault_service.h"
-#include "runtime/log.h"
-#include "runtime/region_map.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/base/log.h"
+#include "runtime/memory/region_map.h"
 
 namespace pagewire::testing {
 

@@ -1,6 +1,6 @@
 // latency_histogram_test.cc - every value falls in the bucket whose edges
 // bracket it, and quantiles are ordered.
-#include "runtime/latency_histogram.h"
+#include "runtime/base/latency_histogram.h"
 
 #include "gtest/gtest.h"
 

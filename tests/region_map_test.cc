@@ -1,12 +1,12 @@
 // region_map_test.cc - attach/detach rules and translation, without faults.
-#include "runtime/region_map.h"
+#include "runtime/memory/region_map.h"
 
 #include <memory>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "runtime/completion_queue.h"
-#include "runtime/ram_dataspace.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/memory/ram_dataspace.h"
 
 namespace pagewire {
 namespace {

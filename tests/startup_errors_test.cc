@@ -9,8 +9,8 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "runtime/fault_service.h"
-#include "runtime/region_map.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/memory/region_map.h"
 #include "runtime/runtime.h"
 #include "tests/fault_test_support.h"
 

@@ -3,8 +3,8 @@
 //
 // Buckets are log-linear: 4 per power of two of nanoseconds, so a quantile is
 // known to within 19% (the upper edge of its bucket is reported).
-#ifndef PAGEWIRE_RUNTIME_LATENCY_HISTOGRAM_H_
-#define PAGEWIRE_RUNTIME_LATENCY_HISTOGRAM_H_
+#ifndef PAGEWIRE_RUNTIME_BASE_LATENCY_HISTOGRAM_H_
+#define PAGEWIRE_RUNTIME_BASE_LATENCY_HISTOGRAM_H_
 
 #include <array>
 #include <atomic>
@@ -70,4 +70,4 @@ class LatencyHistogram {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_LATENCY_HISTOGRAM_H_
+#endif  // PAGEWIRE_RUNTIME_BASE_LATENCY_HISTOGRAM_H_

@@ -1,5 +1,5 @@
 // log.cc - stderr logging with a replaceable sink.
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 
 #include <unistd.h>
 

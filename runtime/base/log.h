@@ -5,8 +5,8 @@
 // failures, warnings and start-up/shutdown are logged. Debug lines (every
 // connection, every join and allocation) reach stderr only with
 // PAGEWIRE_LOG=debug; a sink gets them always.
-#ifndef PAGEWIRE_RUNTIME_LOG_H_
-#define PAGEWIRE_RUNTIME_LOG_H_
+#ifndef PAGEWIRE_RUNTIME_BASE_LOG_H_
+#define PAGEWIRE_RUNTIME_BASE_LOG_H_
 
 #include <functional>
 #include <string>
@@ -45,4 +45,4 @@ void Error(const absl::FormatSpec<Args...>& fmt, const Args&... args) {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_LOG_H_
+#endif  // PAGEWIRE_RUNTIME_BASE_LOG_H_

@@ -1,6 +1,6 @@
 // page.h - the unit of transfer: one base page of the global range.
-#ifndef PAGEWIRE_RUNTIME_PAGE_H_
-#define PAGEWIRE_RUNTIME_PAGE_H_
+#ifndef PAGEWIRE_RUNTIME_BASE_PAGE_H_
+#define PAGEWIRE_RUNTIME_BASE_PAGE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -18,4 +18,4 @@ constexpr uint64_t PageUp(uint64_t v) { return (v + kPageMask) & ~kPageMask; }
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_PAGE_H_
+#endif  // PAGEWIRE_RUNTIME_BASE_PAGE_H_

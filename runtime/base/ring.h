@@ -1,7 +1,7 @@
 // ring.h - the FIFO the transports keep their pending operations and
 // completions in.
-#ifndef PAGEWIRE_RUNTIME_RING_H_
-#define PAGEWIRE_RUNTIME_RING_H_
+#ifndef PAGEWIRE_RUNTIME_BASE_RING_H_
+#define PAGEWIRE_RUNTIME_BASE_RING_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -48,4 +48,4 @@ class Ring {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_RING_H_
+#endif  // PAGEWIRE_RUNTIME_BASE_RING_H_

@@ -1,5 +1,5 @@
 // service_thread.cc - see service_thread.h.
-#include "runtime/service_thread.h"
+#include "runtime/base/service_thread.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -12,7 +12,7 @@
 #include <cstring>
 
 #include "absl/strings/numbers.h"
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 
 namespace pagewire {
 namespace {

@@ -10,8 +10,8 @@
 // (sched_setattr's sched_runtime, Linux 6.12 and later) gets an earlier
 // deadline and runs at once. No privilege is needed. Older kernels refuse
 // the request; the thread then runs with the default slice.
-#ifndef PAGEWIRE_RUNTIME_SERVICE_THREAD_H_
-#define PAGEWIRE_RUNTIME_SERVICE_THREAD_H_
+#ifndef PAGEWIRE_RUNTIME_BASE_SERVICE_THREAD_H_
+#define PAGEWIRE_RUNTIME_BASE_SERVICE_THREAD_H_
 
 #include <cstdint>
 
@@ -24,4 +24,4 @@ bool BecomeServiceThread(const char* name);
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_SERVICE_THREAD_H_
+#endif  // PAGEWIRE_RUNTIME_BASE_SERVICE_THREAD_H_

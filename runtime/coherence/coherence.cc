@@ -1,18 +1,18 @@
 // coherence.cc - twins and diffs, the epoch barrier, the lock manager and
 // atomics.
-#include "runtime/coherence.h"
+#include "runtime/coherence/coherence.h"
 
-#include "runtime/completion_queue.h"
+#include "runtime/fault/completion_queue.h"
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <set>
 
 #include "absl/strings/str_format.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/home_manager.h"
-#include "runtime/log.h"
-#include "runtime/page.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/dsm/home_manager.h"
+#include "runtime/base/log.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 
@@ -61,11 +61,12 @@ void DiffRuns(const char* now, const char* twin,
 }  // namespace
 
 Coherence::Coherence(int self, int nranks, Transport& transport,
-                     RemoteFetcher& fetcher, FaultService& service,
-                     HomeManager& home)
+                     MessageRouter& router, RemoteFetcher& fetcher,
+                     FaultService& service, HomeManager& home)
     : self_(self),
       nranks_(nranks),
       transport_(transport),
+      router_(router),
       fetcher_(fetcher),
       service_(service),
       home_(home),
@@ -77,9 +78,17 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
       staging_(new char[uint64_t{kStagingPages} * kPageSize]) {
   for (uint32_t i = 0; i < kScratchSlots; ++i) free_scratch_.push_back(i);
   for (uint32_t i = 0; i < kStagingPages; ++i) free_staging_.push_back(i);
+  absl::Status s = router_.Register(
+      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease},
+      [this](int peer, uint16_t type, absl::Span<const char> body) {
+        OnMessage(peer, type, body);
+      });
+  if (!s.ok()) Error("coherence: %s", s.message());
 }
 
 Coherence::~Coherence() {
+  router_.Unregister(
+      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease});
   if (scratch_region_.length != 0) {
     (void)transport_.DeregisterMemory(scratch_region_);
   }

@@ -12,6 +12,20 @@
 // write-protected again and compared with its twin byte for byte; each run
 // of modified bytes goes home by a one-sided WRITE, so ranks that wrote
 // different bytes of one page (false sharing) merge exactly at home.
+// Threads of one rank release on their own, and a page's writer may twin
+// it again while an earlier snapshot of it is on its way home: the rounds
+// of diffs post in the order of their snapshots (tickets), so the home
+// applies a page's diffs in the order they were made.
+//
+// Dropping copies (an acquire, a barrier, a lock's grant). Other threads
+// of the rank may hold unreleased writes to any copy, so a copy goes in
+// three steps: freeze (a write that meets it from now on waits, its
+// upgrade deferred), flush (its twin, and any flush under way, written
+// home and completed), drop (write-protected, with no twin: nothing on it
+// is unsent). A write that waited then faults the page in afresh, with
+// its earlier writes home. A pushed page replaces a copy in the drop's
+// place only if this rank did not write it since the barrier began. With
+// PAGEWIRE_CHECK every drop is audited against exactly this (BeforeDrop).
 //
 // Barrier: after its release (its diffs are home), every rank tells every
 // other rank which pages it wrote this epoch (kEpochWrites, possibly
@@ -66,10 +80,10 @@
 // would lose writes, and is reported (and ends the process) at once.
 //
 // Threads: TwinOrDefer/NoteHomeWrite/BeforeDrop from the fault loop;
-// OnMessage on the transport thread; everything else from application
+// its messages on the transport thread; everything else from application
 // threads (collectives from one thread per rank at a time).
-#ifndef PAGEWIRE_RUNTIME_COHERENCE_H_
-#define PAGEWIRE_RUNTIME_COHERENCE_H_
+#ifndef PAGEWIRE_RUNTIME_COHERENCE_COHERENCE_H_
+#define PAGEWIRE_RUNTIME_COHERENCE_COHERENCE_H_
 
 #include <cstdint>
 #include <deque>
@@ -88,10 +102,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "runtime/fault_service.h"
-#include "runtime/home_protocol.h"
-#include "runtime/remote_fetcher.h"
-#include "runtime/transport.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/dsm/consistency.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/dsm/remote_fetcher.h"
+#include "runtime/transport/message_router.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
@@ -114,10 +130,12 @@ struct CoherenceStats {
   uint64_t lost_drops = 0;        // drops the audit found losing writes
 };
 
-class Coherence final : public DropAudit {
+class Coherence final : public WriteTracker, public DropAudit {
  public:
-  Coherence(int self, int nranks, Transport& transport, RemoteFetcher& fetcher,
-            FaultService& service, HomeManager& home);
+  // Handles kEpochWrites and the lock messages, registered with `router`
+  // until it goes.
+  Coherence(int self, int nranks, Transport& transport, MessageRouter& router,
+            RemoteFetcher& fetcher, FaultService& service, HomeManager& home);
   ~Coherence() override;
 
   // Registers scratch memory for atomics' results. Once, at start-up.
@@ -132,13 +150,13 @@ class Coherence final : public DropAudit {
   // afterwards and returns true. One step under the lock: a twin made just
   // after a freeze would keep a stale copy alive past its invalidation.
   bool TwinOrDefer(const PageRequest& request, DistributedDataspace* ds,
-                   uint64_t page, int home, const void* current);
+                   uint64_t page, int home, const void* current) override;
   // Fault loop: this rank writes a tracked page it homes.
-  void NoteHomeWrite(DistributedDataspace* ds, uint64_t page);
+  void NoteHomeWrite(DistributedDataspace* ds, uint64_t page) override;
   // Fault loop: this rank fetches `page` of `home` again after a barrier
   // dropped its copy; it subscribes at the next barrier (unless push is
   // off).
-  void NoteRefetch(DistributedDataspace* ds, uint64_t page, int home);
+  void NoteRefetch(DistributedDataspace* ds, uint64_t page, int home) override;
   // Whether this rank subscribes to pushes (PAGEWIRE_PUSH; on by default).
   // Set at start-up.
   void SetPush(bool on) { push_ = on; }
@@ -161,7 +179,6 @@ class Coherence final : public DropAudit {
   absl::StatusOr<uint64_t> CompareSwap(uintptr_t addr, uint64_t expected,
                                        uint64_t desired);
 
-  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
   void PeerDied(int peer, const std::string& why);
 
   CoherenceStats stats() const;
@@ -218,6 +235,8 @@ class Coherence final : public DropAudit {
     absl::flat_hash_map<int, uint64_t> last_seen;
     std::string broken;  // the holder died: every later acquire fails
   };
+  // Transport thread: kEpochWrites and the lock messages.
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
   DistributedDataspace* Find(uint32_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* FindByAddr(uintptr_t addr) const
@@ -292,6 +311,7 @@ class Coherence final : public DropAudit {
   const int self_;
   const int nranks_;
   Transport& transport_;
+  MessageRouter& router_;
   RemoteFetcher& fetcher_;
   FaultService& service_;
   HomeManager& home_;
@@ -436,4 +456,4 @@ class Coherence final : public DropAudit {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_COHERENCE_H_
+#endif  // PAGEWIRE_RUNTIME_COHERENCE_COHERENCE_H_

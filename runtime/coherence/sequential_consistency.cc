@@ -1,6 +1,6 @@
 // sequential_consistency.cc - the home directory, recalls and grants of
 // the single-writer / multiple-reader protocol.
-#include "runtime/sequential_consistency.h"
+#include "runtime/coherence/sequential_consistency.h"
 
 #include <sys/mman.h>
 
@@ -10,12 +10,12 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/home_protocol.h"
-#include "runtime/log.h"
-#include "runtime/service_thread.h"
-#include "runtime/page.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/base/log.h"
+#include "runtime/base/service_thread.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 
@@ -32,19 +32,30 @@ constexpr uint16_t kStop = 0xff02;
 
 SequentialConsistency::SequentialConsistency(int self, int nranks,
                                              Transport& transport,
+                                             MessageRouter& router,
                                              RemoteFetcher& fetcher,
                                              FaultService& service)
     : self_(self),
       nranks_(nranks),
       transport_(transport),
+      router_(router),
       fetcher_(fetcher),
       service_(service),
       waiting_(FaultService::kMaxPendingPages),
       dead_(nranks),
       death_(nranks),
-      staging_(new char[kPageSize]) {}
+      staging_(new char[kPageSize]) {
+  absl::Status s = router_.Register(
+      {hp::kScRequest, hp::kScGrant, hp::kScRecall, hp::kScRecalled},
+      [this](int peer, uint16_t type, absl::Span<const char> body) {
+        OnMessage(peer, type, body);
+      });
+  if (!s.ok()) Error("sequential consistency: %s", s.message());
+}
 
 SequentialConsistency::~SequentialConsistency() {
+  router_.Unregister(
+      {hp::kScRequest, hp::kScGrant, hp::kScRecall, hp::kScRecalled});
   if (thread_.joinable()) {
     Post(self_, kStop, {});
     thread_.join();

@@ -29,8 +29,8 @@
 // (it only queues); everything else on this rank's "pw-sc" thread, which
 // may wait for its own fault loop and for one-sided WRITEs (never for
 // another rank's service thread, so ranks cannot deadlock through it).
-#ifndef PAGEWIRE_RUNTIME_SEQUENTIAL_CONSISTENCY_H_
-#define PAGEWIRE_RUNTIME_SEQUENTIAL_CONSISTENCY_H_
+#ifndef PAGEWIRE_RUNTIME_COHERENCE_SEQUENTIAL_CONSISTENCY_H_
+#define PAGEWIRE_RUNTIME_COHERENCE_SEQUENTIAL_CONSISTENCY_H_
 
 #include <cstdint>
 #include <deque>
@@ -43,10 +43,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "runtime/fault_service.h"
-#include "runtime/page_request.h"
-#include "runtime/remote_fetcher.h"
-#include "runtime/transport.h"
+#include "runtime/dsm/consistency.h"
+#include "runtime/dsm/remote_fetcher.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/fault/page_request.h"
+#include "runtime/transport/message_router.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
@@ -58,11 +60,13 @@ struct ScStats {
   uint64_t writebacks = 0; // pages this rank wrote back to a home store
 };
 
-class SequentialConsistency {
+class SequentialConsistency final : public PageProtocol {
  public:
+  // Handles the kSc* messages, registered with `router` until it goes.
   SequentialConsistency(int self, int nranks, Transport& transport,
-                        RemoteFetcher& fetcher, FaultService& service);
-  ~SequentialConsistency();
+                        MessageRouter& router, RemoteFetcher& fetcher,
+                        FaultService& service);
+  ~SequentialConsistency() override;
 
   // Registers the write-back staging page and starts the service thread.
   absl::Status Start();
@@ -74,15 +78,15 @@ class SequentialConsistency {
 
   // Fault loop: a fault on a page of such an allocation.
   void RequestPage(const PageRequest& request, DistributedDataspace* ds,
-                   uint64_t page);
+                   uint64_t page) override;
 
-  // Transport thread: kScRequest / kScGrant / kScRecall / kScRecalled.
-  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
   void PeerDied(int peer, const std::string& why);
 
   ScStats stats() const;
 
  private:
+  // Transport thread: kScRequest / kScGrant / kScRecall / kScRecalled.
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
   struct Event {
     int peer;
     uint16_t type;
@@ -145,6 +149,7 @@ class SequentialConsistency {
   const int self_;
   const int nranks_;
   Transport& transport_;
+  MessageRouter& router_;
   RemoteFetcher& fetcher_;
   FaultService& service_;
 
@@ -170,4 +175,4 @@ class SequentialConsistency {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_SEQUENTIAL_CONSISTENCY_H_
+#endif  // PAGEWIRE_RUNTIME_COHERENCE_SEQUENTIAL_CONSISTENCY_H_

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/control/grpc_status.h"
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 
 namespace pagewire::control {
 

@@ -12,8 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/control/grpc_status.h"
-#include "runtime/log.h"
-#include "runtime/page.h"
+#include "runtime/base/log.h"
+#include "runtime/base/page.h"
 
 namespace pagewire::control {
 namespace {

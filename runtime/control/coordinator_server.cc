@@ -9,7 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 
 namespace pagewire::control {
 

@@ -1,7 +1,7 @@
 // protocol.h - the control-plane protocol version a node speaks.
 //
 // Bumped whenever proto/control_plane.proto or the home managers' messages
-// (runtime/home_protocol.h) change in a way an older node cannot follow.
+// (runtime/dsm/home_protocol.h) change in a way an older node cannot follow.
 // The coordinator refuses a Join whose protocol_version differs from its
 // own, so every rank of a job runs compatible binaries.
 //   2: a barrier is one round; kEpochWrites goes to every rank.

@@ -1,13 +1,11 @@
 // distributed_dataspace.cc - routing a page request to the page's home.
-#include "runtime/distributed_dataspace.h"
+#include "runtime/dsm/distributed_dataspace.h"
 
 #include "absl/strings/str_format.h"
 #include <cstring>
 
-#include "runtime/coherence.h"
-#include "runtime/completion_queue.h"
-#include "runtime/page.h"
-#include "runtime/sequential_consistency.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 namespace {
@@ -32,8 +30,8 @@ const char* PlacementName(Placement p) {
 
 DistributedDataspace::DistributedDataspace(Params params,
                                            RemoteFetcher& fetcher,
-                                           Coherence* coherence)
-    : params_(std::move(params)), fetcher_(fetcher), coherence_(coherence) {
+                                           WriteTracker* tracker)
+    : params_(std::move(params)), fetcher_(fetcher), tracker_(tracker) {
   const uint64_t words = (params_.placement.pages + 63) / 64;
   registered_.reset(new std::atomic<uint64_t>[words]);
   tracked_.reset(new std::atomic<uint64_t>[words]);
@@ -150,16 +148,16 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
     // then let the write proceed. The release sends the difference home.
     const char* current = reinterpret_cast<const char*>(params_.global_addr) +
                           page * kPageSize;
-    if (coherence_->TwinOrDefer(request, this, page, owner, current)) return;
+    if (tracker_->TwinOrDefer(request, this, page, owner, current)) return;
     request.completion_queue->Post(
         OutcomeCompletion(request, Resolution::kWritable));
     return;
   }
   const uint64_t remote_addr = params_.global_addr + page * kPageSize;
   if (params_.homes_always_readable && GetBit(registered_.get(), page)) {
-    if (coherence_ != nullptr && TakeBit(dropped_stale_.get(), page)) {
+    if (tracker_ != nullptr && TakeBit(dropped_stale_.get(), page)) {
       // Read again after a barrier dropped it: the home may push it.
-      coherence_->NoteRefetch(this, page, owner);
+      tracker_->NoteRefetch(this, page, owner);
     }
     fetcher_.Read(request, owner, remote_addr, this, page);
     if (params_.readahead != nullptr && !request.prefetch &&
@@ -200,8 +198,8 @@ void DistributedDataspace::RequestHomePage(const PageRequest& request) {
   if (request.upgrade) {
     // A tracked page: other ranks cache it, so this write is recorded.
     const uint64_t page = request.offset / kPageSize;
-    if (coherence_ != nullptr && Tracked(page)) {
-      coherence_->NoteHomeWrite(this, page);
+    if (tracker_ != nullptr && Tracked(page)) {
+      tracker_->NoteHomeWrite(this, page);
     }
     request.completion_queue->Post(
         OutcomeCompletion(request, Resolution::kWritable));

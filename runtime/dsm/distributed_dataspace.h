@@ -11,7 +11,7 @@
 // rank who owns them; the first claimant becomes the home.
 //
 // Copies of pages homed elsewhere are installed write-protected; the first
-// write twins the page (Coherence) and makes it writable, and the next
+// write twins the page (the WriteTracker: Coherence) and makes it writable, and the next
 // release sends the modified bytes home. The first fetch of a page by a
 // rank goes through the home manager, which registers the rank as a cacher
 // and starts tracking the home's own writes to the page; later fetches READ
@@ -29,8 +29,8 @@
 // thread; the owner and key tables are shared and atomic; RegisterOwnedPage
 // from the fault loop (a prefetch's continuation) or an application thread
 // (atomics), on resident pages only.
-#ifndef PAGEWIRE_RUNTIME_DISTRIBUTED_DATASPACE_H_
-#define PAGEWIRE_RUNTIME_DISTRIBUTED_DATASPACE_H_
+#ifndef PAGEWIRE_RUNTIME_DSM_DISTRIBUTED_DATASPACE_H_
+#define PAGEWIRE_RUNTIME_DSM_DISTRIBUTED_DATASPACE_H_
 
 #include <atomic>
 #include <cstdint>
@@ -41,16 +41,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/dataspace.h"
-#include "runtime/page.h"
-#include "runtime/fault_service.h"
-#include "runtime/placement.h"
-#include "runtime/remote_fetcher.h"
-
-namespace pagewire {
-class Coherence;
-class SequentialConsistency;
-}
+#include "runtime/memory/dataspace.h"
+#include "runtime/base/page.h"
+#include "runtime/dsm/consistency.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/dsm/placement.h"
+#include "runtime/dsm/remote_fetcher.h"
 
 namespace pagewire {
 
@@ -70,8 +66,8 @@ class DistributedDataspace final : public Dataspace {
     // manager first.
     bool homes_always_readable = true;
     // Sequential-consistency mode (pw_alloc_sc): every page is asked of
-    // this protocol instead (runtime/sequential_consistency.h).
-    SequentialConsistency* sequential = nullptr;
+    // this protocol instead (runtime/coherence/sequential_consistency.h).
+    PageProtocol* sequential = nullptr;
     // First-touch placement on a transport whose keys cover only what was
     // registered (verbs): the owner registers its pages one at a time with
     // this transport and hands out per-page keys. Null otherwise.
@@ -85,7 +81,7 @@ class DistributedDataspace final : public Dataspace {
   };
 
   DistributedDataspace(Params params, RemoteFetcher& fetcher,
-                       Coherence* coherence);
+                       WriteTracker* tracker);
 
   uint32_t id() const { return params_.id; }
   // Where `page` lies in the global range, as an offset from its base.
@@ -119,7 +115,7 @@ class DistributedDataspace final : public Dataspace {
   bool Tracked(uint64_t page) const { return GetBit(tracked_.get(), page); }
   void MarkTracked(uint64_t page) { SetBit(tracked_.get(), page); }
   // A barrier dropped this rank's copy of `page` because its home wrote
-  // it: the next fetch of the page tells Coherence (NoteRefetch).
+  // it: the next fetch of the page tells the tracker (NoteRefetch).
   void MarkDroppedStale(uint64_t page) {
     if (page < params_.placement.pages) SetBit(dropped_stale_.get(), page);
   }
@@ -171,7 +167,7 @@ class DistributedDataspace final : public Dataspace {
 
   const Params params_;
   RemoteFetcher& fetcher_;
-  Coherence* const coherence_;
+  WriteTracker* const tracker_;
   uintptr_t global_base_ = 0;
   // This rank is registered at the page's home (fetch directly).
   std::unique_ptr<std::atomic<uint64_t>[]> registered_;
@@ -190,4 +186,4 @@ class DistributedDataspace final : public Dataspace {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_DISTRIBUTED_DATASPACE_H_
+#endif  // PAGEWIRE_RUNTIME_DSM_DISTRIBUTED_DATASPACE_H_

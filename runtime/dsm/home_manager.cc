@@ -1,38 +1,33 @@
 // home_manager.cc - fetch, claim and directory messages.
-#include "runtime/home_manager.h"
+#include "runtime/dsm/home_manager.h"
 
 #include <cerrno>
 #include <cstring>
 
-#include "runtime/coherence.h"
-#include "runtime/home_protocol.h"
-#include "runtime/log.h"
-#include "runtime/page.h"
-#include "runtime/sequential_consistency.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/base/log.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 
 namespace hp = home_protocol;
 
-HomeManager::HomeManager(Transport& transport, RemoteFetcher& fetcher,
-                         int self, int nranks)
-    : transport_(transport), fetcher_(fetcher), self_(self), nranks_(nranks) {}
-
-void HomeManager::SetFaultService(FaultService* service, uintptr_t base) {
-  absl::MutexLock lock(&mutex_);
-  service_ = service;
-  base_ = base;
+HomeManager::HomeManager(Transport& transport, MessageRouter& router,
+                         FaultService& service, int self, int nranks)
+    : transport_(transport),
+      router_(router),
+      service_(service),
+      self_(self),
+      nranks_(nranks) {
+  absl::Status s = router_.Register(
+      {hp::kFetch, hp::kClaim},
+      [this](int peer, uint16_t type, absl::Span<const char> body) {
+        OnMessage(peer, type, body);
+      });
+  if (!s.ok()) Error("home manager: %s", s.message());
 }
 
-void HomeManager::SetCoherence(Coherence* coherence) {
-  absl::MutexLock lock(&mutex_);
-  coherence_ = coherence;
-}
-
-void HomeManager::SetSequential(SequentialConsistency* sequential) {
-  absl::MutexLock lock(&mutex_);
-  sequential_ = sequential;
-}
+HomeManager::~HomeManager() { router_.Unregister({hp::kFetch, hp::kClaim}); }
 
 void HomeManager::AddDataspace(DistributedDataspace* ds) {
   absl::MutexLock lock(&mutex_);
@@ -52,61 +47,11 @@ DistributedDataspace* HomeManager::Find(uint32_t id) const {
 
 void HomeManager::OnMessage(int peer, uint16_t type,
                             absl::Span<const char> body) {
-  switch (type) {
-    case hp::kEpochWrites:
-    case hp::kLockAcquire:
-    case hp::kLockGrant:
-    case hp::kLockRelease: {
-      Coherence* coherence;
-      {
-        absl::MutexLock lock(&mutex_);
-        coherence = coherence_;
-      }
-      if (coherence != nullptr) coherence->OnMessage(peer, type, body);
-      return;
-    }
-    case hp::kScRequest:
-    case hp::kScGrant:
-    case hp::kScRecall:
-    case hp::kScRecalled: {
-      SequentialConsistency* sequential;
-      {
-        absl::MutexLock lock(&mutex_);
-        sequential = sequential_;
-      }
-      if (sequential != nullptr) sequential->OnMessage(peer, type, body);
-      return;
-    }
-    case hp::kFetch:
-      OnFetch(peer, body);
-      return;
-    case hp::kAllocKeys:
-      fetcher_.OnAllocKeys(peer, body);
-      return;
-    case hp::kClaim:
-      OnClaim(peer, body);
-      return;
-    case hp::kReady: {
-      hp::Ready m;
-      if (!hp::Parse(body, &m)) break;
-      fetcher_.OnReady(peer, m.slot, m.error, m.page, m.rkey);
-      return;
-    }
-    case hp::kClaimed: {
-      hp::Claimed m;
-      if (!hp::Parse(body, &m)) break;
-      fetcher_.OnClaimed(peer, m.slot, m.owner, m.page);
-      return;
-    }
-    default:
-      Warning("home manager: rank %d sent unknown message type %d (%d bytes); "
-              "dropped",
-              peer, type, body.size());
-      return;
+  if (type == hp::kFetch) {
+    OnFetch(peer, body);
+  } else {
+    OnClaim(peer, body);
   }
-  Warning("home manager: rank %d sent a malformed message of type %d (%d "
-          "bytes); dropped",
-          peer, type, body.size());
 }
 
 void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
@@ -115,14 +60,13 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
     Warning("home manager: rank %d sent a malformed fetch; dropped", peer);
     return;
   }
-  FaultService* service;
+  FaultService* service = &service_;
   uint64_t offset;
   DistributedDataspace* ds;
   {
     absl::MutexLock lock(&mutex_);
     ds = Find(m.alloc_id);
-    service = service_;
-    if (ds == nullptr || service == nullptr || m.page >= ds->placement().pages ||
+    if (ds == nullptr || m.page >= ds->placement().pages ||
         peer < 0 || peer >= nranks_) {
       Warning("home manager: rank %d asked for page %d of allocation %d, which "
               "does not exist here",
@@ -131,7 +75,7 @@ void HomeManager::OnFetch(int peer, absl::Span<const char> body) {
       (void)transport_.SendMessage(peer, hp::kReady, hp::AsBytes(r));
       return;
     }
-    offset = ds->global_addr() - base_ + m.page * kPageSize;
+    offset = ds->global_addr() - service_.base() + m.page * kPageSize;
     ++fetches_served_;
   }
   // Make the home copy resident as if this rank had touched it: its backing

@@ -9,12 +9,11 @@
 // rank), and the directory of which ranks cache which page: a rank's first
 // fetch of a page comes here, and from then on the home write-protects its
 // own copy so the coherence protocol sees the home's writes too.
-// Coherence messages are handed to the Coherence.
 //
 // Threads: OnMessage on the transport's receive thread (never blocks);
 // Add/RemoveDataspace and CachersOf from any thread.
-#ifndef PAGEWIRE_RUNTIME_HOME_MANAGER_H_
-#define PAGEWIRE_RUNTIME_HOME_MANAGER_H_
+#ifndef PAGEWIRE_RUNTIME_DSM_HOME_MANAGER_H_
+#define PAGEWIRE_RUNTIME_DSM_HOME_MANAGER_H_
 
 #include <cstdint>
 #include <vector>
@@ -23,33 +22,27 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/fault_service.h"
-#include "runtime/home_protocol.h"
-#include "runtime/remote_fetcher.h"
-#include "runtime/transport.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/dsm/remote_fetcher.h"
+#include "runtime/transport/message_router.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
-class Coherence;
-class SequentialConsistency;
-
 class HomeManager {
  public:
-  HomeManager(Transport& transport, RemoteFetcher& fetcher, int self,
-              int nranks);
-
-  // The fault service that holds this rank's home copies, at `base`, and
-  // the coherence protocol's rank side.
-  void SetFaultService(FaultService* service, uintptr_t base);
-  void SetCoherence(Coherence* coherence);
-  void SetSequential(SequentialConsistency* sequential);
+  // `service` holds this rank's home copies. Handles kFetch and kClaim,
+  // registered with `router` until it goes.
+  HomeManager(Transport& transport, MessageRouter& router,
+              FaultService& service, int self, int nranks);
+  ~HomeManager();
+  HomeManager(const HomeManager&) = delete;
+  HomeManager& operator=(const HomeManager&) = delete;
 
   void AddDataspace(DistributedDataspace* ds);
   void RemoveDataspace(uint32_t id);
-
-  // The transport's message handler.
-  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
 
   // For each of `pages` (homed here): the ranks that may cache it, one bit
   // per rank (bit r of word r / 64); empty if no rank registered for it.
@@ -62,20 +55,18 @@ class HomeManager {
   uint64_t fetches_served() const;
 
  private:
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
   void OnFetch(int peer, absl::Span<const char> body);
   void OnClaim(int peer, absl::Span<const char> body);
   DistributedDataspace* Find(uint32_t id) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
 
   Transport& transport_;
-  RemoteFetcher& fetcher_;
+  MessageRouter& router_;
+  FaultService& service_;
   const int self_;
   const int nranks_;
 
   mutable absl::Mutex mutex_;
-  FaultService* service_ ABSL_GUARDED_BY(mutex_) = nullptr;
-  Coherence* coherence_ ABSL_GUARDED_BY(mutex_) = nullptr;
-  SequentialConsistency* sequential_ ABSL_GUARDED_BY(mutex_) = nullptr;
-  uintptr_t base_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::flat_hash_map<uint32_t, DistributedDataspace*> dataspaces_
       ABSL_GUARDED_BY(mutex_);
   // Per allocation, per page homed here: one bit per caching rank.
@@ -87,4 +78,4 @@ class HomeManager {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_HOME_MANAGER_H_
+#endif  // PAGEWIRE_RUNTIME_DSM_HOME_MANAGER_H_

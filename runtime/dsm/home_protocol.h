@@ -7,8 +7,8 @@
 // continuation is found in O(1). Nothing here waits with a timeout: a reply
 // that never comes keeps exactly that fault waiting until membership
 // declares the home dead, which fails it.
-#ifndef PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
-#define PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
+#ifndef PAGEWIRE_RUNTIME_DSM_HOME_PROTOCOL_H_
+#define PAGEWIRE_RUNTIME_DSM_HOME_PROTOCOL_H_
 
 #include <cstdint>
 #include <cstring>
@@ -23,7 +23,7 @@ enum Type : uint16_t {
   kReady = 3,    // home -> requester: the page is readable (or failed)
   kClaim = 4,    // requester -> directory rank: who homes this first-touch page?
   kClaimed = 5,  // directory rank -> requester: the owner
-  // Coherence (runtime/coherence.h). Page lists follow a PageListHeader.
+  // Coherence (runtime/coherence/coherence.h). Page lists follow a PageListHeader.
   kEpochWrites = 6,      // rank -> every rank: the pages I wrote this epoch
   // 7 was kEpochInvalidate (home -> rank: drop these copies), no longer sent.
   kLockAcquire = 8,      // rank -> lock's home
@@ -31,7 +31,7 @@ enum Type : uint16_t {
   kLockRelease = 10,     // rank -> lock's home: released, I wrote these
   kAllocKeys = 11,       // rank -> every rank: my home pages of an
                          // allocation are registered under these keys
-  // Sequential consistency (runtime/sequential_consistency.h).
+  // Sequential consistency (runtime/coherence/sequential_consistency.h).
   kScRequest = 12,   // requester -> home: read or write access to a page
   kScGrant = 13,     // home -> requester: granted; READ it from the store
   kScRecall = 14,    // home -> holder: drop (or write-protect) your copy,
@@ -95,7 +95,7 @@ struct PageRef {
 inline constexpr uint32_t kRefPushed = 1;
 // kEpochWrites: not a write. The sender fetched this page of the receiver's
 // again after a barrier dropped its copy: push it at the barriers at which
-// the receiver writes it (runtime/coherence.h, "Pushing hot pages").
+// the receiver writes it (runtime/coherence/coherence.h, "Pushing hot pages").
 inline constexpr uint32_t kRefSubscribe = 2;
 
 struct PageListHeader {
@@ -155,4 +155,4 @@ bool Parse(absl::Span<const char> body, T* out) {
 
 }  // namespace pagewire::home_protocol
 
-#endif  // PAGEWIRE_RUNTIME_HOME_PROTOCOL_H_
+#endif  // PAGEWIRE_RUNTIME_DSM_HOME_PROTOCOL_H_

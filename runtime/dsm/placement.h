@@ -4,8 +4,8 @@
 // Cyclic: page-interleaved, page p is homed at p % nranks.
 // On rank: every page at one rank. First touch: decided at run time by the
 // page's directory rank (p % nranks), which records the first claimant.
-#ifndef PAGEWIRE_RUNTIME_PLACEMENT_H_
-#define PAGEWIRE_RUNTIME_PLACEMENT_H_
+#ifndef PAGEWIRE_RUNTIME_DSM_PLACEMENT_H_
+#define PAGEWIRE_RUNTIME_DSM_PLACEMENT_H_
 
 #include <cstdint>
 
@@ -45,4 +45,4 @@ struct PlacementMap {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_PLACEMENT_H_
+#endif  // PAGEWIRE_RUNTIME_DSM_PLACEMENT_H_

@@ -1,23 +1,25 @@
-// remote_fetcher.cc - READs for faults, replies from homes, and batched
-// directory notices.
-#include "runtime/remote_fetcher.h"
+// remote_fetcher.cc - READs for faults, the homes' replies, and the
+// one-sided operations threads wait for (SyncBatch).
+#include "runtime/dsm/remote_fetcher.h"
 
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
-#include "runtime/distributed_dataspace.h"
-#include "runtime/home_protocol.h"
-#include "runtime/log.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/dsm/distributed_dataspace.h"
+#include "runtime/dsm/home_protocol.h"
+#include "runtime/base/log.h"
 
 namespace pagewire {
 
 namespace hp = home_protocol;
 
-RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
+RemoteFetcher::RemoteFetcher(Transport& transport, MessageRouter& router,
+                             int self, int nranks)
     : transport_(transport),
+      router_(router),
       self_(self),
       nranks_(nranks),
       pending_(FaultService::kMaxPendingPages),
@@ -25,6 +27,40 @@ RemoteFetcher::RemoteFetcher(Transport& transport, int self, int nranks)
       dead_(nranks),
       death_(nranks) {
   held_.resize(nranks);
+  absl::Status s = router_.Register(
+      {hp::kReady, hp::kClaimed, hp::kAllocKeys},
+      [this](int peer, uint16_t type, absl::Span<const char> body) {
+        OnMessage(peer, type, body);
+      });
+  if (!s.ok()) Error("remote fetcher: %s", s.message());
+}
+
+RemoteFetcher::~RemoteFetcher() {
+  router_.Unregister({hp::kReady, hp::kClaimed, hp::kAllocKeys});
+}
+
+void RemoteFetcher::OnMessage(int peer, uint16_t type,
+                              absl::Span<const char> body) {
+  switch (type) {
+    case hp::kAllocKeys:
+      OnAllocKeys(peer, body);
+      return;
+    case hp::kReady: {
+      hp::Ready m;
+      if (!hp::Parse(body, &m)) break;
+      OnReady(peer, m.slot, m.error, m.page, m.rkey);
+      return;
+    }
+    case hp::kClaimed: {
+      hp::Claimed m;
+      if (!hp::Parse(body, &m)) break;
+      OnClaimed(peer, m.slot, m.owner, m.page);
+      return;
+    }
+  }
+  Warning("remote fetcher: rank %d sent a malformed message of type %d (%d "
+          "bytes); dropped",
+          peer, type, body.size());
 }
 
 void SyncBatch::Expect(int chains) {

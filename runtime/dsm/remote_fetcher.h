@@ -23,8 +23,8 @@
 // OnReady and OnClaimed on the transport thread; PostSync from any;
 // AttachService from the fault service's owner; PeerDied and SetPeer from
 // control-plane threads.
-#ifndef PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
-#define PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
+#ifndef PAGEWIRE_RUNTIME_DSM_REMOTE_FETCHER_H_
+#define PAGEWIRE_RUNTIME_DSM_REMOTE_FETCHER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -34,9 +34,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/fault_service.h"
-#include "runtime/page_request.h"
-#include "runtime/transport.h"
+#include "runtime/fault/fault_service.h"
+#include "runtime/fault/page_request.h"
+#include "runtime/transport/message_router.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
@@ -80,8 +81,12 @@ struct FetchStats {
 
 class RemoteFetcher final : public CompletionSource {
  public:
-  // `self` is this node's rank.
-  RemoteFetcher(Transport& transport, int self, int nranks);
+  // `self` is this node's rank. Handles the homes' replies (kReady,
+  // kClaimed) and their key lists (kAllocKeys), registered with `router`
+  // until it goes.
+  RemoteFetcher(Transport& transport, MessageRouter& router, int self,
+                int nranks);
+  ~RemoteFetcher() override;
 
   // The fault service's landing area, registered with the transport. Set
   // once, before the first fetch.
@@ -92,8 +97,6 @@ class RemoteFetcher final : public CompletionSource {
   void AddPeerRegion(int peer, uint32_t alloc_id, uint64_t addr,
                      uint64_t length, uint32_t rkey);
   void RemoveAllocRegions(uint32_t alloc_id);
-  // A peer's kAllocKeys message (transport thread).
-  void OnAllocKeys(int peer, absl::Span<const char> body);
   // How many peers have published their regions of `alloc_id`; waits (no
   // timeout) until `peers` have or one of them died.
   absl::Status AwaitAllocRegions(uint32_t alloc_id, int peers);
@@ -124,12 +127,6 @@ class RemoteFetcher final : public CompletionSource {
   void Claim(const PageRequest& request, int directory,
              DistributedDataspace* ds, uint32_t alloc_id, uint64_t page);
 
-  // Replies from home managers (transport thread).
-  // `rkey`: the page's own key (first touch on verbs), else 0.
-  void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page,
-               uint32_t rkey);
-  void OnClaimed(int peer, uint32_t slot, int32_t owner, uint64_t page);
-
   FetchStats stats() const;
 
   // CompletionSource
@@ -156,6 +153,13 @@ class RemoteFetcher final : public CompletionSource {
   static constexpr int kCompletionBurst = 64;
 
  private:
+  // Messages from homes (transport thread): kAllocKeys, kReady, kClaimed.
+  void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
+  void OnAllocKeys(int peer, absl::Span<const char> body);
+  // `rkey`: the page's own key (first touch on verbs), else 0.
+  void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page,
+               uint32_t rkey);
+  void OnClaimed(int peer, uint32_t slot, int32_t owner, uint64_t page);
   enum class State : uint8_t { kIdle, kReading, kAwaitingHome, kAwaitingOwner };
   struct Pending {
     State state = State::kIdle;
@@ -190,6 +194,7 @@ class RemoteFetcher final : public CompletionSource {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   Transport& transport_;
+  MessageRouter& router_;
   const int self_;
   // The transport hands no completions to a thread of its own: the fault
   // loop polls for them (AttachService).
@@ -226,4 +231,4 @@ class RemoteFetcher final : public CompletionSource {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_REMOTE_FETCHER_H_
+#endif  // PAGEWIRE_RUNTIME_DSM_REMOTE_FETCHER_H_

@@ -1,5 +1,5 @@
 // completion_queue.cc - MPSC queue of page completions with an eventfd bell.
-#include "runtime/completion_queue.h"
+#include "runtime/fault/completion_queue.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>

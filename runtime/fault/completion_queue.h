@@ -8,8 +8,8 @@
 //
 // Threads: Post() from any thread; Drain() and BindConsumer() only from the
 // consumer thread.
-#ifndef PAGEWIRE_RUNTIME_COMPLETION_QUEUE_H_
-#define PAGEWIRE_RUNTIME_COMPLETION_QUEUE_H_
+#ifndef PAGEWIRE_RUNTIME_FAULT_COMPLETION_QUEUE_H_
+#define PAGEWIRE_RUNTIME_FAULT_COMPLETION_QUEUE_H_
 
 #include <thread>
 #include <vector>
@@ -17,7 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/page_request.h"
+#include "runtime/fault/page_request.h"
 
 namespace pagewire {
 
@@ -60,4 +60,4 @@ class CompletionQueue {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_COMPLETION_QUEUE_H_
+#endif  // PAGEWIRE_RUNTIME_FAULT_COMPLETION_QUEUE_H_

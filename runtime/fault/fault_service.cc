@@ -1,6 +1,6 @@
 // fault_service.cc - the fault loop: read faults in batches, ask managers,
 // install answers in bursts.
-#include "runtime/fault_service.h"
+#include "runtime/fault/fault_service.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -16,8 +16,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/log.h"
-#include "runtime/service_thread.h"
+#include "runtime/base/log.h"
+#include "runtime/base/service_thread.h"
 
 namespace pagewire {
 namespace {
@@ -40,7 +40,7 @@ void* MapLazily(uint64_t bytes) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
-    const FaultServiceConfig& config, Dataspace& root) {
+    const FaultServiceConfig& config, Pager& root) {
   if (!PageAligned(config.base) || config.base == 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "global range base 0x%x must be a non-zero multiple of the page size "
@@ -55,7 +55,7 @@ absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
   }
   if (root.size() < config.size) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "the root dataspace (%s, 0x%x bytes) is smaller than the global range "
+        "the root pager (%s, 0x%x bytes) is smaller than the global range "
         "(0x%x bytes)",
         root.Describe(), root.size(), config.size));
   }
@@ -118,7 +118,7 @@ absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
   return service;
 }
 
-FaultService::FaultService(const FaultServiceConfig& config, Dataspace& root,
+FaultService::FaultService(const FaultServiceConfig& config, Pager& root,
                            Userfaultfd uffd,
                            std::unique_ptr<CompletionQueue> cq, int control_fd,
                            int unbacked_fd, void* landing, uint64_t* resident)

@@ -3,7 +3,7 @@
 // installs the answers.
 //
 // The loop reads fault events in batches and never blocks on a manager. Each
-// fault becomes a PageRequest to the root dataspace (normally a RegionMap),
+// fault becomes a PageRequest to the root Pager (in a node, a RegionMap),
 // which forwards it to whichever manager backs the page. Answers return
 // through the CompletionQueue; the loop drains it in bursts, installs each
 // page (UFFDIO_COPY, a zero page, or lifting write protection) and so wakes
@@ -39,9 +39,9 @@
 // Threads: Start() and Stop() from the owner; BackingChanged() from any thread
 // other than inside a manager's RequestPage(); InstallDirect() and stats()
 // from any thread. The loop runs on its own thread, named "pw-fault", with
-// the short scheduler slice of a service thread (runtime/service_thread.h).
-#ifndef PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
-#define PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
+// the short scheduler slice of a service thread (runtime/base/service_thread.h).
+#ifndef PAGEWIRE_RUNTIME_FAULT_FAULT_SERVICE_H_
+#define PAGEWIRE_RUNTIME_FAULT_FAULT_SERVICE_H_
 
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -59,12 +59,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "runtime/completion_queue.h"
-#include "runtime/dataspace.h"
-#include "runtime/latency_histogram.h"
-#include "runtime/page.h"
-#include "runtime/region_map.h"
-#include "runtime/userfaultfd.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/base/latency_histogram.h"
+#include "runtime/base/page.h"
+#include "runtime/fault/pager.h"
+#include "runtime/fault/userfaultfd.h"
 
 namespace pagewire {
 
@@ -176,13 +175,13 @@ struct FaultStats {
   uint64_t p99_latency_ns = 0;
 };
 
-class FaultService final : public RegionMap::Listener {
+class FaultService final : public BackingObserver {
  public:
   // Reserves the global range at config.base (never moves it), opens the
   // userfaultfd, registers the range and starts the loop. `root` must
   // outlive the service.
   static absl::StatusOr<std::unique_ptr<FaultService>> Start(
-      const FaultServiceConfig& config, Dataspace& root);
+      const FaultServiceConfig& config, Pager& root);
 
   ~FaultService() override;
   FaultService(const FaultService&) = delete;
@@ -198,7 +197,7 @@ class FaultService final : public RegionMap::Listener {
   CompletionQueue& completion_queue() { return *cq_; }
   FaultStats stats() const;
 
-  // RegionMap::Listener: drops the cached pages of the range, readies the
+  // BackingObserver: drops the cached pages of the range, readies the
   // range for its new backing, and re-asks for pages whose requests were out
   // to the old one. Returns once the loop has done so.
   void BackingChanged(uint64_t offset, uint64_t size) override;
@@ -370,7 +369,7 @@ class FaultService final : public RegionMap::Listener {
     std::vector<bool>* resident = nullptr;        // kSnapshot
   };
 
-  FaultService(const FaultServiceConfig& config, Dataspace& root,
+  FaultService(const FaultServiceConfig& config, Pager& root,
                Userfaultfd uffd, std::unique_ptr<CompletionQueue> cq,
                int control_fd, int unbacked_fd, void* landing,
                uint64_t* resident);
@@ -458,7 +457,7 @@ class FaultService final : public RegionMap::Listener {
 
   const uintptr_t base_;
   const uint64_t size_;
-  Dataspace& root_;
+  Pager& root_;
   Userfaultfd uffd_;
   std::unique_ptr<CompletionQueue> cq_;
   const int control_fd_;   // eventfd: commands or stop
@@ -519,4 +518,4 @@ class FaultService final : public RegionMap::Listener {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_FAULT_SERVICE_H_
+#endif  // PAGEWIRE_RUNTIME_FAULT_FAULT_SERVICE_H_

@@ -7,8 +7,8 @@
 // until it reaches the manager of a leaf dataspace. That manager answers with
 // exactly one PageCompletion, posted to `completion_queue`, now or much later,
 // from any thread. Nobody waits for the answer with a timeout.
-#ifndef PAGEWIRE_RUNTIME_PAGE_REQUEST_H_
-#define PAGEWIRE_RUNTIME_PAGE_REQUEST_H_
+#ifndef PAGEWIRE_RUNTIME_FAULT_PAGE_REQUEST_H_
+#define PAGEWIRE_RUNTIME_FAULT_PAGE_REQUEST_H_
 
 #include <cstdint>
 
@@ -95,4 +95,4 @@ inline PageCompletion OutcomeCompletion(const PageRequest& request,
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_PAGE_REQUEST_H_
+#endif  // PAGEWIRE_RUNTIME_FAULT_PAGE_REQUEST_H_

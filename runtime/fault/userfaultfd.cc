@@ -1,6 +1,6 @@
 // userfaultfd.cc - open, handshake and register, with start-up errors that
 // say what to do.
-#include "runtime/userfaultfd.h"
+#include "runtime/fault/userfaultfd.h"
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>

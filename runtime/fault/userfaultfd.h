@@ -8,8 +8,8 @@
 //
 // The system calls go through UffdSyscalls so tests can inject each start-up
 // failure. Every failure is a Status naming the cause and the fix.
-#ifndef PAGEWIRE_RUNTIME_USERFAULTFD_H_
-#define PAGEWIRE_RUNTIME_USERFAULTFD_H_
+#ifndef PAGEWIRE_RUNTIME_FAULT_USERFAULTFD_H_
+#define PAGEWIRE_RUNTIME_FAULT_USERFAULTFD_H_
 
 #include <cstdint>
 #include <functional>
@@ -57,4 +57,4 @@ class Userfaultfd {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_USERFAULTFD_H_
+#endif  // PAGEWIRE_RUNTIME_FAULT_USERFAULTFD_H_

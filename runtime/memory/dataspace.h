@@ -9,35 +9,25 @@
 //
 // Threads: RequestPage() is called by the fault service's loop; the
 // completion may be posted from any thread.
-#ifndef PAGEWIRE_RUNTIME_DATASPACE_H_
-#define PAGEWIRE_RUNTIME_DATASPACE_H_
+#ifndef PAGEWIRE_RUNTIME_MEMORY_DATASPACE_H_
+#define PAGEWIRE_RUNTIME_MEMORY_DATASPACE_H_
 
 #include <cstdint>
 #include <string>
 
-#include "runtime/page_request.h"
+#include "runtime/fault/pager.h"
 
 namespace pagewire {
 
 class RegionMap;
 
-class Dataspace {
+// A dataspace is a Pager (size, RequestPage, Describe) that region maps
+// can attach.
+class Dataspace : public Pager {
  public:
-  virtual ~Dataspace() = default;
-
-  // Size in bytes, a multiple of kPageSize.
-  virtual uint64_t size() const = 0;
-
-  // Asks for the page at request.offset (page-aligned, < size()).
-  virtual void RequestPage(const PageRequest& request) = 0;
-
-  // A short human-readable name for diagnostics ("ram 64 KiB", "file /x").
-  virtual std::string Describe() const = 0;
-
   // Non-null when this dataspace is a region map (a managed dataspace).
   virtual RegionMap* AsRegionMap() { return nullptr; }
 };
-
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_DATASPACE_H_
+#endif  // PAGEWIRE_RUNTIME_MEMORY_DATASPACE_H_

@@ -1,5 +1,5 @@
 // file_dataspace.cc - pread(2) on the manager's threads, answers by post.
-#include "runtime/file_dataspace.h"
+#include "runtime/memory/file_dataspace.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -10,8 +10,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
-#include "runtime/page.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 

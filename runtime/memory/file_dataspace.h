@@ -8,8 +8,8 @@
 // up to a page. Writes to installed pages stay in memory (like MAP_PRIVATE).
 //
 // Threads: RequestPage() from the fault loop; the I/O threads are private.
-#ifndef PAGEWIRE_RUNTIME_FILE_DATASPACE_H_
-#define PAGEWIRE_RUNTIME_FILE_DATASPACE_H_
+#ifndef PAGEWIRE_RUNTIME_MEMORY_FILE_DATASPACE_H_
+#define PAGEWIRE_RUNTIME_MEMORY_FILE_DATASPACE_H_
 
 #include <deque>
 #include <memory>
@@ -20,7 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/dataspace.h"
+#include "runtime/memory/dataspace.h"
 
 namespace pagewire {
 
@@ -52,4 +52,4 @@ class FileDataspace final : public Dataspace {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_FILE_DATASPACE_H_
+#endif  // PAGEWIRE_RUNTIME_MEMORY_FILE_DATASPACE_H_

@@ -1,5 +1,5 @@
 // ram_dataspace.cc - inline answers from anonymous storage.
-#include "runtime/ram_dataspace.h"
+#include "runtime/memory/ram_dataspace.h"
 
 #include <sys/mman.h>
 
@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
-#include "runtime/page.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 

@@ -6,13 +6,13 @@
 //
 // Threads: RequestPage() from the fault loop; data() for filling the
 // dataspace before it is attached (or through the coherence protocol).
-#ifndef PAGEWIRE_RUNTIME_RAM_DATASPACE_H_
-#define PAGEWIRE_RUNTIME_RAM_DATASPACE_H_
+#ifndef PAGEWIRE_RUNTIME_MEMORY_RAM_DATASPACE_H_
+#define PAGEWIRE_RUNTIME_MEMORY_RAM_DATASPACE_H_
 
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "runtime/dataspace.h"
+#include "runtime/memory/dataspace.h"
 
 namespace pagewire {
 
@@ -35,4 +35,4 @@ class RamDataspace final : public Dataspace {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_RAM_DATASPACE_H_
+#endif  // PAGEWIRE_RUNTIME_MEMORY_RAM_DATASPACE_H_

@@ -1,12 +1,12 @@
 // region_map.cc - attach/detach bookkeeping and fault translation.
-#include "runtime/region_map.h"
+#include "runtime/memory/region_map.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
-#include "runtime/page.h"
+#include "runtime/fault/completion_queue.h"
+#include "runtime/base/page.h"
 
 namespace pagewire {
 

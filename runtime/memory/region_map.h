@@ -13,8 +13,8 @@
 // Threads: all methods are thread-safe. RequestPage() holds a reader lock only
 // while it forwards; it never waits for an answer. Listeners are called
 // without the map's lock held.
-#ifndef PAGEWIRE_RUNTIME_REGION_MAP_H_
-#define PAGEWIRE_RUNTIME_REGION_MAP_H_
+#ifndef PAGEWIRE_RUNTIME_MEMORY_REGION_MAP_H_
+#define PAGEWIRE_RUNTIME_MEMORY_REGION_MAP_H_
 
 #include <cstdint>
 #include <map>
@@ -26,18 +26,14 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/dataspace.h"
+#include "runtime/memory/dataspace.h"
 
 namespace pagewire {
 
 class RegionMap final : public Dataspace {
  public:
-  class Listener {
-   public:
-    virtual ~Listener() = default;
-    // The backing of [offset, offset + size) of the map changed.
-    virtual void BackingChanged(uint64_t offset, uint64_t size) = 0;
-  };
+  // Told of every range whose backing changes (a fault service).
+  using Listener = BackingObserver;
 
   struct AttachArgs {
     // Where in the map; nullopt: the lowest free range that fits.
@@ -109,4 +105,4 @@ class RegionMap final : public Dataspace {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_REGION_MAP_H_
+#endif  // PAGEWIRE_RUNTIME_MEMORY_REGION_MAP_H_

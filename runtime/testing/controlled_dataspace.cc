@@ -4,7 +4,7 @@
 #include <pthread.h>
 
 #include "absl/strings/str_format.h"
-#include "runtime/completion_queue.h"
+#include "runtime/fault/completion_queue.h"
 #include "runtime/testing/pattern.h"
 
 namespace pagewire::testing {

@@ -21,7 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "runtime/dataspace.h"
+#include "runtime/memory/dataspace.h"
 
 namespace pagewire::testing {
 

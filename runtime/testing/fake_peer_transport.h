@@ -25,7 +25,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "runtime/transport.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire::testing {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "runtime/page.h"
+#include "runtime/base/page.h"
 
 namespace pagewire::testing {
 

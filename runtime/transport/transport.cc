@@ -1,5 +1,5 @@
 // transport.cc - names for transport enums, for diagnostics.
-#include "runtime/transport.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 

@@ -14,16 +14,18 @@
 // completes; a READ to a peer that dies completes with kPeerGone once the
 // connection breaks or membership declares the peer dead (PeerDied()).
 //
-// Implementations: TcpTransport (runtime/tcp_transport.h) and, later, the
-// libibverbs RC transport. Both implement exactly this interface.
+// Implementations: TcpTransport (runtime/transport/tcp/tcp_transport.h),
+// over sockets, and VerbsTransport
+// (runtime/transport/verbs/verbs_transport.h), libibverbs RC queue pairs.
+// Both implement exactly this interface.
 //
 // Threads: RegisterMemory/DeregisterMemory/Connect/PeerDied from the owner
 // (control-plane) threads; PostSend and SendMessage from any thread;
 // PollCompletions only from the one consumer thread (the fault loop);
 // the message handler is called on the transport's receive thread and must
 // not block.
-#ifndef PAGEWIRE_RUNTIME_TRANSPORT_H_
-#define PAGEWIRE_RUNTIME_TRANSPORT_H_
+#ifndef PAGEWIRE_RUNTIME_TRANSPORT_TRANSPORT_H_
+#define PAGEWIRE_RUNTIME_TRANSPORT_TRANSPORT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -183,4 +185,4 @@ class Transport {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_TRANSPORT_H_
+#endif  // PAGEWIRE_RUNTIME_TRANSPORT_TRANSPORT_H_

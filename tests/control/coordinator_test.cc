@@ -21,7 +21,7 @@
 #include "gtest/gtest.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
-#include "runtime/log.h"
+#include "runtime/base/log.h"
 #include "tests/control/control_test_support.h"
 
 namespace pagewire::control::testing {

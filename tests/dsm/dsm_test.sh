@@ -41,7 +41,7 @@ RUN="$ws/cluster/launcher/pagewire-run"
 NETNS="$ws/cluster/netns/netns-hosts.sh"
 out="${TEST_TMPDIR:-/tmp}/dsm_$mode.log"
 # Every rank audits every copy it drops for lost writes, and ends at the
-# first (runtime/coherence.h).
+# first (runtime/coherence/coherence.h).
 export PAGEWIRE_CHECK=1
 
 expect_lines() {  # expect_lines PATTERN COUNT

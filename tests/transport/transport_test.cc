@@ -46,10 +46,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "runtime/log.h"
-#include "runtime/tcp_transport.h"
-#include "runtime/transport.h"
-#include "runtime/verbs_transport.h"
+#include "runtime/base/log.h"
+#include "runtime/transport/tcp/tcp_transport.h"
+#include "runtime/transport/transport.h"
+#include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
-#include "runtime/verbs_transport.h"
+#include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
 namespace {

@@ -2,7 +2,7 @@
 // the hello, memory registration, the "pw-tcp" event loop and teardown.
 // The datapath (posting, serving, completions) is in
 // tcp_transport_datapath.cc.
-#include "runtime/tcp_transport.h"
+#include "runtime/transport/tcp/tcp_transport.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -19,8 +19,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "runtime/log.h"
-#include "runtime/service_thread.h"
+#include "runtime/base/log.h"
+#include "runtime/base/service_thread.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the TCP wire format is little-endian host order");

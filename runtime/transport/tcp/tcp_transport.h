@@ -23,8 +23,8 @@
 // Files: setup and connections in tcp_transport.cc; posting, serving and
 // completions in tcp_transport_datapath.cc. The wire format is in
 // tcp_internal below (tests build raw frames from it).
-#ifndef PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_
-#define PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_
+#ifndef PAGEWIRE_RUNTIME_TRANSPORT_TCP_TCP_TRANSPORT_H_
+#define PAGEWIRE_RUNTIME_TRANSPORT_TCP_TCP_TRANSPORT_H_
 
 #include <sys/uio.h>
 
@@ -45,9 +45,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "runtime/log.h"
-#include "runtime/ring.h"
-#include "runtime/transport.h"
+#include "runtime/base/log.h"
+#include "runtime/base/ring.h"
+#include "runtime/transport/transport.h"
 
 namespace pagewire {
 
@@ -364,4 +364,4 @@ class TcpTransport final : public Transport {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_TCP_TRANSPORT_H_
+#endif  // PAGEWIRE_RUNTIME_TRANSPORT_TCP_TCP_TRANSPORT_H_

@@ -13,8 +13,8 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_format.h"
-#include "runtime/log.h"
-#include "runtime/tcp_transport.h"
+#include "runtime/base/log.h"
+#include "runtime/transport/tcp/tcp_transport.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the TCP wire format is little-endian host order");

@@ -11,8 +11,8 @@
 // Threads: an owner is not synchronised; whoever owns it serialises access.
 // The QueuePair state moves are called by the transport's control-plane
 // paths (EndpointFor, Connect, PeerDied) under the peer's lock.
-#ifndef PAGEWIRE_RUNTIME_VERBS_RESOURCES_H_
-#define PAGEWIRE_RUNTIME_VERBS_RESOURCES_H_
+#ifndef PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_RESOURCES_H_
+#define PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_RESOURCES_H_
 
 #include <infiniband/verbs.h>
 #include <unistd.h>
@@ -214,4 +214,4 @@ class QueuePair {
 }  // namespace verbs_internal
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_VERBS_RESOURCES_H_
+#endif  // PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_RESOURCES_H_

@@ -2,7 +2,7 @@
 // selection, the verbs objects in rc_pingpong's order, memory registration,
 // per-peer queue pairs and their connection, and the "pw-verbs" receive
 // thread. The datapath is in verbs_transport_datapath.cc.
-#include "runtime/verbs_transport.h"
+#include "runtime/transport/verbs/verbs_transport.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -25,8 +25,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "runtime/log.h"
-#include "runtime/service_thread.h"
+#include "runtime/base/log.h"
+#include "runtime/base/service_thread.h"
 
 namespace pagewire {
 

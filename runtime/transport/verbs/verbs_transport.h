@@ -35,8 +35,8 @@
 // Files: setup, device selection, connections and the receive thread in
 // verbs_transport.cc; posting, completions and messages in
 // verbs_transport_datapath.cc.
-#ifndef PAGEWIRE_RUNTIME_VERBS_TRANSPORT_H_
-#define PAGEWIRE_RUNTIME_VERBS_TRANSPORT_H_
+#ifndef PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_TRANSPORT_H_
+#define PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_TRANSPORT_H_
 
 #include <infiniband/verbs.h>
 
@@ -55,9 +55,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
-#include "runtime/ring.h"
-#include "runtime/transport.h"
-#include "runtime/verbs_resources.h"
+#include "runtime/base/ring.h"
+#include "runtime/transport/transport.h"
+#include "runtime/transport/verbs/verbs_resources.h"
 
 namespace pagewire {
 
@@ -399,4 +399,4 @@ class VerbsTransport final : public Transport {
 
 }  // namespace pagewire
 
-#endif  // PAGEWIRE_RUNTIME_VERBS_TRANSPORT_H_
+#endif  // PAGEWIRE_RUNTIME_TRANSPORT_VERBS_VERBS_TRANSPORT_H_

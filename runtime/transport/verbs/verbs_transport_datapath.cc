@@ -12,8 +12,8 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_format.h"
-#include "runtime/log.h"
-#include "runtime/verbs_transport.h"
+#include "runtime/base/log.h"
+#include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
 
