@@ -49,12 +49,6 @@ struct Leaf {
   uint64_t ds_offset;
 };
 
-// Waits (test side only) until `pred` holds; the code under test never does.
-template <typename Pred>
-void Eventually(Pred pred) {
-  while (!pred()) std::this_thread::sleep_for(std::chrono::microseconds(200));
-}
-
 TEST_F(FaultServiceTest, StressSixteenThreadsOverNestedMapsVerifyEveryPage) {
   // root ─┬─ l1 (512 MiB) at 0 ─┬─ seed 5 at 0 (64 MiB)
   //       │                     ├─ l2 (256 MiB) at 128 MiB ── seeds 1..4
@@ -138,7 +132,8 @@ TEST_F(FaultServiceTest, ConcurrentFaultsOnOnePageMakeOneRequest) {
     });
   }
   // Every thread's fault has reached the service before the page arrives.
-  Eventually([&] { return service_->stats().faults >= kThreads; });
+  Eventually([&] { return service_->stats().faults >= kThreads; },
+             "every thread's fault at the loop");
   EXPECT_EQ(ds->held(), 1u);
   ds->Release();
   for (auto& t : threads) t.join();
@@ -464,7 +459,8 @@ TEST_F(FaultServiceTest, PrefetchCompletesWhenTheManagerAnswers) {
   uint64_t seen = 0;
   std::thread reader(
       [&] { seen = *reinterpret_cast<volatile uint64_t*>(At(3 * kPageSize)); });
-  Eventually([&] { return service_->stats().coalesced >= 1; });
+  Eventually([&] { return service_->stats().coalesced >= 1; },
+             "the second fault joining the first");
   EXPECT_FALSE(fetched.HasBeenNotified());
   ds->Release();
   fetched.WaitForNotification();
@@ -637,7 +633,8 @@ LoopThread LoopThreadNow() {
 // Waits until the loop sleeps in poll() (nothing else here puts it to
 // sleep), so that InstallDirect takes its direct path.
 void AwaitLoopAsleep() {
-  Eventually([] { return LoopThreadNow().state == 'S'; });
+  Eventually([] { return LoopThreadNow().state == 'S'; },
+             "the fault loop asleep in poll()");
 }
 
 // The point of InstallDirect: the faulting thread resumes and the sleeping

@@ -12,12 +12,11 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/base/log.h"
 #include "runtime/memory/region_map.h"
+#include "tests/eventually.h"
 
 namespace pagewire::testing {
 
@@ -26,24 +25,6 @@ inline bool UserfaultfdUsable(std::string* why) {
   auto uffd = Userfaultfd::Open(UffdSyscalls::Kernel());
   if (!uffd.ok()) *why = std::string(uffd.status().message());
   return uffd.ok();
-}
-
-// Waits (test side only; the code under test never does) until `pred`
-// holds, looking every 200 us. Fails the test naming `what` if it does not
-// within `bound`: a wait on observed state, bounded so that a broken
-// expectation ends in a message, not a hang.
-template <typename Pred>
-bool Eventually(Pred pred, const char* what,
-                absl::Duration bound = absl::Seconds(60)) {
-  const absl::Time give_up = absl::Now() + bound;
-  while (!pred()) {
-    if (absl::Now() > give_up) {
-      ADD_FAILURE() << "gave up after " << bound << " waiting for " << what;
-      return false;
-    }
-    absl::SleepFor(absl::Microseconds(200));
-  }
-  return true;
 }
 
 // Collects what the runtime logs, for assertions on messages.

@@ -437,9 +437,23 @@ absl::StatusOr<proto::HeartbeatReply> Coordinator::Heartbeat(
   }
   // The monitor need not wake: this lease only moved later.
   slots_[request.rank()].last_heartbeat = Clock::now();
+  ++slots_[request.rank()].heartbeats;
   proto::HeartbeatReply reply;
   reply.set_epoch(epoch_);
   return reply;
+}
+
+uint64_t Coordinator::HeartbeatsFrom(int rank) const {
+  absl::MutexLock l(&mu_);
+  if (rank < 0 || rank >= config_.nranks) return 0;
+  return slots_[rank].heartbeats;
+}
+
+std::vector<int> Coordinator::WaitingAt(uint64_t seq) const {
+  absl::MutexLock l(&mu_);
+  auto it = barriers_.find(seq);
+  if (it == barriers_.end()) return {};
+  return std::vector<int>(it->second.arrived.begin(), it->second.arrived.end());
 }
 
 absl::Status Coordinator::Leave(const proto::LeaveRequest& request) {

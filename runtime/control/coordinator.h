@@ -101,6 +101,11 @@ class Coordinator {
       const proto::HeartbeatRequest& request);
   absl::Status Leave(const proto::LeaveRequest& request);
   proto::MembershipView CurrentView() const;
+  // What the coordinator has seen, for operators and tests: heartbeats
+  // accepted from `rank` since it joined, and the ranks waiting at barrier
+  // `seq` (empty once it completed or failed).
+  uint64_t HeartbeatsFrom(int rank) const;
+  std::vector<int> WaitingAt(uint64_t seq) const;
 
   // Calls `done` exactly once: when every rank that is not DEAD or LEFT has
   // arrived at `seq` (OK, with the epoch), or with UNAVAILABLE when a rank
@@ -141,6 +146,7 @@ class Coordinator {
     bool joined = false;
     proto::Endpoint endpoint;
     Clock::time_point last_heartbeat;
+    uint64_t heartbeats = 0;
   };
   struct PendingBarrier {
     std::set<int> arrived;

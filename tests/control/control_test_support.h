@@ -10,11 +10,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/eventually.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
 #include "runtime/control/view.h"
 
 namespace pagewire::control::testing {
+
+using ::pagewire::testing::Eventually;
 
 inline constexpr char kCluster[] = "test-cluster";
 inline constexpr char kSecret[] = "correct-horse-battery-staple";

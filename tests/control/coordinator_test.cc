@@ -180,7 +180,16 @@ TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
   ASSERT_TRUE(c0 && c1 && c2);
 
   // Live past several leases first: heartbeats keep everyone a member.
-  absl::SleepFor(3 * lease);
+  // Three leases' worth of heartbeats from every rank (one each 50 ms).
+  const uint64_t three_leases = 3 * (lease / absl::Milliseconds(50));
+  Eventually(
+      [&] {
+        for (int r = 0; r < 3; ++r) {
+          if (server->coordinator().HeartbeatsFrom(r) < three_leases) return false;
+        }
+        return true;
+      },
+      "three leases' worth of heartbeats from every rank");
   EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 3))
       << "a heartbeating rank lost its lease";
 
@@ -249,8 +258,9 @@ TEST(CoordinatorTest, LeaveMarksRankLeftAndFailsPendingBarrier) {
   ASSERT_TRUE(c0 && c1);
   absl::Status b0;
   std::thread t0([&] { b0 = c0->Barrier(7); });
-  // Let rank 0's barrier reach the coordinator before rank 1 leaves.
-  absl::SleepFor(absl::Milliseconds(200));
+  // Rank 0's barrier reaches the coordinator before rank 1 leaves.
+  Eventually([&] { return server->coordinator().WaitingAt(7) == std::vector<int>{0}; },
+             "rank 0 waiting at barrier 7");
   ASSERT_TRUE(c1->Leave("test done").ok());
   EXPECT_TRUE(c1->Leave("again").ok()) << "Leave must be idempotent";
   t0.join();
@@ -460,7 +470,7 @@ class Relay {
   int Cut() {
     cut_ = true;
     Poke();
-    while (cut_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    Eventually([this] { return !cut_; }, "the relay cutting its connections");
     return cut_count_;
   }
 
@@ -596,10 +606,17 @@ TEST(CoordinatorTest, LeavingRankLogsNoRefusedHeartbeat) {
     auto c0 = MustJoin(ClientConfig(*server, 0));
     auto c1 = MustJoin(ClientConfig(*server, 1));
     ASSERT_TRUE(c0 && c1);
-    absl::SleepFor(absl::Milliseconds(20));
+    Eventually(
+        [&] {
+          return server->coordinator().HeartbeatsFrom(0) >= 5 &&
+                 server->coordinator().HeartbeatsFrom(1) >= 5;
+        },
+        "heartbeats flowing from both ranks");
     ASSERT_TRUE(c0->Leave("test").ok());
     ASSERT_TRUE(c1->Leave("test").ok());
-    absl::SleepFor(absl::Milliseconds(5));
+    // Gone, their heartbeat threads joined: any refused heartbeat is logged.
+    c0.reset();
+    c1.reset();
   }
   EXPECT_FALSE(log.Contains("heartbeat refused", "LEFT"))
       << "a rank that left logged its own refused heartbeat as an error";
@@ -612,7 +629,8 @@ TEST(CoordinatorTest, ShutdownEndsPendingBarriersAndWatchStreams) {
   ASSERT_NE(c0, nullptr);
   absl::Status b0;
   std::thread t([&] { b0 = c0->Barrier(1); });  // rank 1 never joins
-  absl::SleepFor(absl::Milliseconds(200));
+  Eventually([&] { return server->coordinator().WaitingAt(1) == std::vector<int>{0}; },
+             "rank 0 waiting at barrier 1");
   server->Shutdown();  // must return although a barrier and a stream wait
   t.join();
   EXPECT_EQ(b0.code(), absl::StatusCode::kUnavailable) << b0;

@@ -594,6 +594,16 @@ static void PushLocks(void) {
   CHECK(pw_get_stats(&st) == PW_OK, "stats");
   printf("dsm_coherence: rank %d: %llu checks under the lock, %llu pages pushed\n",
          rank, (unsigned long long)pl_checks, (unsigned long long)st.pushed);
+  /* The point of the test is pushes racing the lock: both must happen.
+   * (Pages pushed: about one an epoch; a lock's grant that dropped the page
+   * since the last barrier refuses the next push.) */
+  if (rank != 0) {
+    const char *push = getenv("PAGEWIRE_PUSH");
+    CHECK(pl_checks > 0, "no check under the lock ran");
+    CHECK(push == NULL || strcmp(push, "0") != 0 ? st.pushed >= kPlEpochs / 4 : st.pushed == 0,
+          "%llu pages pushed over %d epochs (PAGEWIRE_PUSH=%s): the test did not test pushes "
+          "racing the lock", (unsigned long long)st.pushed, kPlEpochs, push ? push : "unset");
+  }
 }
 
 /* ---- hot home pages ---- */

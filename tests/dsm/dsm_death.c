@@ -8,8 +8,8 @@
  * working. Sequentially consistent memory too: rank 1 dies holding a page
  * of rank 0's for writing, so its latest contents die with it: rank 0's
  * read of it must get SIGBUS once membership declares the death, while
- * rank 2 still reads an SC page rank 0 wrote. The next barrier must fail
- * naming rank 1. The survivors ignore
+ * rank 2 still reads an SC page rank 0 wrote. The survivors' barrier after
+ * the death (before those reads) must fail naming rank 1. They ignore
  * the launcher's SIGTERM long enough to report, then exit 0.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -64,8 +64,14 @@ int main(int argc, char **argv) {
     fflush(stdout);
     raise(SIGKILL);
   }
-  Pause(200);  /* rank 1 is gone by now */
+  /* The barrier ends only with evidence that rank 1 is gone (its
+   * connections closed, or membership's word), and fails naming it; the
+   * faults below meet a dead rank, never one about to die. */
   int status = 0;
+  pw_status_t b = pw_barrier();
+  printf("dsm_death: rank %d: barrier after the death: %s: %s\n", rank,
+         pw_status_str(b), pw_last_error());
+  if (b == PW_OK) status = 1;
   if (rank == 0) {
     /* sigaction, not signal(): strict C11 gives signal() System V
      * semantics, which would reset the handler after the first SIGBUS. */
@@ -75,15 +81,15 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGBUS, &sa, NULL);
     if (sigsetjmp(jump, 1) == 0) {
-      volatile unsigned char b = on1[5 * 4096];
-      printf("dsm_death: rank 0 read %d from dead rank 1's page: WRONG\n", b);
+      volatile unsigned char v = on1[5 * 4096];
+      printf("dsm_death: rank 0 read %d from dead rank 1's page: WRONG\n", v);
       status = 1;
     } else {
       printf("dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1\n");
     }
     if (sigsetjmp(jump, 1) == 0) {
-      volatile unsigned char b = sc[7];
-      printf("dsm_death: rank 0 read %d from an SC page dead rank 1 held: WRONG\n", b);
+      volatile unsigned char v = sc[7];
+      printf("dsm_death: rank 0 read %d from an SC page dead rank 1 held: WRONG\n", v);
       status = 1;
     } else {
       printf("dsm_death: rank 0 got SIGBUS reading an SC page dead rank 1 held\n");
@@ -102,10 +108,6 @@ int main(int argc, char **argv) {
     }
     printf("dsm_death: rank 2 still reads rank 0's pages\n");
   }
-  pw_status_t b = pw_barrier();
-  printf("dsm_death: rank %d: barrier after the death: %s: %s\n", rank,
-         pw_status_str(b), pw_last_error());
-  if (b == PW_OK) status = 1;
   fflush(stdout);
   /* Let membership declare the death (and say so) before exiting. */
   Pause(1500);
