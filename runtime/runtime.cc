@@ -30,7 +30,7 @@
 #include "runtime/base/log.h"
 #include "runtime/base/page.h"
 #include "runtime/memory/ram_dataspace.h"
-#include "runtime/transport/tcp/tcp_transport.h"
+#include "runtime/transport/transport_factory.h"
 #include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
@@ -242,34 +242,19 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
 }
 
 absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
-  // The data plane first: its endpoint goes into the join. Verbs when a
-  // device is there (or demanded), TCP otherwise.
-  if (config.transport != "tcp") {
-    VerbsTransportConfig vc;
-    vc.rank = config.rank;
-    absl::StatusOr<std::unique_ptr<VerbsTransport>> verbs =
-        VerbsTransport::Create(vc);
-    if (verbs.ok()) {
-      verbs_ = verbs->get();
-      transport_ = *std::move(verbs);
-      Log("rank %d: data plane %s", rank_, transport_->Name());
-    } else if (config.transport == "verbs") {
-      return absl::Status(
-          verbs.status().code(),
-          absl::StrCat("PAGEWIRE_TRANSPORT=verbs but ", verbs.status().message(),
-                       "; unset PAGEWIRE_TRANSPORT to fall back to TCP"));
-    } else if (rank_ == 0) {
-      Log("%s; using TCP", verbs.status().message());
-    }
-  }
-  if (!transport_) {
-    TcpTransportConfig tc;
-    tc.rank = config.rank;
-    tc.bind_host = config.host;
-    tc.advertise_host = config.host;
-    absl::StatusOr<std::unique_ptr<TcpTransport>> tcp = TcpTransport::Create(tc);
-    if (!tcp.ok()) return tcp.status();
-    transport_ = *std::move(tcp);
+  // The data plane first: its endpoint goes into the join.
+  TransportChoice choice;
+  choice.kind = config.transport;
+  choice.rank = config.rank;
+  choice.host = config.host;
+  absl::StatusOr<ChosenTransport> chosen = MakeTransport(choice);
+  if (!chosen.ok()) return chosen.status();
+  transport_ = std::move(chosen->transport);
+  verbs_ = chosen->verbs;
+  if (verbs_ != nullptr) {
+    Log("rank %d: data plane %s", rank_, transport_->Name());
+  } else if (!chosen->why_not_verbs.empty() && rank_ == 0) {
+    Log("%s; using TCP", chosen->why_not_verbs);
   }
   // Every component registers the messages it handles with the router as
   // it is made.
