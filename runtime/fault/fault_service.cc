@@ -28,7 +28,7 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
 }
 
-constexpr uint32_t kNoSlot = UINT32_MAX;
+constexpr uint32_t kNoSlot = FaultTable::kNoSlot;
 
 // Maps anonymous memory of `bytes` that is only backed once touched.
 void* MapLazily(uint64_t bytes) {
@@ -131,17 +131,13 @@ FaultService::FaultService(const FaultServiceConfig& config, Pager& root,
       unbacked_fd_(unbacked_fd),
       landing_(landing),
       resident_(resident),
-      slots_(kMaxPendingPages),
+      installer_(uffd_, config.base, config.size, unbacked_fd, resident),
+      table_(kMaxPendingPages),
       sources_(config.sources),
       spin_polls_(config.spin_polls),
-      idle_polls_(config.idle_polls),
-      direct_(new DirectSlot[kMaxPendingPages]) {
-  for (uint32_t i = 0; i < kMaxPendingPages; ++i) {
-    slots_[i].next_free = i + 1 < kMaxPendingPages ? i + 1 : kNoSlot;
-  }
+      idle_polls_(config.idle_polls) {
   // Everything the loop touches is sized now, so it never allocates while
   // faults are flowing (the deferred queue only grows past a full table).
-  pending_index_.reserve(kMaxPendingPages);
   deferred_.reserve(kMaxPendingPages);
   drained_.reserve(kMaxPendingPages);
 }
@@ -387,20 +383,20 @@ void FaultService::HandleFault(const uffd_msg& msg) {
   if (!upgrade && Resident(PageIndex(page))) {
     // A late event for a page already installed: its thread only needs a
     // wake-up.
-    Wake(page);
+    installer_.Wake(page);
     return;
   }
-  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
+  if (const uint32_t joined = table_.Find(page); joined != kNoSlot) {
     // Coalesce: the outstanding request's installation wakes every thread
     // blocked on this page. A writer that finds the page write-protected
     // after that faults again as an upgrade.
-    slots_[it->second].faulted = true;
-    slots_[it->second].joined = true;
+    table_[joined].faulted = true;
+    table_[joined].joined = true;
     Bump(coalesced_);
-    WantPrompt(it->second);
+    WantPrompt(joined);
     return;
   }
-  const uint32_t slot = StartRequest(
+  const uint32_t slot = StartRecord(
       page,
       (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Access::kWrite : Access::kRead,
       upgrade);
@@ -408,27 +404,16 @@ void FaultService::HandleFault(const uffd_msg& msg) {
     deferred_.push_back(msg);
     return;
   }
-  slots_[slot].faulted = true;
+  table_[slot].faulted = true;
   Request(slot);
 }
 
-uint32_t FaultService::StartRequest(uintptr_t page, Access access,
-                                    bool upgrade) {
-  if (free_head_ == kNoSlot) return kNoSlot;
-  const uint32_t slot = free_head_;
-  PendingPage& p = slots_[slot];
-  free_head_ = p.next_free;
-  p.page = page;
-  p.access = access;
-  p.upgrade = upgrade;
-  p.in_use = true;
-  p.stale = false;
-  p.faulted = false;
-  p.joined = false;
-  p.started_ns = NowNs();
-  pending_index_.emplace(page, slot);
-  if (++outstanding_ > max_outstanding_.load(std::memory_order_relaxed)) {
-    max_outstanding_.store(outstanding_, std::memory_order_relaxed);
+uint32_t FaultService::StartRecord(uintptr_t page, Access access,
+                                   bool upgrade) {
+  const uint32_t slot = table_.Start(page, access, upgrade, NowNs());
+  if (slot != kNoSlot &&
+      table_.outstanding() > max_outstanding_.load(std::memory_order_relaxed)) {
+    max_outstanding_.store(table_.outstanding(), std::memory_order_relaxed);
   }
   return slot;
 }
@@ -448,8 +433,8 @@ void FaultService::RunReadAheads() {
   for (uint64_t offset : offsets) {
     const uintptr_t page = base_ + offset;
     CatchUpDirect(page);
-    if (Resident(PageIndex(page)) || pending_index_.contains(page)) continue;
-    const uint32_t slot = StartRequest(page, Access::kRead, false);
+    if (Resident(PageIndex(page)) || table_.Find(page) != kNoSlot) continue;
+    const uint32_t slot = StartRecord(page, Access::kRead, false);
     if (slot == kNoSlot) break;  // a full table: faults come first
     Bump(readaheads_);
     Request(slot);
@@ -468,47 +453,46 @@ void FaultService::StartPrefetch(uint64_t offset, PrefetchDone done) {
     done(absl::OkStatus());
     return;
   }
-  if (auto it = pending_index_.find(page); it != pending_index_.end()) {
-    slots_[it->second].watchers.push_back(std::move(done));
-    WantPrompt(it->second);
+  if (const uint32_t joined = table_.Find(page); joined != kNoSlot) {
+    table_[joined].watchers.push_back(std::move(done));
+    WantPrompt(joined);
     return;
   }
-  const uint32_t slot = StartRequest(page, Access::kRead, false);
+  const uint32_t slot = StartRecord(page, Access::kRead, false);
   if (slot == kNoSlot) {
     deferred_prefetches_.emplace_back(offset, std::move(done));
     return;
   }
-  slots_[slot].watchers.push_back(std::move(done));
+  table_[slot].watchers.push_back(std::move(done));
   Request(slot);
 }
 
-void FaultService::NotifyWatchers(PendingPage& p, const absl::Status& status) {
-  if (p.watchers.empty()) return;
+void FaultService::NotifyWatchers(FaultRecord& r, const absl::Status& status) {
+  if (r.watchers.empty()) return;
   std::vector<PrefetchDone> watchers;
-  watchers.swap(p.watchers);
+  watchers.swap(r.watchers);
   for (PrefetchDone& w : watchers) w(status);
 }
 
 void FaultService::Request(uint32_t slot) {
-  PendingPage& p = slots_[slot];
+  FaultRecord& r = table_[slot];
   // Asked again after the page was dropped: no longer an upgrade of an
   // installed page but a write to a missing one (managers may read a page
   // they upgrade, and it must be there).
-  if (p.upgrade && !Resident(PageIndex(p.page))) p.upgrade = false;
+  if (r.upgrade && !Resident(PageIndex(r.page))) r.upgrade = false;
   PageRequest request;
-  request.offset = p.page - base_;
-  request.access = p.access;
-  request.upgrade = p.upgrade;
-  request.prefetch = !p.faulted;
+  request.offset = r.page - base_;
+  request.access = r.access;
+  request.upgrade = r.upgrade;
+  request.prefetch = !r.faulted;
   request.slot = slot;
   request.landing = Landing(slot);
   request.completion_queue = cq_.get();
-  if (!p.upgrade) {
+  if (!r.upgrade) {
     // Page data may be installed where it arrives (an upgrade's answer is
     // never data). Release: the installer reads `page` after the state.
-    direct_[slot].page = p.page;
-    direct_[slot].prompt.store(!p.watchers.empty(), std::memory_order_relaxed);
-    direct_[slot].state.store(kDirectArmed, std::memory_order_release);
+    r.prompt.store(!r.watchers.empty(), std::memory_order_relaxed);
+    r.direct.store(kDirectArmed, std::memory_order_release);
   }
   Bump(requests_);
   root_.RequestPage(request);
@@ -520,29 +504,18 @@ void FaultService::InstallDirect(PageCompletion c) {
   // drains, and leaves the caller's thread to its own work.
   if (c.resolution == Resolution::kData && c.slot < kMaxPendingPages &&
       waiting_.load(std::memory_order_relaxed)) {
-    DirectSlot& d = direct_[c.slot];
+    FaultRecord& r = table_[c.slot];
     absl::MutexLock lock(&install_mutex_);
     if (!direct_stopped_ &&
-        d.state.load(std::memory_order_acquire) == kDirectArmed) {
-      uffdio_copy copy{};
-      copy.dst = d.page;
-      copy.src = reinterpret_cast<uintptr_t>(c.data != nullptr ? c.data
-                                                               : Landing(c.slot));
-      copy.len = kPageSize;
-      copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
+        r.direct.load(std::memory_order_acquire) == kDirectArmed) {
       // Counted before the copy wakes the page's threads, so that a thread
       // that resumed finds itself counted.
       installed_.fetch_add(1, std::memory_order_relaxed);
-      int rc;
-      do {
-        // EAGAIN: the address space is changing (mremap, fork): retry.
-        rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
-      } while (rc != 0 && errno == EAGAIN);
-      if (rc == 0 || errno == EEXIST) {
-        if (rc != 0) Wake(d.page);  // installed behind our back: just wake
-        SetResident(PageIndex(d.page), true);
-        d.installed_ns = NowNs();
-        d.state.store(kDirectInstalled, std::memory_order_seq_cst);
+      const PageInstaller::Copied copied = installer_.Copy(
+          r.page, c.data != nullptr ? c.data : Landing(c.slot), c.write_protect);
+      if (copied != PageInstaller::Copied::kFailed) {
+        r.installed_ns = NowNs();
+        r.direct.store(kDirectInstalled, std::memory_order_seq_cst);
         c.installed = true;
       } else {
         // The loop tries again and reports the failure.
@@ -550,7 +523,7 @@ void FaultService::InstallDirect(PageCompletion c) {
       }
     }
   }
-  if (c.installed && !direct_[c.slot].prompt.load(std::memory_order_seq_cst) &&
+  if (c.installed && !table_[c.slot].prompt.load(std::memory_order_seq_cst) &&
       !slots_wanted_.load(std::memory_order_seq_cst)) {
     // Nothing waits for the bookkeeping: it rides on the loop's next
     // wake-up, which leaves the CPU to the thread that just resumed.
@@ -561,8 +534,9 @@ void FaultService::InstallDirect(PageCompletion c) {
 }
 
 void FaultService::WantPrompt(uint32_t slot) {
-  direct_[slot].prompt.store(true, std::memory_order_seq_cst);
-  if (direct_[slot].state.load(std::memory_order_seq_cst) == kDirectInstalled) {
+  FaultRecord& r = table_[slot];
+  r.prompt.store(true, std::memory_order_seq_cst);
+  if (r.direct.load(std::memory_order_seq_cst) == kDirectInstalled) {
     FinishDirect(slot);
   }
 }
@@ -570,8 +544,8 @@ void FaultService::WantPrompt(uint32_t slot) {
 void FaultService::WantSlots() {
   slots_wanted_.store(true, std::memory_order_seq_cst);
   for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
-    if (slots_[slot].in_use &&
-        direct_[slot].state.load(std::memory_order_seq_cst) ==
+    if (table_[slot].in_use &&
+        table_[slot].direct.load(std::memory_order_seq_cst) ==
             kDirectInstalled) {
       FinishDirect(slot);
     }
@@ -580,7 +554,7 @@ void FaultService::WantSlots() {
 
 bool FaultService::DisarmLocked(uint32_t slot) {
   uint32_t armed = kDirectArmed;
-  if (direct_[slot].state.compare_exchange_strong(armed, kDirectIdle,
+  if (table_[slot].direct.compare_exchange_strong(armed, kDirectIdle,
                                                   std::memory_order_acq_rel)) {
     return true;
   }
@@ -588,27 +562,24 @@ bool FaultService::DisarmLocked(uint32_t slot) {
 }
 
 void FaultService::CatchUpDirect(uintptr_t page) {
-  auto it = pending_index_.find(page);
-  if (it != pending_index_.end() &&
-      direct_[it->second].state.load(std::memory_order_acquire) ==
-          kDirectInstalled) {
-    FinishDirect(it->second);
+  const uint32_t slot = table_.Find(page);
+  if (slot != kNoSlot &&
+      table_[slot].direct.load(std::memory_order_acquire) == kDirectInstalled) {
+    FinishDirect(slot);
   }
 }
 
 void FaultService::FinishDirect(uint32_t slot) {
-  PendingPage& p = slots_[slot];
-  DirectSlot& d = direct_[slot];
-  d.state.store(kDirectIdle, std::memory_order_relaxed);
+  FaultRecord& r = table_[slot];
+  r.direct.store(kDirectIdle, std::memory_order_relaxed);
   // The page may have been dropped since it was installed (the drop saw it
   // installed and removed it): nothing to ask again, its threads read it
   // before the drop.
-  p.stale = false;
-  if (p.faulted) latency_.Record(d.installed_ns - p.started_ns);
-  if (p.joined) Wake(p.page);
-  NotifyWatchers(p, absl::OkStatus());
-  pending_index_.erase(p.page);
-  ReleaseSlot(slot);
+  r.stale = false;
+  if (r.faulted) latency_.Record(r.installed_ns - r.started_ns);
+  if (r.joined) installer_.Wake(r.page);
+  NotifyWatchers(r, absl::OkStatus());
+  table_.End(slot);
 }
 
 void FaultService::DrainCompletions(bool bell_rang) {
@@ -621,7 +592,7 @@ void FaultService::DrainCompletions(bool bell_rang) {
     for (const PageCompletion& c : drained_) Complete(c);
     const bool waiting = !deferred_.empty() || !deferred_prefetches_.empty();
     if (waiting) WantSlots();
-    if (waiting && free_head_ != kNoSlot) RunDeferred();
+    if (waiting && !table_.full()) RunDeferred();
     if (deferred_.empty() && deferred_prefetches_.empty()) {
       slots_wanted_.store(false, std::memory_order_relaxed);
     }
@@ -629,49 +600,47 @@ void FaultService::DrainCompletions(bool bell_rang) {
 }
 
 void FaultService::Complete(const PageCompletion& c) {
-  if (c.slot < kMaxPendingPages && slots_[c.slot].in_use &&
-      direct_[c.slot].state.load(std::memory_order_acquire) ==
+  if (table_.Valid(c.slot) &&
+      table_[c.slot].direct.load(std::memory_order_acquire) ==
           kDirectInstalled) {
     FinishDirect(c.slot);
     if (c.installed) return;
     // Not the direct answer: a second answer to one request (below).
   }
   if (c.installed) return;  // finished already, when a fault met the page
-  if (c.slot >= kMaxPendingPages || !slots_[c.slot].in_use) {
+  if (!table_.Valid(c.slot)) {
     Error("fault loop: a manager answered slot %u, which has no request out; "
           "answer ignored (a manager must answer each request exactly once)",
           c.slot);
     return;
   }
-  PendingPage& p = slots_[c.slot];
+  FaultRecord& r = table_[c.slot];
   // The answer came through the queue: the request is the loop's alone.
-  direct_[c.slot].state.store(kDirectIdle, std::memory_order_relaxed);
-  if (p.stale || c.resolution == Resolution::kRetry) {
+  r.direct.store(kDirectIdle, std::memory_order_relaxed);
+  if (r.stale || c.resolution == Resolution::kRetry) {
     // The backing changed while this request was out: ask the new one.
-    p.stale = false;
+    r.stale = false;
     Request(c.slot);
     return;
   }
   const uint64_t failed_before = failed_.load(std::memory_order_relaxed);
-  Install(p, c);
-  if (p.faulted) latency_.Record(NowNs() - p.started_ns);
-  NotifyWatchers(p, failed_.load(std::memory_order_relaxed) == failed_before
+  Install(r, c);
+  if (r.faulted) latency_.Record(NowNs() - r.started_ns);
+  NotifyWatchers(r, failed_.load(std::memory_order_relaxed) == failed_before
                         ? absl::OkStatus()
                         : (c.error.ok() ? absl::InternalError(
                                               "the page could not be installed")
                                         : c.error));
-  pending_index_.erase(p.page);
-  ReleaseSlot(c.slot);
+  table_.End(c.slot);
 }
 
-void FaultService::Install(PendingPage& p, const PageCompletion& c) {
-  const uint64_t index = PageIndex(p.page);
+void FaultService::Install(FaultRecord& r, const PageCompletion& c) {
   switch (c.resolution) {
     case Resolution::kData:
     case Resolution::kZero: {
-      if (p.upgrade) {
+      if (r.upgrade) {
         // The page is mapped; new contents cannot replace it in place.
-        FailPage(p.page,
+        FailPage(r.page,
                  absl::InternalError(
                      "the manager answered a write upgrade with page data; "
                      "it must answer kWritable or fail"),
@@ -681,51 +650,28 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
       // Counted before the copy wakes the page's threads (InstallDirect
       // counts too, from another thread).
       installed_.fetch_add(1, std::memory_order_relaxed);
-      int rc;
-      for (;;) {
-        if (c.resolution == Resolution::kData) {
-          uffdio_copy copy{};
-          copy.dst = p.page;
-          copy.src = reinterpret_cast<uintptr_t>(
-              c.data != nullptr ? c.data : Landing(c.slot));
-          copy.len = kPageSize;
-          copy.mode = c.write_protect ? UFFDIO_COPY_MODE_WP : 0;
-          rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
-        } else {
-          uffdio_zeropage zero{};
-          zero.range.start = p.page;
-          zero.range.len = kPageSize;
-          rc = ::ioctl(uffd_.fd(), UFFDIO_ZEROPAGE, &zero);
-        }
-        // EAGAIN: the address space is changing under a concurrent mremap or
-        // fork; the copy must simply be retried.
-        if (rc == 0 || errno != EAGAIN) break;
-      }
-      if (rc != 0 && errno == EEXIST) {
-        Wake(p.page);  // already there (installed behind our back): just wake
-      } else if (rc != 0) {
+      const PageInstaller::Copied copied =
+          c.resolution == Resolution::kZero
+              ? installer_.Zero(r.page)
+              : installer_.Copy(r.page, c.data != nullptr ? c.data : Landing(c.slot),
+                                c.write_protect);
+      if (copied == PageInstaller::Copied::kFailed) {
         installed_.fetch_sub(1, std::memory_order_relaxed);
-        FailPage(p.page,
+        FailPage(r.page,
                  absl::InternalError(absl::StrFormat(
                      "installing the page failed: %s", strerror(errno))),
                  "failed");
-        return;
       }
-      SetResident(index, true);
       return;
     }
-    case Resolution::kWritable: {
-      if (!Resident(index)) {
+    case Resolution::kWritable:
+      if (!Resident(PageIndex(r.page))) {
         // Dropped while the upgrade waited: the writer faults afresh.
-        Wake(p.page);
+        installer_.Wake(r.page);
         return;
       }
-      uffdio_writeprotect wp{};
-      wp.range.start = p.page;
-      wp.range.len = kPageSize;
-      wp.mode = 0;  // clear protection and wake the writers
-      if (::ioctl(uffd_.fd(), UFFDIO_WRITEPROTECT, &wp) != 0) {
-        FailPage(p.page,
+      if (!installer_.AllowWrites(r.page)) {
+        FailPage(r.page,
                  absl::InternalError(absl::StrFormat(
                      "lifting write protection failed: %s", strerror(errno))),
                  "failed");
@@ -733,10 +679,9 @@ void FaultService::Install(PendingPage& p, const PageCompletion& c) {
       }
       Bump(upgrades_);
       return;
-    }
     case Resolution::kNoRegion:
     case Resolution::kFailed:
-      FailPage(p.page, c.error, ResolutionName(c.resolution));
+      FailPage(r.page, c.error, ResolutionName(c.resolution));
       return;
     case Resolution::kRetry:
       return;  // handled in Complete()
@@ -749,552 +694,27 @@ void FaultService::FailPage(uintptr_t page, const absl::Status& why,
         "faulting thread gets SIGBUS",
         page, page - base_, outcome, why.message());
   Bump(failed_);
-  // A shared mapping of an empty file: any access raises SIGBUS (BUS_ADRERR)
-  // at this address, in user and kernel mode alike. It stays until the
-  // backing of the page changes.
-  void* at = ::mmap(reinterpret_cast<void*>(page), kPageSize,
-                    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-                    unbacked_fd_, 0);
-  if (at == MAP_FAILED) {
+  if (!installer_.MapSigbus(page)) {
     Error("fault at 0x%x: mapping the SIGBUS page failed: %s", page,
           strerror(errno));
-  } else {
-    unbacked_pages_.insert(page);
-    SetResident(PageIndex(page), false);
   }
-  Wake(page);
-}
-
-void FaultService::Wake(uintptr_t page) {
-  uffdio_range range{page, kPageSize};
-  if (::ioctl(uffd_.fd(), UFFDIO_WAKE, &range) != 0) {
-    Error("fault at 0x%x: wake failed: %s", page, strerror(errno));
-  }
-}
-
-void FaultService::ReleaseSlot(uint32_t slot) {
-  PendingPage& p = slots_[slot];
-  p.in_use = false;
-  p.next_free = free_head_;
-  free_head_ = slot;
-  --outstanding_;
 }
 
 void FaultService::RunDeferred() {
   // Faults that found the table full, oldest first, as long as slots last.
   size_t taken = 0;
-  while (taken < deferred_.size() && free_head_ != kNoSlot) {
+  while (taken < deferred_.size() && !table_.full()) {
     HandleFault(deferred_[taken++]);
     --faults_;  // counted when first read
   }
   deferred_.erase(deferred_.begin(), deferred_.begin() + taken);
   taken = 0;
-  while (taken < deferred_prefetches_.size() && free_head_ != kNoSlot) {
+  while (taken < deferred_prefetches_.size() && !table_.full()) {
     auto& [offset, done] = deferred_prefetches_[taken++];
     StartPrefetch(offset, std::move(done));
   }
   deferred_prefetches_.erase(deferred_prefetches_.begin(),
                              deferred_prefetches_.begin() + taken);
-}
-
-void FaultService::BackingChanged(uint64_t offset, uint64_t size) {
-  Submit(Command{Command::kChangeBacking, offset, size, nullptr, nullptr,
-                 nullptr});
-}
-
-void FaultService::Invalidate(uint64_t offset, uint64_t size,
-                              PagePredicate keep) {
-  Submit(Command{Command::kInvalidate, offset, size, &keep, nullptr, nullptr});
-}
-
-absl::Status FaultService::WriteProtect(uint64_t offset, uint64_t size,
-                                        bool protect) {
-  absl::Status result;
-  Command c{Command::kWriteProtect, offset, size, nullptr, &result, nullptr};
-  c.protect = protect;
-  Submit(std::move(c));
-  return result;
-}
-
-absl::Status FaultService::SnapshotAndProtect(
-    const std::vector<uint64_t>& offsets, const std::vector<char*>& buffers,
-    std::vector<bool>& resident) {
-  absl::Status result;
-  resident.assign(offsets.size(), false);
-  Command c{Command::kSnapshot, 0, 0, nullptr, &result, nullptr};
-  c.pages = offsets;
-  c.buffers = &buffers;
-  c.resident = &resident;
-  Submit(std::move(c));
-  return result;
-}
-
-bool FaultService::RecallPage(uint64_t offset, char* buffer, bool drop) {
-  std::vector<char*> buffers{buffer};
-  std::vector<bool> resident;
-  Command c{Command::kRecall, offset, 0, nullptr, nullptr, nullptr};
-  c.protect = drop;  // kRecall: drop the page after the copy
-  c.buffers = &buffers;
-  c.resident = &resident;
-  Submit(std::move(c));
-  return !resident.empty() && resident[0];
-}
-
-void FaultService::InvalidatePagesAsync(std::vector<uint64_t> offsets,
-                                        Done done, PagePredicate keep,
-                                        std::vector<const char*> contents,
-                                        PagePredicate may_replace) {
-  Command c{Command::kInvalidatePages, 0, 0, nullptr, nullptr, nullptr};
-  c.pages = std::move(offsets);
-  c.pages_done = std::move(done);
-  c.pages_keep = std::move(keep);
-  c.pages_contents = std::move(contents);
-  c.pages_may_replace = std::move(may_replace);
-  if (std::this_thread::get_id() == loop_id_) {
-    RunCommand(c);
-    return;
-  }
-  if (TryRunInline(c)) return;
-  {
-    absl::MutexLock lock(&commands_mutex_);
-    if (stop_requested_) {
-      c.pages_done();
-      return;
-    }
-    commands_.push_back(std::move(c));
-  }
-  uint64_t one = 1;
-  ssize_t n = ::write(control_fd_, &one, sizeof(one));
-  (void)n;
-}
-
-void FaultService::Prefetch(uint64_t offset, PrefetchDone done) {
-  Command c{Command::kPrefetch, offset, kPageSize, nullptr, nullptr, nullptr,
-            std::move(done)};
-  if (std::this_thread::get_id() == loop_id_) {
-    RunCommand(c);
-    return;
-  }
-  {
-    absl::MutexLock lock(&commands_mutex_);
-    if (stop_requested_) {
-      c.prefetch_done(absl::UnavailableError("the fault service stopped"));
-      return;
-    }
-    commands_.push_back(std::move(c));
-  }
-  uint64_t one = 1;
-  ssize_t n = ::write(control_fd_, &one, sizeof(one));
-  (void)n;
-}
-
-absl::Status FaultService::Populate(uint64_t offset, uint64_t size,
-                                    PagePredicate which) {
-  absl::Status result;
-  Submit(Command{Command::kPopulate, offset, size, which ? &which : nullptr,
-                 &result, nullptr});
-  return result;
-}
-
-bool FaultService::TryRunInline(const Command& c) {
-  switch (c.kind) {
-    case Command::kWriteProtect:
-    case Command::kSnapshot:
-    case Command::kRecall:
-    case Command::kInvalidatePages:
-      break;  // page-table work on installed pages, no requests
-    default:
-      return false;
-  }
-  if (!loop_mutex_.TryLock()) return false;  // the loop is awake
-  bool run;
-  {
-    // Only with nothing queued before it, so one thread's commands keep
-    // their order.
-    absl::MutexLock lock(&commands_mutex_);
-    run = !stop_requested_ && commands_.empty();
-  }
-  if (run) RunCommand(c);
-  loop_mutex_.Unlock();
-  return run;
-}
-
-void FaultService::Submit(Command c) {
-  if (std::this_thread::get_id() == loop_id_) {
-    RunCommand(c);
-    return;
-  }
-  if (TryRunInline(c)) return;
-  absl::Notification done;
-  c.done = &done;
-  {
-    absl::MutexLock lock(&commands_mutex_);
-    if (stop_requested_) {
-      if (c.result) *c.result = absl::UnavailableError("the fault service stopped");
-      return;
-    }
-    commands_.push_back(c);
-  }
-  uint64_t one = 1;
-  ssize_t n = ::write(control_fd_, &one, sizeof(one));
-  (void)n;
-  // Not a fault path: the loop never blocks, so it runs the command soon.
-  done.WaitForNotification();
-}
-
-bool FaultService::RunCommands() {
-  std::vector<Command> commands;
-  bool stop;
-  {
-    absl::MutexLock lock(&commands_mutex_);
-    commands.swap(commands_);
-    stop = stop_requested_;
-  }
-  for (Command& c : commands) {
-    RunCommand(c);
-    if (c.done != nullptr) c.done->Notify();
-  }
-  return stop;
-}
-
-void FaultService::RunCommand(const Command& c) {
-  switch (c.kind) {
-    case Command::kChangeBacking:
-      ChangeBacking(c.offset, c.size, nullptr);
-      return;
-    case Command::kInvalidate:
-      ChangeBacking(c.offset, c.size, c.keep);
-      return;
-    case Command::kPopulate:
-      *c.result = PopulateRange(c.offset, c.size, c.keep);
-      return;
-    case Command::kPrefetch:
-      StartPrefetch(c.offset, c.prefetch_done);
-      return;
-    case Command::kWriteProtect:
-      *c.result = ProtectRange(c.offset, c.size, c.protect);
-      return;
-    case Command::kSnapshot:
-      for (size_t i = 0; i < c.pages.size(); ++i) {
-        const uint64_t off = PageDown(c.pages[i]);
-        if (off >= size_ || !Resident(off / kPageSize)) continue;
-        absl::Status s = ProtectRange(off, kPageSize, true);
-        if (!s.ok()) {
-          *c.result = s;
-          return;
-        }
-        // The loop thread reads only installed pages: never a fault here.
-        std::memcpy((*c.buffers)[i], reinterpret_cast<const void*>(base_ + off),
-                    kPageSize);
-        (*c.resident)[i] = true;
-      }
-      return;
-    case Command::kRecall: {
-      const uint64_t off = PageDown(c.offset);
-      if (off >= size_) return;
-      const uintptr_t page = base_ + off;
-      // Nothing is installed directly meanwhile, and what was is resident.
-      absl::MutexLock lock(&install_mutex_);
-      const bool resident = Resident(off / kPageSize);
-      c.resident->push_back(resident);
-      if (resident) {
-        absl::Status s = ProtectRange(off, kPageSize, true);
-        if (!s.ok()) {
-          Error("recalling the page at 0x%x: %s", page, s.message());
-        }
-        if ((*c.buffers)[0] != nullptr) {
-          std::memcpy((*c.buffers)[0], reinterpret_cast<const void*>(page),
-                      kPageSize);
-        }
-      }
-      if (c.protect) {
-        DropPage(page);  // also marks a request that is out stale
-      } else if (auto it = pending_index_.find(page);
-                 it != pending_index_.end() && DisarmLocked(it->second)) {
-        slots_[it->second].stale = true;  // asked again when it completes
-      }
-      return;
-    }
-    case Command::kInvalidatePages: {
-      {
-        absl::MutexLock lock(&install_mutex_);
-        std::vector<uintptr_t> drop;
-        std::vector<std::pair<uintptr_t, const char*>> replace;
-        for (size_t i = 0; i < c.pages.size(); ++i) {
-          const uint64_t off = c.pages[i];
-          if (off >= size_ || (c.pages_keep && c.pages_keep(PageDown(off)))) {
-            continue;
-          }
-          const uintptr_t page = base_ + PageDown(off);
-          if (i < c.pages_contents.size() && c.pages_contents[i] != nullptr &&
-              (!c.pages_may_replace || c.pages_may_replace(PageDown(off)))) {
-            // A copy that already holds these bytes stays as it is (a page
-            // its home reports every epoch but wrote in every other one):
-            // write-protected and not twinned, nothing can change it now.
-            auto pending = pending_index_.find(page);
-            if (Resident(PageIndex(page)) &&
-                (pending == pending_index_.end() ||  // or installed directly
-                 direct_[pending->second].state.load(std::memory_order_acquire) ==
-                     kDirectInstalled) &&
-                std::memcmp(reinterpret_cast<const void*>(page),
-                            c.pages_contents[i], kPageSize) == 0) {
-              Bump(replaced_);
-              continue;
-            }
-            replace.emplace_back(page, c.pages_contents[i]);
-          }
-          drop.push_back(page);
-        }
-        DropPages(drop);
-        for (const auto& [page, contents] : replace) ReplaceDropped(page, contents);
-      }
-      if (c.pages_done) c.pages_done();
-      return;
-    }
-  }
-}
-
-absl::Status FaultService::PopulateRange(uint64_t offset, uint64_t size,
-                                         const PagePredicate* which) {
-  if (!PageAligned(offset) || !PageAligned(size) || offset > size_ ||
-      size > size_ - offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "populate [0x%x, 0x%x): not page-aligned or outside the global range",
-        offset, offset + size));
-  }
-  // Zeros to copy from: the source of an untouched private mapping reads as
-  // the shared zero page, so this costs no memory.
-  constexpr uint64_t kChunk = uint64_t{2} << 20;
-  static const char* const zeros = static_cast<const char*>(
-      ::mmap(nullptr, kChunk, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  auto wanted = [&](uint64_t off) {
-    return !Resident(PageIndex(base_ + off)) &&
-           (which == nullptr || (*which)(off));
-  };
-  uint64_t off = offset;
-  while (off < offset + size) {
-    if (!wanted(off)) {
-      off += kPageSize;
-      continue;
-    }
-    // The longest run of wanted pages, at most one chunk.
-    uint64_t run = kPageSize;
-    while (off + run < offset + size && run < kChunk && wanted(off + run)) {
-      run += kPageSize;
-    }
-    uffdio_copy copy{};
-    copy.dst = base_ + off;
-    copy.src = reinterpret_cast<uintptr_t>(zeros);
-    copy.len = run;
-    int rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
-    uint64_t done = copy.copy > 0 ? static_cast<uint64_t>(copy.copy) : 0;
-    for (uint64_t p = 0; p < done; p += kPageSize) {
-      SetResident(PageIndex(base_ + off + p), true);
-    }
-    if (rc != 0 && errno == EEXIST) {
-      // A page in the run was installed meanwhile: skip it.
-      SetResident(PageIndex(base_ + off + done), true);
-      off += done + kPageSize;
-      continue;
-    }
-    if (rc != 0 && errno != EAGAIN) {
-      return absl::InternalError(absl::StrFormat(
-          "populating [0x%x, 0x%x) failed: %s", base_ + off, base_ + off + run,
-          strerror(errno)));
-    }
-    off += done;
-  }
-  return absl::OkStatus();
-}
-
-absl::Status FaultService::ProtectRange(uint64_t offset, uint64_t size,
-                                        bool protect) {
-  if (!PageAligned(offset) || !PageAligned(size) || offset > size_ ||
-      size > size_ - offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "write-protect [0x%x, 0x%x): not page-aligned or outside the global "
-        "range",
-        offset, offset + size));
-  }
-  // Runs of installed pages: UFFDIO_WRITEPROTECT wants populated ranges.
-  uint64_t off = offset;
-  while (off < offset + size) {
-    if (!Resident(PageIndex(base_ + off))) {
-      off += kPageSize;
-      continue;
-    }
-    uint64_t run = kPageSize;
-    while (off + run < offset + size && Resident(PageIndex(base_ + off + run))) {
-      run += kPageSize;
-    }
-    uffdio_writeprotect wp{};
-    wp.range.start = base_ + off;
-    wp.range.len = run;
-    wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
-    if (::ioctl(uffd_.fd(), UFFDIO_WRITEPROTECT, &wp) != 0) {
-      return absl::InternalError(absl::StrFormat(
-          "write-protecting [0x%x, 0x%x) failed: %s", base_ + off,
-          base_ + off + run, strerror(errno)));
-    }
-    off += run;
-  }
-  return absl::OkStatus();
-}
-
-void FaultService::ReplaceDropped(uintptr_t page, const char* contents) {
-  uffdio_copy copy{};
-  copy.dst = page;
-  copy.src = reinterpret_cast<uintptr_t>(contents);
-  copy.len = kPageSize;
-  copy.mode = UFFDIO_COPY_MODE_WP;  // a copy: its first write is tracked
-  int rc;
-  for (int attempt = 0;; ++attempt) {
-    // EAGAIN: the address space is changing (mremap, fork): retry.
-    do {
-      rc = ::ioctl(uffd_.fd(), UFFDIO_COPY, &copy);
-    } while (rc != 0 && errno == EAGAIN);
-    // EEXIST: mapped though not marked resident (never expected): drop it
-    // for real and try once more.
-    if (rc == 0 || errno != EEXIST || attempt > 0) break;
-    ::madvise(reinterpret_cast<void*>(page), kPageSize, MADV_DONTNEED);
-  }
-  if (rc != 0) {
-    // Left absent: the next access faults and fetches it, as if the page
-    // had only been dropped.
-    Warning("installing a pushed copy at 0x%x: %s; it is fetched on demand",
-            page, strerror(errno));
-    return;
-  }
-  SetResident(PageIndex(page), true);
-  Bump(replaced_);
-}
-
-absl::Status FaultService::SetDropAudit(DropAudit* audit) {
-  if (audit != nullptr && pagemap_fd_ < 0) {
-    pagemap_fd_ = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (pagemap_fd_ < 0) {
-      return absl::UnavailableError(absl::StrFormat(
-          "the drop audit reads /proc/self/pagemap, which cannot be opened: "
-          "%s; run without PAGEWIRE_CHECK",
-          strerror(errno)));
-    }
-  }
-  drop_audit_.store(audit, std::memory_order_release);
-  return absl::OkStatus();
-}
-
-void FaultService::AuditDrop(uintptr_t page) {
-  DropAudit* audit = drop_audit_.load(std::memory_order_acquire);
-  if (audit == nullptr) return;
-  // pagemap: bit 63 present, bit 57 userfaultfd write-protected.
-  uint64_t entry = 0;
-  const off_t at = static_cast<off_t>(page / kPageSize * sizeof(entry));
-  if (::pread(pagemap_fd_, &entry, sizeof(entry), at) != sizeof(entry)) {
-    entry = 0;
-  }
-  const bool present = entry >> 63 & 1;
-  audit->BeforeDrop(page - base_, !present || (entry >> 57 & 1) != 0);
-}
-
-void FaultService::DropPages(absl::Span<const uintptr_t> pages) {
-  std::vector<iovec> runs;
-  for (uintptr_t page : pages) {
-    const uint64_t i = PageIndex(page);
-    if (Resident(i)) {
-      AuditDrop(page);
-      SetResident(i, false);
-      if (!runs.empty() && static_cast<char*>(runs.back().iov_base) +
-                                   runs.back().iov_len ==
-                               reinterpret_cast<char*>(page)) {
-        runs.back().iov_len += kPageSize;
-      } else {
-        runs.push_back(iovec{reinterpret_cast<void*>(page), kPageSize});
-      }
-      Bump(evicted_);
-    }
-    if (auto it = pending_index_.find(page); it != pending_index_.end()) {
-      // Installed directly already: dropped above, nothing to ask again.
-      // Otherwise its answer, when it comes, is discarded and asked again.
-      if (DisarmLocked(it->second)) slots_[it->second].stale = true;
-    }
-  }
-  // One madvise per run. Not process_madvise, which takes a whole vector
-  // in one call (one TLB shootdown): the histogram test then lost a fault
-  // now and then on Linux 6.18 (3 hangs in ~140 runs, none in 140 with
-  // madvise), threads left asleep in handle_userfault with no event read.
-  for (const iovec& run : runs) ::madvise(run.iov_base, run.iov_len, MADV_DONTNEED);
-}
-
-void FaultService::DropPage(uintptr_t page) {
-  DropPages(absl::MakeConstSpan(&page, 1));
-}
-
-void FaultService::ChangeBacking(uint64_t offset, uint64_t size,
-                                 const PagePredicate* keep) {
-  if (offset >= size_) return;
-  size = std::min(size, size_ - offset);
-  const uintptr_t start = base_ + PageDown(offset);
-  const uintptr_t end = base_ + PageUp(offset + size);
-
-  // Pages that were answered SIGBUS get ordinary registered memory back.
-  for (auto it = unbacked_pages_.begin(); it != unbacked_pages_.end();) {
-    uintptr_t page = *it;
-    if (page < start || page >= end) {
-      ++it;
-      continue;
-    }
-    void* at = ::mmap(reinterpret_cast<void*>(page), kPageSize,
-                      PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-                      -1, 0);
-    absl::Status s = at == MAP_FAILED
-                         ? absl::InternalError(strerror(errno))
-                         : uffd_.Register(page, kPageSize);
-    if (!s.ok()) {
-      Error("restoring the page at 0x%x for its new backing failed: %s", page,
-            s.message());
-      ++it;
-      continue;
-    }
-    unbacked_pages_.erase(it++);
-  }
-
-  // Drop cached copies so the next access asks the new backing, in runs so
-  // that one madvise covers many pages. No page is installed directly
-  // meanwhile (install_mutex_): each is either dropped here or disarmed below.
-  absl::MutexLock lock(&install_mutex_);
-  uint64_t dropped = 0;
-  uintptr_t run_start = 0, run_end = 0;
-  auto flush = [&] {
-    if (run_end > run_start) {
-      ::madvise(reinterpret_cast<void*>(run_start), run_end - run_start,
-                MADV_DONTNEED);
-    }
-    run_start = run_end = 0;
-  };
-  for (uintptr_t page = start; page < end; page += kPageSize) {
-    uint64_t i = PageIndex(page);
-    if (!Resident(i) || (keep != nullptr && (*keep)(page - base_))) continue;
-    if (keep != nullptr) AuditDrop(page);  // an invalidation, not a new backing
-    SetResident(i, false);
-    ++dropped;
-    if (run_end != page) {
-      flush();
-      run_start = page;
-    }
-    run_end = page + kPageSize;
-  }
-  flush();
-  if (dropped) Bump(evicted_, dropped);
-
-  // Requests still out to the old backing are asked again when they return.
-  for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
-    PendingPage& p = slots_[slot];
-    if (p.in_use && p.page >= start && p.page < end &&
-        (keep == nullptr || !(*keep)(p.page - base_)) && DisarmLocked(slot)) {
-      p.stale = true;
-    }
-  }
 }
 
 void FaultService::AbandonPending() {
@@ -1304,20 +724,18 @@ void FaultService::AbandonPending() {
     direct_stopped_ = true;
   }
   for (uint32_t slot = 0; slot < kMaxPendingPages; ++slot) {
-    PendingPage& p = slots_[slot];
-    if (!p.in_use) continue;
-    if (direct_[slot].state.load(std::memory_order_acquire) ==
-        kDirectInstalled) {
+    FaultRecord& r = table_[slot];
+    if (!r.in_use) continue;
+    if (r.direct.load(std::memory_order_acquire) == kDirectInstalled) {
       FinishDirect(slot);  // resolved: its threads are awake
       continue;
     }
-    direct_[slot].state.store(kDirectIdle, std::memory_order_relaxed);
+    r.direct.store(kDirectIdle, std::memory_order_relaxed);
     absl::Status why = absl::UnavailableError(
         "the fault service stopped while the page's manager had not answered");
-    FailPage(p.page, why, "abandoned");
-    NotifyWatchers(p, why);
-    pending_index_.erase(p.page);
-    ReleaseSlot(slot);
+    FailPage(r.page, why, "abandoned");
+    NotifyWatchers(r, why);
+    table_.End(slot);
   }
   for (const uffd_msg& msg : deferred_) {
     FailPage(PageDown(msg.arg.pagefault.address),

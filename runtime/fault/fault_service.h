@@ -51,6 +51,8 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -59,9 +61,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/types/span.h"
 #include "runtime/fault/completion_queue.h"
 #include "runtime/base/latency_histogram.h"
 #include "runtime/base/page.h"
+#include "runtime/fault/fault_table.h"
+#include "runtime/fault/page_installer.h"
 #include "runtime/fault/pager.h"
 #include "runtime/fault/userfaultfd.h"
 
@@ -211,7 +216,7 @@ class FaultService final : public BackingObserver {
   // Makes the page at `offset` resident as if a thread had faulted on it
   // (read access), then calls `done` on the loop thread. Does not wait: a
   // home manager uses it to serve a remote fetch from a nested backing.
-  using PrefetchDone = std::function<void(const absl::Status&)>;
+  using PrefetchDone = PageWatcher;
   void Prefetch(uint64_t offset, PrefetchDone done);
   // A manager answering a fault on the loop thread (RequestPage) expects a
   // fault on the page at `offset` soon: the loop requests it once the
@@ -305,68 +310,50 @@ class FaultService final : public BackingObserver {
                 "one batch of distinct faults must fit the pending table");
 
  private:
-  struct PendingPage {
-    uintptr_t page = 0;
-    uint64_t started_ns = 0;
-    uint32_t next_free = 0;
-    Access access = Access::kRead;
-    bool upgrade = false;
-    bool in_use = false;
-    // The backing changed while the request was out: discard the answer and
-    // ask the new backing.
-    bool stale = false;
-    bool faulted = false;  // a thread waits (not only prefetch watchers)
-    // A fault joined the request: it may have come after a direct install
-    // woke the others (a write meeting the write protection), so finishing
-    // wakes the page once more.
-    bool joined = false;
-    std::vector<PrefetchDone> watchers;  // Prefetch callers, rare
+  // What a thread asks the loop to do (Submit), one alternative per kind.
+  struct ChangeBackingCmd {
+    uint64_t offset, size;
+    const PagePredicate* keep;  // null: a new backing; else an invalidation
   };
-  // What InstallDirect may do with a slot's request. The loop arms a
-  // request it sends (kIdle -> kArmed); InstallDirect installs an armed one
-  // (kArmed -> kInstalled) and the loop then finishes it (-> kIdle). The
-  // loop disarms a request whose page it drops (kArmed -> kIdle) and takes
-  // back one whose answer reaches it through the queue. Installing and
-  // disarming both hold install_mutex_, so each sees the other's outcome.
-  //
-  // The installer wakes the loop for the bookkeeping only if `prompt` or
-  // slots_wanted_ is set; the loop sets those and then looks at `state`,
-  // the installer sets `state` and then looks at them (all sequentially
-  // consistent), so at least one of the two sees the other and the
-  // bookkeeping never waits for an unrelated wake-up.
-  enum DirectState : uint32_t { kDirectIdle, kDirectArmed, kDirectInstalled };
-  struct DirectSlot {
-    std::atomic<uint32_t> state{kDirectIdle};
-    // A fault joined the request or a prefetch watches it.
-    std::atomic<bool> prompt{false};
-    uintptr_t page = 0;         // written by the loop before arming
-    uint64_t installed_ns = 0;  // written by the installer before kInstalled
+  struct PopulateCmd {
+    uint64_t offset, size;
+    const PagePredicate* which;
+    absl::Status* result;
   };
-  struct Command {
-    enum Kind {
-      kChangeBacking,
-      kInvalidate,
-      kPopulate,
-      kPrefetch,
-      kWriteProtect,
-      kInvalidatePages,
-      kSnapshot,
-      kRecall,
-    } kind;
+  struct PrefetchCmd {
     uint64_t offset;
-    uint64_t size;
-    const PagePredicate* keep;  // kInvalidate: keep; kPopulate: which
-    absl::Status* result;       // kPopulate
-    absl::Notification* done;   // null: the submitter does not wait
-    PrefetchDone prefetch_done;  // kPrefetch
-    bool protect = false;        // kWriteProtect
-    std::vector<uint64_t> pages;  // kInvalidatePages
-    Done pages_done;              // kInvalidatePages
-    PagePredicate pages_keep;     // kInvalidatePages
-    std::vector<const char*> pages_contents;  // kInvalidatePages
-    PagePredicate pages_may_replace;          // kInvalidatePages
-    const std::vector<char*>* buffers = nullptr;  // kSnapshot
-    std::vector<bool>* resident = nullptr;        // kSnapshot
+    PrefetchDone done;
+  };
+  struct WriteProtectCmd {
+    uint64_t offset, size;
+    bool protect;
+    absl::Status* result;
+  };
+  struct DropPagesCmd {  // InvalidatePagesAsync
+    std::vector<uint64_t> pages;
+    Done done;
+    PagePredicate keep;
+    std::vector<const char*> contents;
+    PagePredicate may_replace;
+  };
+  struct SnapshotCmd {
+    const std::vector<uint64_t>* pages;
+    const std::vector<char*>* buffers;
+    std::vector<bool>* resident;
+    absl::Status* result;
+  };
+  struct RecallCmd {
+    uint64_t offset;
+    char* buffer;
+    bool drop;
+    bool* was_resident;
+  };
+  using CommandOp = std::variant<ChangeBackingCmd, PopulateCmd, PrefetchCmd,
+                                 WriteProtectCmd, DropPagesCmd, SnapshotCmd,
+                                 RecallCmd>;
+  struct Command {
+    CommandOp op;
+    absl::Notification* done = nullptr;  // null: the submitter does not wait
   };
 
   FaultService(const FaultServiceConfig& config, Pager& root,
@@ -374,12 +361,9 @@ class FaultService final : public BackingObserver {
                int control_fd, int unbacked_fd, void* landing,
                uint64_t* resident);
 
+  // The loop (fault_service.cc).
   void Loop();
   void LoopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(loop_mutex_);
-  // Runs `c` on the calling thread if the loop sleeps and nothing is queued
-  // before it, for commands that only change installed pages (write
-  // protection, snapshots, drops); false: submit it as usual.
-  bool TryRunInline(const Command& c);
   // Before the loop sleeps: while a source awaits polled completions, polls
   // it up to spin_polls_ times and installs what it finds; true if it found
   // anything (the loop then does not sleep).
@@ -389,24 +373,33 @@ class FaultService final : public BackingObserver {
   // idle_polls_ times without blocking; poll()'s result for the first poll
   // that found something (revents set), else 0.
   int PollWhileIdle(std::vector<pollfd>& fds);
-  // Requests the pages ReadAhead named.
-  void RunReadAheads();
   bool AwaitsPolledCompletions() const;
   void ReadFaults();
   void HandleFault(const uffd_msg& msg);
-  // Finds or starts the request for `page`; kNoSlot if the table is full.
-  uint32_t StartRequest(uintptr_t page, Access access, bool upgrade);
+  // A record for `page` (table_.Start, counted); kNoSlot if the table is
+  // full.
+  uint32_t StartRecord(uintptr_t page, Access access, bool upgrade);
+  // Requests the pages ReadAhead named.
+  void RunReadAheads();
   void StartPrefetch(uint64_t offset, PrefetchDone done);
-  void NotifyWatchers(PendingPage& p, const absl::Status& status);
+  void NotifyWatchers(FaultRecord& r, const absl::Status& status);
+  // Sends `slot`'s request to the root pager (again, if it was stale).
   void Request(uint32_t slot);
   void DrainCompletions(bool bell_rang);
   void Complete(const PageCompletion& c);
+  void Install(FaultRecord& r, const PageCompletion& c);
+  void FailPage(uintptr_t page, const absl::Status& why, const char* outcome);
+  // Ends `slot`'s record once its page is installed or failed.
+  void Finish(uint32_t slot);
+  void RunDeferred();
+  void AbandonPending();
+
+  // Direct installs (fault_service.cc; see fault_table.h).
   // Bookkeeping for a request InstallDirect answered.
   void FinishDirect(uint32_t slot);
   // If the request out for `page` was installed directly, finishes it now.
   void CatchUpDirect(uintptr_t page);
-  // Something now waits for `slot`'s bookkeeping: see DirectSlot. May
-  // finish (and release) the slot.
+  // Something now waits for `slot`'s bookkeeping. May finish the slot.
   void WantPrompt(uint32_t slot);
   // Faults or prefetches wait for a slot: finishes every request that was
   // installed directly, and has the installers wake the loop from now on.
@@ -414,43 +407,36 @@ class FaultService final : public BackingObserver {
   // Takes `slot`'s request back from InstallDirect (install_mutex_ held);
   // false if it was installed already.
   bool DisarmLocked(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
-  void Install(PendingPage& p, const PageCompletion& c);
-  void FailPage(uintptr_t page, const absl::Status& why, const char* outcome);
-  void Wake(uintptr_t page);
-  void ReleaseSlot(uint32_t slot);
-  void RunDeferred();
+
+  // Commands (fault_commands.cc).
+  // Runs `c` on the calling thread if the loop sleeps and nothing is queued
+  // before it, for commands that only change installed pages (write
+  // protection, snapshots, drops); false: submit it as usual.
+  bool TryRunInline(const Command& c);
+  // Runs `op` on the loop: here if this is the loop, inline if the loop
+  // sleeps and `op` allows, else queued; waits for it if `wait`. False if
+  // the service stopped before it could run.
+  bool Submit(CommandOp op, bool wait);
   bool RunCommands();  // true: stop
   void RunCommand(const Command& c);
-  void Submit(Command c);
-  void ChangeBacking(uint64_t offset, uint64_t size, const PagePredicate* keep);
-  absl::Status PopulateRange(uint64_t offset, uint64_t size,
-                             const PagePredicate* which);
-  absl::Status ProtectRange(uint64_t offset, uint64_t size, bool protect);
-  void DropPage(uintptr_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
-  // DropPage for many pages at once: adjacent pages are unmapped as one
-  // run, one madvise (one TLB shootdown, which interrupts every other CPU
-  // running this process's threads) per run instead of per page.
+  void Run(const ChangeBackingCmd& c);
+  void Run(const PopulateCmd& c);
+  void Run(const PrefetchCmd& c);
+  void Run(const WriteProtectCmd& c);
+  void Run(const DropPagesCmd& c);
+  void Run(const SnapshotCmd& c);
+  void Run(const RecallCmd& c);
   void DropPages(absl::Span<const uintptr_t> pages)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
   // Installs `contents` write-protected at the dropped `page`; on failure
   // leaves it absent (fetched on demand), with a warning.
   void ReplaceDropped(uintptr_t page, const char* contents)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mutex_);
-  void AbandonPending();
   // Tells the audit (if any) that `page`, installed, is about to go.
   void AuditDrop(uintptr_t page);
 
   uint64_t PageIndex(uintptr_t page) const { return (page - base_) / kPageSize; }
-  // The loop and InstallDirect both change bits, of different pages in one
-  // word: atomic read-modify-writes.
-  bool Resident(uint64_t i) const {
-    return __atomic_load_n(&resident_[i >> 6], __ATOMIC_ACQUIRE) >> (i & 63) & 1;
-  }
-  void SetResident(uint64_t i, bool on) {
-    const uint64_t bit = uint64_t{1} << (i & 63);
-    if (on) __atomic_fetch_or(&resident_[i >> 6], bit, __ATOMIC_RELEASE);
-    else __atomic_fetch_and(&resident_[i >> 6], ~bit, __ATOMIC_RELEASE);
-  }
+  bool Resident(uint64_t i) const { return installer_.Resident(i); }
   static void Bump(std::atomic<uint64_t>& a, uint64_t by = 1) {
     a.store(a.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
   }
@@ -463,23 +449,20 @@ class FaultService final : public BackingObserver {
   const int control_fd_;   // eventfd: commands or stop
   const int unbacked_fd_;  // empty memfd: its pages raise SIGBUS
   void* const landing_;    // kMaxPendingPages landing buffers
-  // One bit per page of the range: set by the loop and InstallDirect,
-  // cleared by the loop.
+  // One bit per page of the range (the installer's residence bits).
   uint64_t* const resident_;
+  PageInstaller installer_;
   std::thread loop_;
   std::thread::id loop_id_;
   bool stopped_ = false;  // owner only
 
-  // Loop-only state.
-  std::vector<PendingPage> slots_;
-  uint32_t free_head_ = 0;
-  uint32_t outstanding_ = 0;
-  absl::flat_hash_map<uintptr_t, uint32_t> pending_index_;
-  std::vector<uffd_msg> deferred_;  // faults waiting for a free slot
+  // The loop's: one record per wanted page (fault_table.h), faults and
+  // prefetches waiting for a free record, pages named by ReadAhead.
+  FaultTable table_;
+  std::vector<uffd_msg> deferred_;
   std::vector<std::pair<uint64_t, PrefetchDone>> deferred_prefetches_;
-  absl::flat_hash_set<uintptr_t> unbacked_pages_;  // replaced by SIGBUS pages
   std::vector<PageCompletion> drained_;
-  std::vector<uint64_t> readahead_;  // offsets named by ReadAhead
+  std::vector<uint64_t> readahead_;
   std::vector<CompletionSource*> sources_;
   const uint32_t spin_polls_;
   const uint32_t idle_polls_;
@@ -487,13 +470,11 @@ class FaultService final : public BackingObserver {
   std::atomic<DropAudit*> drop_audit_{nullptr};
   int pagemap_fd_ = -1;  // opened with the audit, before it is published
 
-  // Per slot, shared with InstallDirect.
-  std::unique_ptr<DirectSlot[]> direct_;
   // Held by InstallDirect across its check and copy, and by the loop while
-  // it drops pages or stops: see DirectSlot.
+  // it drops pages or stops: see fault_table.h.
   absl::Mutex install_mutex_;
   bool direct_stopped_ ABSL_GUARDED_BY(install_mutex_) = false;
-  // Faults or prefetches wait for a free slot (see DirectSlot).
+  // Faults or prefetches wait for a free slot (see fault_table.h).
   std::atomic<bool> slots_wanted_{false};
   // The loop sleeps in poll() (a hint for InstallDirect, never needed for
   // correctness).
