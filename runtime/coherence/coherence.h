@@ -92,6 +92,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -204,6 +205,24 @@ class Coherence final : public WriteTracker, public DropAudit {
     uint64_t page;
     std::unique_ptr<char[]> contents;  // kPageSize
   };
+  // One barrier's state from phase to phase (coherence_barrier.cc).
+  struct EpochRound {
+    uint64_t epoch = 0;
+    PageList mine;                   // pages this rank wrote (sorted, unique)
+    std::vector<PageList> subscribe;  // by home: this rank's subscriptions
+    // Per page of `mine` this rank homes: the ranks that cache it (null for
+    // other homes' pages, which every rank hears of).
+    std::vector<std::vector<uint64_t>> own_cachers;
+    std::vector<const std::vector<uint64_t>*> cachers;
+    std::vector<std::vector<size_t>> push_to;  // by rank: indices into mine
+    std::vector<std::unique_ptr<char[]>> snapshots;  // pushed pages
+    // Filled by AwaitEpochLists: (writer, alloc, page) of the pages the
+    // other ranks wrote, and the pages they pushed to this rank.
+    std::vector<std::tuple<int, uint32_t, uint64_t>> written;
+    std::vector<Pushed> pushed;
+    // Whether `peer` hears of mine[i].
+    bool Tells(size_t i, int peer) const;
+  };
   struct EpochState {
     std::vector<bool> writes_from;  // by rank: its kEpochWrites ended
     // (writer, alloc, page) of the pages other ranks wrote this epoch.
@@ -288,6 +307,18 @@ class Coherence final : public WriteTracker, public DropAudit {
   bool HasTwin(uint64_t offset) const;
   // Ends flush `id` and waits for the flushes in `earlier` to end.
   void EndFlush(uint64_t id, const std::vector<uint64_t>& earlier);
+  // The barrier's phases, in order (coherence_barrier.cc).
+  EpochRound BeginEpoch();
+  void FindCachers(EpochRound& round);
+  void PlanPushes(EpochRound& round);
+  absl::Status SendEpochLists(EpochRound& round);
+  absl::Status AwaitEpochLists(EpochRound& round);
+  absl::Status ProtectHomePages(const EpochRound& round);
+  absl::Status DropStaleCopies(EpochRound& round);
+  // Copies of `stale` that are dropped, not replaced (no `contents`): a
+  // fetch of one later subscribes to its pushes.
+  void MarkDroppedForGood(const PageList& stale,
+                          const std::vector<const char*>& contents);
   absl::Status AwaitPeers(const std::function<bool()>& done_with,
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<uint64_t> Atomic(uintptr_t addr, WorkOpcode op,
