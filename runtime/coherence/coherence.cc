@@ -187,72 +187,15 @@ void Coherence::NoteRefetch(DistributedDataspace* ds, uint64_t page, int home) {
 
 void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) {
   hp::PageListHeader h;
-  if (body.size() < sizeof(h) || peer < 0 || peer >= nranks_) {
-    Warning("coherence: rank %d sent a malformed message of type %d; dropped",
-            peer, type);
-    return;
-  }
-  std::memcpy(&h, body.data(), sizeof(h));
-  const uint64_t refs_end = sizeof(h) + uint64_t{h.count} * sizeof(hp::PageRef);
-  if (body.size() < refs_end || h.count > hp::kMaxPageRefs) {
-    Warning("coherence: rank %d sent %d bytes for %d pages (type %d); dropped",
-            peer, body.size(), h.count, type);
-    return;
-  }
-  PageList pages(h.count);
-  if (h.count) {
-    std::memcpy(pages.data(), body.data() + sizeof(h),
-                h.count * sizeof(hp::PageRef));
-  }
-  // Only a kEpochWrites list carries pushed pages, after its refs.
-  uint64_t pushed = 0;
-  for (const hp::PageRef& r : pages) {
-    // A ref is a write, a pushed write or a subscription, and only a
-    // kEpochWrites list has anything but plain writes.
-    const uint32_t allowed =
-        type == hp::kEpochWrites ? hp::kRefPushed | hp::kRefSubscribe : 0;
-    if ((r.flags & ~allowed) != 0 ||
-        r.flags == (hp::kRefPushed | hp::kRefSubscribe)) {
-      Warning("coherence: rank %d sent a page ref with flags 0x%x (type %d); "
-              "message dropped",
-              peer, r.flags, type);
-      return;
-    }
-    pushed += (r.flags & hp::kRefPushed) != 0;
-  }
-  if (body.size() != refs_end + pushed * kPageSize) {
-    Warning("coherence: rank %d sent %d bytes for %d pages, %d of them pushed "
-            "(type %d); dropped",
-            peer, body.size(), h.count, pushed, type);
-    return;
-  }
+  PageList pages;
+  const char* contents = nullptr;
+  if (!ParsePageList(peer, type, body, h, pages, contents)) return;
   const bool last = h.flags & hp::kLastPart;
   absl::MutexLock lock(&mutex_);
   switch (type) {
-    case hp::kEpochWrites: {
-      EpochState& st = epochs_[h.epoch_or_lock];
-      st.writes_from.resize(nranks_);
-      const char* contents = body.data() + refs_end;
-      for (const hp::PageRef& r : pages) {
-        if (r.flags & hp::kRefSubscribe) {
-          Subscribe(peer, r);
-          continue;
-        }
-        st.written.emplace_back(peer, r.alloc_id, r.page);
-        if (!(r.flags & hp::kRefPushed)) continue;
-        // Taken only from the page's home (others' pushes are ignored).
-        DistributedDataspace* ds = Find(r.alloc_id);
-        if (ds != nullptr && !ds->sequential() && r.page < ds->placement().pages &&
-            ds->OwnerOf(r.page) == peer) {
-          Pushed p{peer, r.alloc_id, r.page, std::make_unique<char[]>(kPageSize)};
-          std::memcpy(p.contents.get(), contents, kPageSize);
-          st.pushed.push_back(std::move(p));
-        }
-        contents += kPageSize;
-      }
-      if (last) st.writes_from[peer] = true;
+    case hp::kEpochWrites:
+      OnEpochWrites(peer, h.epoch_or_lock, pages, contents, last);
       return;
-    }
     case hp::kLockAcquire:
       ManagerAcquire(h.epoch_or_lock, peer, h.ticket);
       return;
@@ -276,6 +219,77 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
       Warning("coherence: rank %d sent unknown message type %d; dropped", peer,
               type);
   }
+}
+
+bool Coherence::ParsePageList(int peer, uint16_t type,
+                              absl::Span<const char> body,
+                              hp::PageListHeader& h, PageList& pages,
+                              const char*& contents) const {
+  if (body.size() < sizeof(h) || peer < 0 || peer >= nranks_) {
+    Warning("coherence: rank %d sent a malformed message of type %d; dropped",
+            peer, type);
+    return false;
+  }
+  std::memcpy(&h, body.data(), sizeof(h));
+  const uint64_t refs_end = sizeof(h) + uint64_t{h.count} * sizeof(hp::PageRef);
+  if (body.size() < refs_end || h.count > hp::kMaxPageRefs) {
+    Warning("coherence: rank %d sent %d bytes for %d pages (type %d); dropped",
+            peer, body.size(), h.count, type);
+    return false;
+  }
+  pages.resize(h.count);
+  if (h.count) {
+    std::memcpy(pages.data(), body.data() + sizeof(h),
+                h.count * sizeof(hp::PageRef));
+  }
+  // Only a kEpochWrites list carries pushed pages, after its refs.
+  uint64_t pushed = 0;
+  for (const hp::PageRef& r : pages) {
+    // A ref is a write, a pushed write or a subscription, and only a
+    // kEpochWrites list has anything but plain writes.
+    const uint32_t allowed =
+        type == hp::kEpochWrites ? hp::kRefPushed | hp::kRefSubscribe : 0;
+    if ((r.flags & ~allowed) != 0 ||
+        r.flags == (hp::kRefPushed | hp::kRefSubscribe)) {
+      Warning("coherence: rank %d sent a page ref with flags 0x%x (type %d); "
+              "message dropped",
+              peer, r.flags, type);
+      return false;
+    }
+    pushed += (r.flags & hp::kRefPushed) != 0;
+  }
+  if (body.size() != refs_end + pushed * kPageSize) {
+    Warning("coherence: rank %d sent %d bytes for %d pages, %d of them pushed "
+            "(type %d); dropped",
+            peer, body.size(), h.count, pushed, type);
+    return false;
+  }
+  contents = body.data() + refs_end;
+  return true;
+}
+
+void Coherence::OnEpochWrites(int peer, uint64_t epoch, const PageList& pages,
+                              const char* contents, bool last) {
+  EpochState& st = epochs_[epoch];
+  st.writes_from.resize(nranks_);
+  for (const hp::PageRef& r : pages) {
+    if (r.flags & hp::kRefSubscribe) {
+      Subscribe(peer, r);
+      continue;
+    }
+    st.written.emplace_back(peer, r.alloc_id, r.page);
+    if (!(r.flags & hp::kRefPushed)) continue;
+    // Taken only from the page's home (others' pushes are ignored).
+    DistributedDataspace* ds = Find(r.alloc_id);
+    if (ds != nullptr && !ds->sequential() && r.page < ds->placement().pages &&
+        ds->OwnerOf(r.page) == peer) {
+      Pushed p{peer, r.alloc_id, r.page, std::make_unique<char[]>(kPageSize)};
+      std::memcpy(p.contents.get(), contents, kPageSize);
+      st.pushed.push_back(std::move(p));
+    }
+    contents += kPageSize;
+  }
+  if (last) st.writes_from[peer] = true;
 }
 
 void Coherence::PeerDied(int peer, const std::string& why) {

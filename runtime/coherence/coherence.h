@@ -256,6 +256,16 @@ class Coherence final : public WriteTracker, public DropAudit {
   };
   // Transport thread: kEpochWrites and the lock messages.
   void OnMessage(int peer, uint16_t type, absl::Span<const char> body);
+  // Checks a page-list message (header, refs and their flags, pushed pages
+  // after them) and takes it apart; false (warned) if malformed.
+  bool ParsePageList(int peer, uint16_t type, absl::Span<const char> body,
+                     home_protocol::PageListHeader& h, PageList& pages,
+                     const char*& contents) const;
+  // One part of `peer`'s list for barrier `epoch`; `contents`: its pushed
+  // pages, in the order of their refs.
+  void OnEpochWrites(int peer, uint64_t epoch, const PageList& pages,
+                     const char* contents, bool last)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* Find(uint32_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* FindByAddr(uintptr_t addr) const
@@ -300,6 +310,21 @@ class Coherence final : public WriteTracker, public DropAudit {
   // writes each run of modified bytes home from registered staging and
   // waits. The pages must be marked flushing_ by the caller.
   absl::Status FlushTwins(std::map<uint64_t, Twin>& twins, PageList& written);
+  // What FlushTwins' rounds add up.
+  struct FlushTally {
+    uint64_t bytes = 0;
+    uint64_t writes = 0;
+    absl::Status first_error;
+  };
+  using TwinIter = std::map<uint64_t, Twin>::iterator;
+  // One round of FlushTwins from `next`: staging slots and a ticket, the
+  // snapshot, its turn to post, the diffs posted and completed. Returns
+  // where the next round starts.
+  TwinIter FlushRound(TwinIter next, TwinIter end, PageList& written,
+                      FlushTally& tally);
+  // Posts the runs of `snapshot` (staging) that differ from `twin` home.
+  void PostDiff(const Twin& twin, uint64_t offset, char* snapshot,
+                SyncBatch& batch, PageList& written, FlushTally& tally);
   // Ends freezes and flushes; deferred upgrades are asked again.
   void Unfreeze(const std::vector<uint64_t>& frozen,
                 const std::vector<uint64_t>& flushed);
@@ -323,6 +348,15 @@ class Coherence final : public WriteTracker, public DropAudit {
                           const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<uint64_t> Atomic(uintptr_t addr, WorkOpcode op,
                                   uint64_t operand, uint64_t swap);
+  // The allocation, page and home of an atomic's word (a first-touch page
+  // is touched to settle its home; on verbs a page of its own is
+  // registered), or why the address takes no pw_atomic_*.
+  struct AtomicTarget {
+    DistributedDataspace* ds = nullptr;
+    uint64_t page = 0;
+    int home = -1;
+  };
+  absl::StatusOr<AtomicTarget> FindAtomicTarget(uintptr_t addr);
 
   // Home side: `peer` subscribes to the page `r` (kRefSubscribe).
   void Subscribe(int peer, const home_protocol::PageRef& r)

@@ -6,26 +6,24 @@
 
 namespace pagewire {
 
-absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
-                                           uint64_t operand, uint64_t swap) {
+absl::StatusOr<Coherence::AtomicTarget> Coherence::FindAtomicTarget(
+    uintptr_t addr) {
   if (addr % 8 != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "atomic on %p: the address must be 8-byte aligned",
         reinterpret_cast<void*>(addr)));
   }
-  int home;
-  DistributedDataspace* ds;
-  uint64_t page;
+  AtomicTarget t;
   {
     absl::MutexLock lock(&mutex_);
-    ds = FindByAddr(addr);
-    if (ds == nullptr) {
+    t.ds = FindByAddr(addr);
+    if (t.ds == nullptr) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "atomic on %p: not in a live global allocation; atomics work on "
           "memory from pw_alloc",
           reinterpret_cast<void*>(addr)));
     }
-    if (ds->sequential()) {
+    if (t.ds->sequential()) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "atomic on %p: the address is in sequentially consistent memory "
           "(pw_alloc_sc), where the CPU's own atomics (__atomic_*, "
@@ -33,15 +31,15 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
           "words in pw_alloc memory",
           reinterpret_cast<void*>(addr)));
     }
-    page = (addr - ds->global_addr()) / kPageSize;
-    home = ds->OwnerOf(page);
+    t.page = (addr - t.ds->global_addr()) / kPageSize;
+    t.home = t.ds->OwnerOf(t.page);
   }
-  if (home < 0) {
+  if (t.home < 0) {
     // A first-touch page nobody has touched: touching it settles its home.
     (void)*reinterpret_cast<volatile uint64_t*>(addr);
-    home = ds->OwnerOf(page);
+    t.home = t.ds->OwnerOf(t.page);
   }
-  if (ds->has_page_keys()) {
+  if (t.ds->has_page_keys()) {
     // First touch on verbs: the operation needs the page's own key. A
     // peer's page: touching it fetches it through its home manager, whose
     // answer carries the key (a rank may know the owner without ever having
@@ -49,12 +47,19 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
     // its own NIC: touched, it is resident, and registered here unless a
     // peer's fetch did that already (before write-protecting it).
     (void)*reinterpret_cast<volatile uint64_t*>(addr);
-    if (home == self_ && atomics_through_transport_) {
-      absl::StatusOr<uint32_t> key = ds->RegisterOwnedPage(page);
+    if (t.home == self_ && atomics_through_transport_) {
+      absl::StatusOr<uint32_t> key = t.ds->RegisterOwnedPage(t.page);
       if (!key.ok()) return key.status();
     }
   }
-  if (home == self_ && !atomics_through_transport_) {
+  return t;
+}
+
+absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
+                                           uint64_t operand, uint64_t swap) {
+  absl::StatusOr<AtomicTarget> t = FindAtomicTarget(addr);
+  if (!t.ok()) return t.status();
+  if (t->home == self_ && !atomics_through_transport_) {
     auto* word = reinterpret_cast<uint64_t*>(addr);
     if (op == WorkOpcode::kFetchAdd) {
       return __atomic_fetch_add(word, operand, __ATOMIC_SEQ_CST);
@@ -80,13 +85,13 @@ absl::StatusOr<uint64_t> Coherence::Atomic(uintptr_t addr, WorkOpcode op,
   wr.lkey = scratch_region_.lkey;
   wr.length = 8;
   wr.remote_addr = addr;
-  wr.rkey = ds->RemoteKey(home, page);
+  wr.rkey = t->ds->RemoteKey(t->home, t->page);
   wr.compare_add = operand;
   wr.swap = swap;
   SyncBatch batch;
-  absl::Status s = fetcher_.PostSync(home, &wr, batch);
+  absl::Status s = fetcher_.PostSync(t->home, &wr, batch);
   if (s.ok()) s = batch.Wait();
-  uint64_t old = scratch_[slot];
+  const uint64_t old = scratch_[slot];
   {
     absl::MutexLock lock(&mutex_);
     free_scratch_.push_back(slot);

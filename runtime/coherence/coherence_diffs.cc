@@ -151,104 +151,111 @@ void Coherence::EndFlush(uint64_t id, const std::vector<uint64_t>& earlier) {
 
 absl::Status Coherence::FlushTwins(std::map<uint64_t, Twin>& twins,
                                    PageList& written) {
-  std::vector<std::pair<uint32_t, uint32_t>> runs;
-  std::vector<WorkRequest> chain;
-  uint64_t bytes = 0, writes = 0;
-  absl::Status first_error;
+  FlushTally tally;
   auto next = twins.begin();
-  while (next != twins.end()) {
-    // A round: as many pages as staging slots are free, and its ticket
-    // (post_turn_).
-    std::vector<uint32_t> slots;
-    uint64_t ticket;
-    {
-      absl::MutexLock lock(&mutex_);
-      auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return !free_staging_.empty();
-      };
-      mutex_.Await(absl::Condition(&available));
-      while (!free_staging_.empty() &&
-             slots.size() < static_cast<size_t>(std::distance(next, twins.end()))) {
-        slots.push_back(free_staging_.back());
-        free_staging_.pop_back();
-      }
-      ticket = ++post_tickets_;
+  while (next != twins.end()) next = FlushRound(next, twins.end(), written, tally);
+  absl::MutexLock lock(&mutex_);
+  stats_.diff_bytes += tally.bytes;
+  stats_.diff_writes += tally.writes;
+  return tally.first_error;
+}
+
+Coherence::TwinIter Coherence::FlushRound(TwinIter next, TwinIter end,
+                                          PageList& written, FlushTally& tally) {
+  // As many pages as staging slots are free, and the round's ticket
+  // (post_turn_).
+  std::vector<uint32_t> slots;
+  uint64_t ticket;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return !free_staging_.empty();
+    };
+    mutex_.Await(absl::Condition(&available));
+    while (!free_staging_.empty() &&
+           slots.size() < static_cast<size_t>(std::distance(next, end))) {
+      slots.push_back(free_staging_.back());
+      free_staging_.pop_back();
     }
-    std::vector<const std::pair<const uint64_t, Twin>*> round;
-    std::vector<uint64_t> offsets;
-    std::vector<char*> buffers;
-    for (uint32_t slot : slots) {
-      round.push_back(&*next);
-      offsets.push_back(next->first);
-      buffers.push_back(staging_.get() + uint64_t{slot} * kPageSize);
-      ++next;
-    }
-    // Snapshot on the fault loop, which alone knows exactly which pages are
-    // installed, and stop further writes: a writer now faults and twins the
-    // page afresh (with what is flushed). Then it waits for its turn to
-    // post (post_turn_).
-    std::vector<bool> resident;
-    SyncBatch batch;
-    absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
-    {
-      absl::MutexLock lock(&mutex_);
-      auto my_turn = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return post_turn_ == ticket;
-      };
-      if (!my_turn()) {
-        ++stats_.post_waits;
-        mutex_.Await(absl::Condition(&my_turn));
-      }
-    }
-    for (size_t i = 0; s.ok() && i < round.size(); ++i) {
-      const Twin& twin = round[i]->second;
-      if (!resident[i]) {
-        Error("release: page 0x%x was dropped before its writes went home; "
-              "they are lost (a coherence bug)",
-              service_.base() + offsets[i]);
-        continue;
-      }
-      DiffRuns(buffers[i], twin.copy.get(), runs);
-      if (runs.empty()) continue;
-      chain.assign(runs.size(), WorkRequest{});
-      for (size_t k = 0; k < runs.size(); ++k) {
-        WorkRequest& wr = chain[k];
-        wr.opcode = WorkOpcode::kWrite;
-        wr.local = buffers[i] + runs[k].first;
-        wr.lkey = staging_region_.lkey;
-        wr.length = runs[k].second - runs[k].first;
-        wr.remote_addr = service_.base() + offsets[i] + runs[k].first;
-        wr.rkey = twin.ds->RemoteKey(twin.home, twin.page);
-        wr.next = k + 1 < runs.size() ? &chain[k + 1] : nullptr;
-        bytes += wr.length;
-      }
-      writes += runs.size();
-      absl::Status posted = fetcher_.PostSync(twin.home, chain.data(), batch);
-      if (!posted.ok() && first_error.ok()) first_error = posted;
-      written.push_back(hp::PageRef{twin.ds->id(), 0, twin.page});
-      absl::MutexLock lock(&mutex_);
-      remote_written_barrier_[twin.home].push_back(
-          hp::PageRef{twin.ds->id(), 0, twin.page});
-    }
-    {
-      absl::MutexLock lock(&mutex_);
-      ++post_turn_;
-    }
-    absl::Status waited = batch.Wait();
-    {
-      absl::MutexLock lock(&mutex_);
-      for (uint32_t slot : slots) free_staging_.push_back(slot);
-    }
-    if (!s.ok() && first_error.ok()) first_error = s;
-    if (!waited.ok() && first_error.ok()) {
-      first_error = absl::UnavailableError(absl::StrFormat(
-          "release: writing modified bytes home failed: %s", waited.message()));
+    ticket = ++post_tickets_;
+  }
+  std::vector<const std::pair<const uint64_t, Twin>*> round;
+  std::vector<uint64_t> offsets;
+  std::vector<char*> buffers;
+  for (uint32_t slot : slots) {
+    round.push_back(&*next);
+    offsets.push_back(next->first);
+    buffers.push_back(staging_.get() + uint64_t{slot} * kPageSize);
+    ++next;
+  }
+  // Snapshot on the fault loop, which alone knows exactly which pages are
+  // installed, and stop further writes: a writer now faults and twins the
+  // page afresh (with what is flushed). Then wait for the round's turn to
+  // post.
+  std::vector<bool> resident;
+  SyncBatch batch;
+  const absl::Status s = service_.SnapshotAndProtect(offsets, buffers, resident);
+  {
+    absl::MutexLock lock(&mutex_);
+    auto my_turn = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return post_turn_ == ticket;
+    };
+    if (!my_turn()) {
+      ++stats_.post_waits;
+      mutex_.Await(absl::Condition(&my_turn));
     }
   }
+  for (size_t i = 0; s.ok() && i < round.size(); ++i) {
+    if (!resident[i]) {
+      Error("release: page 0x%x was dropped before its writes went home; "
+            "they are lost (a coherence bug)",
+            service_.base() + offsets[i]);
+      continue;
+    }
+    PostDiff(round[i]->second, offsets[i], buffers[i], batch, written, tally);
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    ++post_turn_;
+  }
+  const absl::Status waited = batch.Wait();
+  {
+    absl::MutexLock lock(&mutex_);
+    for (uint32_t slot : slots) free_staging_.push_back(slot);
+  }
+  if (!s.ok() && tally.first_error.ok()) tally.first_error = s;
+  if (!waited.ok() && tally.first_error.ok()) {
+    tally.first_error = absl::UnavailableError(absl::StrFormat(
+        "release: writing modified bytes home failed: %s", waited.message()));
+  }
+  return next;
+}
+
+void Coherence::PostDiff(const Twin& twin, uint64_t offset, char* snapshot,
+                         SyncBatch& batch, PageList& written,
+                         FlushTally& tally) {
+  std::vector<std::pair<uint32_t, uint32_t>> runs;
+  DiffRuns(snapshot, twin.copy.get(), runs);
+  if (runs.empty()) return;
+  std::vector<WorkRequest> chain(runs.size());
+  for (size_t k = 0; k < runs.size(); ++k) {
+    WorkRequest& wr = chain[k];
+    wr.opcode = WorkOpcode::kWrite;
+    wr.local = snapshot + runs[k].first;
+    wr.lkey = staging_region_.lkey;
+    wr.length = runs[k].second - runs[k].first;
+    wr.remote_addr = service_.base() + offset + runs[k].first;
+    wr.rkey = twin.ds->RemoteKey(twin.home, twin.page);
+    wr.next = k + 1 < runs.size() ? &chain[k + 1] : nullptr;
+    tally.bytes += wr.length;
+  }
+  tally.writes += runs.size();
+  absl::Status posted = fetcher_.PostSync(twin.home, chain.data(), batch);
+  if (!posted.ok() && tally.first_error.ok()) tally.first_error = posted;
+  written.push_back(hp::PageRef{twin.ds->id(), 0, twin.page});
   absl::MutexLock lock(&mutex_);
-  stats_.diff_bytes += bytes;
-  stats_.diff_writes += writes;
-  return first_error;
+  remote_written_barrier_[twin.home].push_back(
+      hp::PageRef{twin.ds->id(), 0, twin.page});
 }
 
 std::vector<std::pair<uint64_t, size_t>> Coherence::CachedCopies(
