@@ -41,7 +41,6 @@ SequentialConsistency::SequentialConsistency(int self, int nranks,
       router_(router),
       fetcher_(fetcher),
       service_(service),
-      waiting_(FaultService::kMaxPendingPages),
       dead_(nranks),
       death_(nranks),
       staging_(new char[kPageSize]) {
@@ -181,11 +180,12 @@ void SequentialConsistency::PeerDied(int peer, const std::string& why) {
     if (peer < 0 || peer >= nranks_ || dead_[peer]) return;
     dead_[peer] = true;
     death_[peer] = why;
-    for (Waiting& w : waiting_) {
-      if (w.active && w.home == peer) {
-        w.active = false;
-        orphans.push_back(w.request);
-      }
+    // Faults waiting for a grant from `peer` (their plans, in the fault
+    // service's table), taken under mutex_: RequestPage checks a home's
+    // life and plans under it too, so no plan escapes.
+    static constexpr uint16_t kReplies[] = {hp::kScGrant};
+    for (const FaultPlan& p : service_.TakePlansAwaiting(peer, kReplies)) {
+      orphans.push_back(p.request);
     }
     events_.push_back(Event{peer, kPeerDeath, {}});
   }
@@ -217,7 +217,14 @@ void SequentialConsistency::RequestPage(const PageRequest& request,
     } else if (dead_[home]) {
       dead = death_[home];
     } else {
-      waiting_[request.slot] = Waiting{true, home, request, ds, page};
+      FaultPlan plan;
+      plan.step = FaultPlan::Step::kAwaitingReply;
+      plan.reply = hp::kScGrant;
+      plan.peer = home;
+      plan.request = request;
+      plan.manager = ds;
+      plan.page = page;
+      service_.SetPlan(request.slot, plan);
       ++stats_.requests;
     }
   }
@@ -530,27 +537,23 @@ void SequentialConsistency::OnGrant(int peer, absl::Span<const char> body) {
             peer);
     return;
   }
-  Waiting w;
-  {
-    absl::MutexLock lock(&mutex_);
-    if (m.slot >= waiting_.size() || !waiting_[m.slot].active ||
-        waiting_[m.slot].home != peer || waiting_[m.slot].page != m.page) {
-      Warning("sequential consistency: rank %d granted page %d to slot %u, "
-              "which waits for no such grant; ignored",
-              peer, m.page, m.slot);
-      return;
-    }
-    w = waiting_[m.slot];
-    waiting_[m.slot].active = false;
+  std::optional<FaultPlan> plan = service_.TakePlan(
+      m.slot, FaultPlan::Step::kAwaitingReply, hp::kScGrant, peer, m.page);
+  if (!plan) {
+    Warning("sequential consistency: rank %d granted page %d to slot %u, "
+            "which waits for no such grant; ignored",
+            peer, m.page, m.slot);
+    return;
   }
-  const PageRequest& request = w.request;
+  auto* ds = static_cast<DistributedDataspace*>(plan->manager);
+  const PageRequest& request = plan->request;
   if (m.error != 0) {
     request.completion_queue->Post(OutcomeCompletion(
         request, Resolution::kFailed,
         absl::DataLossError(absl::StrFormat(
             "page %d of %s cannot be provided by its home, rank %d: %s (its "
             "log says more)",
-            m.page, w.ds->Describe(), peer,
+            m.page, ds->Describe(), peer,
             m.error == EIO
                 ? absl::StrFormat("its latest contents died with rank %d, "
                                   "which held it for writing",
@@ -571,7 +574,9 @@ void SequentialConsistency::OnGrant(int peer, absl::Span<const char> body) {
         /*write_protect=*/!m.write));
     return;
   }
-  fetcher_.Read(request, peer, m.store_addr, w.ds, m.page, m.rkey);
+  // Granted for writing: installed writable (this rank owns the page).
+  fetcher_.Read(request, peer, m.store_addr, /*write_protect=*/m.write == 0,
+                ds, m.page, m.rkey);
 }
 
 }  // namespace pagewire

@@ -116,14 +116,6 @@ class SequentialConsistency final : public PageProtocol {
     int lost_by = -1;  // that writer
   };
   // A fault waiting for its grant, by fault slot.
-  struct Waiting {
-    bool active = false;
-    int home = -1;
-    PageRequest request;
-    DistributedDataspace* ds = nullptr;
-    uint64_t page = 0;
-  };
-
   // Queues an event for the service thread (also "sends" to this rank).
   void Post(int peer, uint16_t type, absl::Span<const char> body);
   // Sends to `peer`, or queues locally when it is this rank.
@@ -156,7 +148,6 @@ class SequentialConsistency final : public PageProtocol {
   mutable absl::Mutex mutex_;
   std::map<uint32_t, DistributedDataspace*> dataspaces_ ABSL_GUARDED_BY(mutex_);
   std::map<uint32_t, Store> stores_ ABSL_GUARDED_BY(mutex_);
-  std::vector<Waiting> waiting_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);
   std::deque<Event> events_ ABSL_GUARDED_BY(mutex_);

@@ -159,7 +159,11 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
       // Read again after a barrier dropped it: the home may push it.
       tracker_->NoteRefetch(this, page, owner);
     }
-    fetcher_.Read(request, owner, remote_addr, this, page);
+    // Installed write-protected even for a write: the writer faults once
+    // more and the upgrade twins the page then, when it is surely installed
+    // (this answer may yet be discarded if the page is dropped meanwhile).
+    fetcher_.Read(request, owner, remote_addr, /*write_protect=*/true, this,
+                  page);
     if (params_.readahead != nullptr && !request.prefetch &&
         request.access == Access::kRead) {
       // Only pages this rank already caches from that home (registered):
@@ -175,19 +179,6 @@ void DistributedDataspace::RequestFromOwner(const PageRequest& request,
   } else {
     fetcher_.FetchVia(request, owner, remote_addr, this, page);
   }
-}
-
-PageCompletion DistributedDataspace::OnFetched(const PageRequest& request,
-                                               uint64_t page) {
-  // Installed write-protected even for a write: the writer faults once more
-  // and the upgrade twins the page then, when it is surely installed (this
-  // answer may yet be discarded if the page is dropped meanwhile).
-  (void)page;
-  // Sequential consistency: a write was granted ownership, the page is
-  // installed writable.
-  const bool owned = params_.sequential != nullptr &&
-                     request.access == Access::kWrite && !request.upgrade;
-  return DataCompletion(request, nullptr, /*write_protect=*/!owned);
 }
 
 void DistributedDataspace::RequestHomePage(const PageRequest& request) {

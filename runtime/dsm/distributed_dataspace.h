@@ -105,9 +105,6 @@ class DistributedDataspace final : public Dataspace {
   // Asks the local backing for a page homed here.
   void RequestHomePage(const PageRequest& request);
 
-  // A READ of `page` landed in the request's landing buffer: how to install
-  // it (a write twins it first).
-  PageCompletion OnFetched(const PageRequest& request, uint64_t page);
   // The home has registered this rank as a cacher of `page`.
   void MarkRegistered(uint64_t page) { SetBit(registered_.get(), page); }
   // Home side: whether this rank tracks its own writes to `page` (some other

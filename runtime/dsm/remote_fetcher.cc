@@ -22,7 +22,6 @@ RemoteFetcher::RemoteFetcher(Transport& transport, MessageRouter& router,
       router_(router),
       self_(self),
       nranks_(nranks),
-      pending_(FaultService::kMaxPendingPages),
       regions_(nranks),
       dead_(nranks),
       death_(nranks) {
@@ -207,26 +206,26 @@ void RemoteFetcher::Fail(const PageRequest& request, absl::Status why) {
 }
 
 void RemoteFetcher::PeerDied(int peer, const std::string& why) {
-  std::vector<PageRequest> orphans;
+  std::vector<FaultPlan> orphans;
   {
     absl::MutexLock lock(&mutex_);
     if (peer < 0 || peer >= nranks_ || dead_[peer]) return;
     dead_[peer] = true;
     death_[peer] = why;
-    for (Pending& p : pending_) {
-      // Outstanding READs are completed by the transport (kPeerGone);
-      // requests waiting for a message reply are failed here.
-      if (p.peer == peer && (p.state == State::kAwaitingHome ||
-                             p.state == State::kAwaitingOwner)) {
-        p.state = State::kIdle;
-        orphans.push_back(p.request);
-      }
+    // Outstanding READs are completed by the transport (kPeerGone); faults
+    // waiting for a reply from `peer` are failed here. Under mutex_: a
+    // fetch that checks the peer's life and plans (Plan) does both under it
+    // too, so no plan escapes.
+    if (Owner() != nullptr) {
+      static constexpr uint16_t kReplies[] = {hp::kReady, hp::kClaimed};
+      orphans = Owner()->TakePlansAwaiting(peer, kReplies);
     }
   }
-  for (const PageRequest& r : orphans) {
-    Fail(r, absl::UnavailableError(absl::StrFormat(
-                "rank %d, which had to answer for this page, is dead: %s", peer,
-                why)));
+  for (const FaultPlan& p : orphans) {
+    Fail(p.request, absl::UnavailableError(absl::StrFormat(
+                        "rank %d, which had to answer for this page, is dead: "
+                        "%s",
+                        peer, why)));
   }
 }
 
@@ -239,43 +238,40 @@ bool RemoteFetcher::FailIfDead(const PageRequest& request, int peer,
   return true;
 }
 
-void RemoteFetcher::PostRead(uint32_t slot) {
-  Pending& p = pending_[slot];
-  p.state = State::kReading;
+void RemoteFetcher::PostRead(const FaultPlan& plan) {
   WorkRequest wr;
-  wr.wr_id = slot;
+  wr.wr_id = plan.request.slot;
   wr.opcode = WorkOpcode::kRead;
-  wr.local = p.request.landing;
+  wr.local = plan.request.landing;
   wr.lkey = landing_.lkey;
   wr.length = static_cast<uint32_t>(kPageSize);
-  wr.remote_addr = p.remote_addr;
+  wr.remote_addr = plan.remote_addr;
   // A first-touch page on verbs has its own key; the rest are covered by
   // the region its home registered at allocation (or TCP's global one).
-  const uint32_t page_key = p.ds != nullptr ? p.ds->PageKey(p.page) : 0;
-  wr.rkey = p.rkey ? *p.rkey
+  auto* ds = static_cast<DistributedDataspace*>(plan.manager);
+  const uint32_t page_key = ds != nullptr ? ds->PageKey(plan.page) : 0;
+  wr.rkey = plan.rkey ? *plan.rkey
             : page_key != 0 ? page_key
-                            : KeyFor(p.peer, p.remote_addr);
+                            : KeyFor(plan.peer, plan.remote_addr);
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   reads_in_flight_.fetch_add(1, std::memory_order_relaxed);
-  if (holding_ && std::this_thread::get_id() == holder_ && p.peer >= 0 &&
-      p.peer < nranks_) {
-    held_[p.peer].push_back(wr);
+  if (holding_ && std::this_thread::get_id() == holder_ && plan.peer >= 0 &&
+      plan.peer < nranks_) {
+    held_[plan.peer].push_back(wr);
     return;
   }
-  PostReads(p.peer, &wr);
+  PostReads(plan.peer, &wr);
 }
 
 void RemoteFetcher::PostReads(int peer, WorkRequest* chain) {
   absl::Status s = transport_.PostSend(peer, chain);
   if (s.ok()) return;
   for (WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
-    Pending& p = pending_[wr->wr_id];
     reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
-    p.state = State::kIdle;
-    Fail(p.request, absl::UnavailableError(absl::StrFormat(
-                        "posting the READ of 0x%x to rank %d failed: %s",
-                        p.remote_addr, p.peer, s.message())));
+    Owner()->Complete(static_cast<uint32_t>(wr->wr_id),
+                     absl::UnavailableError(absl::StrFormat(
+                         "posting it failed: %s", s.message())));
   }
 }
 
@@ -298,28 +294,54 @@ void RemoteFetcher::EndRequests() {
   }
 }
 
+bool RemoteFetcher::Plan(const PageRequest& request, int peer,
+                         const char* role, FaultPlan plan) {
+  if (Owner() == nullptr) {
+    Fail(request, absl::FailedPreconditionError(
+                      "the remote fetcher serves no fault service"));
+    return false;
+  }
+  if (FailIfDead(request, peer, role)) return false;
+  plan.peer = peer;
+  plan.request = request;
+  Owner()->SetPlan(request.slot, plan);
+  return true;
+}
+
 void RemoteFetcher::Read(const PageRequest& request, int home,
-                         uint64_t remote_addr, DistributedDataspace* ds,
-                         uint64_t page, std::optional<uint32_t> rkey) {
+                         uint64_t remote_addr, bool write_protect,
+                         DistributedDataspace* ds, uint64_t page,
+                         std::optional<uint32_t> rkey) {
   absl::MutexLock lock(&mutex_);
-  if (FailIfDead(request, home, "the page's home")) return;
-  pending_[request.slot] =
-      Pending{State::kReading, home, request, remote_addr, page, ds, rkey};
-  PostRead(request.slot);
+  FaultPlan plan;
+  plan.step = FaultPlan::Step::kReading;
+  plan.manager = ds;
+  plan.page = page;
+  plan.remote_addr = remote_addr;
+  plan.rkey = rkey;
+  plan.write_protect = write_protect;
+  if (!Plan(request, home, "the page's home", plan)) return;
+  plan.peer = home;
+  plan.request = request;
+  PostRead(plan);
 }
 
 void RemoteFetcher::FetchVia(const PageRequest& request, int home,
                              uint64_t remote_addr, DistributedDataspace* ds,
                              uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  if (FailIfDead(request, home, "the page's home")) return;
-  pending_[request.slot] =
-      Pending{State::kAwaitingHome, home, request, remote_addr, page, ds};
+  FaultPlan plan;
+  plan.step = FaultPlan::Step::kAwaitingReply;
+  plan.reply = hp::kReady;
+  plan.manager = ds;
+  plan.page = page;
+  plan.remote_addr = remote_addr;
+  if (!Plan(request, home, "the page's home", plan)) return;
   home_requests_.fetch_add(1, std::memory_order_relaxed);
   hp::Fetch m{ds->id(), request.slot, page};
   absl::Status s = transport_.SendMessage(home, hp::kFetch, hp::AsBytes(m));
-  if (!s.ok()) {
-    pending_[request.slot].state = State::kIdle;
+  if (!s.ok() && Owner()->TakePlan(request.slot, FaultPlan::Step::kAwaitingReply,
+                                  hp::kReady, home, page)) {
     Fail(request, absl::UnavailableError(absl::StrFormat(
                       "asking rank %d for page %d failed: %s", home, page,
                       s.message())));
@@ -330,17 +352,20 @@ void RemoteFetcher::Claim(const PageRequest& request, int directory,
                           DistributedDataspace* ds, uint32_t alloc_id,
                           uint64_t page) {
   absl::MutexLock lock(&mutex_);
-  if (FailIfDead(request, directory, "the rank that records who owns this "
-                                     "first-touch page")) {
+  FaultPlan plan;
+  plan.step = FaultPlan::Step::kAwaitingReply;
+  plan.reply = hp::kClaimed;
+  plan.manager = ds;
+  plan.page = page;
+  if (!Plan(request, directory,
+            "the rank that records who owns this first-touch page", plan)) {
     return;
   }
-  pending_[request.slot] =
-      Pending{State::kAwaitingOwner, directory, request, 0, page, ds};
   home_requests_.fetch_add(1, std::memory_order_relaxed);
   hp::Claim m{alloc_id, request.slot, page};
   absl::Status s = transport_.SendMessage(directory, hp::kClaim, hp::AsBytes(m));
-  if (!s.ok()) {
-    pending_[request.slot].state = State::kIdle;
+  if (!s.ok() && Owner()->TakePlan(request.slot, FaultPlan::Step::kAwaitingReply,
+                                  hp::kClaimed, directory, page)) {
     Fail(request, absl::UnavailableError(absl::StrFormat(
                       "asking rank %d who owns page %d failed: %s", directory,
                       page, s.message())));
@@ -349,89 +374,75 @@ void RemoteFetcher::Claim(const PageRequest& request, int directory,
 
 void RemoteFetcher::OnReady(int peer, uint32_t slot, int32_t error,
                             uint64_t page, uint32_t rkey) {
-  absl::MutexLock lock(&mutex_);
-  if (slot >= pending_.size() || pending_[slot].state != State::kAwaitingHome ||
-      pending_[slot].peer != peer || pending_[slot].page != page) {
+  FaultService* owner = Owner();
+  std::optional<FaultPlan> plan =
+      owner == nullptr ? std::nullopt
+                       : owner->TakePlan(slot, FaultPlan::Step::kAwaitingReply,
+                                         hp::kReady, peer, page);
+  if (!plan) {
     Warning("rank %d answered 'ready' for slot %u / page %d, which waits for "
             "no such answer; ignored",
             peer, slot, page);
     return;
   }
-  Pending& p = pending_[slot];
+  auto* ds = static_cast<DistributedDataspace*>(plan->manager);
   if (error != 0) {
-    p.state = State::kIdle;
-    Fail(p.request, absl::DataLossError(absl::StrFormat(
-                        "rank %d could not provide page %d of %s: %s (its log "
-                        "says more)",
-                        peer, page, p.ds->Describe(), strerror(error))));
+    Fail(plan->request, absl::DataLossError(absl::StrFormat(
+                            "rank %d could not provide page %d of %s: %s (its "
+                            "log says more)",
+                            peer, page, ds->Describe(), strerror(error))));
     return;
   }
-  if (rkey != 0) p.ds->SetPageKey(page, rkey);
-  p.ds->MarkRegistered(page);
-  PostRead(slot);
+  if (rkey != 0) ds->SetPageKey(page, rkey);
+  ds->MarkRegistered(page);
+  Read(plan->request, peer, plan->remote_addr, plan->write_protect, ds, page);
 }
 
 void RemoteFetcher::OnClaimed(int peer, uint32_t slot, int32_t owner,
                               uint64_t page) {
-  Pending p;
-  {
-    absl::MutexLock lock(&mutex_);
-    if (slot >= pending_.size() ||
-        pending_[slot].state != State::kAwaitingOwner ||
-        pending_[slot].peer != peer || pending_[slot].page != page ||
-        owner < 0 || owner >= nranks_) {
-      Warning("rank %d answered 'owner %d' for slot %u / page %d, which waits "
-              "for no such answer; ignored",
-              peer, owner, slot, page);
-      return;
-    }
-    p = pending_[slot];
-    pending_[slot].state = State::kIdle;
+  FaultService* service = Owner();
+  std::optional<FaultPlan> plan;
+  if (service != nullptr && owner >= 0 && owner < nranks_) {
+    plan = service->TakePlan(slot, FaultPlan::Step::kAwaitingReply,
+                             hp::kClaimed, peer, page);
   }
-  p.ds->ContinueClaim(p.request, page, owner);
+  if (!plan) {
+    Warning("rank %d answered 'owner %d' for slot %u / page %d, which waits "
+            "for no such answer; ignored",
+            peer, owner, slot, page);
+    return;
+  }
+  static_cast<DistributedDataspace*>(plan->manager)
+      ->ContinueClaim(plan->request, page, owner);
 }
 
-void RemoteFetcher::Dispatch(const WorkCompletion& wc, FaultService* service,
-                             CompletionQueue* cq) {
+void RemoteFetcher::Dispatch(const WorkCompletion& wc) {
   if (SyncBatch::IsSync(wc.wr_id)) {
     SyncBatch::FromWrId(wc.wr_id)->Complete(wc);
     return;
   }
-  Pending p;
-  std::string death;
-  {
-    absl::MutexLock lock(&mutex_);
-    if (wc.wr_id >= pending_.size() ||
-        pending_[wc.wr_id].state != State::kReading) {
-      Warning("a %s completion for wr_id %d matches no outstanding READ; "
-              "ignored",
-              WcStatusName(wc.status), wc.wr_id);
-      return;
-    }
-    pending_[wc.wr_id].state = State::kIdle;
-    reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
-    p = pending_[wc.wr_id];
-    if (!PeerAlive(p.peer) && p.peer >= 0 && p.peer < nranks_) {
-      death = death_[p.peer];
-    }
-  }
+  absl::Status status;
   if (wc.status != WcStatus::kSuccess) {
-    Fail(p.request,
-         absl::UnavailableError(absl::StrFormat(
-             "the one-sided READ of 0x%x from rank %d failed: %s%s%s",
-             p.remote_addr, wc.peer, WcStatusName(wc.status),
-             death.empty() ? "" : ": ", death)));
+    std::string death;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (!PeerAlive(wc.peer) && wc.peer >= 0 && wc.peer < nranks_) {
+        death = death_[wc.peer];
+      }
+    }
+    status = absl::UnavailableError(absl::StrFormat(
+        "%s%s%s", WcStatusName(wc.status), death.empty() ? "" : ": ", death));
+  }
+  // The page is in the slot's landing buffer; the fault's plan says how it
+  // is installed.
+  if (Owner() == nullptr || wc.wr_id >= FaultService::kMaxPendingPages ||
+      !Owner()->Complete(static_cast<uint32_t>(wc.wr_id), status)) {
+    Warning("a %s completion for wr_id %d matches no outstanding READ; "
+            "ignored",
+            WcStatusName(wc.status), wc.wr_id);
     return;
   }
-  // The page is in the slot's landing buffer; the dataspace decides how it
-  // is installed (write-protected unless this is a write).
-  PageCompletion c = p.ds->OnFetched(p.request, p.page);
-  if (service != nullptr &&
-      p.request.completion_queue == &service->completion_queue()) {
-    service->InstallDirect(std::move(c));
-  } else {
-    (cq != nullptr ? cq : p.request.completion_queue)->Post(std::move(c));
-  }
+  reads_in_flight_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 int RemoteFetcher::Take(CompletionQueue& cq) {
@@ -439,7 +450,8 @@ int RemoteFetcher::Take(CompletionQueue& cq) {
   // wake-up: no need to install directly.
   WorkCompletion wcs[kCompletionBurst];
   const int n = transport_.PollCompletions(wcs, kCompletionBurst);
-  for (int i = 0; i < n; ++i) Dispatch(wcs[i], nullptr, &cq);
+  (void)cq;  // the loop's own queue, which Complete posts to
+  for (int i = 0; i < n; ++i) Dispatch(wcs[i]);
   return n;
 }
 
@@ -462,19 +474,19 @@ bool RemoteFetcher::Poll(CompletionQueue& cq) {
 }
 
 void RemoteFetcher::OnCompletions(absl::Span<const WorkCompletion> wcs) {
-  FaultService* service = service_.load(std::memory_order_acquire);
-  for (const WorkCompletion& wc : wcs) Dispatch(wc, service, nullptr);
+  for (const WorkCompletion& wc : wcs) Dispatch(wc);
 }
 
 void RemoteFetcher::AttachService(FaultService* service) {
   if (service == nullptr) {
     // Returns once the transport's thread is out of OnCompletions.
+    // The service itself stays known: its table holds the plans of the
+    // faults still out, which replies arriving during teardown look up.
     transport_.SetCompletionHandler(nullptr);
-    service_.store(nullptr, std::memory_order_release);
     polled_.store(false, std::memory_order_relaxed);
     return;
   }
-  service_.store(service, std::memory_order_release);
+  owner_.store(service, std::memory_order_release);
   const bool handled = transport_.SetCompletionHandler(
       [this](absl::Span<const WorkCompletion> wcs) { OnCompletions(wcs); });
   polled_.store(!handled, std::memory_order_relaxed);

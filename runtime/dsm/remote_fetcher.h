@@ -1,19 +1,24 @@
 // remote_fetcher.h - the bridge from fault slots to the transport: a page
 // homed elsewhere is fetched by a one-sided READ into the fault's landing
-// buffer, and the READ's completion becomes the fault's completion.
+// buffer, and the READ's completion completes the fault.
+//
+// The fetcher keeps no state per fault: it writes what it sets in motion
+// onto the fault's record in the fault service's table (a FaultPlan: "READ
+// from P at A with key K, install write-protected", or "awaiting P's
+// kReady"), posts the READ with the fault's slot as wr_id, and hands each
+// completion to FaultService::Complete(slot, status), which installs the
+// page as planned. Fetches that need a home manager first (a nested
+// backing, or first-touch ownership) send a message and continue when the
+// reply, tagged with the slot, takes the plan back.
 //
 // The fetcher is a CompletionSource of the fault service: the fault loop
-// polls the transport's completion fd and drains it here in bursts. A READ's
-// wr_id is the fault slot, so a completion finds its fault in O(1). On a
+// polls the transport's completion fd and drains it here in bursts. On a
 // transport that completes on a thread of its own (TCP), the fetcher takes
-// the completions on that thread instead and hands each fetched page to
-// FaultService::InstallDirect there, which installs it at once if the fault
-// loop sleeps: the faulting thread resumes without a hop through the loop.
-// Fetches that need a home manager first (a nested backing, or first-touch
-// ownership) send a message and continue when the reply arrives; the
-// pending table, indexed by slot, remembers them. Nothing waits with a timeout: a
-// fault waits until its READ or reply completes, or until membership
-// declares the peer dead (PeerDied), which fails it loudly.
+// the completions on that thread instead, where Complete installs the page
+// at once if the fault loop sleeps: the faulting thread resumes without a
+// hop through the loop. Nothing waits with a timeout: a fault waits until
+// its READ or reply completes, or until membership declares the peer dead
+// (PeerDied), which fails it loudly.
 //
 // Completions of SyncBatch operations (wr_id with the top bit set) are
 // routed to their batch.
@@ -105,12 +110,13 @@ class RemoteFetcher final : public CompletionSource {
   void PeerDied(int peer, const std::string& why);
 
   // READs the page at `remote_addr` of `home` into the request's landing
-  // buffer; `ds` hears of the data before it is installed
-  // (DistributedDataspace::OnFetched). `rkey`: the key of that memory (a
-  // sequentially consistent page's home store); by default the key of the
-  // region `home` published that holds `remote_addr`.
+  // buffer, to be installed write-protected if `write_protect` (a copy
+  // whose writes are tracked). `rkey`: the key of that memory (a
+  // sequentially consistent page's home store); by default the page's own
+  // key (first touch on verbs) or that of the region `home` published that
+  // holds `remote_addr`.
   void Read(const PageRequest& request, int home, uint64_t remote_addr,
-            DistributedDataspace* ds, uint64_t page,
+            bool write_protect, DistributedDataspace* ds, uint64_t page,
             std::optional<uint32_t> rkey = std::nullopt);
   // Asks `home` to register this rank as a cacher and make the page readable
   // first (kFetch); READs on kReady.
@@ -160,22 +166,15 @@ class RemoteFetcher final : public CompletionSource {
   void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page,
                uint32_t rkey);
   void OnClaimed(int peer, uint32_t slot, int32_t owner, uint64_t page);
-  enum class State : uint8_t { kIdle, kReading, kAwaitingHome, kAwaitingOwner };
-  struct Pending {
-    State state = State::kIdle;
-    int peer = -1;
-    PageRequest request;
-    uint64_t remote_addr = 0;
-    uint64_t page = 0;
-    DistributedDataspace* ds = nullptr;
-    std::optional<uint32_t> rkey;  // else: the region holding remote_addr
-  };
-
-  void PostRead(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // One completion from the transport: a SyncBatch's, or a READ's, whose
-  // page goes to `service` (InstallDirect) or, if null, is posted to `cq`.
-  void Dispatch(const WorkCompletion& wc, FaultService* service,
-                CompletionQueue* cq);
+  // Writes `plan` (for `request`, answered by `peer`) onto the fault's
+  // slot, unless `peer` is dead or no service is attached: then fails the
+  // fault (naming the peer's `role`) and returns false.
+  bool Plan(const PageRequest& request, int peer, const char* role,
+            FaultPlan plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void PostRead(const FaultPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // One completion from the transport: a SyncBatch's, or a READ's, which
+  // completes its fault (FaultService::Complete).
+  void Dispatch(const WorkCompletion& wc);
   // The transport's completion handler (its own thread).
   void OnCompletions(absl::Span<const WorkCompletion> wcs);
   void Fail(const PageRequest& request, absl::Status why);
@@ -210,7 +209,6 @@ class RemoteFetcher final : public CompletionSource {
   std::thread::id holder_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::vector<WorkRequest>> held_ ABSL_GUARDED_BY(mutex_);
 
-  std::vector<Pending> pending_ ABSL_GUARDED_BY(mutex_);  // by fault slot
   struct RemoteRegion {
     uint32_t alloc_id;
     uint64_t addr;
@@ -224,7 +222,12 @@ class RemoteFetcher final : public CompletionSource {
 
   // Set while the transport hands completions to OnCompletions (the
   // transport's handler lock orders it against those calls).
-  std::atomic<FaultService*> service_{nullptr};
+  // The fault service this fetcher serves (AttachService), whose table
+  // holds the faults' plans. Kept after the service detaches: replies to
+  // faults still out may arrive while the node tears down, and the service
+  // outlives the transport's threads.
+  std::atomic<FaultService*> owner_{nullptr};
+  FaultService* Owner() const { return owner_.load(std::memory_order_acquire); }
 
   std::atomic<uint64_t> remote_reads_{0}, home_requests_{0}, failed_{0};
 };

@@ -589,7 +589,7 @@ void FaultService::DrainCompletions(bool bell_rang) {
   do {
     cq_->Drain(drained_, bell_rang);
     bell_rang = false;
-    for (const PageCompletion& c : drained_) Complete(c);
+    for (const PageCompletion& c : drained_) Answer(c);
     const bool waiting = !deferred_.empty() || !deferred_prefetches_.empty();
     if (waiting) WantSlots();
     if (waiting && !table_.full()) RunDeferred();
@@ -599,7 +599,7 @@ void FaultService::DrainCompletions(bool bell_rang) {
   } while (!drained_.empty());
 }
 
-void FaultService::Complete(const PageCompletion& c) {
+void FaultService::Answer(const PageCompletion& c) {
   if (table_.Valid(c.slot) &&
       table_[c.slot].direct.load(std::memory_order_acquire) ==
           kDirectInstalled) {
@@ -632,6 +632,22 @@ void FaultService::Complete(const PageCompletion& c) {
                                               "the page could not be installed")
                                         : c.error));
   table_.End(c.slot);
+}
+
+bool FaultService::Complete(uint32_t slot, const absl::Status& status) {
+  std::optional<FaultPlan> plan =
+      table_.TakePlan(slot, FaultPlan::Step::kReading, 0, -1, 0);
+  if (!plan) return false;
+  if (!status.ok()) {
+    cq_->Post(OutcomeCompletion(
+        plan->request, Resolution::kFailed,
+        absl::UnavailableError(absl::StrFormat(
+            "the one-sided READ of 0x%x from rank %d failed: %s",
+            plan->remote_addr, plan->peer, status.message()))));
+    return true;
+  }
+  InstallDirect(DataCompletion(plan->request, nullptr, plan->write_protect));
+  return true;
 }
 
 void FaultService::Install(FaultRecord& r, const PageCompletion& c) {
@@ -684,7 +700,7 @@ void FaultService::Install(FaultRecord& r, const PageCompletion& c) {
       FailPage(r.page, c.error, ResolutionName(c.resolution));
       return;
     case Resolution::kRetry:
-      return;  // handled in Complete()
+      return;  // handled in Answer()
   }
 }
 

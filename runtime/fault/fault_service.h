@@ -275,6 +275,24 @@ class FaultService final : public BackingObserver {
   // longer than the loop takes to drop a range of pages.
   void InstallDirect(PageCompletion c);
 
+  // Plans (fault_table.h): what a manager set in motion for the fault in
+  // `slot`, which it answers later. Any thread.
+  void SetPlan(uint32_t slot, const FaultPlan& plan) { table_.SetPlan(slot, plan); }
+  std::optional<FaultPlan> TakePlan(uint32_t slot, FaultPlan::Step step,
+                                    uint16_t reply, int peer, uint64_t page) {
+    return table_.TakePlan(slot, step, reply, peer, page);
+  }
+  std::vector<FaultPlan> TakePlansAwaiting(int peer,
+                                           absl::Span<const uint16_t> replies) {
+    return table_.TakePlansAwaiting(peer, replies);
+  }
+  // The READ planned for `slot` completed with `status`: its page, in the
+  // slot's landing buffer, is installed as the plan says (from the calling
+  // thread if the loop sleeps: InstallDirect), or the fault fails naming
+  // the READ and `status`. False if no READ was planned for `slot` (a stray
+  // completion, which is ignored). Any thread.
+  bool Complete(uint32_t slot, const absl::Status& status);
+
   // Installs the audit of drops (null: none, the default). From the owner,
   // before faults flow; the audit must outlive the service or be removed
   // first. Each audited drop reads the page's entry in /proc/self/pagemap.
@@ -386,11 +404,11 @@ class FaultService final : public BackingObserver {
   // Sends `slot`'s request to the root pager (again, if it was stale).
   void Request(uint32_t slot);
   void DrainCompletions(bool bell_rang);
-  void Complete(const PageCompletion& c);
+  // A manager's answer, drained from the queue: installs, fails, or asks
+  // again.
+  void Answer(const PageCompletion& c);
   void Install(FaultRecord& r, const PageCompletion& c);
   void FailPage(uintptr_t page, const absl::Status& why, const char* outcome);
-  // Ends `slot`'s record once its page is installed or failed.
-  void Finish(uint32_t slot);
   void RunDeferred();
   void AbandonPending();
 

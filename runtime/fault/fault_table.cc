@@ -6,7 +6,8 @@ namespace pagewire {
 FaultTable::FaultTable(uint32_t capacity)
     : capacity_(capacity),
       records_(new FaultRecord[capacity]),
-      next_free_(capacity) {
+      next_free_(capacity),
+      plans_(new FaultPlan[capacity]) {
   for (uint32_t i = 0; i < capacity; ++i) {
     next_free_[i] = i + 1 < capacity ? i + 1 : kNoSlot;
   }
@@ -40,6 +41,45 @@ void FaultTable::End(uint32_t slot) {
   next_free_[slot] = free_head_;
   free_head_ = slot;
   --outstanding_;
+}
+
+void FaultTable::SetPlan(uint32_t slot, const FaultPlan& plan) {
+  absl::MutexLock lock(&plan_mutex_);
+  if (slot < capacity_) plans_[slot] = plan;
+}
+
+std::optional<FaultPlan> FaultTable::TakePlan(uint32_t slot,
+                                              FaultPlan::Step step,
+                                              uint16_t reply, int peer,
+                                              uint64_t page) {
+  absl::MutexLock lock(&plan_mutex_);
+  if (slot >= capacity_) return std::nullopt;
+  FaultPlan& p = plans_[slot];
+  if (p.step != step) return std::nullopt;
+  if (step == FaultPlan::Step::kAwaitingReply &&
+      (p.reply != reply || p.peer != peer || p.page != page)) {
+    return std::nullopt;
+  }
+  FaultPlan taken = p;
+  p.step = FaultPlan::Step::kNone;
+  return taken;
+}
+
+std::vector<FaultPlan> FaultTable::TakePlansAwaiting(
+    int peer, absl::Span<const uint16_t> replies) {
+  std::vector<FaultPlan> taken;
+  absl::MutexLock lock(&plan_mutex_);
+  for (uint32_t slot = 0; slot < capacity_; ++slot) {
+    FaultPlan& p = plans_[slot];
+    if (p.step != FaultPlan::Step::kAwaitingReply || p.peer != peer) continue;
+    for (uint16_t reply : replies) {
+      if (p.reply != reply) continue;
+      taken.push_back(p);
+      p.step = FaultPlan::Step::kNone;
+      break;
+    }
+  }
+  return taken;
 }
 
 }  // namespace pagewire

@@ -20,8 +20,16 @@
 // and then reads `direct`, the installer sets `direct` and then reads them
 // (all sequentially consistent), so one of the two always sees the other.
 //
-// Threads: the loop owns the table and every field but `direct`, `prompt`
-// and `installed_ns`, which it shares with the installing thread as above.
+// Plans. A manager that answers a fault later (a READ from another node,
+// or a reply to a message it sent) writes what it set in motion onto the
+// fault's slot: a FaultPlan. Whoever gets the reply or the READ's
+// completion takes the plan back, which also tells a stray or late answer
+// from a real one; a peer that dies takes every plan awaiting its reply.
+// So no manager keeps a table of its own beside this one.
+//
+// Threads: the loop owns the records and every field but `direct`,
+// `prompt` and `installed_ns`, which it shares with the installing thread
+// as above. Plans are any thread's, under the table's plan lock.
 #ifndef PAGEWIRE_RUNTIME_FAULT_FAULT_TABLE_H_
 #define PAGEWIRE_RUNTIME_FAULT_FAULT_TABLE_H_
 
@@ -29,11 +37,16 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "runtime/fault/page_request.h"
+#include "runtime/fault/pager.h"
 
 namespace pagewire {
 
@@ -41,6 +54,27 @@ namespace pagewire {
 using PageWatcher = std::function<void(const absl::Status&)>;
 
 enum DirectState : uint32_t { kDirectIdle, kDirectArmed, kDirectInstalled };
+
+// What the manager answering a fault has set in motion. The fault layer
+// reads `step`, `peer` and, for a READ, `remote_addr` and `write_protect`;
+// `reply`, `manager` and `page` are the manager's own, to recognise its
+// reply and continue.
+struct FaultPlan {
+  enum class Step : uint8_t {
+    kNone,
+    kAwaitingReply,  // a message to `peer`, answered by type `reply`
+    kReading,        // a one-sided READ of `remote_addr` from `peer`
+  };
+  Step step = Step::kNone;
+  uint16_t reply = 0;
+  int peer = -1;             // who must answer: its death fails the fault
+  PageRequest request;       // the request as the manager got it
+  Pager* manager = nullptr;  // the manager that made the plan
+  uint64_t page = 0;         // the page, as the manager counts
+  uint64_t remote_addr = 0;
+  std::optional<uint32_t> rkey;  // the READ's key, if not its region's
+  bool write_protect = true;     // install the page read write-protected
+};
 
 struct FaultRecord {
   // The loop's.
@@ -89,6 +123,16 @@ class FaultTable {
   bool full() const { return free_head_ == kNoSlot; }
   uint32_t outstanding() const { return outstanding_; }
 
+  // Plans, any thread.
+  void SetPlan(uint32_t slot, const FaultPlan& plan);
+  // Takes `slot`'s plan if it is at `step` and (for kAwaitingReply) awaits
+  // `reply` from `peer` for `page`; nullopt otherwise.
+  std::optional<FaultPlan> TakePlan(uint32_t slot, FaultPlan::Step step,
+                                    uint16_t reply, int peer, uint64_t page);
+  // Takes every plan awaiting one of `replies` from `peer`.
+  std::vector<FaultPlan> TakePlansAwaiting(int peer,
+                                           absl::Span<const uint16_t> replies);
+
  private:
   const uint32_t capacity_;
   std::unique_ptr<FaultRecord[]> records_;
@@ -96,6 +140,8 @@ class FaultTable {
   uint32_t free_head_ = 0;
   uint32_t outstanding_ = 0;
   absl::flat_hash_map<uintptr_t, uint32_t> index_;
+  absl::Mutex plan_mutex_;
+  std::unique_ptr<FaultPlan[]> plans_ ABSL_GUARDED_BY(plan_mutex_);  // by slot
 };
 
 }  // namespace pagewire
