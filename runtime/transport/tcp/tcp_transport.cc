@@ -28,7 +28,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace pagewire {
 
 using tcp_internal::Hello;
-using tcp_internal::UniqueFd;
 
 namespace {
 
@@ -104,11 +103,6 @@ absl::StatusOr<std::unique_ptr<addrinfo, AddrInfoDeleter>> Resolve(
 }
 
 }  // namespace
-
-void tcp_internal::UniqueFd::Reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
 
 TcpTransport::Connection::Connection(Role r, int fd_in, int rank,
                                      std::string remote_addr)

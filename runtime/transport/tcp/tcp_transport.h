@@ -47,6 +47,7 @@
 #include "absl/types/span.h"
 #include "runtime/base/log.h"
 #include "runtime/base/ring.h"
+#include "runtime/base/unique_fd.h"
 #include "runtime/transport/transport.h"
 
 namespace pagewire {
@@ -155,27 +156,6 @@ class ByteQueue {
   size_t head_ = 0;
 };
 
-// Closes a file descriptor once.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { Reset(); }
-  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  int Release() { return std::exchange(fd_, -1); }
-  void Reset();
-
- private:
-  int fd_ = -1;
-};
 
 }  // namespace tcp_internal
 
@@ -321,10 +301,10 @@ class TcpTransport final : public Transport {
 
   const TcpTransportConfig config_;
   uint16_t port_ = 0;
-  tcp_internal::UniqueFd listen_fd_;
-  tcp_internal::UniqueFd epoll_fd_;
-  tcp_internal::UniqueFd wake_fd_;
-  tcp_internal::UniqueFd cq_fd_;
+  UniqueFd listen_fd_;
+  UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;
+  UniqueFd cq_fd_;
 
   mutable absl::Mutex regions_mu_;
   absl::flat_hash_map<uint32_t, MemoryRegion> by_rkey_

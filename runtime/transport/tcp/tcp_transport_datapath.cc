@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/log.h"
 #include "runtime/transport/tcp/tcp_transport.h"
+#include "runtime/transport/work_chain.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the TCP wire format is little-endian host order");
@@ -47,18 +48,6 @@ constexpr size_t kOutputHighWater = 8u << 20;
 constexpr size_t kOutputLowWater = 1u << 20;
 static_assert(kOutputLowWater < kOutputHighWater, "hysteresis");
 
-bool IsAtomic(WorkOpcode op) {
-  return op == WorkOpcode::kFetchAdd || op == WorkOpcode::kCompareSwap;
-}
-
-bool ValidOpcode(uint8_t op) {
-  return op <= static_cast<uint8_t>(WorkOpcode::kCompareSwap);
-}
-
-// [addr, addr+len) inside [base, base+size), without overflow.
-bool Inside(uint64_t addr, uint64_t len, uint64_t base, uint64_t size) {
-  return addr >= base && len <= size && addr - base <= size - len;
-}
 
 }  // namespace
 
@@ -68,29 +57,15 @@ bool Inside(uint64_t addr, uint64_t len, uint64_t base, uint64_t size) {
 bool TcpTransport::LocalOk(const WorkRequest& wr) const {
   auto it = by_lkey_.find(wr.lkey);
   if (it == by_lkey_.end()) return false;
-  return Inside(reinterpret_cast<uint64_t>(wr.local), wr.length,
+  return InsideRegion(reinterpret_cast<uint64_t>(wr.local), wr.length,
                 it->second.addr, it->second.length);
 }
 
 absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
-  // A malformed chain is a caller bug: reject it whole, post nothing.
-  for (const WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
-    if (!ValidOpcode(static_cast<uint8_t>(wr->opcode))) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "tcp: PostSend to peer %d: wr_id %d has unknown opcode %d", peer,
-          wr->wr_id, static_cast<int>(wr->opcode)));
-    }
-    if (IsAtomic(wr->opcode) && wr->length != 8) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "tcp: PostSend to peer %d: wr_id %d: %s needs length 8, not %d",
-          peer, wr->wr_id, WorkOpcodeName(wr->opcode), wr->length));
-    }
-    if (wr->length > kMaxOpBytes) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "tcp: PostSend to peer %d: wr_id %d moves %d bytes, more than the "
-          "%d a TCP work request may",
-          peer, wr->wr_id, wr->length, kMaxOpBytes));
-    }
+  if (absl::Status s = ValidateChain(
+          peer, chain, ChainLimits{"tcp", kMaxOpBytes, "the TCP transport"});
+      !s.ok()) {
+    return s;
   }
   std::shared_ptr<Connection> conn;
   bool gone = false;
@@ -721,7 +696,7 @@ const MemoryRegion* TcpTransport::FindRemote(uint32_t rkey, uint64_t addr,
                                              uint64_t len) const {
   auto it = by_rkey_.find(rkey);
   if (it == by_rkey_.end()) return nullptr;
-  if (!Inside(addr, len, it->second.addr, it->second.length)) return nullptr;
+  if (!InsideRegion(addr, len, it->second.addr, it->second.length)) return nullptr;
   return &it->second;
 }
 

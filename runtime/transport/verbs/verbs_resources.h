@@ -25,35 +25,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "runtime/base/unique_fd.h"
 
 namespace pagewire {
 namespace verbs_internal {
 
 inline std::string ErrnoStr(int e) { return std::strerror(e); }
 
-// Closes a file descriptor (eventfd, epoll) once.
-class FileDescriptor {
- public:
-  FileDescriptor() = default;
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(FileDescriptor&& o) noexcept {
-    if (this != &o) {
-      this->~FileDescriptor();
-      fd_ = o.fd_;
-      o.fd_ = -1;
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
 
 struct DeviceListDeleter {
   void operator()(ibv_device** list) const { ibv_free_device_list(list); }

@@ -35,7 +35,6 @@ using verbs_internal::CompletionQueue;
 using verbs_internal::Context;
 using verbs_internal::DeviceList;
 using verbs_internal::ErrnoStr;
-using verbs_internal::FileDescriptor;
 using verbs_internal::MemoryRegistration;
 using verbs_internal::ProtectionDomain;
 using verbs_internal::QueuePair;
@@ -249,9 +248,9 @@ absl::Status VerbsTransport::Open(const VerbsTransportConfig& config) {
   send_armed_ = true;
 
   // completion_fd(): the send channel plus the software completions' bell.
-  software_fd_ = FileDescriptor(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  completion_epoll_ = FileDescriptor(::epoll_create1(EPOLL_CLOEXEC));
-  wake_fd_ = FileDescriptor(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  software_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  completion_epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (software_fd_.get() < 0 || completion_epoll_.get() < 0 ||
       wake_fd_.get() < 0) {
     return absl::ResourceExhaustedError(

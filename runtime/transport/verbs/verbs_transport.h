@@ -357,9 +357,9 @@ class VerbsTransport final : public Transport {
   verbs_internal::CompletionQueue send_cq_;
   verbs_internal::CompletionChannel recv_channel_;
   verbs_internal::CompletionQueue recv_cq_;
-  verbs_internal::FileDescriptor software_fd_;  // eventfd: software_ waits
-  verbs_internal::FileDescriptor completion_epoll_;
-  verbs_internal::FileDescriptor wake_fd_;  // stops "pw-verbs"
+  UniqueFd software_fd_;  // eventfd: software_ waits
+  UniqueFd completion_epoll_;
+  UniqueFd wake_fd_;  // stops "pw-verbs"
 
   // Lock order: regions_mu_, then mu_, then a Connection's mu, then
   // software_mu_.

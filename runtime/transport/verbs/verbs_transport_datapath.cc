@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/log.h"
 #include "runtime/transport/verbs/verbs_transport.h"
+#include "runtime/transport/work_chain.h"
 
 namespace pagewire {
 
@@ -21,19 +22,6 @@ namespace {
 
 constexpr uint64_t kShadowMask = VerbsTransport::kSendQueueDepth - 1;
 
-bool IsAtomic(WorkOpcode op) {
-  return op == WorkOpcode::kFetchAdd || op == WorkOpcode::kCompareSwap;
-}
-
-bool ValidOpcode(WorkOpcode op) {
-  return static_cast<uint8_t>(op) <=
-         static_cast<uint8_t>(WorkOpcode::kCompareSwap);
-}
-
-// [addr, addr+len) inside [base, base+size), without overflow.
-bool Inside(uint64_t addr, uint64_t len, uint64_t base, uint64_t size) {
-  return addr >= base && len <= size && addr - base <= size - len;
-}
 
 // The interface's status for a failed send-CQ entry.
 WcStatus MapStatus(ibv_wc_status s) {
@@ -71,7 +59,7 @@ WorkCompletion MakeCompletion(uint64_t wr_id, WcStatus status, WorkOpcode op,
 bool VerbsTransport::LocalOk(const WorkRequest& wr) const {
   auto it = by_lkey_.find(wr.lkey);
   if (it == by_lkey_.end()) return false;
-  return Inside(reinterpret_cast<uint64_t>(wr.local), wr.length,
+  return InsideRegion(reinterpret_cast<uint64_t>(wr.local), wr.length,
                 it->second.region.addr, it->second.region.length);
 }
 
@@ -228,29 +216,11 @@ void VerbsTransport::FailBacklogLocked(Connection* c) {
 }
 
 absl::Status VerbsTransport::PostSend(int peer, WorkRequest* chain) {
-  // A malformed chain is a caller bug: reject it whole, post nothing.
-  for (const WorkRequest* wr = chain; wr != nullptr; wr = wr->next) {
-    if (!ValidOpcode(wr->opcode)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "verbs: PostSend to peer %d: wr_id %d has unknown opcode %d", peer,
-          wr->wr_id, static_cast<int>(wr->opcode)));
-    }
-    if (IsAtomic(wr->opcode) && wr->length != 8) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "verbs: PostSend to peer %d: wr_id %d: %s needs length 8, not %d",
-          peer, wr->wr_id, WorkOpcodeName(wr->opcode), wr->length));
-    }
-    if (IsAtomic(wr->opcode) && !atomics_) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "verbs: PostSend to peer %d: wr_id %d: %s has no atomics", peer,
-          wr->wr_id, device_name_));
-    }
-    if (wr->length > max_msg_sz_) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "verbs: PostSend to peer %d: wr_id %d moves %d bytes, more than the "
-          "%d %s allows in one work request",
-          peer, wr->wr_id, wr->length, max_msg_sz_, device_name_));
-    }
+  if (absl::Status s = ValidateChain(
+          peer, chain,
+          ChainLimits{"verbs", max_msg_sz_, device_name_.c_str(), atomics_});
+      !s.ok()) {
+    return s;
   }
   Connection* c = FindConnection(peer);
   bool dead;
