@@ -36,47 +36,6 @@
 namespace pagewire {
 namespace {
 
-// Parses "0x200000000000", "1099511627776", "64G", "1T".
-absl::StatusOr<uint64_t> ParseSize(const char* name, absl::string_view given) {
-  absl::string_view text = given;
-  uint64_t shift = 0;
-  if (!text.empty()) {
-    switch (text.back()) {
-      case 'K': case 'k': shift = 10; break;
-      case 'M': case 'm': shift = 20; break;
-      case 'G': case 'g': shift = 30; break;
-      case 'T': case 't': shift = 40; break;
-      default: break;
-    }
-    if (shift) text.remove_suffix(1);
-  }
-  uint64_t value = 0;
-  bool ok = absl::ConsumePrefix(&text, "0x") ? absl::SimpleHexAtoi(text, &value)
-                                             : absl::SimpleAtoi(text, &value);
-  if (!ok || (shift && value > (UINT64_MAX >> shift))) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s=%s is not a number; give bytes in decimal or 0x-hex, optionally "
-        "with a K, M, G or T suffix",
-        name, given));
-  }
-  return value << shift;
-}
-
-absl::StatusOr<int> ParseInt(const char* name, const char* text, int min) {
-  int value;
-  if (!absl::SimpleAtoi(text, &value) || value < min) {
-    const bool bootstrap = std::string(name) == "PAGEWIRE_RANK" ||
-                           std::string(name) == "PAGEWIRE_NRANKS";
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s=%s is not a whole number >= %d; %s", name, text, min,
-        bootstrap ? "the launcher (pagewire-run) sets it, or set it yourself "
-                    "as cluster/launcher/README.md describes"
-                  : "fix or unset it (cluster/launcher/README.md lists the "
-                    "variables and their ranges)"));
-  }
-  return value;
-}
-
 proto::Placement ToProto(Placement p) {
   switch (p) {
     case Placement::kBlock: return proto::BLOCK;
@@ -87,131 +46,8 @@ proto::Placement ToProto(Placement p) {
   return proto::BLOCK;
 }
 
-// The variables that tune a node (transport, polling, read-ahead, push,
-// leases), over the defaults in `config`; names the variable and the fix
-// for each bad value.
-absl::Status ReadTuning(RuntimeConfig& config) {
-  if (const char* v = std::getenv("PAGEWIRE_TRANSPORT")) {
-    config.transport = v;
-    if (config.transport != "tcp" && config.transport != "verbs" &&
-        config.transport != "auto") {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_TRANSPORT=%s is not a transport; use tcp, verbs or auto "
-          "(verbs if an RDMA device is there, else TCP)",
-          v));
-    }
-  }
-  if (const char* v = std::getenv("PAGEWIRE_COORDINATOR_EXTERNAL")) {
-    config.host_coordinator = std::string(v) != "1";
-  }
-  if (const char* v = std::getenv("PAGEWIRE_SPIN_POLLS")) {
-    absl::StatusOr<int> polls = ParseInt("PAGEWIRE_SPIN_POLLS", v, 0);
-    if (!polls.ok()) return polls.status();
-    config.spin_polls = static_cast<uint32_t>(*polls);
-  }
-  if (const char* v = std::getenv("PAGEWIRE_IDLE_POLLS")) {
-    absl::StatusOr<int> polls = ParseInt("PAGEWIRE_IDLE_POLLS", v, 0);
-    if (!polls.ok()) return polls.status();
-    config.idle_polls = static_cast<uint32_t>(*polls);
-  }
-  if (const char* v = std::getenv("PAGEWIRE_SERVICE_SLICE_US")) {
-    // Read where the threads start (BecomeServiceThread); checked here so a
-    // typo is an error, not a silent default.
-    absl::StatusOr<int> us = ParseInt("PAGEWIRE_SERVICE_SLICE_US", v, 0);
-    if (!us.ok()) return us.status();
-  }
-  if (const char* v = std::getenv("PAGEWIRE_READAHEAD")) {
-    absl::StatusOr<int> pages = ParseInt("PAGEWIRE_READAHEAD", v, 0);
-    if (!pages.ok()) return pages.status();
-    if (*pages > RuntimeConfig::kMaxReadAheadPages) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_READAHEAD=%d reads too far ahead; use 0 to %d pages",
-          *pages, RuntimeConfig::kMaxReadAheadPages));
-    }
-    config.readahead_pages = *pages;
-  }
-  if (const char* v = std::getenv("PAGEWIRE_PUSH")) {
-    const std::string on(v);
-    if (on != "0" && on != "1") {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_PUSH=%s is not 0 or 1; use 1 (pages written every epoch "
-          "arrive with the barrier, the default) or 0 (always fetched on "
-          "demand), or unset it",
-          v));
-    }
-    config.push = on == "1";
-  }
-  if (const char* v = std::getenv("PAGEWIRE_CHECK")) {
-    const std::string on(v);
-    if (on != "0" && on != "1") {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_CHECK=%s is not 0 or 1; use 1 (audit every dropped copy "
-          "for lost writes, for tests and debugging) or 0, or unset it",
-          v));
-    }
-    config.check = on == "1";
-  }
-  if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
-    absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
-    if (!ms.ok()) return ms.status();
-    config.lease = absl::Milliseconds(*ms);
-    config.heartbeat_interval =
-        std::min(config.heartbeat_interval, config.lease / 4);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
-absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
-  RuntimeConfig config;
-  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_BASE")) {
-    absl::StatusOr<uint64_t> base = ParseSize("PAGEWIRE_GLOBAL_BASE", v);
-    if (!base.ok()) return base.status();
-    config.global_base = *base;
-  }
-  if (const char* v = std::getenv("PAGEWIRE_GLOBAL_SIZE")) {
-    absl::StatusOr<uint64_t> size = ParseSize("PAGEWIRE_GLOBAL_SIZE", v);
-    if (!size.ok()) return size.status();
-    config.global_size = *size;
-  }
-  const char* coordinator = std::getenv("PAGEWIRE_COORDINATOR");
-  const char* rank = std::getenv("PAGEWIRE_RANK");
-  const char* nranks = std::getenv("PAGEWIRE_NRANKS");
-  if (coordinator == nullptr) {
-    if (nranks != nullptr && std::string(nranks) != "1") {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "PAGEWIRE_NRANKS=%s but PAGEWIRE_COORDINATOR is not set; start the "
-          "job with pagewire-run, or set PAGEWIRE_COORDINATOR=host:port",
-          nranks));
-    }
-    // A job of one: the tuning variables are checked all the same.
-    if (absl::Status s = ReadTuning(config); !s.ok()) return s;
-    return config;
-  }
-  config.coordinator = coordinator;
-  if (rank == nullptr || nranks == nullptr) {
-    return absl::InvalidArgumentError(
-        "PAGEWIRE_COORDINATOR is set but PAGEWIRE_RANK or PAGEWIRE_NRANKS is "
-        "not; set all three (the launcher does)");
-  }
-  absl::StatusOr<int> r = ParseInt("PAGEWIRE_RANK", rank, 0);
-  if (!r.ok()) return r.status();
-  absl::StatusOr<int> n = ParseInt("PAGEWIRE_NRANKS", nranks, 1);
-  if (!n.ok()) return n.status();
-  if (*r >= *n) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "PAGEWIRE_RANK=%d is not below PAGEWIRE_NRANKS=%d; ranks count from 0",
-        *r, *n));
-  }
-  config.rank = *r;
-  config.nranks = *n;
-  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
-  if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
-  if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
-  if (absl::Status s = ReadTuning(config); !s.ok()) return s;
-  return config;
-}
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
     const RuntimeConfig& config) {
@@ -243,6 +79,19 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
 
 absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   // The data plane first: its endpoint goes into the join.
+  if (absl::Status s = StartDataPlane(config); !s.ok()) return s;
+  if (absl::Status s = StartConsistency(); !s.ok()) return s;
+  if (config.rank == 0 && config.host_coordinator) {
+    if (absl::Status s = HostCoordinator(config); !s.ok()) return s;
+  }
+  if (absl::Status s = JoinCluster(config); !s.ok()) return s;
+  if (absl::Status s = ConnectPeers(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
+  started_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::StartDataPlane(const RuntimeConfig& config) {
   TransportChoice choice;
   choice.kind = config.transport;
   choice.rank = config.rank;
@@ -285,13 +134,16 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
       fault_service_->landing_area(), fault_service_->landing_bytes());
   if (!landing.ok()) return landing.status();
   fetcher_->SetLanding(*landing);
-  MemoryRegion global;
   if (verbs_ == nullptr) {
     absl::StatusOr<MemoryRegion> r = transport_->RegisterMemory(
         reinterpret_cast<void*>(fault_service_->base()), fault_service_->size());
     if (!r.ok()) return r.status();
-    global = *r;
+    global_region_ = *r;
   }
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::StartConsistency() {
   coherence_ = std::make_unique<Coherence>(rank_, nranks_, *transport_,
                                            router_, *fetcher_, *fault_service_,
                                            *home_);
@@ -305,55 +157,66 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   }
   sequential_ = std::make_unique<SequentialConsistency>(
       rank_, nranks_, *transport_, router_, *fetcher_, *fault_service_);
-  if (absl::Status s = sequential_->Start(); !s.ok()) return s;
+  return sequential_->Start();
+}
 
-  if (config.rank == 0 && config.host_coordinator) {
-    control::CoordinatorConfig cc;
-    cc.cluster_id = config.cluster_id;
-    cc.secret = config.secret;
-    cc.nranks = config.nranks;
-    cc.global_base = config.global_base;
-    cc.global_size = config.global_size;
-    cc.heartbeat_interval = config.heartbeat_interval;
-    cc.lease = config.lease;
-    absl::StatusOr<std::unique_ptr<control::CoordinatorServer>> server =
-        control::CoordinatorServer::Start(cc, config.coordinator);
-    if (!server.ok()) {
-      return absl::Status(
-          server.status().code(),
-          absl::StrCat("rank 0 hosts the coordinator at ", config.coordinator,
-                       ": ", server.status().message()));
-    }
-    coordinator_ = *std::move(server);
+absl::Status Runtime::HostCoordinator(const RuntimeConfig& config) {
+  control::CoordinatorConfig cc;
+  cc.cluster_id = config.cluster_id;
+  cc.secret = config.secret;
+  cc.nranks = config.nranks;
+  cc.global_base = config.global_base;
+  cc.global_size = config.global_size;
+  cc.heartbeat_interval = config.heartbeat_interval;
+  cc.lease = config.lease;
+  absl::StatusOr<std::unique_ptr<control::CoordinatorServer>> server =
+      control::CoordinatorServer::Start(cc, config.coordinator);
+  if (!server.ok()) {
+    return absl::Status(
+        server.status().code(),
+        absl::StrCat("rank 0 hosts the coordinator at ", config.coordinator,
+                     ": ", server.status().message()));
   }
+  coordinator_ = *std::move(server);
+  return absl::OkStatus();
+}
 
+absl::Status Runtime::PublishEndpoint(const RuntimeConfig& config,
+                                      proto::Endpoint& endpoint) {
+  const TransportEndpoint local = transport_->LocalEndpoint();
+  endpoint.set_host(local.host.empty() ? config.host : local.host);
+  if (verbs_ == nullptr) {
+    endpoint.mutable_tcp()->set_host(local.host);
+    endpoint.mutable_tcp()->set_port(local.port);
+    proto::MemoryKey* key = endpoint.mutable_tcp()->add_keys();
+    key->set_addr(global_region_.addr);
+    key->set_length(global_region_.length);
+    key->set_rkey(global_region_.rkey);
+    return absl::OkStatus();
+  }
+  // RC: one queue pair per peer, each published for that peer.
+  proto::VerbsEndpoint* v = endpoint.mutable_verbs();
+  v->set_gid(local.gid);
+  for (int peer = 0; peer < nranks_; ++peer) {
+    if (peer == rank_) continue;
+    absl::StatusOr<TransportEndpoint> qp = verbs_->EndpointFor(peer);
+    if (!qp.ok()) return qp.status();
+    proto::PeerQp* q = v->add_qps();
+    q->set_peer(peer);
+    q->set_qp_num(qp->qp_num);
+    q->set_psn(qp->psn);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::JoinCluster(const RuntimeConfig& config) {
   control::ControlClientConfig client;
   client.coordinator = config.coordinator;
   client.cluster_id = config.cluster_id;
   client.secret = config.secret;
   client.requested_rank = config.rank;
-  TransportEndpoint local = transport_->LocalEndpoint();
-  client.endpoint.set_host(local.host.empty() ? config.host : local.host);
-  if (verbs_ != nullptr) {
-    // RC: one queue pair per peer, each published for that peer.
-    proto::VerbsEndpoint* v = client.endpoint.mutable_verbs();
-    v->set_gid(local.gid);
-    for (int peer = 0; peer < nranks_; ++peer) {
-      if (peer == rank_) continue;
-      absl::StatusOr<TransportEndpoint> qp = verbs_->EndpointFor(peer);
-      if (!qp.ok()) return qp.status();
-      proto::PeerQp* q = v->add_qps();
-      q->set_peer(peer);
-      q->set_qp_num(qp->qp_num);
-      q->set_psn(qp->psn);
-    }
-  } else {
-    client.endpoint.mutable_tcp()->set_host(local.host);
-    client.endpoint.mutable_tcp()->set_port(local.port);
-    proto::MemoryKey* key = client.endpoint.mutable_tcp()->add_keys();
-    key->set_addr(global.addr);
-    key->set_length(global.length);
-    key->set_rkey(global.rkey);
+  if (absl::Status s = PublishEndpoint(config, client.endpoint); !s.ok()) {
+    return s;
   }
   client.on_view = [this](const control::View& view) { OnView(view); };
   absl::StatusOr<std::unique_ptr<control::ControlClient>> joined =
@@ -371,7 +234,48 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
         rank_, nranks_, config.global_base, config.global_size,
         control_->nranks(), control_->global_base(), control_->global_size()));
   }
+  return absl::OkStatus();
+}
 
+absl::StatusOr<TransportEndpoint> Runtime::PeerEndpoint(
+    const control::View& view, int peer) {
+  const control::ViewMember* m = view.Find(peer);
+  TransportEndpoint ep;
+  if (verbs_ != nullptr) {
+    const proto::PeerQp* mine = nullptr;
+    if (m != nullptr && m->endpoint.has_verbs()) {
+      for (const proto::PeerQp& q : m->endpoint.verbs().qps()) {
+        if (q.peer() == rank_) mine = &q;
+      }
+    }
+    if (mine == nullptr) {
+      return absl::UnavailableError(absl::StrFormat(
+          "rank %d published no verbs queue pair for rank %d; every rank "
+          "of a job must use the same transport (PAGEWIRE_TRANSPORT)",
+          peer, rank_));
+    }
+    ep.host = m->endpoint.host();
+    ep.gid = m->endpoint.verbs().gid();
+    ep.qp_num = mine->qp_num();
+    ep.psn = mine->psn();
+    return ep;
+  }
+  if (m == nullptr || !m->endpoint.has_tcp() ||
+      m->endpoint.tcp().keys_size() == 0) {
+    return absl::UnavailableError(absl::StrFormat(
+        "rank %d published no TCP data-plane endpoint (view %s); every "
+        "rank of a job must use the same transport (PAGEWIRE_TRANSPORT)",
+        peer, view.Describe()));
+  }
+  ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
+                                             : m->endpoint.tcp().host();
+  ep.port = m->endpoint.tcp().port();
+  const proto::MemoryKey& k = m->endpoint.tcp().keys(0);
+  fetcher_->AddPeerRegion(peer, 0, k.addr(), k.length(), k.rkey());
+  return ep;
+}
+
+absl::Status Runtime::ConnectPeers() {
   // Everyone has joined once this barrier passes; wait until the view
   // stream has delivered a view with every endpoint (no timeout: a rank that
   // dies meanwhile makes the next barrier fail instead).
@@ -387,40 +291,9 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   }
   for (int peer = 0; peer < nranks_; ++peer) {
     if (peer == rank_) continue;
-    const control::ViewMember* m = view.Find(peer);
-    TransportEndpoint ep;
-    if (verbs_ != nullptr) {
-      const proto::PeerQp* mine = nullptr;
-      if (m != nullptr && m->endpoint.has_verbs()) {
-        for (const proto::PeerQp& q : m->endpoint.verbs().qps()) {
-          if (q.peer() == rank_) mine = &q;
-        }
-      }
-      if (mine == nullptr) {
-        return absl::UnavailableError(absl::StrFormat(
-            "rank %d published no verbs queue pair for rank %d; every rank "
-            "of a job must use the same transport (PAGEWIRE_TRANSPORT)",
-            peer, rank_));
-      }
-      ep.host = m->endpoint.host();
-      ep.gid = m->endpoint.verbs().gid();
-      ep.qp_num = mine->qp_num();
-      ep.psn = mine->psn();
-    } else {
-      if (m == nullptr || !m->endpoint.has_tcp() ||
-          m->endpoint.tcp().keys_size() == 0) {
-        return absl::UnavailableError(absl::StrFormat(
-            "rank %d published no TCP data-plane endpoint (view %s); every "
-            "rank of a job must use the same transport (PAGEWIRE_TRANSPORT)",
-            peer, view.Describe()));
-      }
-      ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
-                                                 : m->endpoint.tcp().host();
-      ep.port = m->endpoint.tcp().port();
-      const proto::MemoryKey& k = m->endpoint.tcp().keys(0);
-      fetcher_->AddPeerRegion(peer, 0, k.addr(), k.length(), k.rkey());
-    }
-    if (absl::Status s = transport_->Connect(peer, ep); !s.ok()) return s;
+    absl::StatusOr<TransportEndpoint> ep = PeerEndpoint(view, peer);
+    if (!ep.ok()) return ep.status();
+    if (absl::Status s = transport_->Connect(peer, *ep); !s.ok()) return s;
   }
   if (verbs_ != nullptr) {
     // A queue pair to itself: a home's own atomics go through its NIC too,
@@ -431,8 +304,6 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
     if (absl::Status s = verbs_->Connect(rank_, *self); !s.ok()) return s;
     coherence_->SetAtomicsThroughTransport(true);
   }
-  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
-  started_ = true;
   return absl::OkStatus();
 }
 
@@ -596,32 +467,17 @@ absl::StatusOr<void*> Runtime::AttachFile(const std::string& path,
                          false);
 }
 
-absl::StatusOr<void*> Runtime::AllocCollective(
-    uint64_t bytes, Placement placement, int home_rank,
+DistributedDataspace::Params Runtime::AllocationParams(
+    const proto::Dataspace& created, uint64_t size, Placement placement,
+    int home_rank,
     std::shared_ptr<Dataspace> home_backing, bool homes_backed,
     bool sequential) {
-  uint64_t seq;
-  {
-    absl::MutexLock lock(&mutex_);
-    seq = ++collective_seq_;
-  }
-  absl::StatusOr<proto::Dataspace> created = control_->CreateDataspace(
-      seq, bytes, ToProto(placement),
-      placement == Placement::kOnRank ? home_rank : -1, sequential);
-  if (!created.ok()) return created.status();
-  const uint64_t size = PageUp(bytes);
-  if (sequential && placement == Placement::kFirstTouch) {
-    return absl::InvalidArgumentError(
-        "pw_alloc_sc: sequentially consistent memory needs a fixed home per "
-        "page; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC, not "
-        "PW_PLACE_FIRST_TOUCH");
-  }
   DistributedDataspace::Params p;
-  p.id = created->id();
-  p.global_addr = created->addr();
+  p.id = created.id();
+  p.global_addr = created.addr();
   p.size = size;
   p.placement.placement = placement;
-  p.placement.pages = size / kPageSize;
+  p.placement.pages = p.size / kPageSize;
   p.placement.nranks = nranks_;
   p.placement.home_rank = home_rank;
   p.self = rank_;
@@ -638,6 +494,32 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
     p.page_registrar = transport_.get();
   }
+  return p;
+}
+
+absl::StatusOr<void*> Runtime::AllocCollective(
+    uint64_t bytes, Placement placement, int home_rank,
+    std::shared_ptr<Dataspace> home_backing, bool homes_backed,
+    bool sequential) {
+  if (sequential && placement == Placement::kFirstTouch) {
+    return absl::InvalidArgumentError(
+        "pw_alloc_sc: sequentially consistent memory needs a fixed home per "
+        "page; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC, not "
+        "PW_PLACE_FIRST_TOUCH");
+  }
+  uint64_t seq;
+  {
+    absl::MutexLock lock(&mutex_);
+    seq = ++collective_seq_;
+  }
+  absl::StatusOr<proto::Dataspace> created = control_->CreateDataspace(
+      seq, bytes, ToProto(placement),
+      placement == Placement::kOnRank ? home_rank : -1, sequential);
+  if (!created.ok()) return created.status();
+  const uint64_t size = PageUp(bytes);
+  const DistributedDataspace::Params p =
+      AllocationParams(*created, size, placement, home_rank,
+                       std::move(home_backing), homes_backed, sequential);
   auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_,
                                                    coherence_.get());
   ds->SetGlobalBase(global_base());

@@ -25,14 +25,20 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "runtime/fault/fault_service.h"
+#include "runtime/dsm/distributed_dataspace.h"
 #include "runtime/dsm/placement.h"
 #include "runtime/memory/region_map.h"
 #include "runtime/dsm/remote_fetcher.h"
 #include "runtime/transport/message_router.h"
+#include "runtime/runtime_config.h"
 #include "runtime/transport/transport.h"
 
 namespace pagewire {
 
+namespace proto {
+class Dataspace;
+class Endpoint;
+}  // namespace proto
 namespace control {
 class ControlClient;
 class CoordinatorServer;
@@ -45,56 +51,6 @@ class HomeManager;
 class Transport;
 class VerbsTransport;
 
-struct RuntimeConfig {
-  // Every process of a job maps global memory here, so pointers stored in
-  // global memory are valid on every node. 32 TiB up: clear of the heap,
-  // below the usual mmap and stack areas.
-  uintptr_t global_base = uintptr_t{0x2000} << 32;
-  uint64_t global_size = uint64_t{1} << 40;  // 1 TiB of address space
-  UffdSyscalls syscalls = UffdSyscalls::Kernel();
-
-  // The job (PAGEWIRE_RANK, PAGEWIRE_NRANKS, PAGEWIRE_COORDINATOR, ...).
-  // An empty coordinator means a job of one.
-  int rank = 0;
-  int nranks = 1;
-  std::string coordinator;  // host:port
-  // Rank 0 hosts the coordinator unless it runs standalone
-  // (PAGEWIRE_COORDINATOR_EXTERNAL=1, pagewire-coordinator).
-  bool host_coordinator = true;
-  std::string cluster_id = "pagewire";
-  std::string secret;
-  std::string host = "127.0.0.1";  // this rank's data-plane address
-  // PAGEWIRE_TRANSPORT: "auto" (verbs if an RDMA device is there, else TCP),
-  // "verbs" (fail without a device) or "tcp".
-  std::string transport = "auto";
-  absl::Duration heartbeat_interval = absl::Milliseconds(100);
-  absl::Duration lease = absl::Seconds(3);  // PAGEWIRE_LEASE_MS
-  // PAGEWIRE_SPIN_POLLS: on verbs, how often the fault loop polls the
-  // completion queue for an outstanding READ before it sleeps (0: never).
-  uint32_t spin_polls = FaultServiceConfig::kDefaultSpinPolls;
-  // PAGEWIRE_IDLE_POLLS: how often the fault loop, out of work, polls for
-  // the next fault before it sleeps (0: never; costs a CPU while it polls).
-  uint32_t idle_polls = 0;
-  // PAGEWIRE_READAHEAD: a read fault on another rank's page also requests
-  // this many following pages of the same home (0: none).
-  int readahead_pages = 1;
-  static constexpr int kMaxReadAheadPages = 64;
-  // PAGEWIRE_PUSH: subscribe to pages that homes write every epoch, so they
-  // arrive with the barrier instead of by a fault after it (0: off).
-  bool push = true;
-  // PAGEWIRE_CHECK: audit every drop of a cached copy for lost writes and
-  // end the process at the first (Coherence::BeforeDrop); on by default in
-  // builds with --config=debug (PAGEWIRE_DEBUG_CHECKS), off otherwise.
-#ifdef PAGEWIRE_DEBUG_CHECKS
-  bool check = true;
-#else
-  bool check = false;
-#endif
-
-  // Reads the PAGEWIRE_* variables over the defaults; names the variable
-  // and the fix for each bad value.
-  static absl::StatusOr<RuntimeConfig> FromEnvironment();
-};
 
 struct RuntimeStats {
   FaultStats faults;
@@ -174,6 +130,26 @@ class Runtime {
                                         std::shared_ptr<Dataspace> home_backing,
                                         bool homes_backed, bool sequential);
   void OnView(const control::View& view);
+  // How this rank sees the collective allocation `created` of `size`
+  // bytes (a page multiple).
+  DistributedDataspace::Params AllocationParams(
+      const proto::Dataspace& created, uint64_t size, Placement placement,
+      int home_rank,
+      std::shared_ptr<Dataspace> home_backing, bool homes_backed,
+      bool sequential);
+  // StartCluster's phases, in order.
+  absl::Status StartDataPlane(const RuntimeConfig& config);
+  absl::Status StartConsistency();
+  absl::Status HostCoordinator(const RuntimeConfig& config);
+  absl::Status JoinCluster(const RuntimeConfig& config);
+  absl::Status ConnectPeers();
+  // This rank's data-plane endpoint as the control plane publishes it.
+  absl::Status PublishEndpoint(const RuntimeConfig& config,
+                               proto::Endpoint& endpoint);
+  // Where `peer` said (in `view`) this rank reaches it; on TCP also records
+  // its global range's key.
+  absl::StatusOr<TransportEndpoint> PeerEndpoint(const control::View& view,
+                                                 int peer);
   // Verbs: registers the pages of `ds` homed here and exchanges the keys
   // with every peer.
   absl::StatusOr<std::vector<MemoryRegion>> RegisterHomePages(
@@ -191,6 +167,7 @@ class Runtime {
   // component that registers with it).
   MessageRouter router_;
   std::unique_ptr<Transport> transport_;
+  MemoryRegion global_region_;  // TCP: the whole global range, for peers
   VerbsTransport* verbs_ = nullptr;  // transport_, when it is verbs
   std::unique_ptr<RemoteFetcher> fetcher_;
   std::unique_ptr<HomeManager> home_;
