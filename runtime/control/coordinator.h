@@ -169,6 +169,18 @@ class Coordinator {
 
   explicit Coordinator(CoordinatorConfig config);
 
+  // Join's checks of who asks (protocol, cluster, secret, rank range), and
+  // the rank it gets.
+  absl::Status CheckJoin(const proto::JoinRequest& request) const;
+  absl::StatusOr<int> AssignRankLocked(int requested) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CreateDataspace's checks of its arguments, and a later rank's call of a
+  // create that a first rank made (same arguments, same dataspace).
+  absl::Status CheckCreate(const proto::CreateDataspaceRequest& request) const;
+  absl::StatusOr<proto::Dataspace> JoinCreateLocked(
+      const CollectiveCreate& c, const proto::CreateDataspaceRequest& request)
+      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   void LeaseMonitorLoop();
   // Bumps the epoch, rebuilds the view and pushes it to the watchers.
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
