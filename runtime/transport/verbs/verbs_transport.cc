@@ -1,5 +1,5 @@
-// verbs_transport.cc - VerbsTransport's setup: device, port and GID
-// selection, the verbs objects in rc_pingpong's order, memory registration,
+// verbs_transport.cc - VerbsTransport's setup: the verbs objects in
+// rc_pingpong's order (the device, port and GID come from verbs_device.h), memory registration,
 // per-peer queue pairs and their connection, and the "pw-verbs" receive
 // thread. The datapath is in verbs_transport_datapath.cc.
 #include "runtime/transport/verbs/verbs_transport.h"
@@ -27,14 +27,18 @@
 #include "absl/strings/str_join.h"
 #include "runtime/base/log.h"
 #include "runtime/base/service_thread.h"
+#include "runtime/transport/verbs/verbs_device.h"
 
 namespace pagewire {
 
+using verbs_internal::ChoosePort;
+using verbs_internal::ChosenPort;
 using verbs_internal::CompletionChannel;
 using verbs_internal::CompletionQueue;
 using verbs_internal::Context;
 using verbs_internal::DeviceList;
 using verbs_internal::ErrnoStr;
+using verbs_internal::GidString;
 using verbs_internal::MemoryRegistration;
 using verbs_internal::ProtectionDomain;
 using verbs_internal::QueuePair;
@@ -52,54 +56,6 @@ constexpr uint64_t kSoftwareTag = 2;
 // READs and atomics a QP keeps in flight per direction: the device's limit,
 // capped where more buys nothing for page-sized READs.
 constexpr int kMaxReadAtomic = 16;
-
-bool IsIpv4Mapped(const ibv_gid& gid) {
-  static constexpr uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0,
-                                          0, 0, 0, 0, 0xff, 0xff};
-  return std::memcmp(gid.raw, kPrefix, sizeof(kPrefix)) == 0;
-}
-
-bool IsZero(const ibv_gid& gid) {
-  for (uint8_t b : gid.raw) {
-    if (b != 0) return false;
-  }
-  return true;
-}
-
-std::string GidString(const ibv_gid& gid) {
-  char buf[INET6_ADDRSTRLEN] = {};
-  inet_ntop(AF_INET6, gid.raw, buf, sizeof(buf));
-  return buf;
-}
-
-enum class GidType { kUnknown, kIb, kRoceV1, kRoceV2 };
-
-const char* GidTypeName(GidType type) {
-  switch (type) {
-    case GidType::kIb: return "IB";
-    case GidType::kRoceV1: return "RoCEv1";
-    case GidType::kRoceV2: return "RoCEv2";
-    case GidType::kUnknown: break;
-  }
-  return "type unknown";
-}
-
-// A GID's type, from the kernel's table in sysfs ("RoCE v2", "IB/RoCE v1").
-// libibverbs' ibv_query_gid_ex would say it too, but with rdma-core 44 on
-// rxe it dereferences a null context field and crashes, so the sysfs file
-// (what rdma-core's show_gids reads) is the portable source.
-GidType QueryGidType(const char* ibdev_path, int port, int index) {
-  std::string path = absl::StrFormat("%s/ports/%d/gid_attrs/types/%d",
-                                     ibdev_path, port, index);
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) return GidType::kUnknown;
-  line = std::string(absl::StripAsciiWhitespace(line));
-  if (absl::EqualsIgnoreCase(line, "RoCE v2")) return GidType::kRoceV2;
-  if (absl::EqualsIgnoreCase(line, "IB/RoCE v1")) return GidType::kRoceV1;
-  if (absl::EqualsIgnoreCase(line, "IB")) return GidType::kIb;
-  return GidType::kUnknown;
-}
 
 // Reads an integer environment variable; unset leaves *out alone.
 absl::Status EnvInt(const char* name, int min, int* out) {
@@ -173,9 +129,37 @@ absl::StatusOr<std::unique_ptr<VerbsTransport>> VerbsTransport::Create(
 
 absl::Status VerbsTransport::Open(const VerbsTransportConfig& config) {
   // 1. The device context, and the port and GID to use.
-  if (absl::Status s = SelectPortAndGid(config); !s.ok()) return s;
-
+  absl::StatusOr<ChosenPort> chosen =
+      ChoosePort(config.device, config.port, config.gid_index);
+  if (!chosen.ok()) return chosen.status();
+  device_name_ = chosen->device_name;
+  path_.port_num = chosen->port;
+  path_.sgid_index = chosen->gid_index;
+  path_.mtu = chosen->mtu;
+  gid_ = chosen->gid;
+  max_msg_sz_ = chosen->max_msg_sz;
+  context_ = std::move(chosen->context);
   ibv_device_attr dev{};
+  if (absl::Status s = ApplyDeviceLimits(config, dev); !s.ok()) return s;
+
+  // 2. The protection domain. (3. Memory regions come with RegisterMemory.)
+  pd_ = ProtectionDomain(ibv_alloc_pd(context_.get()));
+  if (!pd_) {
+    return absl::InternalError(absl::StrFormat(
+        "verbs: ibv_alloc_pd(%s): %s", device_name_, ErrnoStr(errno)));
+  }
+  if (absl::Status s = CreateCompletionQueues(dev); !s.ok()) return s;
+
+  // 5. Queue pairs come per peer (EndpointFor). The receive thread last.
+  thread_ = std::thread([this] { ReceiveLoop(); });
+  Log("verbs: rank %d uses %s port %d, GID index %d (%s), MTU %d", rank_,
+      device_name_, path_.port_num, path_.sgid_index, GidString(gid_),
+      128 << path_.mtu);
+  return absl::OkStatus();
+}
+
+absl::Status VerbsTransport::ApplyDeviceLimits(
+    const VerbsTransportConfig& config, ibv_device_attr& dev) {
   if (int rc = ibv_query_device(context_.get(), &dev); rc != 0) {
     return absl::InternalError(absl::StrFormat(
         "verbs: ibv_query_device(%s): %s", device_name_, ErrnoStr(rc)));
@@ -204,16 +188,15 @@ absl::Status VerbsTransport::Open(const VerbsTransportConfig& config) {
         "queue (%d)",
         device_name_, dev.max_cqe, kSendQueueDepth));
   }
+  return absl::OkStatus();
+}
 
-  // 2. The protection domain. (3. Memory regions come with RegisterMemory.)
-  pd_ = ProtectionDomain(ibv_alloc_pd(context_.get()));
-  if (!pd_) {
-    return absl::InternalError(absl::StrFormat(
-        "verbs: ibv_alloc_pd(%s): %s", device_name_, ErrnoStr(errno)));
-  }
-
+absl::Status VerbsTransport::CreateCompletionQueues(
+    const ibv_device_attr& dev) {
   // 4. Completion channels and queues: send (drained by the consumer) and
-  // receive (drained by "pw-verbs").
+  // receive (drained by "pw-verbs"). The send CQ holds every queue pair's
+  // send queue.
+  const int cq_entries = max_queue_pairs_ * static_cast<int>(kSendQueueDepth);
   send_channel_ = CompletionChannel(ibv_create_comp_channel(context_.get()));
   recv_channel_ = CompletionChannel(ibv_create_comp_channel(context_.get()));
   if (!send_channel_ || !recv_channel_) {
@@ -271,181 +254,9 @@ absl::Status VerbsTransport::Open(const VerbsTransportConfig& config) {
         absl::StrFormat("verbs: epoll_ctl(eventfd): %s", ErrnoStr(errno)));
   }
 
-  // 5. Queue pairs come per peer (EndpointFor). The receive thread last.
-  thread_ = std::thread([this] { ReceiveLoop(); });
-  Log("verbs: rank %d uses %s port %d, GID index %d (%s), MTU %d", rank_,
-      device_name_, path_.port_num, path_.sgid_index, GidString(gid_),
-      128 << path_.mtu);
   return absl::OkStatus();
 }
 
-absl::Status VerbsTransport::SelectPortAndGid(
-    const VerbsTransportConfig& config) {
-  int num = 0;
-  errno = 0;
-  DeviceList list(ibv_get_device_list(&num));
-  if (!list) {
-    const int e = errno;
-    if (e == ENOSYS) {
-      return absl::UnavailableError(
-          "no RDMA device (ibv_get_device_list: Function not implemented): "
-          "the kernel has no RDMA stack");
-    }
-    return absl::UnavailableError(absl::StrFormat(
-        "no RDMA device (ibv_get_device_list: %s)", ErrnoStr(e)));
-  }
-  if (num == 0) {
-    return absl::UnavailableError(
-        "no RDMA device: ibv_get_device_list found none (for soft-RoCE: "
-        "modprobe rdma_rxe; rdma link add rxe0 type rxe netdev <interface>)");
-  }
-  std::vector<std::string> names;
-  for (int i = 0; i < num; ++i) names.push_back(ibv_get_device_name(list.get()[i]));
-
-  // The candidates: the one named (by name or index), or all in order.
-  std::vector<int> candidates;
-  if (!config.device.empty()) {
-    int index = -1;
-    for (int i = 0; i < num; ++i) {
-      if (names[i] == config.device) index = i;
-    }
-    int n;
-    if (index < 0 && absl::SimpleAtoi(config.device, &n) && n >= 0 && n < num) {
-      index = n;
-    }
-    if (index < 0) {
-      return absl::NotFoundError(absl::StrFormat(
-          "verbs: no RDMA device named '%s' (PAGEWIRE_VERBS_DEVICE or "
-          "config); devices: %s",
-          config.device, absl::StrJoin(names, ", ")));
-    }
-    candidates.push_back(index);
-  } else {
-    for (int i = 0; i < num; ++i) candidates.push_back(i);
-  }
-
-  std::vector<std::string> why_not;
-  for (int index : candidates) {
-    Context ctx(ibv_open_device(list.get()[index]));
-    if (!ctx) {
-      why_not.push_back(absl::StrFormat("%s: ibv_open_device: %s",
-                                        names[index], ErrnoStr(errno)));
-      continue;
-    }
-    if (verbs_get_ctx(ctx.get()) == nullptr) {
-      // ibv_* bound to the IBVERBS_1.0 compat symbols (a library linked
-      // without -libverbs): nothing but crashes lies that way.
-      return absl::InternalError(absl::StrFormat(
-          "verbs: %s opened through libibverbs' legacy IBVERBS_1.0 ABI; the "
-          "code calling ibv_* must be linked with -libverbs",
-          names[index]));
-    }
-    ibv_device_attr dev{};
-    if (int rc = ibv_query_device(ctx.get(), &dev); rc != 0) {
-      why_not.push_back(absl::StrFormat("%s: ibv_query_device: %s",
-                                        names[index], ErrnoStr(rc)));
-      continue;
-    }
-    int first = 1, last = dev.phys_port_cnt;
-    if (config.port > 0) {
-      if (config.port > dev.phys_port_cnt) {
-        return absl::NotFoundError(absl::StrFormat(
-            "verbs: %s has %d port(s), no port %d", names[index],
-            dev.phys_port_cnt, config.port));
-      }
-      first = last = config.port;
-    }
-    for (int port = first; port <= last; ++port) {
-      ibv_port_attr pa{};
-      if (int rc = ibv_query_port(ctx.get(), port, &pa); rc != 0) {
-        why_not.push_back(absl::StrFormat("%s port %d: ibv_query_port: %s",
-                                          names[index], port, ErrnoStr(rc)));
-        continue;
-      }
-      if (pa.state != IBV_PORT_ACTIVE) {
-        why_not.push_back(absl::StrFormat("%s port %d is %s", names[index],
-                                          port, ibv_port_state_str(pa.state)));
-        continue;
-      }
-      if (pa.link_layer != IBV_LINK_LAYER_ETHERNET) {
-        // InfiniBand routes by LID, which TransportEndpoint does not carry.
-        why_not.push_back(absl::StrFormat(
-            "%s port %d is InfiniBand (needs a LID; only RoCE is supported)",
-            names[index], port));
-        continue;
-      }
-      // The GID: the one asked for, else RoCEv2 IPv4-mapped, else RoCEv2.
-      int chosen = -1;
-      ibv_gid chosen_gid{};
-      std::vector<std::string> table;
-      if (config.gid_index >= 0) {
-        if (config.gid_index >= pa.gid_tbl_len ||
-            ibv_query_gid(ctx.get(), port, config.gid_index, &chosen_gid) !=
-                0 ||
-            IsZero(chosen_gid)) {
-          return absl::NotFoundError(absl::StrFormat(
-              "verbs: %s port %d has no GID at index %d (table of %d)",
-              names[index], port, config.gid_index, pa.gid_tbl_len));
-        }
-        chosen = config.gid_index;
-      } else {
-        int any_v2 = -1, mapped_untyped = -1;
-        ibv_gid any_v2_gid{}, mapped_untyped_gid{};
-        for (int g = 0; g < pa.gid_tbl_len; ++g) {
-          ibv_gid gid{};
-          if (ibv_query_gid(ctx.get(), port, g, &gid) != 0 || IsZero(gid)) {
-            continue;
-          }
-          const GidType type =
-              QueryGidType(list.get()[index]->ibdev_path, port, g);
-          table.push_back(absl::StrFormat("%d %s %s", g, GidTypeName(type),
-                                          GidString(gid)));
-          if (type == GidType::kUnknown && IsIpv4Mapped(gid) &&
-              mapped_untyped < 0) {
-            mapped_untyped = g;
-            mapped_untyped_gid = gid;
-          }
-          if (type != GidType::kRoceV2) continue;
-          if (IsIpv4Mapped(gid)) {
-            chosen = g;
-            chosen_gid = gid;
-            break;
-          }
-          if (any_v2 < 0) {
-            any_v2 = g;
-            any_v2_gid = gid;
-          }
-        }
-        if (chosen < 0 && mapped_untyped >= 0) {
-          chosen = mapped_untyped;
-          chosen_gid = mapped_untyped_gid;
-        }
-        if (chosen < 0 && any_v2 >= 0) {
-          chosen = any_v2;
-          chosen_gid = any_v2_gid;
-        }
-      }
-      if (chosen < 0) {
-        why_not.push_back(absl::StrFormat(
-            "%s port %d has no RoCEv2 GID (table: %s; give an interface an "
-            "IPv4 address, or set PAGEWIRE_VERBS_GID_INDEX)",
-            names[index], port,
-            table.empty() ? "empty" : absl::StrJoin(table, "; ")));
-        continue;
-      }
-      device_name_ = names[index];
-      path_.port_num = static_cast<uint8_t>(port);
-      path_.sgid_index = static_cast<uint8_t>(chosen);
-      path_.mtu = pa.active_mtu;
-      gid_ = chosen_gid;
-      max_msg_sz_ = pa.max_msg_sz;
-      context_ = std::move(ctx);
-      return absl::OkStatus();
-    }
-  }
-  return absl::UnavailableError(absl::StrFormat(
-      "verbs: no usable RDMA port: %s", absl::StrJoin(why_not, "; ")));
-}
 
 VerbsTransport::~VerbsTransport() {
   if (thread_.joinable()) {

@@ -290,7 +290,12 @@ class VerbsTransport final : public Transport {
 
   // --- verbs_transport.cc (setup, connections, the receive thread) ---
   absl::Status Open(const VerbsTransportConfig& config);
-  absl::Status SelectPortAndGid(const VerbsTransportConfig& resolved);
+  // Open's steps: what the device allows (atomics, read depth, how many
+  // queue pairs the completion queues can serve), and the completion
+  // channels, queues and the completion fd.
+  absl::Status ApplyDeviceLimits(const VerbsTransportConfig& config,
+                                 ibv_device_attr& dev);
+  absl::Status CreateCompletionQueues(const ibv_device_attr& dev);
   absl::StatusOr<std::unique_ptr<Connection>> NewConnection(int peer);
   Connection* FindConnection(int peer) ABSL_LOCKS_EXCLUDED(mu_);
   Connection* FindByQpNum(uint32_t qp_num) ABSL_LOCKS_EXCLUDED(mu_);
