@@ -66,78 +66,95 @@ bool RegionMap::WouldCycle(Dataspace& ds) {
   return false;
 }
 
-absl::StatusOr<uint64_t> RegionMap::Attach(std::shared_ptr<Dataspace> ds,
-                                           AttachArgs args) {
-  if (ds == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("attach to %s: the dataspace is null", name_));
-  }
-  const uint64_t ds_size = ds->size();
+absl::StatusOr<uint64_t> RegionMap::AttachedSize(const Dataspace& ds,
+                                                 const AttachArgs& args) const {
+  const uint64_t ds_size = ds.size();
   if (!PageAligned(args.ds_offset) || !PageAligned(args.size) ||
       (args.at && !PageAligned(*args.at))) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "attach %s to %s: offset 0x%x, size 0x%x and position 0x%x must be "
         "multiples of the page size (%d bytes)",
-        ds->Describe(), name_, args.ds_offset, args.size, args.at.value_or(0),
+        ds.Describe(), name_, args.ds_offset, args.size, args.at.value_or(0),
         kPageSize));
   }
   if (args.ds_offset >= ds_size) {
     return absl::OutOfRangeError(absl::StrFormat(
         "attach %s to %s: offset 0x%x is beyond the dataspace's size 0x%x",
-        ds->Describe(), name_, args.ds_offset, ds_size));
+        ds.Describe(), name_, args.ds_offset, ds_size));
   }
   const uint64_t size = args.size ? args.size : ds_size - args.ds_offset;
   if (size > ds_size - args.ds_offset) {
     return absl::OutOfRangeError(absl::StrFormat(
         "attach %s to %s: 0x%x bytes from offset 0x%x exceed the dataspace's "
         "size 0x%x",
-        ds->Describe(), name_, size, args.ds_offset, ds_size));
+        ds.Describe(), name_, size, args.ds_offset, ds_size));
   }
+  return size;
+}
+
+absl::StatusOr<uint64_t> RegionMap::PlaceLocked(const Dataspace& ds,
+                                                const AttachArgs& args,
+                                                uint64_t size) const {
+  uint64_t at;
+  if (args.at) {
+    at = *args.at;
+    if (at > size_ || size > size_ - at) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "attach %s to %s: [0x%x, 0x%x) lies outside the map's 0x%x bytes",
+          ds.Describe(), name_, at, at + size, size_));
+    }
+    auto it = regions_.upper_bound(at);  // first region ending after `at`
+    if (it != regions_.end() && it->second.at < at + size) {
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "attach %s to %s: [0x%x, 0x%x) overlaps the region [0x%x, 0x%x) "
+          "of %s; detach it first or attach elsewhere",
+          ds.Describe(), name_, at, at + size, it->second.at,
+          it->second.at + it->second.size,
+          it->second.dataspace->Describe()));
+    }
+  } else {
+    // First fit, lowest address.
+    uint64_t candidate = 0;
+    bool found = false;
+    for (const auto& [end, region] : regions_) {
+      if (region.at >= candidate && region.at - candidate >= size) {
+        found = true;
+        break;
+      }
+      candidate = end;
+    }
+    if (!found && (candidate > size_ || size_ - candidate < size)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "attach %s to %s: no free range of 0x%x bytes is left; free "
+          "something or configure a larger map",
+          ds.Describe(), name_, size));
+    }
+    at = candidate;
+  }
+  return at;
+}
+
+absl::StatusOr<uint64_t> RegionMap::Attach(std::shared_ptr<Dataspace> ds,
+                                           AttachArgs args) {
+  if (ds == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("attach to %s: the dataspace is null", name_));
+  }
+  absl::StatusOr<uint64_t> sized = AttachedSize(*ds, args);
+  if (!sized.ok()) return sized.status();
+  const uint64_t size = *sized;
   if (WouldCycle(*ds)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "attach %s to %s: the region map would contain itself; attach a "
         "different map",
         ds->Describe(), name_));
   }
-
   uint64_t at;
   {
     absl::MutexLock lock(&mutex_);
-    if (args.at) {
-      at = *args.at;
-      if (at > size_ || size > size_ - at) {
-        return absl::OutOfRangeError(absl::StrFormat(
-            "attach %s to %s: [0x%x, 0x%x) lies outside the map's 0x%x bytes",
-            ds->Describe(), name_, at, at + size, size_));
-      }
-      auto it = regions_.upper_bound(at);  // first region ending after `at`
-      if (it != regions_.end() && it->second.at < at + size) {
-        return absl::AlreadyExistsError(absl::StrFormat(
-            "attach %s to %s: [0x%x, 0x%x) overlaps the region [0x%x, 0x%x) "
-            "of %s; detach it first or attach elsewhere",
-            ds->Describe(), name_, at, at + size, it->second.at,
-            it->second.at + it->second.size,
-            it->second.dataspace->Describe()));
-      }
-    } else {
-      // First fit, lowest address.
-      uint64_t candidate = 0;
-      bool found = false;
-      for (const auto& [end, region] : regions_) {
-        if (region.at >= candidate && region.at - candidate >= size) {
-          found = true;
-          break;
-        }
-        candidate = end;
-      }
-      if (!found && (candidate > size_ || size_ - candidate < size)) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "attach %s to %s: no free range of 0x%x bytes is left; free "
-            "something or configure a larger map",
-            ds->Describe(), name_, size));
-      }
-      at = candidate;
-    }
+    absl::StatusOr<uint64_t> placed = PlaceLocked(*ds, args, size);
+    if (!placed.ok()) return placed.status();
+    at = *placed;
     regions_.emplace(at + size, Region{at, size, args.ds_offset, ds});
     if (RegionMap* nested = ds->AsRegionMap()) {
       auto listener =

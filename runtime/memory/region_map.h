@@ -82,6 +82,15 @@ class RegionMap final : public Dataspace {
   RegionMap* AsRegionMap() override { return this; }
 
  private:
+  // Attach's steps: how many bytes of `ds` the region covers (or why the
+  // arguments are bad), and where it goes (the asked position if free,
+  // else the lowest free range that fits).
+  absl::StatusOr<uint64_t> AttachedSize(const Dataspace& ds,
+                                        const AttachArgs& args) const;
+  absl::StatusOr<uint64_t> PlaceLocked(const Dataspace& ds,
+                                       const AttachArgs& args,
+                                       uint64_t size) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Relays a nested map's changes into this map's coordinates.
   class NestedListener;
 

@@ -302,12 +302,19 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
       }
     }
   }
+  std::string remote;
+  absl::StatusOr<UniqueFd> fd = Dial(peer, endpoint, remote);
+  if (!fd.ok()) return fd.status();
+  return AdoptOutgoing(peer, *std::move(fd), remote);
+}
 
+absl::StatusOr<UniqueFd> TcpTransport::Dial(int peer,
+                                            const TransportEndpoint& endpoint,
+                                            std::string& remote) {
   auto ai = Resolve(endpoint.host, endpoint.port, /*passive=*/false);
   if (!ai.ok()) return ai.status();
   UniqueFd fd;
   int err = 0;
-  std::string remote;
   // A blocking connect on the control-plane thread: it reports a refused or
   // unreachable peer here, and the data path never waits on it.
   for (const addrinfo* a = ai->get(); a != nullptr; a = a->ai_next) {
@@ -333,15 +340,17 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
         "tcp: cannot connect to peer %d at %s:%d: %s", peer, endpoint.host,
         endpoint.port, ErrnoStr(err)));
   }
-  absl::Status s = SetNonblockingNoDelay(fd.get());
-  if (!s.ok()) return s;
+  if (absl::Status s = SetNonblockingNoDelay(fd.get()); !s.ok()) return s;
+  return fd;
+}
 
+absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
+                                         const std::string& remote) {
   Hello hello;
   std::memcpy(hello.magic, tcp_internal::kHelloMagic, sizeof(hello.magic));
   hello.protocol_version = config_.protocol_version;
   hello.rank = config_.rank;
-
-  int raw = fd.get();
+  const int raw = fd.get();
   auto conn = std::make_shared<Connection>(Connection::Role::kOutgoing, raw,
                                            peer, remote);
   {
@@ -355,7 +364,7 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
       absl::MutexLock conn_lock(&ps.out->mu);
       if (!ps.out->closed) return absl::OkStatus();  // a concurrent Connect won
     }
-    (void)fd.Release();
+    (void)fd.Release();  // the connection owns it from here
     ps.out = conn;
     conns_[conn.get()] = conn;
     absl::MutexLock conn_lock(&conn->mu);

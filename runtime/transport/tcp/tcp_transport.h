@@ -205,6 +205,11 @@ class TcpTransport final : public Transport {
                            absl::Span<const char> body) override;
 
  private:
+  // Connect's steps: a connected, non-blocking socket to `endpoint` (its
+  // address in `remote`), then the outgoing connection it becomes.
+  absl::StatusOr<UniqueFd> Dial(int peer, const TransportEndpoint& endpoint,
+                                std::string& remote);
+  absl::Status AdoptOutgoing(int peer, UniqueFd fd, const std::string& remote);
   // An operation posted and not yet answered, at its connection's FIFO.
   struct PendingOp {
     uint64_t wr_id = 0;
@@ -282,10 +287,21 @@ class TcpTransport final : public Transport {
   // Scatters the next responses' headers and READ payloads straight into
   // their buffers; false when no plan applies.
   bool ReadScattered(Connection* c, bool* drained);
+  // ReadScattered's layout of one readv, and the completing of what `got`
+  // bytes of it brought.
+  struct Scatter;
+  void PlanScatter(Connection* c, Scatter& sc);
+  void DeliverScattered(Connection* c, Scatter& sc, size_t got);
   // Whether `op`'s buffer overlaps one of the first `n` READs in plan_.
   bool OverlapsPlanned(const PendingOp& op, size_t n) const;
   bool ParseInput(Connection* c);
   bool ParseRequests(Connection* c);
+  // ParseRequests' checks: a peer's hello at `p` (false: the connection is
+  // closed, rejected), and a request frame's header ("" if sound; its
+  // payload's length in `payload`).
+  bool AcceptHello(Connection* c, const char* p);
+  static std::string CheckRequest(const tcp_internal::RequestHeader& h,
+                                  size_t& payload);
   bool ParseResponses(Connection* c);
   bool FinishSink(Connection* c);
   void ServeRequest(Connection* c, const tcp_internal::RequestHeader& h,

@@ -361,6 +361,19 @@ bool TcpTransport::OverlapsPlanned(const PendingOp& op, size_t n) const {
   return false;
 }
 
+// One readv's layout: header of response 0, READ payload 0 (in the
+// caller's buffer), header 1, payload 1, ... then the staging buffer for
+// whatever follows.
+struct TcpTransport::Scatter {
+  ResponseHeader hdrs[kMaxPlanOps];
+  size_t payload_len[kMaxPlanOps];
+  iovec iov[kMaxPlanIov];
+  int niov = 0;
+  size_t nops = 0;
+  size_t planned = 0;      // bytes laid out before staging
+  size_t staging_len = 0;  // bytes of staging after them
+};
+
 bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
   plan_.clear();
   {
@@ -369,53 +382,9 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
     for (size_t i = 0; i < k; ++i) plan_.push_back(c->pending.At(i));
   }
   if (plan_.empty()) return false;
-
-  // Lay out: header of response 0, READ payload 0 (in the caller's buffer),
-  // header 1, payload 1, ... then the staging buffer for whatever follows.
-  // At most half the staging size is planned, so if a response turns out to
-  // carry no payload after all (an error), everything read after it fits in
-  // staging to be parsed again.
-  ResponseHeader hdrs[kMaxPlanOps];
-  size_t payload_len[kMaxPlanOps];
-  iovec iov[kMaxPlanIov];
-  int niov = 0;
-  size_t nops = 0;
-  const size_t budget = c->in.size() / 2;
-  size_t planned = 0;
-  bool truncated = false;  // the last planned READ continues past the plan
-  for (const PendingOp& op : plan_) {
-    if (planned + sizeof(ResponseHeader) > budget) break;
-    if (op.opcode == WorkOpcode::kRead && op.length > 0 &&
-        OverlapsPlanned(op, nops)) {
-      // Bytes laid into an earlier buffer must survive until we know they
-      // were its payload (see the error case below); READs into one buffer
-      // are scattered one per readv.
-      break;
-    }
-    iov[niov++] = {&hdrs[nops], sizeof(ResponseHeader)};
-    planned += sizeof(ResponseHeader);
-    payload_len[nops] = 0;
-    if (op.opcode == WorkOpcode::kRead && op.length > 0) {
-      size_t l = std::min<size_t>(op.length, budget - planned);
-      if (l > 0) iov[niov++] = {op.local, l};
-      planned += l;
-      payload_len[nops] = l;
-      ++nops;
-      if (l < op.length) {
-        truncated = true;  // the rest of it arrives through the sink
-        break;
-      }
-    } else {
-      ++nops;
-    }
-  }
-  c->in_head = c->in_tail = 0;
-  // After a truncated READ the next bytes are its payload, not a new frame:
-  // they must go to the sink, so nothing is read into staging this time.
-  const size_t staging_len = truncated ? 0 : c->in.size() - planned;
-  if (staging_len > 0) iov[niov++] = {c->in.data(), staging_len};
-
-  ssize_t n = ::readv(c->fd, iov, niov);
+  Scatter sc;
+  PlanScatter(c, sc);
+  ssize_t n = ::readv(c->fd, sc.iov, sc.niov);
   if (n < 0) {
     if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
       *drained = errno != EINTR;
@@ -431,20 +400,62 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
                     LogLevel::kError);
     return true;
   }
-  *drained = static_cast<size_t>(n) < planned + staging_len;
-  size_t got = static_cast<size_t>(n);
-  const size_t staged = got > planned ? got - planned : 0;
+  *drained = static_cast<size_t>(n) < sc.planned + sc.staging_len;
+  DeliverScattered(c, sc, static_cast<size_t>(n));
+  return true;
+}
 
+void TcpTransport::PlanScatter(Connection* c, Scatter& sc) {
+  // At most half the staging size is planned, so if a response turns out to
+  // carry no payload after all (an error), everything read after it fits in
+  // staging to be parsed again.
+  const size_t budget = c->in.size() / 2;
+  bool truncated = false;  // the last planned READ continues past the plan
+  for (const PendingOp& op : plan_) {
+    if (sc.planned + sizeof(ResponseHeader) > budget) break;
+    if (op.opcode == WorkOpcode::kRead && op.length > 0 &&
+        OverlapsPlanned(op, sc.nops)) {
+      // Bytes laid into an earlier buffer must survive until we know they
+      // were its payload (see the error case in DeliverScattered); READs
+      // into one buffer are scattered one per readv.
+      break;
+    }
+    sc.iov[sc.niov++] = {&sc.hdrs[sc.nops], sizeof(ResponseHeader)};
+    sc.planned += sizeof(ResponseHeader);
+    sc.payload_len[sc.nops] = 0;
+    if (op.opcode == WorkOpcode::kRead && op.length > 0) {
+      size_t l = std::min<size_t>(op.length, budget - sc.planned);
+      if (l > 0) sc.iov[sc.niov++] = {op.local, l};
+      sc.planned += l;
+      sc.payload_len[sc.nops] = l;
+      ++sc.nops;
+      if (l < op.length) {
+        truncated = true;  // the rest of it arrives through the sink
+        break;
+      }
+    } else {
+      ++sc.nops;
+    }
+  }
+  c->in_head = c->in_tail = 0;
+  // After a truncated READ the next bytes are its payload, not a new frame:
+  // they must go to the sink, so nothing is read into staging this time.
+  sc.staging_len = truncated ? 0 : c->in.size() - sc.planned;
+  if (sc.staging_len > 0) sc.iov[sc.niov++] = {c->in.data(), sc.staging_len};
+}
+
+void TcpTransport::DeliverScattered(Connection* c, Scatter& sc, size_t got) {
+  const size_t staged = got > sc.planned ? got - sc.planned : 0;
   int vi = 0;  // iov index of the current response's header
-  for (size_t i = 0; i < nops; ++i) {
+  for (size_t i = 0; i < sc.nops; ++i) {
     if (got - staged < sizeof(ResponseHeader)) {
       // A partial header (staging got nothing yet): stage it, parse later.
-      std::memcpy(c->in.data(), &hdrs[i], got);
+      std::memcpy(c->in.data(), &sc.hdrs[i], got);
       c->in_tail = got;
       got = 0;
       break;
     }
-    const ResponseHeader& h = hdrs[i];
+    const ResponseHeader& h = sc.hdrs[i];
     got -= sizeof(ResponseHeader);
     const PendingOp& op = plan_[i];
     const int64_t payload = ResponsePayload(op, h);
@@ -456,9 +467,9 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
                           h.kind, h.status, h.length, WorkOpcodeName(op.opcode),
                           op.wr_id),
           LogLevel::kWarning);
-      return true;
+      return;
     }
-    const size_t placed = std::min(got - staged, payload_len[i]);
+    const size_t placed = std::min(got - staged, sc.payload_len[i]);
     if (payload > 0) {
       got -= placed;
       if (placed < op.length) {
@@ -467,33 +478,33 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
         c->sink = op.local + placed;
         c->sink_left = op.length - placed;
         c->sink_response = h;
-        return true;
+        return;
       }
-      if (!CompleteHead(c, h)) return true;
-      vi += payload_len[i] > 0 ? 2 : 1;
+      if (!CompleteHead(c, h)) return;
+      vi += sc.payload_len[i] > 0 ? 2 : 1;
       continue;
     }
-    if (payload_len[i] > 0 && placed > 0) {
+    if (sc.payload_len[i] > 0 && placed > 0) {
       // An error answer to a READ: the bytes laid into its buffer and the
       // slots after it belong to the following frames. Gather them, in
       // stream order, in front of what reached staging, and parse there.
       const size_t misplaced = got - staged;
       std::memmove(c->in.data() + misplaced, c->in.data(), staged);
       size_t at = 0;
-      const int planned_iovs = staging_len > 0 ? niov - 1 : niov;
+      const int planned_iovs = sc.staging_len > 0 ? sc.niov - 1 : sc.niov;
       for (int j = vi + 1; j < planned_iovs && at < misplaced; ++j) {
-        size_t take = std::min(iov[j].iov_len, misplaced - at);
-        std::memcpy(c->in.data() + at, iov[j].iov_base, take);
+        size_t take = std::min(sc.iov[j].iov_len, misplaced - at);
+        std::memcpy(c->in.data() + at, sc.iov[j].iov_base, take);
         at += take;
       }
       c->in_head = 0;
       c->in_tail = got;
-      if (!CompleteHead(c, h)) return true;
+      if (!CompleteHead(c, h)) return;
       ParseInput(c);
-      return true;
+      return;
     }
-    if (!CompleteHead(c, h)) return true;
-    vi += payload_len[i] > 0 ? 2 : 1;
+    if (!CompleteHead(c, h)) return;
+    vi += sc.payload_len[i] > 0 ? 2 : 1;
   }
   if (got > 0) {
     // Everything planned arrived; the rest is in staging.
@@ -501,7 +512,6 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
     c->in_tail = got;
     ParseInput(c);
   }
-  return true;
 }
 
 bool TcpTransport::ParseInput(Connection* c) {
@@ -595,36 +605,65 @@ bool TcpTransport::FinishSink(Connection* c) {
   return !c->gone;
 }
 
+bool TcpTransport::AcceptHello(Connection* c, const char* p) {
+  Hello hello;
+  std::memcpy(&hello, p, sizeof(hello));
+  std::string problem;
+  if (std::memcmp(hello.magic, tcp_internal::kHelloMagic,
+                  sizeof(hello.magic)) != 0) {
+    problem = "bad magic in hello (not a Pagewire TCP transport?)";
+  } else if (hello.protocol_version != config_.protocol_version) {
+    problem = absl::StrFormat("protocol version %d in hello, this node speaks %d",
+                              hello.protocol_version, config_.protocol_version);
+  } else if (hello.rank < 0) {
+    problem = absl::StrFormat("negative rank %d in hello", hello.rank);
+  }
+  if (!problem.empty()) {
+    CloseConnection(c, WcStatus::kPeerGone,
+                    absl::StrFormat("rejected: %s", problem), LogLevel::kWarning);
+    return false;
+  }
+  c->hello_done = true;
+  c->peer_rank = hello.rank;
+  c->in_head += sizeof(hello);
+  Debug("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
+        c->remote);
+  return true;
+}
+
+std::string TcpTransport::CheckRequest(const RequestHeader& h,
+                                       size_t& payload) {
+  payload = 0;
+  if (h.kind == static_cast<uint8_t>(FrameKind::kOp)) {
+    if (!ValidOpcode(h.opcode)) {
+      return absl::StrFormat("unknown opcode %d", h.opcode);
+    }
+    if (h.length > kMaxOpBytes) {
+      return absl::StrFormat("oversized frame: %s of %d bytes (limit %d)",
+                             WorkOpcodeName(WorkOpcode(h.opcode)), h.length,
+                             kMaxOpBytes);
+    }
+    if (WorkOpcode(h.opcode) == WorkOpcode::kWrite) payload = h.length;
+    return "";
+  }
+  if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
+    if (h.length > kMaxMessageBytes) {
+      return absl::StrFormat("oversized frame: message of %d bytes (limit %d)",
+                             h.length, kMaxMessageBytes);
+    }
+    payload = h.length;
+    return "";
+  }
+  return absl::StrFormat("unknown frame kind %d", h.kind);
+}
+
 bool TcpTransport::ParseRequests(Connection* c) {
   for (;;) {
     const size_t avail = c->in_tail - c->in_head;
     const char* p = c->in.data() + c->in_head;
     if (!c->hello_done) {
       if (avail < sizeof(Hello)) break;
-      Hello hello;
-      std::memcpy(&hello, p, sizeof(hello));
-      std::string problem;
-      if (std::memcmp(hello.magic, tcp_internal::kHelloMagic,
-                      sizeof(hello.magic)) != 0) {
-        problem = "bad magic in hello (not a Pagewire TCP transport?)";
-      } else if (hello.protocol_version != config_.protocol_version) {
-        problem = absl::StrFormat(
-            "protocol version %d in hello, this node speaks %d",
-            hello.protocol_version, config_.protocol_version);
-      } else if (hello.rank < 0) {
-        problem = absl::StrFormat("negative rank %d in hello", hello.rank);
-      }
-      if (!problem.empty()) {
-        CloseConnection(c, WcStatus::kPeerGone,
-                        absl::StrFormat("rejected: %s", problem),
-                        LogLevel::kWarning);
-        return false;
-      }
-      c->hello_done = true;
-      c->peer_rank = hello.rank;
-      c->in_head += sizeof(hello);
-      Debug("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
-          c->remote);
+      if (!AcceptHello(c, p)) return false;
       continue;
     }
     {
@@ -640,27 +679,7 @@ bool TcpTransport::ParseRequests(Connection* c) {
     RequestHeader h;
     std::memcpy(&h, p, sizeof(h));
     size_t payload = 0;
-    std::string problem;
-    if (h.kind == static_cast<uint8_t>(FrameKind::kOp)) {
-      if (!ValidOpcode(h.opcode)) {
-        problem = absl::StrFormat("unknown opcode %d", h.opcode);
-      } else if (h.length > kMaxOpBytes) {
-        problem = absl::StrFormat("oversized frame: %s of %d bytes (limit %d)",
-                                  WorkOpcodeName(WorkOpcode(h.opcode)),
-                                  h.length, kMaxOpBytes);
-      } else if (WorkOpcode(h.opcode) == WorkOpcode::kWrite) {
-        payload = h.length;
-      }
-    } else if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
-      if (h.length > kMaxMessageBytes) {
-        problem = absl::StrFormat("oversized frame: message of %d bytes "
-                                  "(limit %d)",
-                                  h.length, kMaxMessageBytes);
-      }
-      payload = h.length;
-    } else {
-      problem = absl::StrFormat("unknown frame kind %d", h.kind);
-    }
+    const std::string problem = CheckRequest(h, payload);
     if (!problem.empty()) {
       CloseConnection(c, WcStatus::kPeerGone,
                       absl::StrFormat("protocol violation: %s", problem),
