@@ -37,9 +37,9 @@
 // synchronisation: once a rank has every list, it drops its copies of the
 // pages others wrote — a copy survives if nobody wrote the page, or if its
 // holder was the only writer — and, as a home, protects its written pages
-// again. Read-only and private pages stay cached across barriers. (An
-// earlier form sent the lists to the homes only, which then told the
-// cachers: a second round on the critical path.)
+// again. Read-only and private pages stay cached across barriers. One
+// round, not two: the lists go straight to the cachers, not through the
+// homes.
 //
 // Pushing hot pages. A rank that fetches a page again after a barrier
 // dropped its copy (a stencil's halo, written by its home every epoch)

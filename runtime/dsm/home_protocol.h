@@ -25,7 +25,7 @@ enum Type : uint16_t {
   kClaimed = 5,  // directory rank -> requester: the owner
   // Coherence (runtime/coherence/coherence.h). Page lists follow a PageListHeader.
   kEpochWrites = 6,      // rank -> every rank: the pages I wrote this epoch
-  // 7 was kEpochInvalidate (home -> rank: drop these copies), no longer sent.
+  // 7: unused (never reuse a number: an old peer would misread it).
   kLockAcquire = 8,      // rank -> lock's home
   kLockGrant = 9,        // lock's home -> rank: granted, drop these copies
   kLockRelease = 10,     // rank -> lock's home: released, I wrote these
