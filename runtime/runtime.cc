@@ -489,9 +489,12 @@ DistributedDataspace::Params Runtime::AllocationParams(
     p.readahead = fault_service_.get();
     p.readahead_pages = readahead_pages_;
   }
-  // First touch on verbs: owners register their pages as peers first ask
-  // for them (nobody owns any yet, so there is nothing to register now).
-  if (verbs_ != nullptr && placement == Placement::kFirstTouch) {
+  // On verbs, first touch and file-backed homes register their pages one
+  // at a time, as peers first ask for them: nobody owns a first-touch page
+  // yet, and a file's page is not in memory until read (registering pins,
+  // and pinning a page userfaultfd has not filled fails with EFAULT).
+  if (verbs_ != nullptr &&
+      (placement == Placement::kFirstTouch || homes_backed)) {
     p.page_registrar = transport_.get();
   }
   return p;
@@ -562,10 +565,10 @@ absl::StatusOr<void*> Runtime::AllocCollective(
 
 absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
     DistributedDataspace& ds) {
-  // Runs of pages homed here, each registered once (pinned: a home page of
-  // a file is read in now).
+  // Runs of pages homed here, each registered once (pinned). Pages with
+  // keys of their own are registered as peers ask for them instead.
   std::vector<MemoryRegion> regions;
-  const uint64_t pages = ds.placement().pages;
+  const uint64_t pages = ds.has_page_keys() ? 0 : ds.placement().pages;
   for (uint64_t page = 0; page < pages;) {
     if (!ds.HomedHere(page)) {
       ++page;

@@ -23,6 +23,7 @@
 #include "runtime/dsm/remote_fetcher.h"
 #include "runtime/testing/fake_peer_transport.h"
 #include "tests/fault_test_support.h"
+#include "tests/rank_fixture.h"
 
 namespace pagewire {
 namespace {
@@ -31,11 +32,8 @@ namespace hp = home_protocol;
 using testing::Eventually;
 using testing::FakePeerTransport;
 
-constexpr uintptr_t kBase = uintptr_t{0x3100} << 32;
-constexpr uint64_t kSize = uint64_t{64} << 20;
-constexpr int kSelf = 0;
-constexpr int kHome = 1;
-constexpr int kRanks = 2;
+constexpr uintptr_t kBase = testing::RankFixture::kBase;
+constexpr int kHome = testing::RankFixture::kPeer;
 constexpr uint32_t kAllocId = 1;
 constexpr uint64_t kPages = 16;
 
@@ -70,84 +68,20 @@ class Gate {
   int allowed_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
-class CoherenceTest : public ::testing::Test {
+class CoherenceTest : public testing::RankFixture {
  protected:
   void SetUp() override {
-    std::string why;
-    if (!testing::UserfaultfdUsable(&why)) GTEST_SKIP() << why;
-    transport_ = std::make_unique<FakePeerTransport>(kBase, kSize, kRanks);
-    transport_->SetMessageHandler(router_.AsHandler());
-    fetcher_ = std::make_unique<RemoteFetcher>(*transport_, router_, kSelf,
-                                               kRanks);
-    root_ = std::make_shared<RegionMap>(kSize, "test root");
-    FaultServiceConfig fs;
-    fs.base = kBase;
-    fs.size = kSize;
-    fs.sources = {fetcher_.get()};
-    auto service = FaultService::Start(fs, *root_);
-    ASSERT_TRUE(service.ok()) << service.status();
-    service_ = *std::move(service);
-    root_->AddListener(service_.get());
-    home_ = std::make_unique<HomeManager>(*transport_, router_, *service_,
-                                          kSelf, kRanks);
-    auto landing = transport_->RegisterMemory(service_->landing_area(),
-                                              service_->landing_bytes());
-    ASSERT_TRUE(landing.ok());
-    fetcher_->SetLanding(*landing);
-    coherence_ = std::make_unique<Coherence>(kSelf, kRanks, *transport_,
-                                             router_, *fetcher_, *service_,
-                                             *home_);
-    ASSERT_TRUE(coherence_->Start().ok());
-    // Every drop in these tests is audited; TearDown expects none lost.
-    ASSERT_TRUE(service_->SetDropAudit(coherence_.get()).ok());
-
-    DistributedDataspace::Params p;
-    p.id = kAllocId;
-    p.global_addr = kBase;
-    p.size = kPages * kPageSize;
-    p.placement.placement = Placement::kOnRank;
-    p.placement.pages = kPages;
-    p.placement.nranks = kRanks;
-    p.placement.home_rank = kHome;
-    p.self = kSelf;
-    ds_ = std::make_shared<DistributedDataspace>(p, *fetcher_, coherence_.get());
-    ds_->SetGlobalBase(kBase);
-    home_->AddDataspace(ds_.get());
-    coherence_->AddDataspace(ds_.get());
-    ASSERT_TRUE(root_->Attach(ds_, {.at = 0}).ok());
-    fetcher_->AddPeerRegion(kHome, kAllocId, kBase, kSize,
-                            FakePeerTransport::kPeerKey);
-    // The home has registered this rank as a cacher of every page: faults
-    // READ directly.
-    for (uint64_t page = 0; page < kPages; ++page) ds_->MarkRegistered(page);
-  }
-
-  void TearDown() override {
-    if (!transport_) return;  // skipped
-    transport_->SetGate(nullptr);
-    if (coherence_) {
-      EXPECT_EQ(coherence_->stats().lost_drops, expected_lost_drops_)
-          << "the drop audit found copies dropped with their writes";
-    }
-    if (service_) {
-      service_->Stop();
-      root_->RemoveListener(service_.get());
-    }
-    root_.reset();
-    ds_.reset();
-    if (service_) (void)service_->SetDropAudit(nullptr);
-    coherence_.reset();
-    home_.reset();
-    transport_.reset();
-    fetcher_.reset();
-    service_.reset();
+    RankFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ds_ = AddAllocation(kAllocId, 0, kPages, Placement::kOnRank,
+                        /*registered=*/true, kHome);
   }
 
   static volatile uint64_t* Word(uint64_t page, uint64_t word = 0) {
     return reinterpret_cast<volatile uint64_t*>(kBase + page * kPageSize) + word;
   }
   uint64_t HomeWord(uint64_t page, uint64_t word = 0) {
-    return transport_->PeerWord(kHome, kBase + page * kPageSize + word * 8);
+    return PeerWord(kBase + page * kPageSize + word * 8);
   }
   bool Resident(uint64_t page) { return service_->IsResident(page * kPageSize); }
   // Holds the one-sided WRITEs (diffs) to the home as `gate` says.
@@ -174,15 +108,7 @@ class CoherenceTest : public ::testing::Test {
     transport_->Deliver(kHome, type, absl::MakeConstSpan(body));
   }
 
-  MessageRouter router_;
-  std::unique_ptr<FakePeerTransport> transport_;
-  std::unique_ptr<RemoteFetcher> fetcher_;
-  std::unique_ptr<HomeManager> home_;
-  std::shared_ptr<RegionMap> root_;
-  std::unique_ptr<FaultService> service_;
-  std::unique_ptr<Coherence> coherence_;
   std::shared_ptr<DistributedDataspace> ds_;
-  uint64_t expected_lost_drops_ = 0;
 };
 
 // Two threads release one page's successive twins: A snapshots it (10) and

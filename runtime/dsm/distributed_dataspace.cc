@@ -44,10 +44,10 @@ DistributedDataspace::DistributedDataspace(Params params,
   if (params_.placement.placement == Placement::kFirstTouch) {
     owners_.reset(new std::atomic<int32_t>[params_.placement.pages]);
     for (uint64_t i = 0; i < params_.placement.pages; ++i) owners_[i] = -1;
-    if (params_.page_registrar != nullptr) {
-      page_keys_.reset(new std::atomic<uint32_t>[params_.placement.pages]);
-      for (uint64_t i = 0; i < params_.placement.pages; ++i) page_keys_[i] = 0;
-    }
+  }
+  if (params_.page_registrar != nullptr) {
+    page_keys_.reset(new std::atomic<uint32_t>[params_.placement.pages]);
+    for (uint64_t i = 0; i < params_.placement.pages; ++i) page_keys_[i] = 0;
   }
 }
 

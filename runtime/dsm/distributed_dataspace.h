@@ -17,11 +17,12 @@
 // and starts tracking the home's own writes to the page; later fetches READ
 // directly.
 //
-// First-touch pages on verbs: nobody knows at allocation which pages a rank
-// will own, and an RDMA key needs registered (pinned, hence resident)
-// memory, so the owner registers each page it owns when a peer first asks
-// for it (kFetch; the reply carries the key) or when it runs an atomic on
-// it through its own NIC: once per page, never per fault. Peers keep the
+// First-touch and file-backed pages on verbs: nobody knows at allocation
+// which pages a rank will own, a file's page is in memory only once read,
+// and an RDMA key needs registered (pinned, hence resident) memory, so the
+// owner registers each page it owns when a peer first asks for it (kFetch;
+// the reply carries the key) or when it runs an atomic on it through its
+// own NIC: once per page, never per fault. Peers keep the
 // keys per page (PageKey). TCP needs none of this: its key covers the whole
 // global range.
 //
@@ -68,9 +69,10 @@ class DistributedDataspace final : public Dataspace {
     // Sequential-consistency mode (pw_alloc_sc): every page is asked of
     // this protocol instead (runtime/coherence/sequential_consistency.h).
     PageProtocol* sequential = nullptr;
-    // First-touch placement on a transport whose keys cover only what was
-    // registered (verbs): the owner registers its pages one at a time with
-    // this transport and hands out per-page keys. Null otherwise.
+    // First-touch placement or a file-backed home on a transport whose keys
+    // cover only what was registered (verbs): the owner registers its pages
+    // one at a time with this transport and hands out per-page keys. Null
+    // otherwise.
     Transport* page_registrar = nullptr;
     // Read-ahead: a read fault on a page of another rank, fetched directly,
     // also asks `readahead` for the next `readahead_pages` pages of the same
@@ -107,6 +109,7 @@ class DistributedDataspace final : public Dataspace {
 
   // The home has registered this rank as a cacher of `page`.
   void MarkRegistered(uint64_t page) { SetBit(registered_.get(), page); }
+  bool Registered(uint64_t page) const { return GetBit(registered_.get(), page); }
   // Home side: whether this rank tracks its own writes to `page` (some other
   // rank has fetched it), and starting to.
   bool Tracked(uint64_t page) const { return GetBit(tracked_.get(), page); }

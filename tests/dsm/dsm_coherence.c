@@ -595,14 +595,15 @@ static void PushLocks(void) {
   printf("dsm_coherence: rank %d: %llu checks under the lock, %llu pages pushed\n",
          rank, (unsigned long long)pl_checks, (unsigned long long)st.pushed);
   /* The point of the test is pushes racing the lock: both must happen.
-   * (Pages pushed: about one an epoch; a lock's grant that dropped the page
-   * since the last barrier refuses the next push.) */
+   * (Pages pushed: about one an epoch on TCP, one in five on soft-RoCE,
+   * where the lock runs more often between barriers; a lock's grant that
+   * dropped the page since the last barrier refuses the next push.) */
   if (rank != 0) {
     const char *push = getenv("PAGEWIRE_PUSH");
     CHECK(pl_checks > 0, "no check under the lock ran");
-    CHECK(push == NULL || strcmp(push, "0") != 0 ? st.pushed >= kPlEpochs / 4 : st.pushed == 0,
-          "%llu pages pushed over %d epochs (PAGEWIRE_PUSH=%s): the test did not test pushes "
-          "racing the lock", (unsigned long long)st.pushed, kPlEpochs, push ? push : "unset");
+    CHECK(push == NULL || strcmp(push, "0") != 0 ? st.pushed >= kPlEpochs / 10 : st.pushed == 0,
+          "%llu pages pushed over %d epochs (PAGEWIRE_PUSH=%s), fewer than one in ten: the "
+          "test did not test pushes racing the lock", (unsigned long long)st.pushed, kPlEpochs, push ? push : "unset");
   }
 }
 

@@ -25,7 +25,8 @@
 #   rank_threads_SYNC  dsm_rank_threads SYNC on 4 ranks x 16 threads, each
 #             thread releasing and acquiring on its own (relacq, acquire,
 #             release, barrier, locked, sc); barrier runs four times:
-#             pushes and read-ahead each on and off
+#             pushes and read-ahead each on and off. DSM_RANK_THREADS="T I P"
+#             sets threads, iterations and pages (default "16 200 25")
 # Every mode runs with PAGEWIRE_CHECK=1: each dropped copy is audited for
 # lost writes.
 set -euo pipefail
@@ -132,7 +133,8 @@ case "$mode" in
                  "PAGEWIRE_PUSH=0 PAGEWIRE_READAHEAD=0")
     fi
     for v in "${variants[@]}"; do
-      env $v "$RUN" -n 4 "$ws/tests/dsm/dsm_rank_threads" "$sync" 16 200 25 >"$out" 2>&1 ||
+      # shellcheck disable=SC2086  # three words: threads, iterations, pages
+      env $v "$RUN" -n 4 "$ws/tests/dsm/dsm_rank_threads" "$sync" ${DSM_RANK_THREADS:-16 200 25} >"$out" 2>&1 ||
         { rc=$?; cat "$out"; fail "dsm_rank_threads $sync ($v) exited $rc"; }
       expect_lines "^\[[0-3]\] dsm_rank_threads: $sync rank [0-3] ok" 4
       expect_lines 'coherence invariant violated' 0
