@@ -54,7 +54,8 @@ run_bazel_test --test_tag_filters=-softroce "$@" || status=$?
 # Step 2 (VM): the soft-RoCE suite (tag "softroce"), real verbs on rdma_rxe
 # inside ONE QEMU/TCG guest (cluster/softroce/vm-run.sh): one Bazel target
 # whose steps are the smoke/perftest baseline, the remote-fault benchmark,
-# the transport suite's Verbs cases and the DSM runtime on verbs. It counts
+# the transport suite's Verbs cases and every multi-rank DSM test on verbs
+# (tests/dsm/dsm_verbs_vm.sh: dsm_test.sh's modes but netns and scale). It counts
 # as one test in the summary below and fails if any of its steps fails.
 # Also tagged softroce: vm_dies_test (vm-run's exit 125 for a guest that
 # panics mid-step, 124 for its watchdog), 45-70 s. The tests are "exclusive",
@@ -81,6 +82,9 @@ else
     echo
     echo "== soft-RoCE VM suite, one boot (from $suite_log)"
     grep -E '^vm-run: (step |OK|FAIL|SKIP)' "$suite_log" || echo "(no step results in $suite_log)"
+    echo
+    echo "== the DSM tests on verbs (step dsm_verbs)"
+    grep -E '^dsm_verbs_vm: ' "$suite_log" || echo "(no dsm_verbs_vm lines in $suite_log)"
     echo
     echo "== remote-fault benchmark over verbs (bench/RESULTS.md)"
     grep -E '^remote_fault_vm: [^|]' "$suite_log" || echo "(no remote_fault_vm lines in $suite_log)"
