@@ -383,8 +383,10 @@ Runtime::~Runtime() {
   sequential_.reset();
   coherence_.reset();
   home_.reset();
-  transport_.reset();
+  // The fetcher first: it takes its completion handler off the transport,
+  // whose threads may be delivering completions to it until then.
   fetcher_.reset();
+  transport_.reset();
   fault_service_.reset();
   if (coordinator_) {
     // The other ranks leave through this coordinator: it stays until they

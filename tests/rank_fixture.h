@@ -85,8 +85,8 @@ class RankFixture : public ::testing::Test {
     if (service_) (void)service_->SetDropAudit(nullptr);
     coherence_.reset();
     home_.reset();
+    fetcher_.reset();  // takes its completion handler off the transport
     transport_.reset();
-    fetcher_.reset();
     service_.reset();
   }
 

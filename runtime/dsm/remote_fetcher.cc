@@ -32,9 +32,16 @@ RemoteFetcher::RemoteFetcher(Transport& transport, MessageRouter& router,
         OnMessage(peer, type, body);
       });
   if (!s.ok()) Error("remote fetcher: %s", s.message());
+  // A transport that completes on a thread of its own hands the
+  // completions over there, where a fetched page is installed at once
+  // while the fault loop sleeps; otherwise the loop polls for them.
+  polled_ = !transport_.SetCompletionHandler(
+      [this](absl::Span<const WorkCompletion> wcs) { OnCompletions(wcs); });
 }
 
 RemoteFetcher::~RemoteFetcher() {
+  // Returns once the transport's thread is out of OnCompletions.
+  transport_.SetCompletionHandler(nullptr);
   router_.Unregister({hp::kReady, hp::kClaimed, hp::kAllocKeys});
 }
 
@@ -256,7 +263,7 @@ void RemoteFetcher::PostRead(const FaultPlan& plan) {
   wr.signaled = true;
   remote_reads_.fetch_add(1, std::memory_order_relaxed);
   reads_in_flight_.fetch_add(1, std::memory_order_relaxed);
-  if (holding_ && std::this_thread::get_id() == holder_ && plan.peer >= 0 &&
+  if (std::this_thread::get_id() == loop_ && plan.peer >= 0 &&
       plan.peer < nranks_) {
     held_[plan.peer].push_back(wr);
     return;
@@ -275,15 +282,8 @@ void RemoteFetcher::PostReads(int peer, WorkRequest* chain) {
   }
 }
 
-void RemoteFetcher::BeginRequests() {
+void RemoteFetcher::PostHeld() {
   absl::MutexLock lock(&mutex_);
-  holding_ = true;
-  holder_ = std::this_thread::get_id();
-}
-
-void RemoteFetcher::EndRequests() {
-  absl::MutexLock lock(&mutex_);
-  holding_ = false;
   for (int peer = 0; peer < nranks_; ++peer) {
     std::vector<WorkRequest>& wrs = held_[peer];
     if (wrs.empty()) continue;
@@ -296,9 +296,15 @@ void RemoteFetcher::EndRequests() {
 
 bool RemoteFetcher::Plan(const PageRequest& request, int peer,
                          const char* role, FaultPlan plan) {
-  if (Owner() == nullptr) {
+  // The fault service a fetcher serves is the one whose faults it sees.
+  FaultService* expected = nullptr;
+  if (request.fault_service == nullptr ||
+      (!owner_.compare_exchange_strong(expected, request.fault_service,
+                                       std::memory_order_acq_rel) &&
+       expected != request.fault_service)) {
     Fail(request, absl::FailedPreconditionError(
-                      "the remote fetcher serves no fault service"));
+                      "a remote fetcher serves the faults of one fault "
+                      "service; this request comes from none or another"));
     return false;
   }
   if (FailIfDead(request, peer, role)) return false;
@@ -455,41 +461,42 @@ int RemoteFetcher::Take(CompletionQueue& cq) {
   return n;
 }
 
-void RemoteFetcher::Drain(CompletionQueue& cq) {
-  while (Take(cq) == kCompletionBurst) {
+CompletionSource::Polled RemoteFetcher::Poll(CompletionQueue& cq,
+                                             PollMode mode) {
+  {
+    absl::MutexLock lock(&mutex_);
+    loop_ = std::this_thread::get_id();  // its READs are held from now on
   }
-  transport_.ArmCompletionFd();
-}
-
-bool RemoteFetcher::Poll(CompletionQueue& cq) {
-  // No re-arming: a notification request that stands raises its event
-  // anyway, and the loop's next Drain takes it.
-  int total = 0;
-  int n;
-  do {
-    n = Take(cq);
-    total += n;
-  } while (n == kCompletionBurst);
-  return total > 0;
+  PostHeld();
+  int taken = 0;
+  switch (mode) {
+    case PollMode::kPost:
+      break;
+    case PollMode::kDrain:
+    case PollMode::kSpin: {
+      // Bursts until one comes back short. A spin does not re-arm: a
+      // notification request that stands raises its event anyway, and the
+      // loop's next drain takes it.
+      int n;
+      do {
+        n = Take(cq);
+        taken += n;
+      } while (n == kCompletionBurst);
+      if (mode == PollMode::kDrain) transport_.ArmCompletionFd();
+      break;
+    }
+    case PollMode::kSleep:
+      transport_.PrepareToSleep();
+      break;
+  }
+  Polled p;
+  p.found = taken > 0;
+  p.awaiting = polled_ && reads_in_flight_.load(std::memory_order_relaxed) > 0;
+  return p;
 }
 
 void RemoteFetcher::OnCompletions(absl::Span<const WorkCompletion> wcs) {
   for (const WorkCompletion& wc : wcs) Dispatch(wc);
-}
-
-void RemoteFetcher::AttachService(FaultService* service) {
-  if (service == nullptr) {
-    // Returns once the transport's thread is out of OnCompletions.
-    // The service itself stays known: its table holds the plans of the
-    // faults still out, which replies arriving during teardown look up.
-    transport_.SetCompletionHandler(nullptr);
-    polled_.store(false, std::memory_order_relaxed);
-    return;
-  }
-  owner_.store(service, std::memory_order_release);
-  const bool handled = transport_.SetCompletionHandler(
-      [this](absl::Span<const WorkCompletion> wcs) { OnCompletions(wcs); });
-  polled_.store(!handled, std::memory_order_relaxed);
 }
 
 FetchStats RemoteFetcher::stats() const {

@@ -23,11 +23,10 @@
 // Completions of SyncBatch operations (wr_id with the top bit set) are
 // routed to their batch.
 //
-// Threads: Read/Send* from the fault loop (inside RequestPage) or from the
-// transport thread (on a reply); Drain on the fault loop; OnCompletions,
-// OnReady and OnClaimed on the transport thread; PostSync from any;
-// AttachService from the fault service's owner; PeerDied and SetPeer from
-// control-plane threads.
+// Threads: Read/FetchVia/Claim from the fault loop (inside RequestPage) or
+// from the transport thread (on a reply); Poll on the fault loop;
+// completions and replies on the transport thread; PostSync from any;
+// PeerDied and the peer regions from control-plane threads.
 #ifndef PAGEWIRE_RUNTIME_DSM_REMOTE_FETCHER_H_
 #define PAGEWIRE_RUNTIME_DSM_REMOTE_FETCHER_H_
 
@@ -135,26 +134,13 @@ class RemoteFetcher final : public CompletionSource {
 
   FetchStats stats() const;
 
-  // CompletionSource
+  // CompletionSource. READs that the fault loop posts are held and posted
+  // at its next poll, one chain per home: one send (TCP) or one doorbell
+  // (verbs) for a burst of faults and their read-ahead. On a transport
+  // without a thread of its own (verbs), the loop polls for the READs in
+  // flight before it sleeps (Polled::awaiting).
   int fd() const override { return transport_.completion_fd(); }
-  void Drain(CompletionQueue& cq) override;
-  // Takes the transport's completions on its own thread, if it has one, and
-  // gives fetched pages to `service` there (InstallDirect); null gives them
-  // back to the transport's queue (and Drain).
-  void AttachService(FaultService* service) override;
-  // On a transport without a thread of its own (verbs), while READs for
-  // faults are in flight: the loop polls for them before sleeping.
-  bool AwaitsPolledCompletions() const override {
-    return polled_.load(std::memory_order_relaxed) &&
-           reads_in_flight_.load(std::memory_order_relaxed) > 0;
-  }
-  bool Poll(CompletionQueue& cq) override;
-  void BeforeSleep() override { transport_.PrepareToSleep(); }
-  // READs the loop posts in between are held and posted at EndRequests as
-  // one chain per home: one send (TCP) or one doorbell (verbs) for a fault
-  // and its read-ahead, or for a burst of faults.
-  void BeginRequests() override;
-  void EndRequests() override;
+  Polled Poll(CompletionQueue& cq, PollMode mode) override;
 
   static constexpr int kCompletionBurst = 64;
 
@@ -187,6 +173,8 @@ class RemoteFetcher final : public CompletionSource {
 
   // Takes up to one burst of completions into `cq`; how many.
   int Take(CompletionQueue& cq);
+  // Posts the READs the loop posted since its last poll.
+  void PostHeld();
   // Posts `chain` (wr_ids are slots of pending READs) to `peer`; on failure
   // fails those READs' faults.
   void PostReads(int peer, WorkRequest* chain)
@@ -196,17 +184,17 @@ class RemoteFetcher final : public CompletionSource {
   MessageRouter& router_;
   const int self_;
   // The transport hands no completions to a thread of its own: the fault
-  // loop polls for them (AttachService).
-  std::atomic<bool> polled_{false};
+  // loop polls for them. Set at construction.
+  bool polled_ = false;
   // READs posted for faults whose completion has not been dispatched.
   std::atomic<int> reads_in_flight_{0};
   const int nranks_;
 
   mutable absl::Mutex mutex_;
   MemoryRegion landing_ ABSL_GUARDED_BY(mutex_);
-  // Between BeginRequests and EndRequests: the loop's READs, by peer.
-  bool holding_ ABSL_GUARDED_BY(mutex_) = false;
-  std::thread::id holder_ ABSL_GUARDED_BY(mutex_);
+  // The fault loop's thread (the one that polls), and the READs it posted
+  // since its last poll, by peer.
+  std::thread::id loop_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::vector<WorkRequest>> held_ ABSL_GUARDED_BY(mutex_);
 
   struct RemoteRegion {
@@ -222,10 +210,10 @@ class RemoteFetcher final : public CompletionSource {
 
   // Set while the transport hands completions to OnCompletions (the
   // transport's handler lock orders it against those calls).
-  // The fault service this fetcher serves (AttachService), whose table
-  // holds the faults' plans. Kept after the service detaches: replies to
-  // faults still out may arrive while the node tears down, and the service
-  // outlives the transport's threads.
+  // The fault service this fetcher serves (the one its requests come
+  // from), whose table holds the faults' plans. The service outlives the
+  // transport's threads, which may still deliver replies and completions
+  // while a node tears down.
   std::atomic<FaultService*> owner_{nullptr};
   FaultService* Owner() const { return owner_.load(std::memory_order_acquire); }
 

@@ -112,7 +112,6 @@ absl::StatusOr<std::unique_ptr<FaultService>> FaultService::Start(
       config, root, *std::move(uffd), *std::move(cq), control_fd, unbacked_fd,
       landing, static_cast<uint64_t*>(resident)));
   FaultService* s = service.get();
-  for (CompletionSource* source : s->sources_) source->AttachService(s);
   s->loop_ = std::thread([s] { s->Loop(); });
   s->loop_id_ = s->loop_.get_id();
   return service;
@@ -156,9 +155,6 @@ FaultService::~FaultService() {
 void FaultService::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  // No source installs from its own thread any more; what it completes from
-  // now on reaches the loop, which is still running, through the queue.
-  for (CompletionSource* source : sources_) source->AttachService(nullptr);
   {
     absl::MutexLock lock(&commands_mutex_);
     stop_requested_ = true;
@@ -223,6 +219,7 @@ void FaultService::Loop() {
 }
 
 void FaultService::LoopLocked() {
+  using Mode = CompletionSource::PollMode;
   // Fixed sources first, then the completion sources (transports).
   constexpr int kFixed = 3;
   std::vector<pollfd> fds = {{uffd_.fd(), POLLIN, 0},
@@ -233,7 +230,7 @@ void FaultService::LoopLocked() {
   }
   for (;;) {
     int n;
-    if (SpinForCompletions() && AwaitsPolledCompletions()) {
+    if (SpinForCompletions() && awaiting_) {
       // Pages arrived while polling and are installed, and more are on
       // their way: look at every other source without sleeping.
       n = ::poll(fds.data(), fds.size(), 0);
@@ -242,7 +239,7 @@ void FaultService::LoopLocked() {
     } else {
       // Infinite wait: the loop sleeps until a fault, an answer or a
       // command arrives. Nothing here is ever timed.
-      for (CompletionSource* source : sources_) source->BeforeSleep();
+      PollSources(Mode::kSleep);
       waiting_.store(true, std::memory_order_relaxed);
       // Asleep, the loop lends its state: a thread with a command may run
       // it here and now (TryRunInline) instead of waking the loop for it.
@@ -269,11 +266,11 @@ void FaultService::LoopLocked() {
     }
     if (fds[0].revents & POLLIN) ReadFaults();
     for (size_t i = kFixed; i < fds.size(); ++i) {
-      if (fds[i].revents & POLLIN) sources_[i - kFixed]->Drain(*cq_);
+      if (fds[i].revents & POLLIN) sources_[i - kFixed]->Poll(*cq_, Mode::kDrain);
     }
     DrainCompletions(fds[1].revents & POLLIN);
     RunReadAheads();
-    for (CompletionSource* source : sources_) source->AfterBurst();
+    PollSources(Mode::kPost);
     if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
       Error("fault loop: the userfaultfd reported an error; the fault "
             "service stops");
@@ -283,15 +280,19 @@ void FaultService::LoopLocked() {
   }
 }
 
-bool FaultService::AwaitsPolledCompletions() const {
+bool FaultService::PollSources(CompletionSource::PollMode mode) {
+  bool found = false, awaiting = false;
   for (CompletionSource* source : sources_) {
-    if (source->AwaitsPolledCompletions()) return true;
+    const CompletionSource::Polled p = source->Poll(*cq_, mode);
+    found |= p.found;
+    awaiting |= p.awaiting;
   }
-  return false;
+  awaiting_ = awaiting;
+  return found;
 }
 
 bool FaultService::SpinForCompletions() {
-  if (spin_polls_ == 0 || !AwaitsPolledCompletions()) return false;
+  if (spin_polls_ == 0 || !awaiting_) return false;
   // Look at the userfaultfd now and then, so a new fault is not held up by
   // a long spin: one system call per kFaultCheckEvery polls.
   constexpr uint32_t kFaultCheckEvery = 64;
@@ -300,12 +301,10 @@ bool FaultService::SpinForCompletions() {
   bool found = false;
   while (polls < spin_polls_ && !found) {
     ++polls;
-    for (CompletionSource* source : sources_) {
-      if (source->Poll(*cq_)) found = true;
-    }
+    found = PollSources(CompletionSource::PollMode::kSpin);
     if (found) break;
     if (polls % kFaultCheckEvery == 0) {
-      if (::poll(&faults, 1, 0) > 0 || !AwaitsPolledCompletions()) break;
+      if (::poll(&faults, 1, 0) > 0 || !awaiting_) break;
     }
   }
   Bump(spin_total_polls_, polls);
@@ -315,18 +314,17 @@ bool FaultService::SpinForCompletions() {
   }
   Bump(spin_hits_);
   DrainCompletions(false);
-  for (CompletionSource* source : sources_) source->AfterBurst();
   return true;
 }
 
 int FaultService::PollWhileIdle(std::vector<pollfd>& fds) {
   // With READs outstanding the spin above has polled their queue already,
   // and an unarmed queue's completions would not show here.
-  if (idle_polls_ == 0 || AwaitsPolledCompletions()) return 0;
+  if (idle_polls_ == 0 || awaiting_) return 0;
   // Prepared as for a sleep, so every source signals its fd for new work
   // (verbs: a post by another thread rings the bell, or the queue is
   // armed); the polls then see what a sleep would have been woken by.
-  for (CompletionSource* source : sources_) source->BeforeSleep();
+  PollSources(CompletionSource::PollMode::kSleep);
   for (uint32_t k = 0; k < idle_polls_; ++k) {
     const int n = ::poll(fds.data(), fds.size(), 0);
     if (n > 0 || (n < 0 && errno != EINTR)) {
@@ -351,10 +349,10 @@ void FaultService::ReadFaults() {
       return;
     }
     size_t count = static_cast<size_t>(n) / sizeof(uffd_msg);
-    for (CompletionSource* source : sources_) source->BeginRequests();
     for (size_t i = 0; i < count; ++i) HandleFault(msgs[i]);
     RunReadAheads();
-    for (CompletionSource* source : sources_) source->EndRequests();
+    // What the batch asked for goes out in one go (a chain per home).
+    PollSources(CompletionSource::PollMode::kPost);
     // Install what managers answered inline before reading more, so pages
     // reach their threads in bursts of at most one batch.
     DrainCompletions(false);
@@ -488,6 +486,7 @@ void FaultService::Request(uint32_t slot) {
   request.slot = slot;
   request.landing = Landing(slot);
   request.completion_queue = cq_.get();
+  request.fault_service = this;
   if (!r.upgrade) {
     // Page data may be installed where it arrives (an upgrade's answer is
     // never data). Release: the installer reads `page` after the state.

@@ -74,46 +74,37 @@ namespace pagewire {
 
 class FaultService;
 
-// A source of page completions the fault loop polls next to the userfaultfd,
-// such as a transport's completion queue: when fd() is readable the loop
-// calls Drain(), which turns finished work into PageCompletions posted to
-// `cq` (from the loop's own thread, so no wake-up is needed).
+// A source of page completions the fault loop watches next to the
+// userfaultfd (in a node, the remote fetcher over the transport's
+// completion queue): a file descriptor that becomes readable when
+// completions wait, and a poll. The loop knows nothing else of it: not
+// whether its completions come from a NIC or a thread, nor how it batches
+// what it posts.
 class CompletionSource {
  public:
   virtual ~CompletionSource() = default;
   virtual int fd() const = 0;
-  virtual void Drain(CompletionQueue& cq) = 0;
-  // Called after every burst of installations: a place for work that must
-  // not delay them (batched notices to home managers).
-  virtual void AfterBurst() {}
-  // Completions that no thread of ours produces (the NIC writes them into a
-  // queue in our memory) and that work the loop posted is waiting for: true
-  // while such work is in flight. The loop then polls the source (Poll) a
-  // bounded number of times before it goes to sleep, as rdma-core's and
-  // eRPC's consumers do, instead of paying a sleep and a wake-up per
-  // completion. Called on the loop only.
-  virtual bool AwaitsPolledCompletions() const { return false; }
-  // Takes what has completed, like Drain but without re-arming fd(); true
-  // if it found anything. Called on the loop only.
-  virtual bool Poll(CompletionQueue& cq) {
-    (void)cq;
-    return false;
-  }
-  // The loop is about to make a burst of requests (a batch of faults and
-  // their read-ahead) and has made them: a source may hold the work those
-  // requests post and post it at once, chained per peer, at EndRequests.
-  // Loop thread only.
-  virtual void BeginRequests() {}
-  virtual void EndRequests() {}
-  // The loop is about to sleep in poll(): fd() must become readable for
-  // whatever completes from now on, including work the loop posted itself
-  // since the last Drain (Transport::PrepareToSleep).
-  virtual void BeforeSleep() {}
-  // The service this source feeds, once at Start() (before the loop runs)
-  // and null at Stop(): a source whose completions arrive on a thread of
-  // its own may install pages there (FaultService::InstallDirect). After
-  // the call with null returns, the source must not touch the service.
-  virtual void AttachService(FaultService* service) { (void)service; }
+
+  // What the loop is doing as it polls. In every mode the source first
+  // posts the work the loop's own requests set in motion since the last
+  // poll (it may hold that work to post it in one go, chained per peer).
+  enum class PollMode : uint8_t {
+    kPost,   // the loop made a burst of requests: post them, take nothing
+    kDrain,  // fd() was readable: take everything completed, re-arm fd()
+    kSpin,   // the loop spins for completions it awaits: take what there is
+    kSleep,  // the loop sleeps next: fd() must signal whatever completes
+             // from now on, including what was just posted
+  };
+  struct Polled {
+    bool found = false;  // completions were taken (and posted to `cq`)
+    // Work is in flight whose completions no thread of ours will deliver
+    // (a NIC writes them into memory): the loop polls (kSpin) a bounded
+    // number of times before it sleeps, as rdma-core's and eRPC's
+    // consumers do, instead of paying a sleep and a wake-up per completion.
+    bool awaiting = false;
+  };
+  // Called on the loop only; completions go to `cq`.
+  virtual Polled Poll(CompletionQueue& cq, PollMode mode) = 0;
 };
 
 // Asked about each page the service drops at a caller's request
@@ -391,7 +382,9 @@ class FaultService final : public BackingObserver {
   // idle_polls_ times without blocking; poll()'s result for the first poll
   // that found something (revents set), else 0.
   int PollWhileIdle(std::vector<pollfd>& fds);
-  bool AwaitsPolledCompletions() const;
+  // Polls every source in `mode`; whether any took completions. Keeps
+  // whether any awaits polled completions (awaiting_).
+  bool PollSources(CompletionSource::PollMode mode);
   void ReadFaults();
   void HandleFault(const uffd_msg& msg);
   // A record for `page` (table_.Start, counted); kNoSlot if the table is
@@ -482,6 +475,7 @@ class FaultService final : public BackingObserver {
   std::vector<PageCompletion> drained_;
   std::vector<uint64_t> readahead_;
   std::vector<CompletionSource*> sources_;
+  bool awaiting_ = false;  // a source awaits polled completions
   const uint32_t spin_polls_;
   const uint32_t idle_polls_;
 

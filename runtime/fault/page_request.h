@@ -17,6 +17,7 @@
 namespace pagewire {
 
 class CompletionQueue;
+class FaultService;
 
 enum class Access : uint8_t {
   kRead,
@@ -35,6 +36,9 @@ struct PageRequest {
   uint32_t slot = 0;         // the fault service's pending-page slot (its wr_id)
   void* landing = nullptr;   // a page-sized buffer the manager may fill
   CompletionQueue* completion_queue = nullptr;
+  // The fault service that asked: a manager that answers later writes its
+  // plan onto the fault's record there (FaultService::SetPlan).
+  FaultService* fault_service = nullptr;
 
   // The same request as seen by a dataspace attached at `region_at` with its
   // own offset `ds_offset` (the request must fall inside that region).
