@@ -1,7 +1,8 @@
 // coherence.cc - release consistency's state: the allocations it covers,
 // twins made at first writes, home writes, its messages, the drop audit.
 // The protocol's steps are in coherence_diffs.cc (releases and drops),
-// coherence_barrier.cc, coherence_locks.cc and coherence_atomics.cc.
+// coherence_barrier.cc, coherence_push.cc, coherence_locks.cc and
+// coherence_atomics.cc.
 #include "runtime/coherence/coherence.h"
 
 #include <algorithm>
@@ -177,12 +178,6 @@ void Coherence::NoteHomeWrite(DistributedDataspace* ds, uint64_t page) {
     hot_.emplace(key, probe.interval);
     ++stats_.hot_pages;
   }
-}
-
-void Coherence::NoteRefetch(DistributedDataspace* ds, uint64_t page, int home) {
-  if (!push_ || ds->sequential() || home < 0 || home >= nranks_) return;
-  absl::MutexLock lock(&mutex_);
-  subscribe_[home].push_back(hp::PageRef{ds->id(), hp::kRefSubscribe, page});
 }
 
 void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) {

@@ -1,5 +1,5 @@
-// coherence_barrier.cc - the epoch barrier (one all-to-all round of
-// written-page lists) and the pages pushed with it.
+// coherence_barrier.cc - the epoch barrier: one all-to-all round of
+// written-page lists (with the pages pushed in it: coherence_push.cc).
 #include <algorithm>
 #include <cstring>
 
@@ -115,39 +115,6 @@ bool Coherence::EpochRound::Tells(size_t i, int peer) const {
   const std::vector<uint64_t>& bits = *cachers[i];
   const size_t word = static_cast<size_t>(peer) / 64;
   return word < bits.size() && (bits[word] >> (peer % 64) & 1) != 0;
-}
-
-void Coherence::PlanPushes(EpochRound& round) {
-  // As a home: which subscribers get which of its written pages, and the
-  // pages as they are now (after this rank's release; other ranks' writes
-  // this epoch, if any, make the subscribers refuse them).
-  const PageList& mine = round.mine;
-  round.push_to.assign(nranks_, {});
-  std::vector<const char*> at(mine.size(), nullptr);  // the page, if pushed
-  {
-    absl::MutexLock lock(&mutex_);
-    for (size_t i = 0; i < mine.size() && !subscribers_.empty(); ++i) {
-      auto it = subscribers_.find({mine[i].alloc_id, mine[i].page});
-      if (it == subscribers_.end()) continue;
-      DistributedDataspace* ds = Find(mine[i].alloc_id);
-      if (ds == nullptr) continue;
-      for (Subscriber& sub : it->second) {
-        if (sub.left == 0) continue;
-        round.push_to[sub.rank].push_back(i);
-        if (--sub.left == 0) sub.expired = round.epoch;
-        at[i] = reinterpret_cast<const char*>(ds->global_addr()) +
-                mine[i].page * kPageSize;
-      }
-    }
-  }
-  // One snapshot per pushed page, shared by its subscribers. Home pages
-  // are resident (written this epoch), so the copy does not fault.
-  round.snapshots.resize(mine.size());
-  for (size_t i = 0; i < mine.size(); ++i) {
-    if (at[i] == nullptr) continue;
-    round.snapshots[i].reset(new char[kPageSize]);
-    std::memcpy(round.snapshots[i].get(), at[i], kPageSize);
-  }
 }
 
 absl::Status Coherence::SendEpochLists(EpochRound& round) {
@@ -296,45 +263,6 @@ absl::Status Coherence::DropStaleCopies(EpochRound& round) {
   if (stale.empty()) return absl::OkStatus();
   MarkDroppedForGood(stale, contents);
   return FlushAndDropCopies(stale, /*at_barrier=*/true, contents, round.epoch);
-}
-
-void Coherence::MarkDroppedForGood(const PageList& stale,
-                                   const std::vector<const char*>& contents) {
-  // Copies dropped, not replaced: a fetch of one of them later subscribes.
-  absl::MutexLock lock(&mutex_);
-  for (size_t i = 0; i < stale.size(); ++i) {
-    if (contents[i] != nullptr) continue;
-    DistributedDataspace* ds = Find(stale[i].alloc_id);
-    if (ds == nullptr || ds->sequential() || ds->HomedHere(stale[i].page) ||
-        stale[i].page >= ds->placement().pages) {
-      continue;
-    }
-    if (service_.IsResident(ds->global_addr() - service_.base() +
-                            stale[i].page * kPageSize)) {
-      ds->MarkDroppedStale(stale[i].page);
-    }
-  }
-}
-
-void Coherence::Subscribe(int peer, const hp::PageRef& r) {
-  DistributedDataspace* ds = Find(r.alloc_id);
-  if (ds == nullptr || ds->sequential() || r.page >= ds->placement().pages ||
-      !ds->HomedHere(r.page) || dead_[peer]) {
-    return;  // freed meanwhile, or not a page this rank homes: no push
-  }
-  auto& subs = subscribers_[{r.alloc_id, r.page}];
-  for (Subscriber& sub : subs) {
-    if (sub.rank != peer) continue;
-    // Renewed at once: it still reads the page, a longer lease. Otherwise
-    // (a push it refused, or a page read again after a long while) a
-    // fresh one.
-    sub.lease = sub.left == 0 && epoch_ - std::min(epoch_, sub.expired) <= kRenewWindow
-                    ? std::min(2 * sub.lease, kMaxPushLease)
-                    : kPushLease;
-    sub.left = sub.lease;
-    return;
-  }
-  subs.push_back(Subscriber{peer, kPushLease, kPushLease, 0});
 }
 
 }  // namespace pagewire
