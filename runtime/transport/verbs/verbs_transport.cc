@@ -253,10 +253,8 @@ absl::Status VerbsTransport::CreateCompletionQueues(
     return absl::InternalError(
         absl::StrFormat("verbs: epoll_ctl(eventfd): %s", ErrnoStr(errno)));
   }
-
   return absl::OkStatus();
 }
-
 
 VerbsTransport::~VerbsTransport() {
   if (thread_.joinable()) {
