@@ -295,7 +295,7 @@ void RemoteFetcher::PostHeld() {
 }
 
 bool RemoteFetcher::Plan(const PageRequest& request, int peer,
-                         const char* role, FaultPlan plan) {
+                         const char* role, FaultPlan& plan) {
   // The fault service a fetcher serves is the one whose faults it sees.
   FaultService* expected = nullptr;
   if (request.fault_service == nullptr ||
@@ -327,8 +327,6 @@ void RemoteFetcher::Read(const PageRequest& request, int home,
   plan.rkey = rkey;
   plan.write_protect = write_protect;
   if (!Plan(request, home, "the page's home", plan)) return;
-  plan.peer = home;
-  plan.request = request;
   PostRead(plan);
 }
 

@@ -152,11 +152,12 @@ class RemoteFetcher final : public CompletionSource {
   void OnReady(int peer, uint32_t slot, int32_t error, uint64_t page,
                uint32_t rkey);
   void OnClaimed(int peer, uint32_t slot, int32_t owner, uint64_t page);
-  // Writes `plan` (for `request`, answered by `peer`) onto the fault's
-  // slot, unless `peer` is dead or no service is attached: then fails the
-  // fault (naming the peer's `role`) and returns false.
+  // Completes `plan` (for `request`, answered by `peer`) and writes it
+  // onto the fault's slot, unless `peer` is dead or the request comes from
+  // another fault service than the fetcher's: then fails the fault (naming
+  // the peer's `role`) and returns false.
   bool Plan(const PageRequest& request, int peer, const char* role,
-            FaultPlan plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+            FaultPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void PostRead(const FaultPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // One completion from the transport: a SyncBatch's, or a READ's, which
   // completes its fault (FaultService::Complete).
