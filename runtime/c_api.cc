@@ -27,9 +27,12 @@ pw_status_t ToC(const absl::Status& s) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kOutOfRange:
       return PW_ERR_INVALID_ARGUMENT;
-    case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kUnimplemented:
       return PW_ERR_UNSUPPORTED;
+    case absl::StatusCode::kFailedPrecondition:
+      return PW_ERR_STATE;
+    case absl::StatusCode::kAborted:
+      return PW_ERR_NOT_MEMBER;
     case absl::StatusCode::kPermissionDenied:
       return PW_ERR_PERMISSION;
     case absl::StatusCode::kResourceExhausted:
@@ -87,8 +90,9 @@ pw_status_t pw_finalize(void) {
     runtime = nullptr;
   }
   if (rt == nullptr) return NotInitialized("pw_finalize");
+  const absl::Status s = rt->Finalize();
   delete rt;
-  return PW_OK;
+  return ToC(s);
 }
 
 int pw_rank(void) {
@@ -290,6 +294,8 @@ pw_status_t pw_get_stats(pw_stats_t* stats) {
   stats->readaheads = s.faults.readaheads;
   stats->pushed = s.pushed;
   stats->notices = s.notices;
+  stats->suspected_ranks = s.suspected_ranks;
+  stats->dead_ranks = s.dead_ranks;
   return PW_OK;
 }
 
@@ -315,6 +321,8 @@ const char* pw_status_str(pw_status_t status) {
     case PW_ERR_NOT_FOUND: return "not found";
     case PW_ERR_UNAVAILABLE: return "peer or manager unavailable";
     case PW_ERR_INTERNAL: return "internal error";
+    case PW_ERR_STATE: return "not allowed in the current state";
+    case PW_ERR_NOT_MEMBER: return "this rank is no longer a member of the job";
   }
   return "unknown status code";
 }

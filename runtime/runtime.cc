@@ -160,209 +160,28 @@ absl::Status Runtime::StartConsistency() {
   return sequential_->Start();
 }
 
-absl::Status Runtime::HostCoordinator(const RuntimeConfig& config) {
-  control::CoordinatorConfig cc;
-  cc.cluster_id = config.cluster_id;
-  cc.secret = config.secret;
-  cc.nranks = config.nranks;
-  cc.global_base = config.global_base;
-  cc.global_size = config.global_size;
-  cc.heartbeat_interval = config.heartbeat_interval;
-  cc.lease = config.lease;
-  absl::StatusOr<std::unique_ptr<control::CoordinatorServer>> server =
-      control::CoordinatorServer::Start(cc, config.coordinator);
-  if (!server.ok()) {
-    return absl::Status(
-        server.status().code(),
-        absl::StrCat("rank 0 hosts the coordinator at ", config.coordinator,
-                     ": ", server.status().message()));
-  }
-  coordinator_ = *std::move(server);
-  return absl::OkStatus();
-}
 
-absl::Status Runtime::PublishEndpoint(const RuntimeConfig& config,
-                                      proto::Endpoint& endpoint) {
-  const TransportEndpoint local = transport_->LocalEndpoint();
-  endpoint.set_host(local.host.empty() ? config.host : local.host);
-  if (verbs_ == nullptr) {
-    endpoint.mutable_tcp()->set_host(local.host);
-    endpoint.mutable_tcp()->set_port(local.port);
-    proto::MemoryKey* key = endpoint.mutable_tcp()->add_keys();
-    key->set_addr(global_region_.addr);
-    key->set_length(global_region_.length);
-    key->set_rkey(global_region_.rkey);
-    return absl::OkStatus();
+absl::Status Runtime::Finalize() {
+  if (finalized_) return absl::OkStatus();
+  finalized_ = true;
+  if (!control_ || !started_) return absl::OkStatus();
+  // Nobody may still be reading from this rank's home pages.
+  absl::Status s = CheckStanding("pw_finalize");
+  if (s.ok()) s = ControlBarrier();
+  if (transport_) transport_->ExpectPeerCloses();
+  // And every rank expects the others to close before any of them does,
+  // so a closed connection at the end is not reported as a failure.
+  if (s.ok()) s = ControlBarrier();
+  if (!s.ok()) {
+    s = absl::Status(s.code(), absl::StrCat("pw_finalize: the final barrier "
+                                            "failed: ", s.message()));
+    Warning("%s", s.message());
   }
-  // RC: one queue pair per peer, each published for that peer.
-  proto::VerbsEndpoint* v = endpoint.mutable_verbs();
-  v->set_gid(local.gid);
-  for (int peer = 0; peer < nranks_; ++peer) {
-    if (peer == rank_) continue;
-    absl::StatusOr<TransportEndpoint> qp = verbs_->EndpointFor(peer);
-    if (!qp.ok()) return qp.status();
-    proto::PeerQp* q = v->add_qps();
-    q->set_peer(peer);
-    q->set_qp_num(qp->qp_num);
-    q->set_psn(qp->psn);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Runtime::JoinCluster(const RuntimeConfig& config) {
-  control::ControlClientConfig client;
-  client.coordinator = config.coordinator;
-  client.cluster_id = config.cluster_id;
-  client.secret = config.secret;
-  client.requested_rank = config.rank;
-  if (absl::Status s = PublishEndpoint(config, client.endpoint); !s.ok()) {
-    return s;
-  }
-  client.on_view = [this](const control::View& view) { OnView(view); };
-  absl::StatusOr<std::unique_ptr<control::ControlClient>> joined =
-      control::ControlClient::Join(client);
-  if (!joined.ok()) return joined.status();
-  control_ = *std::move(joined);
-  if (control_->nranks() != nranks_ ||
-      control_->global_base() != config.global_base ||
-      control_->global_size() != config.global_size) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "rank %d was started for %d ranks with the global range [0x%x, +0x%x) "
-        "but the coordinator runs %d ranks at [0x%x, +0x%x); start every rank "
-        "with the same PAGEWIRE_NRANKS, PAGEWIRE_GLOBAL_BASE and "
-        "PAGEWIRE_GLOBAL_SIZE",
-        rank_, nranks_, config.global_base, config.global_size,
-        control_->nranks(), control_->global_base(), control_->global_size()));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<TransportEndpoint> Runtime::PeerEndpoint(
-    const control::View& view, int peer) {
-  const control::ViewMember* m = view.Find(peer);
-  TransportEndpoint ep;
-  if (verbs_ != nullptr) {
-    const proto::PeerQp* mine = nullptr;
-    if (m != nullptr && m->endpoint.has_verbs()) {
-      for (const proto::PeerQp& q : m->endpoint.verbs().qps()) {
-        if (q.peer() == rank_) mine = &q;
-      }
-    }
-    if (mine == nullptr) {
-      return absl::UnavailableError(absl::StrFormat(
-          "rank %d published no verbs queue pair for rank %d; every rank "
-          "of a job must use the same transport (PAGEWIRE_TRANSPORT)",
-          peer, rank_));
-    }
-    ep.host = m->endpoint.host();
-    ep.gid = m->endpoint.verbs().gid();
-    ep.qp_num = mine->qp_num();
-    ep.psn = mine->psn();
-    return ep;
-  }
-  if (m == nullptr || !m->endpoint.has_tcp() ||
-      m->endpoint.tcp().keys_size() == 0) {
-    return absl::UnavailableError(absl::StrFormat(
-        "rank %d published no TCP data-plane endpoint (view %s); every "
-        "rank of a job must use the same transport (PAGEWIRE_TRANSPORT)",
-        peer, view.Describe()));
-  }
-  ep.host = m->endpoint.tcp().host().empty() ? m->endpoint.host()
-                                             : m->endpoint.tcp().host();
-  ep.port = m->endpoint.tcp().port();
-  const proto::MemoryKey& k = m->endpoint.tcp().keys(0);
-  fetcher_->AddPeerRegion(peer, 0, k.addr(), k.length(), k.rkey());
-  return ep;
-}
-
-absl::Status Runtime::ConnectPeers() {
-  // Everyone has joined once this barrier passes; wait until the view
-  // stream has delivered a view with every endpoint (no timeout: a rank that
-  // dies meanwhile makes the next barrier fail instead).
-  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
-  control::View view;
-  {
-    absl::MutexLock lock(&view_mutex_);
-    auto complete = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(view_mutex_) {
-      return endpoints_known_ == nranks_;
-    };
-    view_mutex_.Await(absl::Condition(&complete));
-    view = *latest_view_;
-  }
-  for (int peer = 0; peer < nranks_; ++peer) {
-    if (peer == rank_) continue;
-    absl::StatusOr<TransportEndpoint> ep = PeerEndpoint(view, peer);
-    if (!ep.ok()) return ep.status();
-    if (absl::Status s = transport_->Connect(peer, *ep); !s.ok()) return s;
-  }
-  if (verbs_ != nullptr) {
-    // A queue pair to itself: a home's own atomics go through its NIC too,
-    // since CPU atomics and the NIC's are not atomic with each other
-    // (IBV_ATOMIC_HCA, as on rxe).
-    absl::StatusOr<TransportEndpoint> self = verbs_->EndpointFor(rank_);
-    if (!self.ok()) return self.status();
-    if (absl::Status s = verbs_->Connect(rank_, *self); !s.ok()) return s;
-    coherence_->SetAtomicsThroughTransport(true);
-  }
-  return absl::OkStatus();
-}
-
-void Runtime::OnView(const control::View& view) {
-  std::vector<std::pair<int, std::string>> newly_dead;
-  {
-    absl::MutexLock lock(&view_mutex_);
-    if (view.epoch <= view_epoch_) return;
-    view_epoch_ = view.epoch;
-    latest_view_ = std::make_unique<control::View>(view);
-    endpoints_known_ = 0;
-    for (const control::ViewMember& m : view.members) {
-      if ((m.endpoint.has_tcp() && m.endpoint.tcp().keys_size() > 0) ||
-          (m.endpoint.has_verbs() && m.endpoint.verbs().qps_size() > 0) ||
-          (nranks_ == 1 && m.rank == rank_)) {
-        ++endpoints_known_;
-      }
-    }
-    if (dead_.empty()) dead_.assign(nranks_, 0);
-    for (const control::ViewMember& m : view.members) {
-      if (m.rank < 0 || m.rank >= nranks_ || m.rank == rank_ || dead_[m.rank]) {
-        continue;
-      }
-      if (m.state == proto::Member::DEAD || m.state == proto::Member::LEFT) {
-        dead_[m.rank] = 1;
-        newly_dead.emplace_back(
-            m.rank, absl::StrFormat("membership declared it %s at epoch %d",
-                                    control::MemberStateName(m.state),
-                                    view.epoch));
-      }
-    }
-  }
-  for (const auto& [peer, why] : newly_dead) {
-    if (why.find("DEAD") != std::string::npos) {
-      Error("rank %d is dead (%s); faults on pages it homes fail from now on, "
-            "everything else carries on",
-            peer, why);
-    }
-    // A rank that left closes its connections itself; only a dead one needs
-    // the transport to give up on it.
-    if (transport_ && why.find("DEAD") != std::string::npos) {
-      transport_->PeerDied(peer);
-    }
-    if (fetcher_) fetcher_->PeerDied(peer, why);
-    if (coherence_) coherence_->PeerDied(peer, why);
-    if (sequential_) sequential_->PeerDied(peer, why);
-  }
+  return s;
 }
 
 Runtime::~Runtime() {
-  if (control_ && started_) {
-    // Nobody may still be reading from this rank's home pages.
-    absl::Status s = ControlBarrier();
-    if (transport_) transport_->ExpectPeerCloses();
-    // And every rank expects the others to close before any of them does,
-    // so a closed connection at the end is not reported as a failure.
-    if (s.ok()) s = ControlBarrier();
-    if (!s.ok()) Warning("pw_finalize: the final barrier failed: %s", s.message());
-  }
+  (void)Finalize();
   // Stop faulting first (waiting faults fail loudly), then let the managers
   // go, then the data plane, and last the buffers managers may write to.
   // A start-up that failed part-way leaves some parts unmade.
@@ -399,6 +218,7 @@ Runtime::~Runtime() {
 
 absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
                                      int home_rank, bool sequential) {
+  if (absl::Status s = CheckStanding("pw_alloc"); !s.ok()) return s;
   if (bytes == 0) {
     return absl::InvalidArgumentError(
         "pw_alloc: 0 bytes requested; ask for at least one byte");
@@ -431,6 +251,7 @@ absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
 
 absl::StatusOr<void*> Runtime::AttachFile(const std::string& path,
                                           int home_rank) {
+  if (absl::Status s = CheckStanding("pw_attach_file"); !s.ok()) return s;
   if (home_rank < 0 || home_rank >= nranks_) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "attach file %s: home rank %d is not a rank of this job (0..%d)", path,
@@ -617,6 +438,7 @@ absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
 }
 
 absl::Status Runtime::Free(void* ptr) {
+  if (absl::Status s = CheckStanding("pw_free"); !s.ok()) return s;
   uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
   Allocation a;
   {
@@ -665,15 +487,18 @@ absl::Status Runtime::ControlBarrier() {
 }
 
 absl::Status Runtime::Barrier() {
+  if (absl::Status s = CheckStanding("pw_barrier"); !s.ok()) return s;
   if (!coherence_) return absl::OkStatus();  // a job of one
   return coherence_->Barrier();
 }
 
 absl::Status Runtime::Release() {
+  if (absl::Status s = CheckStanding("pw_release"); !s.ok()) return s;
   return coherence_ ? coherence_->Release() : absl::OkStatus();
 }
 
 absl::Status Runtime::Acquire() {
+  if (absl::Status s = CheckStanding("pw_acquire"); !s.ok()) return s;
   return coherence_ ? coherence_->AcquireAll() : absl::OkStatus();
 }
 
@@ -693,6 +518,7 @@ absl::Status Runtime::CheckLocal(uintptr_t addr, const char* what) {
 // In a job of one a lock is a futex on the pw_lock_t word itself:
 // 0 free, 1 held, 2 held with waiters.
 absl::Status Runtime::LockInit(uintptr_t lock) {
+  if (absl::Status s = CheckStanding("pw_lock_init"); !s.ok()) return s;
   if (coherence_) return coherence_->LockCheck(lock);
   if (absl::Status s = CheckLocal(lock, "pw_lock_init"); !s.ok()) return s;
   __atomic_store_n(reinterpret_cast<uint32_t*>(lock), 0, __ATOMIC_RELEASE);
@@ -700,6 +526,7 @@ absl::Status Runtime::LockInit(uintptr_t lock) {
 }
 
 absl::Status Runtime::LockAcquire(uintptr_t lock) {
+  if (absl::Status s = CheckStanding("pw_lock_acquire"); !s.ok()) return s;
   if (coherence_) return coherence_->LockAcquire(lock);
   if (absl::Status s = CheckLocal(lock, "pw_lock_acquire"); !s.ok()) return s;
   auto* word = reinterpret_cast<uint32_t*>(lock);
@@ -718,6 +545,7 @@ absl::Status Runtime::LockAcquire(uintptr_t lock) {
 }
 
 absl::Status Runtime::LockRelease(uintptr_t lock) {
+  if (absl::Status s = CheckStanding("pw_lock_release"); !s.ok()) return s;
   if (coherence_) return coherence_->LockRelease(lock);
   if (absl::Status s = CheckLocal(lock, "pw_lock_release"); !s.ok()) return s;
   auto* word = reinterpret_cast<uint32_t*>(lock);
@@ -732,7 +560,8 @@ absl::Status Runtime::LockRelease(uintptr_t lock) {
 }
 
 absl::Status Runtime::LockDestroy(uintptr_t lock) {
-  if (coherence_) return coherence_->LockCheck(lock);
+  if (absl::Status s = CheckStanding("pw_lock_destroy"); !s.ok()) return s;
+  if (coherence_) return coherence_->LockDestroy(lock);
   if (absl::Status s = CheckLocal(lock, "pw_lock_destroy"); !s.ok()) return s;
   if (__atomic_load_n(reinterpret_cast<uint32_t*>(lock), __ATOMIC_ACQUIRE) != 0) {
     return absl::FailedPreconditionError(
@@ -743,6 +572,7 @@ absl::Status Runtime::LockDestroy(uintptr_t lock) {
 
 absl::StatusOr<uint64_t> Runtime::AtomicFetchAdd(uintptr_t addr,
                                                  uint64_t value) {
+  if (absl::Status s = CheckStanding("pw_atomic_fetch_add"); !s.ok()) return s;
   if (coherence_) return coherence_->FetchAdd(addr, value);
   if (absl::Status s = CheckLocal(addr, "pw_atomic_fetch_add"); !s.ok()) return s;
   if (addr % 8) return absl::InvalidArgumentError("pw_atomic_fetch_add: the address must be 8-byte aligned");
@@ -753,6 +583,7 @@ absl::StatusOr<uint64_t> Runtime::AtomicFetchAdd(uintptr_t addr,
 absl::StatusOr<uint64_t> Runtime::AtomicCompareSwap(uintptr_t addr,
                                                     uint64_t expected,
                                                     uint64_t desired) {
+  if (absl::Status s = CheckStanding("pw_atomic_cas"); !s.ok()) return s;
   if (coherence_) return coherence_->CompareSwap(addr, expected, desired);
   if (absl::Status s = CheckLocal(addr, "pw_atomic_cas"); !s.ok()) return s;
   if (addr % 8) return absl::InvalidArgumentError("pw_atomic_cas: the address must be 8-byte aligned");
@@ -763,10 +594,12 @@ absl::StatusOr<uint64_t> Runtime::AtomicCompareSwap(uintptr_t addr,
 }
 
 absl::StatusOr<uint64_t> Runtime::AtomicLoad(uintptr_t addr) {
+  if (absl::Status s = CheckStanding("pw_atomic_load"); !s.ok()) return s;
   return AtomicFetchAdd(addr, 0);
 }
 
 absl::Status Runtime::AtomicStore(uintptr_t addr, uint64_t value) {
+  if (absl::Status s = CheckStanding("pw_atomic_store"); !s.ok()) return s;
   absl::StatusOr<uint64_t> current = AtomicLoad(addr);
   while (current.ok()) {
     absl::StatusOr<uint64_t> seen = AtomicCompareSwap(addr, *current, value);
@@ -790,6 +623,7 @@ RuntimeStats Runtime::stats() const {
     s.invalidated = c.invalidated;
     s.notices = c.notices_sent;
   }
+  MembershipCounts(&s.suspected_ranks, &s.dead_ranks);
   return s;
 }
 

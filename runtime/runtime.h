@@ -61,12 +61,19 @@ struct RuntimeStats {
   uint64_t invalidated = 0;     // cached copies dropped at acquires
   uint64_t pushed = 0;          // stale copies replaced by pushed pages
   uint64_t notices = 0;         // written pages named to others at barriers
+  uint64_t suspected_ranks = 0;  // silent past their lease (still members)
+  uint64_t dead_ranks = 0;       // declared DEAD or LEFT
 };
 
 class Runtime {
  public:
   static absl::StatusOr<std::unique_ptr<Runtime>> Start(
       const RuntimeConfig& config);
+  // Ends this rank's part in the job: the final barriers (every rank stops
+  // reading the others' pages), then leave. The barriers' failure, if any
+  // (a rank died, or this one is no longer a member). Runs once; the
+  // destructor calls it if the owner did not.
+  absl::Status Finalize();
   ~Runtime();
 
   int rank() const { return rank_; }
@@ -123,6 +130,10 @@ class Runtime {
   absl::Status StartCluster(const RuntimeConfig& config);
   // The control plane's barrier (allocation, start-up, shutdown).
   absl::Status ControlBarrier();
+  // OK while this rank is a member of the job; ABORTED naming `call` and
+  // why once membership declared it DEAD.
+  absl::Status CheckStanding(const char* call) const;
+  void MembershipCounts(uint64_t* suspected, uint64_t* dead) const;
   // A job of one: the address must lie in a live allocation.
   absl::Status CheckLocal(uintptr_t addr, const char* what);
   absl::StatusOr<void*> AllocCollective(uint64_t bytes, Placement placement,
@@ -183,13 +194,15 @@ class Runtime {
   uint64_t barrier_seq_ ABSL_GUARDED_BY(mutex_) = 0;
 
   bool started_ = false;  // the job formed: collective teardown is safe
+  bool finalized_ = false;
 
-  absl::Mutex view_mutex_;
+  mutable absl::Mutex view_mutex_;
   uint64_t view_epoch_ ABSL_GUARDED_BY(view_mutex_) = 0;
   // Ranks whose data-plane endpoint the latest view carries.
   int endpoints_known_ ABSL_GUARDED_BY(view_mutex_) = 0;
   std::unique_ptr<control::View> latest_view_ ABSL_GUARDED_BY(view_mutex_);
   std::vector<int> dead_ ABSL_GUARDED_BY(view_mutex_);
+  std::vector<int> suspected_ ABSL_GUARDED_BY(view_mutex_);
 };
 
 }  // namespace pagewire

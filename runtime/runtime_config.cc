@@ -54,6 +54,31 @@ absl::StatusOr<int> ParseInt(const char* name, const char* text, int min) {
   return value;
 }
 
+// How long a silent rank stays above suspicion, and the opt-in deadline
+// after which it is declared dead.
+absl::Status ReadMembershipTiming(RuntimeConfig& config) {
+  if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
+    absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
+    if (!ms.ok()) return ms.status();
+    config.lease = absl::Milliseconds(*ms);
+    config.heartbeat_interval =
+        std::min(config.heartbeat_interval, config.lease / 4);
+  }
+  if (const char* v = std::getenv("PAGEWIRE_DEAD_AFTER_MS")) {
+    absl::StatusOr<int> ms = ParseInt("PAGEWIRE_DEAD_AFTER_MS", v, 1);
+    if (!ms.ok()) return ms.status();
+    config.dead_after = absl::Milliseconds(*ms);
+    if (config.dead_after < config.lease) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "PAGEWIRE_DEAD_AFTER_MS=%s is shorter than the lease (%d ms); a "
+          "silent rank is suspected after the lease and declared dead only "
+          "after this deadline: raise it or lower PAGEWIRE_LEASE_MS",
+          v, absl::ToInt64Milliseconds(config.lease)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The variables that tune a node (transport, polling, read-ahead, push,
 // leases), over the defaults in `config`; names the variable and the fix
 // for each bad value.
@@ -118,14 +143,7 @@ absl::Status ReadTuning(RuntimeConfig& config) {
     }
     config.check = on == "1";
   }
-  if (const char* v = std::getenv("PAGEWIRE_LEASE_MS")) {
-    absl::StatusOr<int> ms = ParseInt("PAGEWIRE_LEASE_MS", v, 1);
-    if (!ms.ok()) return ms.status();
-    config.lease = absl::Milliseconds(*ms);
-    config.heartbeat_interval =
-        std::min(config.heartbeat_interval, config.lease / 4);
-  }
-  return absl::OkStatus();
+  return ReadMembershipTiming(config);
 }
 
 }  // namespace

@@ -37,7 +37,10 @@ struct RuntimeConfig {
   // "verbs" (fail without a device) or "tcp".
   std::string transport = "auto";
   absl::Duration heartbeat_interval = absl::Milliseconds(100);
+  // A rank silent this long is suspected (its faults wait, nothing fails).
   absl::Duration lease = absl::Seconds(3);  // PAGEWIRE_LEASE_MS
+  // Opt-in: a rank silent this long is declared dead (infinite: never).
+  absl::Duration dead_after = absl::InfiniteDuration();  // PAGEWIRE_DEAD_AFTER_MS
   // PAGEWIRE_SPIN_POLLS: on verbs, how often the fault loop polls the
   // completion queue for an outstanding READ before it sleeps (0: never).
   uint32_t spin_polls = FaultServiceConfig::kDefaultSpinPolls;

@@ -75,7 +75,7 @@ TEST(StartupErrorsTest, MissingWriteProtectIsRefused) {
     return rc;
   };
   absl::Status s = StartWith(sys);
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(s.message().find("write-protect"), std::string::npos) << s;
 }
 
@@ -90,7 +90,7 @@ TEST(StartupErrorsTest, HandshakeRejectedByOldKernel) {
     return -1;
   };
   absl::Status s = StartWith(sys);
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(s.message().find("Linux >= 5.7"), std::string::npos) << s;
 }
 

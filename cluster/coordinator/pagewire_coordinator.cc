@@ -3,7 +3,7 @@
 //   pagewire-coordinator --listen 0.0.0.0:7070 --nranks 4 --cluster-id job1
 //       --secret-file /run/secrets/pagewire    (or PAGEWIRE_SECRET in env)
 //       [--global-base 0x200000000000] [--global-size 1T]
-//       [--lease-ms 2000] [--heartbeat-ms 100]
+//       [--lease-ms 2000] [--heartbeat-ms 100] [--dead-after-ms MS]
 //
 // Prints "pagewire-coordinator: listening on host:port" (with the bound
 // port, so --listen host:0 works) and serves until SIGTERM or SIGINT, then
@@ -15,9 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 
 #include "absl/status/status.h"
@@ -27,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "cluster/coordinator/job_secret.h"
 #include "runtime/control/coordinator_server.h"
 
 namespace {
@@ -39,14 +38,18 @@ constexpr char kUsage[] =
     "--cluster-id ID\n"
     "           [--secret-file FILE | env PAGEWIRE_SECRET]\n"
     "           [--global-base ADDR] [--global-size BYTES[K|M|G|T]]\n"
-    "           [--lease-ms MS] [--heartbeat-ms MS]\n";
+    "           [--lease-ms MS] [--heartbeat-ms MS] [--dead-after-ms MS]\n"
+    "  A rank silent past --lease-ms is suspected, not dead; only its\n"
+    "  connection closing, pagewire-ctl declare-dead, or (opt-in) silence\n"
+    "  past --dead-after-ms makes it dead.\n";
 
 // --flag=value or --flag value, every flag known, none repeated.
 absl::StatusOr<std::map<std::string, std::string>> ParseFlags(int argc,
                                                               char** argv) {
   static const char* const kKnown[] = {
       "listen",      "nranks",   "cluster-id",   "secret-file",
-      "global-base", "global-size", "lease-ms", "heartbeat-ms"};
+      "global-base", "global-size", "lease-ms", "heartbeat-ms",
+      "dead-after-ms"};
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -123,35 +126,6 @@ absl::StatusOr<int> ParsePositiveInt(const std::string& flag,
   return v;
 }
 
-absl::StatusOr<std::string> ReadSecret(
-    const std::map<std::string, std::string>& flags) {
-  auto it = flags.find("secret-file");
-  if (it != flags.end()) {
-    std::ifstream in(it->second);
-    if (!in) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--secret-file ", it->second, ": cannot read it (",
-          std::strerror(errno), "); pass a readable file holding the secret"));
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string secret(absl::StripTrailingAsciiWhitespace(ss.str()));
-    if (secret.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--secret-file ", it->second,
-          " is empty; write the job's secret into it"));
-    }
-    return secret;
-  }
-  const char* env = std::getenv("PAGEWIRE_SECRET");
-  if (env == nullptr || *env == '\0') {
-    return absl::InvalidArgumentError(
-        "no secret: pass --secret-file FILE or set PAGEWIRE_SECRET (the same "
-        "value every rank uses)");
-  }
-  return std::string(env);
-}
-
 absl::StatusOr<std::pair<CoordinatorConfig, std::string>> ConfigFromFlags(
     const std::map<std::string, std::string>& flags) {
   CoordinatorConfig config;
@@ -176,7 +150,9 @@ absl::StatusOr<std::pair<CoordinatorConfig, std::string>> ConfigFromFlags(
   }
   const std::string listen = flags.at("listen");
   config.cluster_id = flags.at("cluster-id");
-  absl::StatusOr<std::string> secret = ReadSecret(flags);
+  auto file = flags.find("secret-file");
+  absl::StatusOr<std::string> secret = pagewire::cluster::ReadJobSecret(
+      file == flags.end() ? nullptr : &file->second);
   if (!secret.ok()) return secret.status();
   config.secret = *secret;
   if (auto it = flags.find("global-base"); it != flags.end()) {
@@ -193,6 +169,11 @@ absl::StatusOr<std::pair<CoordinatorConfig, std::string>> ConfigFromFlags(
     absl::StatusOr<int> v = ParsePositiveInt("lease-ms", it->second);
     if (!v.ok()) return v.status();
     config.lease = absl::Milliseconds(*v);
+  }
+  if (auto it = flags.find("dead-after-ms"); it != flags.end()) {
+    absl::StatusOr<int> v = ParsePositiveInt("dead-after-ms", it->second);
+    if (!v.ok()) return v.status();
+    config.dead_after = absl::Milliseconds(*v);
   }
   if (auto it = flags.find("heartbeat-ms"); it != flags.end()) {
     absl::StatusOr<int> v = ParsePositiveInt("heartbeat-ms", it->second);

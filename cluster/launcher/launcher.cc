@@ -460,6 +460,17 @@ void Launcher::OnRankExit(Rank& rank, int wait_status) {
   rank.running = false;
   if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) return;
   if (rank.start_failed) return;  // reported when the start failed
+  if (options_.netns_prefix.empty()) {
+    if (exit_reporter_ == nullptr) {
+      exit_reporter_ = std::make_unique<ExitReporter>(
+          env_.coordinator, env_.cluster_id, env_.secret,
+          [this](const std::string& line) { Say(line); });
+    }
+    // Rank 0 hosts the coordinator: once it is gone, so is the listener.
+    exit_reporter_->RankExited(
+        rank.index, DescribeWaitStatus(wait_status),
+        /*expect_coordinator=*/rank.index != 0 && ranks_[0].running);
+  }
   bool first = !have_failure_;
   RecordFailure(ShellStatus(wait_status));
   std::string what = absl::StrFormat("rank %d (pid %d) %s", rank.index,

@@ -7,7 +7,8 @@
 // timerfd for the shutdown grace period. Nothing is decided by a clock except
 // when a rank that was asked to stop is finally killed.
 //
-// Job end, in order: a rank dies (non-zero exit or a signal) -> report it ->
+// Job end, in order: a rank dies (non-zero exit or a signal) -> report it
+// (and tell the coordinator, the process manager's word that it is dead) ->
 // SIGTERM every other running rank -> after the grace period, SIGKILL the
 // ones still running -> reap all -> exit with the first failure's status.
 // Each rank leads its own process group and is signalled as a group, so its
@@ -21,11 +22,13 @@
 #include <sys/types.h>
 
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "cluster/launcher/bootstrap_env.h"
+#include "cluster/launcher/exit_reporter.h"
 #include "cluster/launcher/launch_options.h"
 #include "cluster/launcher/line_prefixer.h"
 #include "cluster/launcher/unique_fd.h"
@@ -122,6 +125,10 @@ class Launcher {
   int exit_status_ = 0;
   std::array<bool, 3> broken_fd_{};  // writes to fd 1/2 failed (EPIPE)
   std::array<char, kReadChunk> buffer_;
+  // Tells the coordinator of ranks that ended badly; made at the first
+  // such end, once every rank is forked. Not with --netns: the coordinator
+  // listens in rank 0's namespace, out of the launcher's reach.
+  std::unique_ptr<ExitReporter> exit_reporter_;
 };
 
 }  // namespace launcher

@@ -32,7 +32,11 @@ typedef enum pw_status {
   PW_ERR_NO_MEMORY = 6,        /* the global range or a pool is exhausted */
   PW_ERR_NOT_FOUND = 7,        /* no such allocation / region */
   PW_ERR_UNAVAILABLE = 8,      /* a peer or manager is gone */
-  PW_ERR_INTERNAL = 9
+  PW_ERR_INTERNAL = 9,
+  PW_ERR_STATE = 10,       /* not allowed now: e.g. releasing a lock this
+                              thread does not hold, destroying a held lock */
+  PW_ERR_NOT_MEMBER = 11   /* membership declared this rank dead (or it left):
+                              it can no longer act in the job */
 } pw_status_t;
 
 /* How pages of a collective allocation are homed across the ranks. */
@@ -44,7 +48,10 @@ typedef enum pw_placement {
 
 /* Starts the runtime of this process (a rank). argc/argv may be NULL. */
 pw_status_t pw_init(int *argc, char ***argv);
-/* Stops the runtime: unregisters the global range, joins every thread. */
+/* Stops the runtime: a final barrier with every rank, then unregisters the
+ * global range and joins every thread. The runtime is stopped whatever it
+ * returns; an error says the final barrier failed (a rank died, or this
+ * rank is no longer a member) and why. */
 pw_status_t pw_finalize(void);
 
 int pw_rank(void);
@@ -128,6 +135,9 @@ typedef struct pw_stats {
   uint64_t notices;         /* written pages this rank named to other ranks at
                                barriers, one per page and receiver (a page of
                                its own only to the ranks that cache it) */
+  uint64_t suspected_ranks; /* ranks silent past their lease: still members,
+                               faults on their pages wait for them */
+  uint64_t dead_ranks;      /* ranks declared dead or gone (left) */
 } pw_stats_t;
 
 pw_status_t pw_get_stats(pw_stats_t *stats);

@@ -42,6 +42,8 @@ inline absl::Status ToStatus(pw_status_t s) {
     case PW_ERR_NOT_FOUND: return absl::NotFoundError(message);
     case PW_ERR_UNAVAILABLE: return absl::UnavailableError(message);
     case PW_ERR_INTERNAL: return absl::InternalError(message);
+    case PW_ERR_STATE: return absl::FailedPreconditionError(message);
+    case PW_ERR_NOT_MEMBER: return absl::AbortedError(message);
   }
   return absl::UnknownError(message);
 }

@@ -48,7 +48,8 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
   for (uint32_t i = 0; i < kScratchSlots; ++i) free_scratch_.push_back(i);
   for (uint32_t i = 0; i < kStagingPages; ++i) free_staging_.push_back(i);
   absl::Status s = router_.Register(
-      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease},
+      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease,
+       hp::kLockDestroy, hp::kLockDestroyed},
       [this](int peer, uint16_t type, absl::Span<const char> body) {
         OnMessage(peer, type, body);
       });
@@ -57,7 +58,8 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
 
 Coherence::~Coherence() {
   router_.Unregister(
-      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease});
+      {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease,
+       hp::kLockDestroy, hp::kLockDestroyed});
   if (scratch_region_.length != 0) {
     (void)transport_.DeregisterMemory(scratch_region_);
   }
@@ -196,6 +198,13 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
       return;
     case hp::kLockRelease:
       ManagerRelease(h.epoch_or_lock, peer, pages, h.flags & hp::kAllPages);
+      return;
+    case hp::kLockDestroy:
+      ManagerDestroy(h.epoch_or_lock, peer, h.ticket);
+      return;
+    case hp::kLockDestroyed:
+      DeliverDestroyed(h.ticket, h.epoch_or_lock,
+                       static_cast<int>(h.flags >> hp::kLockHeldByShift) - 1);
       return;
     case hp::kLockGrant: {
       auto it = waiters_.find(h.ticket);

@@ -170,6 +170,9 @@ class Coherence final : public WriteTracker, public DropAudit {
   absl::Status LockAcquire(uintptr_t lock_addr);
   absl::Status LockRelease(uintptr_t lock_addr);
   absl::Status LockCheck(uintptr_t lock_addr) const;
+  // pw_lock_destroy: FAILED_PRECONDITION if a thread of any rank holds the
+  // lock or waits for it (the lock's home knows).
+  absl::Status LockDestroy(uintptr_t lock_addr);
 
   // Atomics on words homed here also go through the transport (a queue
   // pair to this node), when the NIC's atomics are not atomic with the
@@ -368,6 +371,12 @@ class Coherence final : public WriteTracker, public DropAudit {
   void ManagerRelease(uint64_t lock, int rank, const PageList& pages,
                       bool all) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Grant(uint64_t lock, LockState& state, int rank, uint64_t ticket)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Answers `rank`'s kLockDestroy: who holds or waits for `lock`.
+  void ManagerDestroy(uint64_t lock, int rank, uint64_t ticket)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The answer to this rank's pw_lock_destroy `ticket`.
+  void DeliverDestroyed(uint64_t ticket, uint64_t lock, int held_by)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Delivers a grant to this rank's own waiter (local lock home).
   void DeliverGrant(uint64_t ticket, PageList pages, bool all,

@@ -135,6 +135,96 @@ absl::Status Coherence::LockRelease(uintptr_t lock_addr) {
                       too_many ? hp::kAllPages : 0u);
 }
 
+absl::Status Coherence::LockDestroy(uintptr_t lock_addr) {
+  if (absl::Status s = LockCheck(lock_addr); !s.ok()) return s;
+  const uint64_t key = lock_addr - service_.base();
+  int home;
+  uint64_t ticket;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (held_.count(key) != 0) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "pw_lock_destroy: lock %p is held by a thread of this rank; "
+          "release it before destroying it",
+          reinterpret_cast<void*>(lock_addr)));
+    }
+    DistributedDataspace* ds = FindByAddr(lock_addr);
+    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
+    if (home < 0) home = ds->placement().DirectoryOf(
+        (lock_addr - ds->global_addr()) / kPageSize);
+    ticket = ++next_ticket_;
+    waiters_[ticket];
+    if (home == self_) ManagerDestroy(key, self_, ticket);
+  }
+  if (home != self_) {
+    hp::PageListHeader h{key, ticket, 0, hp::kLastPart};
+    absl::Status s = transport_.SendMessage(
+        home, hp::kLockDestroy,
+        absl::Span<const char>(reinterpret_cast<const char*>(&h), sizeof(h)));
+    if (!s.ok()) {
+      absl::MutexLock lock(&mutex_);
+      waiters_.erase(ticket);
+      return s;
+    }
+  }
+  absl::MutexLock lock(&mutex_);
+  Waiter& waiter = waiters_[ticket];
+  auto answered = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return waiter.granted || (home != self_ && dead_[home]);
+  };
+  mutex_.Await(absl::Condition(&answered));
+  Waiter w = std::move(waiter);
+  waiters_.erase(ticket);
+  if (!w.granted) {
+    return absl::UnavailableError(absl::StrFormat(
+        "pw_lock_destroy: the lock's home, rank %d, is dead (%s)", home,
+        death_[home]));
+  }
+  return w.error;
+}
+
+void Coherence::ManagerDestroy(uint64_t lock, int rank, uint64_t ticket) {
+  int held_by = -1;
+  if (auto it = locks_.find(lock); it != locks_.end()) {
+    held_by = it->second.holder;
+    if (held_by < 0 && !it->second.queue.empty()) {
+      held_by = it->second.queue.front().first;
+    }
+  }
+  if (rank == self_) {
+    DeliverDestroyed(ticket, lock, held_by);
+    return;
+  }
+  hp::PageListHeader h{
+      lock, ticket, 0,
+      hp::kLastPart | static_cast<uint32_t>(held_by + 1) << hp::kLockHeldByShift};
+  absl::Status s = transport_.SendMessage(
+      rank, hp::kLockDestroyed,
+      absl::Span<const char>(reinterpret_cast<const char*>(&h), sizeof(h)));
+  if (!s.ok()) {
+    Warning("lock 0x%x: answering rank %d's pw_lock_destroy failed: %s", lock,
+            rank, s.message());
+  }
+}
+
+void Coherence::DeliverDestroyed(uint64_t ticket, uint64_t lock, int held_by) {
+  absl::Status error;
+  if (held_by >= 0) {
+    error = absl::FailedPreconditionError(absl::StrFormat(
+        "pw_lock_destroy: lock %p is held by rank %d (or it waits for it); "
+        "destroy a lock only once nobody holds or waits for it",
+        reinterpret_cast<void*>(service_.base() + lock), held_by));
+  }
+  auto it = waiters_.find(ticket);
+  if (it == waiters_.end()) {
+    Warning("an answer for pw_lock_destroy ticket %d matches no waiting "
+            "call; ignored",
+            ticket);
+    return;
+  }
+  DeliverGrant(ticket, {}, false, std::move(error));
+}
+
 void Coherence::ManagerAcquire(uint64_t lock, int rank, uint64_t ticket) {
   auto [it, created] = locks_.try_emplace(lock);
   LockState& st = it->second;

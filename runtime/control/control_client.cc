@@ -3,6 +3,7 @@
 #include "runtime/control/control_client.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -23,15 +24,12 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
   }
   std::unique_ptr<ControlClient> client(new ControlClient(std::move(config)));
   const ControlClientConfig& c = client->config_;
-  // HTTP/2 keepalive pings find a connection whose peer vanished without a
-  // reset (a powered-off host, a cut cable), so the watch stream breaks and
-  // reconnects instead of waiting on a dead socket forever. The control
-  // plane only: membership, not a ping, decides whether a rank is dead.
+  // No HTTP/2 keepalive: this connection closing is how the coordinator
+  // learns that the process ended, so it must close only when the process
+  // does, never because a ping went unanswered while the coordinator was
+  // stopped. A coordinator that vanishes shows as failing heartbeats.
   grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, std::numeric_limits<int>::max());
   client->channel_ = grpc::CreateCustomChannel(
       c.coordinator, grpc::InsecureChannelCredentials(), args);
   client->membership_ = proto::Membership::NewStub(client->channel_);
@@ -106,6 +104,11 @@ void ControlClient::PauseHeartbeatsForTesting(bool paused) {
 
 void ControlClient::HeartbeatLoop() {
   absl::MutexLock l(&mu_);
+  // Failures are summarised: the first is logged, then one line per
+  // kFailuresPerLog, and one when heartbeats get through again.
+  constexpr uint64_t kFailuresPerLog = 100;
+  uint64_t failures = 0;
+  absl::Time first_failure;
   while (!stopping_ && !left_) {
     // Pacing only: the wait decides when to send, never a failure.
     const bool stop = mu_.AwaitWithTimeout(
@@ -123,22 +126,50 @@ void ControlClient::HeartbeatLoop() {
     std::unique_ptr<grpc::ClientContext> ctx = UnaryContext();
     grpc::Status st = membership_->Heartbeat(ctx.get(), request, &reply);
     mu_.Lock();
-    if (st.ok()) continue;
+    if (st.ok()) {
+      if (failures > 0) {
+        Warning("control client rank %d: heartbeats get through again after "
+                "%d failed over %s",
+                rank_, failures,
+                absl::FormatDuration(absl::Trunc(absl::Now() - first_failure,
+                                                 absl::Milliseconds(1))));
+      }
+      failures = 0;
+      continue;
+    }
     if (leaving_ || left_) break;  // refused because this rank just left
     if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
         st.error_code() == grpc::StatusCode::NOT_FOUND) {
       // The coordinator no longer counts this rank as a member; more
-      // heartbeats cannot change that.
+      // heartbeats cannot change that, and every later call must say so.
       Error("control client rank %d: heartbeat refused, stopping "
             "heartbeats: %s",
             rank_, st.error_message());
+      ExpelLocked(st.error_message());
       break;
     }
-    // A lost heartbeat: the next one may get through before the lease ends.
-    Warning("control client rank %d: heartbeat failed (%d: %s); the lease "
-            "decides whether this rank stays a member",
-            rank_, static_cast<int>(st.error_code()), st.error_message());
+    // A lost heartbeat: the next one may get through. Silence only makes
+    // this rank suspected; it stays a member.
+    if (failures++ == 0) first_failure = absl::Now();
+    if (failures == 1 || failures % kFailuresPerLog == 0) {
+      Warning("control client rank %d: heartbeat failed (%d: %s); %d failed "
+              "so far, this rank stays a member (suspected at most) and "
+              "keeps trying",
+              rank_, static_cast<int>(st.error_code()), st.error_message(),
+              failures);
+    }
   }
+}
+
+void ControlClient::ExpelLocked(const std::string& why) {
+  if (!standing_.ok()) return;
+  standing_ = absl::FailedPreconditionError(absl::StrCat(
+      "rank ", rank_, " is no longer a member of the job: ", why));
+}
+
+absl::Status ControlClient::Standing() const {
+  absl::MutexLock l(&mu_);
+  return standing_;
 }
 
 void ControlClient::WatchLoop() {
@@ -168,6 +199,12 @@ void ControlClient::WatchLoop() {
         if (view.epoch <= seen_epoch_) continue;
         seen_epoch_ = view.epoch;
         current_view_ = view;
+        for (const ViewMember& m : view.members) {
+          if (m.rank == rank_ && m.state == proto::Member::DEAD) {
+            ExpelLocked(absl::StrCat("membership declared it DEAD at epoch ",
+                                     view.epoch));
+          }
+        }
       }
       pause = kWatchRetryFirst;  // the stream worked
       if (config_.on_view) config_.on_view(view);
@@ -180,6 +217,8 @@ void ControlClient::WatchLoop() {
       case grpc::StatusCode::OK:  // the coordinator ended it: shut down
         return;
       case grpc::StatusCode::FAILED_PRECONDITION:  // no longer a member
+        ExpelLocked(st.error_message());
+        [[fallthrough]];
       case grpc::StatusCode::NOT_FOUND:
       case grpc::StatusCode::INVALID_ARGUMENT:
       case grpc::StatusCode::PERMISSION_DENIED:

@@ -5,9 +5,11 @@
 // Never on the path of a page fault. Heartbeats are ordinary RPCs; their
 // deadline is only a transport-level safety so the heartbeat thread cannot
 // hang on a dead connection. A lost or late heartbeat simply lets the lease
-// run down; if the lease expires the coordinator declares this rank DEAD in
-// a new view, which every member learns through WatchView. Nothing waits on
-// a heartbeat.
+// run down; if the lease expires the coordinator marks this rank SUSPECT
+// (still a member) until the next heartbeat gets through. The rank is
+// declared DEAD only on evidence: its connection to the coordinator closing
+// (the process ended), or the process manager's or an operator's word.
+// Nothing waits on a heartbeat.
 //
 // Barrier() has no deadline: it returns when every live rank arrived, or
 // with UNAVAILABLE naming the rank that became DEAD or LEFT meanwhile.
@@ -54,7 +56,7 @@ struct ControlClientConfig {
   // caller; never used for Barrier or WatchView, which wait for an event.
   absl::Duration rpc_deadline = absl::Seconds(10);
   // Leave the job in the destructor. Tests turn it off to simulate a crash
-  // (the lease then expires and the rank is declared DEAD).
+  // (the connection closes without a Leave and the rank is declared DEAD).
   bool leave_on_destroy = true;
 };
 
@@ -100,6 +102,12 @@ class ControlClient {
   // Leaves the job now (the view marks this rank LEFT). Idempotent.
   absl::Status Leave(const std::string& reason);
 
+  // OK while this rank is a member; FAILED_PRECONDITION naming why once the
+  // coordinator refused its heartbeats or a view declared it DEAD (it was
+  // declared dead on evidence, by an operator or past a deadline). Every
+  // later call of the rank must fail with it.
+  absl::Status Standing() const;
+
   // Test hook: stop (true) or resume (false) sending heartbeats, so a test
   // can let the lease expire while the process lives on.
   void PauseHeartbeatsForTesting(bool paused);
@@ -108,13 +116,12 @@ class ControlClient {
   explicit ControlClient(ControlClientConfig config);
 
   void HeartbeatLoop();
+  void ExpelLocked(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Watches views until the rank leaves or the client stops; a stream that
   // breaks is opened again from the last epoch seen.
   void WatchLoop();
   static constexpr absl::Duration kWatchRetryFirst = absl::Milliseconds(50);
   static constexpr absl::Duration kWatchRetryMax = absl::Seconds(2);
-  static constexpr int kKeepaliveTimeMs = 10000;
-  static constexpr int kKeepaliveTimeoutMs = 10000;
   std::unique_ptr<grpc::ClientContext> UnaryContext() const;
 
   const ControlClientConfig config_;
@@ -136,6 +143,7 @@ class ControlClient {
   bool leaving_ ABSL_GUARDED_BY(mu_) = false;  // a Leave call is under way
   bool heartbeats_paused_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t seen_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status standing_ ABSL_GUARDED_BY(mu_);
   View current_view_ ABSL_GUARDED_BY(mu_);
   // The watch stream's context, so the destructor can cancel it.
   grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -44,10 +44,6 @@ const char* StateName(proto::Member::State s) {
   return proto::Member::State_Name(s).c_str();
 }
 
-int64_t Millis(std::chrono::steady_clock::duration d) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -93,6 +89,13 @@ absl::Status CoordinatorConfig::Validate() const {
         absl::FormatDuration(heartbeat_interval),
         "), or one late heartbeat would declare a healthy rank dead; raise "
         "--lease-ms or lower --heartbeat-ms"));
+  }
+  if (dead_after < lease) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dead-after deadline (", absl::FormatDuration(dead_after),
+        ") is shorter than the lease (", absl::FormatDuration(lease),
+        "); a rank must be suspected before a deadline can end it: raise "
+        "--dead-after-ms (PAGEWIRE_DEAD_AFTER_MS) or leave it unset"));
   }
   return absl::OkStatus();
 }
@@ -157,31 +160,24 @@ class WatchReactor final
 
   void OnCancel() override {
     absl::MutexLock l(&mu_);
+    cancelled_ = true;  // the watcher's connection closed or it gave up
     if (!writing_) queue_.clear();
     finish_requested_ = true;
     PumpLocked();
   }
 
   void OnDone() override {
-    coordinator_->RemoveWatcher(this);
+    bool cancelled;
+    {
+      absl::MutexLock l(&mu_);
+      cancelled = cancelled_;
+    }
+    coordinator_->RemoveWatcher(this, cancelled);
     delete this;
   }
 
  private:
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || writing_) return;
-    if (!queue_.empty()) {
-      writing_ = true;
-      // deque::push_back keeps references to existing elements valid, so
-      // the view stays put until OnWriteDone pops it.
-      StartWrite(&queue_.front());
-      return;
-    }
-    if (finish_requested_) {
-      finished_ = true;
-      Finish(grpc::Status::OK);
-    }
-  }
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Coordinator* const coordinator_;
   absl::Mutex mu_;
@@ -189,7 +185,23 @@ class WatchReactor final
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+void WatchReactor::PumpLocked() {
+  if (finished_ || writing_) return;
+  if (!queue_.empty()) {
+    writing_ = true;
+    // deque::push_back keeps references to existing elements valid, so
+    // the view stays put until OnWriteDone pops it.
+    StartWrite(&queue_.front());
+    return;
+  }
+  if (finish_requested_) {
+    finished_ = true;
+    Finish(grpc::Status::OK);
+  }
+}
 
 }  // namespace
 
@@ -239,6 +251,22 @@ class Coordinator::MembershipServiceImpl final
       reactor->Finish(ToGrpcStatus(epoch.status()));
     });
     return reactor;
+  }
+
+  grpc::ServerUnaryReactor* DeclareDead(grpc::CallbackServerContext* ctx,
+                                        const proto::DeclareDeadRequest* request,
+                                        proto::DeclareDeadReply* reply) override {
+    absl::StatusOr<proto::DeclareDeadReply> r = c_->DeclareDead(*request);
+    if (r.ok()) *reply = *std::move(r);
+    return FinishNow(ctx, r.status());
+  }
+
+  grpc::ServerUnaryReactor* JobStatus(grpc::CallbackServerContext* ctx,
+                                   const proto::JobStatusRequest* request,
+                                   proto::JobStatusReply* reply) override {
+    absl::StatusOr<proto::JobStatusReply> r = c_->JobStatus(*request);
+    if (r.ok()) *reply = *std::move(r);
+    return FinishNow(ctx, r.status());
   }
 
  private:
@@ -354,10 +382,10 @@ absl::Status Coordinator::CheckJoin(const proto::JoinRequest& request) const {
   }
   if (request.cluster_id() != config_.cluster_id) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "cluster id '%s' does not match the coordinator's '%s'; start every "
+        "cluster id '%s' does not match the coordinator's; start every "
         "rank with the same cluster id (PAGEWIRE_CLUSTER_ID) as the "
         "coordinator's --cluster-id",
-        request.cluster_id(), config_.cluster_id));
+        request.cluster_id()));
   }
   if (!SecretsEqual(request.secret(), config_.secret)) {
     return absl::FailedPreconditionError(
@@ -371,6 +399,21 @@ absl::Status Coordinator::CheckJoin(const proto::JoinRequest& request) const {
         "ask for -1 (any free rank) or start the coordinator with a larger "
         "--nranks",
         requested, config_.nranks, config_.nranks - 1));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::CheckCredentials(const std::string& cluster_id,
+                                           const std::string& secret,
+                                           const char* what) const {
+  // Both compared in full whatever the first says, and one answer for
+  // either mismatch: a caller learns nothing about the job.
+  const bool id_ok = SecretsEqual(cluster_id, config_.cluster_id);
+  const bool secret_ok = SecretsEqual(secret, config_.secret);
+  if (!(id_ok && secret_ok)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, " refused: the cluster id or secret is wrong; use the job's "
+        "PAGEWIRE_CLUSTER_ID and PAGEWIRE_SECRET"));
   }
   return absl::OkStatus();
 }
@@ -440,25 +483,8 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
   return reply;
 }
 
-absl::StatusOr<proto::HeartbeatReply> Coordinator::Heartbeat(
-    const proto::HeartbeatRequest& request) {
-  absl::MutexLock l(&mu_);
-  if (absl::Status s = CheckAliveLocked(request.rank(), "Heartbeat"); !s.ok()) {
-    return s;
-  }
-  // The monitor need not wake: this lease only moved later.
-  slots_[request.rank()].last_heartbeat = Clock::now();
-  ++slots_[request.rank()].heartbeats;
-  proto::HeartbeatReply reply;
-  reply.set_epoch(epoch_);
-  return reply;
-}
-
-uint64_t Coordinator::HeartbeatsFrom(int rank) const {
-  absl::MutexLock l(&mu_);
-  if (rank < 0 || rank >= config_.nranks) return 0;
-  return slots_[rank].heartbeats;
-}
+// ---------------------------------------------------------------------------
+// Barriers
 
 std::vector<int> Coordinator::WaitingAt(uint64_t seq) const {
   absl::MutexLock l(&mu_);
@@ -466,188 +492,6 @@ std::vector<int> Coordinator::WaitingAt(uint64_t seq) const {
   if (it == barriers_.end()) return {};
   return std::vector<int>(it->second.arrived.begin(), it->second.arrived.end());
 }
-
-absl::Status Coordinator::Leave(const proto::LeaveRequest& request) {
-  std::vector<Completion> done;
-  {
-    absl::MutexLock l(&mu_);
-    const int rank = request.rank();
-    if (rank >= 0 && rank < config_.nranks && slots_[rank].joined &&
-        slots_[rank].state == proto::Member::LEFT) {
-      return absl::OkStatus();  // a retried Leave
-    }
-    if (absl::Status s = CheckAliveLocked(rank, "Leave"); !s.ok()) return s;
-    slots_[rank].state = proto::Member::LEFT;
-    PublishLocked();
-    Debug("coordinator: rank %d left (%s), epoch %d", rank,
-        request.reason().empty() ? "no reason given" : request.reason(),
-        epoch_);
-    MemberGoneLocked(
-        absl::StrCat("rank ", rank, " left the job (", request.reason(), ")"),
-        &done);
-  }
-  for (Completion& c : done) c();
-  return absl::OkStatus();
-}
-
-proto::MembershipView Coordinator::CurrentView() const {
-  absl::MutexLock l(&mu_);
-  return view_;
-}
-
-absl::Status Coordinator::AddWatcher(int rank, uint64_t since_epoch,
-                                     ViewSink* sink) {
-  absl::MutexLock l(&mu_);
-  if (shutdown_) {
-    return absl::UnavailableError("the coordinator is shutting down");
-  }
-  if (rank < -1 || rank >= config_.nranks) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "WatchView from rank %d: out of range 0..%d (use -1 to watch "
-        "without being a member)",
-        rank, config_.nranks - 1));
-  }
-  if (rank >= 0 && slots_[rank].joined &&
-      slots_[rank].state != proto::Member::ALIVE) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "WatchView from rank %d, which is %s; it is no longer a member",
-        rank, StateName(slots_[rank].state)));
-  }
-  if (view_.epoch() > since_epoch) sink->Push(view_, /*last=*/false);
-  watchers_.push_back(Watcher{rank, sink});
-  return absl::OkStatus();
-}
-
-void Coordinator::RemoveWatcher(ViewSink* sink) {
-  absl::MutexLock l(&mu_);
-  watchers_.erase(std::remove_if(watchers_.begin(), watchers_.end(),
-                                 [sink](const Watcher& w) {
-                                   return w.sink == sink;
-                                 }),
-                  watchers_.end());
-}
-
-void Coordinator::PublishLocked() {
-  ++epoch_;
-  view_.Clear();
-  view_.set_epoch(epoch_);
-  for (int r = 0; r < config_.nranks; ++r) {
-    const Slot& s = slots_[r];
-    if (!s.joined) continue;
-    proto::Member* m = view_.add_members();
-    m->set_rank(r);
-    m->set_state(s.state);
-    *m->mutable_endpoint() = s.endpoint;
-  }
-  // Every watcher gets every view, in epoch order, because this runs under
-  // mu_. A watcher whose own rank is gone gets this last view and ends.
-  std::vector<Watcher> keep;
-  keep.reserve(watchers_.size());
-  for (const Watcher& w : watchers_) {
-    const bool gone = w.rank >= 0 && slots_[w.rank].joined &&
-                      slots_[w.rank].state != proto::Member::ALIVE;
-    w.sink->Push(view_, gone);
-    if (!gone) keep.push_back(w);
-  }
-  watchers_ = std::move(keep);
-}
-
-void Coordinator::MemberGoneLocked(const std::string& why,
-                                   std::vector<Completion>* out) {
-  // A pending barrier can no longer mean "everyone got here": fail every
-  // waiter, naming the rank, and remember why for latecomers.
-  for (auto& [seq, barrier] : barriers_) {
-    const std::string msg = absl::StrFormat(
-        "barrier %d cannot complete: %s at epoch %d", seq, why, epoch_);
-    failed_barriers_[seq] = msg;
-    for (BarrierDone& d : barrier.waiters) {
-      out->push_back([d = std::move(d), msg] { d(absl::UnavailableError(msg)); });
-    }
-  }
-  barriers_.clear();
-  // The gone rank will never free its dataspaces; release those every
-  // remaining rank has freed.
-  ReleaseFreedLocked();
-}
-
-bool Coordinator::LiveLocked(int rank) const {
-  const Slot& s = slots_[rank];
-  return !(s.joined && (s.state == proto::Member::DEAD ||
-                        s.state == proto::Member::LEFT));
-}
-
-absl::Status Coordinator::CheckAliveLocked(int rank, const char* what) const {
-  if (rank < 0 || rank >= config_.nranks) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s from rank %d: out of range, this job has ranks 0..%d", what, rank,
-        config_.nranks - 1));
-  }
-  const Slot& s = slots_[rank];
-  if (!s.joined) {
-    return absl::NotFoundError(absl::StrFormat(
-        "%s from rank %d, which has not joined; call Join first", what, rank));
-  }
-  if (s.state != proto::Member::ALIVE) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s from rank %d, which is %s since an earlier view; a rank that "
-        "was declared DEAD (its lease expired) or LEFT cannot act in the "
-        "job any more, restart the job",
-        what, rank, StateName(s.state)));
-  }
-  return absl::OkStatus();
-}
-
-void Coordinator::LeaseMonitorLoop() {
-  const auto lease = absl::ToChronoNanoseconds(config_.lease);
-  absl::MutexLock l(&mu_);
-  while (!shutdown_) {
-    const Clock::time_point now = Clock::now();
-    Clock::time_point next = Clock::time_point::max();
-    std::vector<int> expired;
-    for (int r = 0; r < config_.nranks; ++r) {
-      Slot& s = slots_[r];
-      if (!s.joined || s.state != proto::Member::ALIVE) continue;
-      const Clock::time_point expiry = s.last_heartbeat + lease;
-      if (expiry <= now) {
-        expired.push_back(r);
-      } else {
-        next = std::min(next, expiry);
-      }
-    }
-    if (!expired.empty()) {
-      // The one place where the clock decides: a membership decision,
-      // published as a view, never a failed request.
-      for (int r : expired) slots_[r].state = proto::Member::DEAD;
-      PublishLocked();
-      std::vector<Completion> done;
-      for (int r : expired) {
-        const int64_t silent_ms = Millis(now - slots_[r].last_heartbeat);
-        Warning(
-            "coordinator: rank %d declared DEAD at epoch %d: no heartbeat "
-            "for %d ms (lease %d ms)",
-            r, epoch_, silent_ms, absl::ToInt64Milliseconds(config_.lease));
-        MemberGoneLocked(
-            absl::StrFormat("rank %d became DEAD (no heartbeat for %d ms, "
-                            "lease %d ms)",
-                            r, silent_ms,
-                            absl::ToInt64Milliseconds(config_.lease)),
-            &done);
-      }
-      mu_.Unlock();
-      for (Completion& c : done) c();
-      mu_.Lock();
-      continue;
-    }
-    if (next == Clock::time_point::max()) {
-      lease_cv_.Wait(&mu_);
-    } else {
-      lease_cv_.WaitWithTimeout(&mu_, absl::FromChrono(next - now));
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Barriers
 
 void Coordinator::Barrier(const proto::BarrierRequest& request,
                           BarrierDone done) {

@@ -7,11 +7,17 @@
 // puts it on a port. It is never on the path of a page fault: ranks talk to
 // it to join, to learn who else is alive, to synchronise and to allocate.
 //
-// Time: lease expiry is the only place where the clock decides anything.
-// A rank whose last heartbeat is older than the lease is declared DEAD in a
-// new view (a membership decision); no request is ever failed by a timeout.
-// A pending Barrier waits until it completes, or until a rank becomes DEAD
-// or LEFT (then it fails with UNAVAILABLE naming that rank), or until the
+// Death is decided by evidence, never by silence. A rank whose last
+// heartbeat is older than the lease becomes SUSPECT in a new view: still a
+// member, waited for by barriers, its pages still served; the suspicion is
+// lifted by its next heartbeat. A rank becomes DEAD only on evidence: its
+// control connection (its WatchView stream) closing while it is a member,
+// which the kernel does when the process ends, even by SIGKILL; or the word
+// of the process manager or an operator (DeclareDead). An opt-in deadline
+// (CoordinatorConfig::dead_after) declares a rank silent that long DEAD for
+// those who want one. No request is ever failed by a timeout. A pending
+// Barrier waits until it completes, or until a rank becomes DEAD or LEFT
+// (then it fails with UNAVAILABLE naming that rank), or until the
 // coordinator shuts down.
 //
 // Threads: the gRPC server's callback threads call the services; the
@@ -56,11 +62,14 @@ struct CoordinatorConfig {
   // carved into dataspaces. Both page-aligned.
   uint64_t global_base = uint64_t{0x2000} << 32;
   uint64_t global_size = uint64_t{1} << 40;
-  // How often ranks heartbeat, and how long a silent rank stays a member.
-  // The lease must cover several heartbeats so one lost heartbeat (a slow
-  // network, a busy node) does not kill a rank.
+  // How often ranks heartbeat, and how long a silent rank stays above
+  // suspicion. The lease must cover several heartbeats so one late
+  // heartbeat (a slow network, a busy node) does not make a rank SUSPECT.
   absl::Duration heartbeat_interval = absl::Milliseconds(100);
   absl::Duration lease = absl::Seconds(2);
+  // Opt-in deadline: a rank silent this long is declared DEAD. Infinite by
+  // default: silence alone never kills a rank. At least the lease.
+  absl::Duration dead_after = absl::InfiniteDuration();
 
   // OK, or INVALID_ARGUMENT naming the bad field and the fix.
   absl::Status Validate() const;
@@ -91,7 +100,7 @@ class Coordinator {
   // (or the coordinator shuts down): the host of the coordinator calls it
   // at the end of a job, so no rank's Leave meets a closed coordinator. No
   // timeout: a rank that neither leaves nor heartbeats is DEAD after its
-  // lease.
+  // evidence that they died.
   void AwaitOthersGone(int self);
 
   // --- The operations behind the RPCs (also usable without gRPC). ---
@@ -100,6 +109,14 @@ class Coordinator {
   absl::StatusOr<proto::HeartbeatReply> Heartbeat(
       const proto::HeartbeatRequest& request);
   absl::Status Leave(const proto::LeaveRequest& request);
+  // The process manager's or an operator's word that a rank is dead.
+  // PERMISSION_DENIED unless the caller holds the job's cluster id and
+  // secret; the error tells nothing about the job.
+  absl::StatusOr<proto::DeclareDeadReply> DeclareDead(
+      const proto::DeclareDeadRequest& request);
+  // Every rank's state, silence and reason (pagewire-ctl status).
+  absl::StatusOr<proto::JobStatusReply> JobStatus(
+      const proto::JobStatusRequest& request) const;
   proto::MembershipView CurrentView() const;
   // What the coordinator has seen, for operators and tests: heartbeats
   // accepted from `rank` since it joined, and the ranks waiting at barrier
@@ -131,10 +148,13 @@ class Coordinator {
     virtual void End() = 0;  // no view to add; finish the stream
   };
   // Sends the current view (if newer than since_epoch) and every later one
-  // to `sink` until RemoveWatcher or the end. FAILED_PRECONDITION after
-  // Shutdown().
+  // to `sink` until RemoveWatcher or the end. UNAVAILABLE after Shutdown(),
+  // FAILED_PRECONDITION if `rank` is DEAD or LEFT.
   absl::Status AddWatcher(int rank, uint64_t since_epoch, ViewSink* sink);
-  void RemoveWatcher(ViewSink* sink);
+  // The stream behind `sink` ended. `connection_closed`: the caller went
+  // away (the stream was cancelled) rather than the coordinator ending it;
+  // for a member with no other stream open that is evidence of its death.
+  void RemoveWatcher(ViewSink* sink, bool connection_closed);
 
   const CoordinatorConfig& config() const { return config_; }
 
@@ -147,6 +167,7 @@ class Coordinator {
     proto::Endpoint endpoint;
     Clock::time_point last_heartbeat;
     uint64_t heartbeats = 0;
+    std::string reason;  // why it is SUSPECT, DEAD or LEFT
   };
   struct PendingBarrier {
     std::set<int> arrived;
@@ -181,7 +202,22 @@ class Coordinator {
       const CollectiveCreate& c, const proto::CreateDataspaceRequest& request)
       const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // The job's cluster id and secret, for the calls of operators and the
+  // process manager. PERMISSION_DENIED that names neither.
+  absl::Status CheckCredentials(const std::string& cluster_id,
+                                const std::string& secret,
+                                const char* what) const;
+
   void LeaseMonitorLoop();
+  // Silent ranks become SUSPECT (and, past an opt-in dead_after, DEAD).
+  // Returns when the next lease or deadline runs out.
+  Clock::time_point ExpireLeasesLocked(Clock::time_point now,
+                                       std::vector<Completion>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks `rank` DEAD on `evidence`, publishes, fails pending barriers.
+  void DeclareDeadLocked(int rank, const std::string& evidence,
+                         std::vector<Completion>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Bumps the epoch, rebuilds the view and pushes it to the watchers.
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `rank` just became DEAD or LEFT: fail pending barriers, finish its

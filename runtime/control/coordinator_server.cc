@@ -3,6 +3,7 @@
 #include "runtime/control/coordinator_server.h"
 
 #include <cstdlib>
+#include <limits>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -52,12 +53,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   // gRPC binds with SO_REUSEPORT by default, so a second coordinator on the
   // same port would start and split the job's connections between the two.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Accept the ranks' keepalive pings (ControlClient: every 10 s, also on
-  // an idle watch stream); by default gRPC answers pings more often than
-  // every 5 minutes without data with GOAWAY.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                             5000);
+  // A rank's connection closing is evidence that its process ended, so the
+  // server never closes one on a timer: no keepalive pings (by default a
+  // server pings after two idle hours and drops a connection whose process
+  // is stopped, say in a debugger, and cannot answer).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             std::numeric_limits<int>::max());
   int bound_port = 0;
   builder.AddListeningPort(listen_address, grpc::InsecureServerCredentials(),
                            &bound_port);

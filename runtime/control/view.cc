@@ -12,7 +12,8 @@ View View::FromProto(const proto::MembershipView& view) {
   out.epoch = view.epoch();
   out.members.reserve(view.members_size());
   for (const proto::Member& m : view.members()) {
-    out.members.push_back(ViewMember{m.rank(), m.state(), m.endpoint()});
+    out.members.push_back(
+        ViewMember{m.rank(), m.state(), m.endpoint(), m.reason()});
   }
   std::sort(out.members.begin(), out.members.end(),
             [](const ViewMember& a, const ViewMember& b) {

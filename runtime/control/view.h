@@ -20,6 +20,7 @@ struct ViewMember {
   int rank = -1;
   MemberState state = proto::Member::JOINING;
   proto::Endpoint endpoint;
+  std::string reason;  // why it is SUSPECT, DEAD or LEFT
 };
 
 struct View {

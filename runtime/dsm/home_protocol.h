@@ -37,6 +37,9 @@ enum Type : uint16_t {
   kScRecall = 14,    // home -> holder: drop (or write-protect) your copy,
                      // writing it back to the store first if you wrote it
   kScRecalled = 15,  // holder -> home: done
+  kLockDestroy = 16,    // rank -> lock's home: may the lock go (nobody
+                        // holds it or waits for it)?
+  kLockDestroyed = 17,  // lock's home -> rank: the answer (kLockHeldBy)
 };
 
 struct ScRequest {
@@ -106,6 +109,9 @@ struct PageListHeader {
 };
 inline constexpr uint32_t kLastPart = 1;  // the last message of a list
 inline constexpr uint32_t kAllPages = 2;  // "every cached copy" (list too long)
+// kLockDestroyed: flags >> kLockHeldByShift is 1 + the rank that holds (or
+// is next in line for) the lock, 0 if nobody does.
+inline constexpr uint32_t kLockHeldByShift = 8;
 // PageRefs per message.
 inline constexpr size_t kMaxPageRefs = 4000;
 // Pushed pages per kEpochWrites message (the rest of the transport's 64 KiB

@@ -277,6 +277,9 @@ class FaultService final : public BackingObserver {
                                            absl::Span<const uint16_t> replies) {
     return table_.TakePlansAwaiting(peer, replies);
   }
+  // Faults whose plan waits for `peer` (for logs: who waits on a
+  // suspected peer).
+  uint32_t FaultsWaitingOn(int peer) { return table_.PlansWaitingOn(peer); }
   // The READ planned for `slot` completed with `status`: its page, in the
   // slot's landing buffer, is installed as the plan says (from the calling
   // thread if the loop sleeps: InstallDirect), or the fault fails naming

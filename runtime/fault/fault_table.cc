@@ -65,6 +65,15 @@ std::optional<FaultPlan> FaultTable::TakePlan(uint32_t slot,
   return taken;
 }
 
+uint32_t FaultTable::PlansWaitingOn(int peer) {
+  uint32_t n = 0;
+  absl::MutexLock lock(&plan_mutex_);
+  for (uint32_t slot = 0; slot < capacity_; ++slot) {
+    n += plans_[slot].step != FaultPlan::Step::kNone && plans_[slot].peer == peer;
+  }
+  return n;
+}
+
 std::vector<FaultPlan> FaultTable::TakePlansAwaiting(
     int peer, absl::Span<const uint16_t> replies) {
   std::vector<FaultPlan> taken;

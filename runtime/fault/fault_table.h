@@ -129,6 +129,8 @@ class FaultTable {
   // `reply` from `peer` for `page`; nullopt otherwise.
   std::optional<FaultPlan> TakePlan(uint32_t slot, FaultPlan::Step step,
                                     uint16_t reply, int peer, uint64_t page);
+  // Plans that wait for `peer` (its reply or its READ).
+  uint32_t PlansWaitingOn(int peer);
   // Takes every plan awaiting one of `replies` from `peer`.
   std::vector<FaultPlan> TakePlansAwaiting(int peer,
                                            absl::Span<const uint16_t> replies);

@@ -85,7 +85,7 @@ absl::StatusOr<Userfaultfd> Userfaultfd::Open(const UffdSyscalls& sys) {
     int err = errno;
     ::close(fd);
     if (err == EINVAL) {
-      return absl::FailedPreconditionError(
+      return absl::UnimplementedError(
           "userfaultfd lacks write-protect faults or thread ids "
           "(UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_THREAD_ID): the "
           "UFFDIO_API handshake refused them. Fix: run on Linux >= 5.7 with "
@@ -96,7 +96,7 @@ absl::StatusOr<Userfaultfd> Userfaultfd::Open(const UffdSyscalls& sys) {
   }
   if ((api.features & kRequiredFeatures) != kRequiredFeatures) {
     ::close(fd);
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::UnimplementedError(absl::StrFormat(
         "userfaultfd lacks write-protect faults or thread ids (features 0x%x "
         "offered, 0x%x needed). Fix: run on Linux >= 5.7 with "
         "CONFIG_HAVE_ARCH_USERFAULTFD_WP",
@@ -136,7 +136,7 @@ absl::Status Userfaultfd::Register(uintptr_t start, uint64_t len) const {
         start, start + len, strerror(errno)));
   }
   if ((reg.ioctls & kRequiredRangeIoctls) != kRequiredRangeIoctls) {
-    return absl::FailedPreconditionError(absl::StrFormat(
+    return absl::UnimplementedError(absl::StrFormat(
         "the registered range offers ioctls 0x%x, but copy, zero-page, wake "
         "and write-protect (0x%x) are needed. Fix: run on Linux >= 5.7",
         reg.ioctls, kRequiredRangeIoctls));

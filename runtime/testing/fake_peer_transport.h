@@ -72,6 +72,8 @@ class FakePeerTransport final : public Transport {
   TransportEndpoint LocalEndpoint() const override { return {}; }
   absl::Status Connect(int peer, const TransportEndpoint& endpoint) override;
   void PeerDied(int peer) override;
+  // Every post is served before PostSend returns.
+  uint64_t Outstanding(int) const override { return 0; }
   absl::Status PostSend(int peer, WorkRequest* chain) override;
   int PollCompletions(WorkCompletion* out, int max) override;
   int completion_fd() const override { return event_fd_; }

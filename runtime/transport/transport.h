@@ -128,6 +128,9 @@ class Transport {
   // Membership declared `peer` dead: its outstanding operations complete
   // with kPeerGone, later posts to it fail at once. Other peers carry on.
   virtual void PeerDied(int peer) = 0;
+  // Operations posted to `peer` and not yet completed (for logs and
+  // operators: how much waits on a suspected peer).
+  virtual uint64_t Outstanding(int peer) const = 0;
   // The job is ending: peers closing their connections from now on is
   // expected and not worth reporting (lost operations still are).
   virtual void ExpectPeerCloses() {}

@@ -136,6 +136,8 @@ TEST(CoordinatorTest, JoinRefusesMismatchedIdentityNamingWhich) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StrContains(r.status().message(), "cluster id 'other-job'"))
       << r.status();
+  // The caller learns nothing about the job it is not part of.
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kCluster)) << r.status();
   EXPECT_FALSE(absl::StrContains(r.status().message(), "secret"));
 
   ControlClientConfig bad_version = ClientConfig(*server, 0);
@@ -168,7 +170,10 @@ TEST(CoordinatorTest, JoinRefusesMismatchedIdentityNamingWhich) {
   EXPECT_EQ(view.epoch(), 1u);
 }
 
-TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
+// Silence is not evidence of death: a rank whose lease runs out is
+// SUSPECT, barriers keep waiting for it, and its next heartbeat lifts the
+// suspicion.
+TEST(CoordinatorTest, SilentRankIsSuspectedNotDeadAndSuspicionLifts) {
   LogCapture log;
   const absl::Duration lease = absl::Milliseconds(300);
   auto server = StartServer(TestConfig(3, lease, absl::Milliseconds(50)));
@@ -179,8 +184,8 @@ TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
   auto c2 = MustJoin(ClientConfig(*server, 2));
   ASSERT_TRUE(c0 && c1 && c2);
 
-  // Live past several leases first: heartbeats keep everyone a member.
-  // Three leases' worth of heartbeats from every rank (one each 50 ms).
+  // Live past several leases first: heartbeats keep everyone above
+  // suspicion. Three leases' worth of heartbeats from every rank.
   const uint64_t three_leases = 3 * (lease / absl::Milliseconds(50));
   Eventually(
       [&] {
@@ -193,37 +198,90 @@ TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
   EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 3))
       << "a heartbeating rank lost its lease";
 
-  // Ranks 0 and 1 wait in barrier 1; rank 2 never arrives and goes silent.
+  // Ranks 0 and 1 wait in barrier 1; rank 2 goes silent.
+  absl::Status b0, b1;
+  std::thread t0([&] { b0 = c0->Barrier(1); });
+  std::thread t1([&] { b1 = c1->Barrier(1); });
+  c2->PauseHeartbeatsForTesting(true);
+  for (ViewRecorder* rec : {&rec0, &rec1}) {
+    ASSERT_TRUE(rec->WaitFor([](const View& v) {
+      return RankIs(v, 2, proto::Member::SUSPECT) &&
+             RankIs(v, 0, proto::Member::ALIVE) &&
+             RankIs(v, 1, proto::Member::ALIVE);
+    })) << "the others never saw rank 2 SUSPECT";
+  }
+  EXPECT_TRUE(log.Contains("rank 2 is SUSPECT", "no heartbeat for"));
+  // Silent for ten leases: still suspected, never dead, the barrier waits.
+  absl::SleepFor(10 * lease);
+  const View now = View::FromProto(server->coordinator().CurrentView());
+  EXPECT_TRUE(RankIs(now, 2, proto::Member::SUSPECT)) << now.Describe();
+  EXPECT_EQ(server->coordinator().WaitingAt(1), (std::vector<int>{0, 1}));
+  EXPECT_TRUE(c2->Standing().ok()) << c2->Standing();
+
+  // It speaks again: the suspicion is lifted, and its arrival completes
+  // the barrier for everyone.
+  c2->PauseHeartbeatsForTesting(false);
+  for (ViewRecorder* rec : {&rec0, &rec1}) {
+    ASSERT_TRUE(rec->WaitFor([](const View& v) { return AllAlive(v, 3); }))
+        << "the suspicion was never lifted";
+  }
+  EXPECT_TRUE(log.Contains("rank 2 heard from again", "no longer suspected"));
+  EXPECT_TRUE(c2->Barrier(1).ok());
+  t0.join();
+  t1.join();
+  EXPECT_TRUE(b0.ok()) << b0;
+  EXPECT_TRUE(b1.ok()) << b1;
+}
+
+// For those who want one, a deadline: silent past dead_after, a SUSPECT
+// rank is declared DEAD, pending barriers fail naming it, and the rank
+// itself learns it is out when it speaks again.
+TEST(CoordinatorTest, OptInDeadlineDeclaresSilentRankDead) {
+  LogCapture log;
+  CoordinatorConfig config =
+      TestConfig(3, absl::Milliseconds(300), absl::Milliseconds(50));
+  config.dead_after = absl::Milliseconds(900);
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  auto c2 = MustJoin(ClientConfig(*server, 2));
+  ASSERT_TRUE(c0 && c1 && c2);
+  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 3); }));
+
   absl::Status b0, b1;
   std::thread t0([&] { b0 = c0->Barrier(1); });
   std::thread t1([&] { b1 = c1->Barrier(1); });
   const auto paused_at = std::chrono::steady_clock::now();
   c2->PauseHeartbeatsForTesting(true);
-
-  for (ViewRecorder* rec : {&rec0, &rec1}) {
-    ASSERT_TRUE(rec->WaitFor([](const View& v) {
-      return RankIs(v, 2, proto::Member::DEAD) &&
-             RankIs(v, 0, proto::Member::ALIVE) &&
-             RankIs(v, 1, proto::Member::ALIVE);
-    })) << "the survivors never saw rank 2 DEAD";
-  }
-  const auto dead_after = std::chrono::steady_clock::now() - paused_at;
-  // Not before its lease could have run out (the last heartbeat was at
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 2, proto::Member::SUSPECT); }));
+  ASSERT_TRUE(rec0.WaitFor(
+      [](const View& v) { return RankIs(v, 2, proto::Member::DEAD); }));
+  // Not before the deadline could have run out (the last heartbeat was at
   // most one interval before the pause).
-  EXPECT_GE(dead_after, absl::ToChronoMilliseconds(lease - absl::Milliseconds(60)));
+  EXPECT_GE(std::chrono::steady_clock::now() - paused_at,
+            std::chrono::milliseconds(900 - 60));
   t0.join();
   t1.join();
   for (const absl::Status& b : {b0, b1}) {
     EXPECT_EQ(b.code(), absl::StatusCode::kUnavailable) << b;
     EXPECT_TRUE(absl::StrContains(b.message(), "rank 2 became DEAD")) << b;
+    EXPECT_TRUE(absl::StrContains(b.message(), "past the deadline")) << b;
   }
-  EXPECT_TRUE(log.Contains("rank 2 declared DEAD", "no heartbeat for")) <<
-      "the coordinator did not log the expiry";
+  EXPECT_TRUE(log.Contains("rank 2 declared DEAD", "PAGEWIRE_DEAD_AFTER_MS"));
 
-  // Rank 2 is out for good: its calls are refused, naming its state.
+  // Rank 2 is out for good: its calls are refused, naming its state, and
+  // its next heartbeat tells it so.
   absl::Status late = c2->Barrier(1);
   EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
   EXPECT_TRUE(absl::StrContains(late.message(), "DEAD")) << late;
+  c2->PauseHeartbeatsForTesting(false);
+  Eventually([&] { return !c2->Standing().ok(); }, "rank 2 learns it is out");
+  EXPECT_TRUE(absl::StrContains(c2->Standing().message(),
+                                "no longer a member"))
+      << c2->Standing();
   // The survivors carry on with later barriers.
   std::thread t2([&] { b0 = c0->Barrier(2); });
   b1 = c1->Barrier(2);
@@ -232,21 +290,41 @@ TEST(CoordinatorTest, SilentRankIsDeclaredDeadAndPendingBarrierFails) {
   EXPECT_TRUE(b1.ok()) << b1;
 }
 
-TEST(CoordinatorTest, CrashedClientWithoutLeaveIsDeclaredDead) {
+// A process that ends without leaving closes its control connection (the
+// kernel does, even on SIGKILL): that is evidence, and the rank is DEAD at
+// once, long before any lease could run out.
+TEST(CoordinatorTest, ClosedControlConnectionIsEvidenceOfDeath) {
   auto server = StartServer(
-      TestConfig(2, absl::Milliseconds(300), absl::Milliseconds(50)));
+      TestConfig(3, /*lease=*/absl::Seconds(60), absl::Milliseconds(50)));
   ASSERT_NE(server, nullptr);
   ViewRecorder rec0;
   auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
   ControlClientConfig crash = ClientConfig(*server, 1);
   crash.leave_on_destroy = false;
   auto c1 = MustJoin(crash);
-  ASSERT_TRUE(c0 && c1);
-  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 2); }));
-  c1.reset();  // no Leave: only the lease can tell
+  auto c2 = MustJoin(ClientConfig(*server, 2));
+  ASSERT_TRUE(c0 && c1 && c2);
+  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 3); }));
+  Eventually(
+      [&] {
+        proto::JobStatusRequest request;
+        request.set_cluster_id(kCluster);
+        request.set_secret(kSecret);
+        auto st = server->coordinator().JobStatus(request);
+        return st.ok() && st->ranks(1).watching();
+      },
+      "rank 1's view stream is open");
+  absl::Status b0;
+  std::thread t0([&] { b0 = c0->Barrier(1); });
+  c1.reset();  // no Leave: the connection closes
   ASSERT_TRUE(rec0.WaitFor(
       [](const View& v) { return RankIs(v, 1, proto::Member::DEAD); }));
   EXPECT_TRUE(RankIs(rec0.views().back(), 0, proto::Member::ALIVE));
+  EXPECT_TRUE(RankIs(rec0.views().back(), 2, proto::Member::ALIVE));
+  t0.join();
+  EXPECT_EQ(b0.code(), absl::StatusCode::kUnavailable) << b0;
+  EXPECT_TRUE(absl::StrContains(b0.message(), "control connection closed"))
+      << b0;
 }
 
 TEST(CoordinatorTest, LeaveMarksRankLeftAndFailsPendingBarrier) {
@@ -557,41 +635,122 @@ class Relay {
   std::thread thread_;
 };
 
-// The watch stream is how a rank learns of deaths. A network break must
-// not end it for good: the client watches again from the last epoch it saw
-// and gets every change made meanwhile.
-TEST(CoordinatorTest, WatchStreamThatBreaksIsOpenedAgainAndMissesNoChange) {
+// A member's control connection closes only when its process ends, so a
+// cut one is taken as death too: the coordinator declares the rank DEAD,
+// the others learn it, and the cut-off rank learns that it is out (its
+// stream opened again, or its next heartbeat, is refused) and every later
+// call of it fails naming why.
+TEST(CoordinatorTest, CutControlConnectionMakesTheRankDeadAndItLearnsItIsOut) {
   LogCapture log;
   auto server = StartServer(TestConfig(3));
   ASSERT_NE(server, nullptr);
   Relay relay(server->port());
-  ViewRecorder rec0;
+  ViewRecorder rec0, rec1;
   ControlClientConfig through_relay = ClientConfig(*server, 0, &rec0);
   through_relay.coordinator = relay.address();
   auto c0 = MustJoin(through_relay);
-  auto c1 = MustJoin(ClientConfig(*server, 1));
+  auto c1 = MustJoin(ClientConfig(*server, 1, &rec1));
   auto c2 = MustJoin(ClientConfig(*server, 2));
   ASSERT_TRUE(c0 && c1 && c2);
   ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 3); }));
 
-  // Break rank 0's connection; rank 1 leaves while the stream may still be
-  // down, so only a stream opened again can tell rank 0.
   ASSERT_GE(relay.Cut(), 1);
-  ASSERT_TRUE(c1->Leave("test").ok());
-  ASSERT_TRUE(rec0.WaitFor(
-      [](const View& v) { return RankIs(v, 1, proto::Member::LEFT); }))
-      << "rank 0 never learnt that rank 1 left";
-  EXPECT_TRUE(log.Contains("view stream broke", "watching again"));
+  ASSERT_TRUE(rec1.WaitFor(
+      [](const View& v) { return RankIs(v, 0, proto::Member::DEAD); }))
+      << "rank 1 never learnt that rank 0 was cut off";
+  EXPECT_TRUE(log.Contains("rank 0 declared DEAD", "control connection closed"));
+  Eventually([&] { return !c0->Standing().ok(); }, "rank 0 learns it is out");
+  EXPECT_TRUE(absl::StrContains(c0->Standing().message(), "no longer a member"))
+      << c0->Standing();
+  absl::Status late = c0->Barrier(1);
+  EXPECT_FALSE(late.ok());
+  EXPECT_TRUE(absl::StrContains(late.message(), "DEAD")) << late;
+  // The others carry on.
+  absl::Status b1;
+  std::thread t1([&] { b1 = c1->Barrier(1); });
+  EXPECT_TRUE(c2->Barrier(1).ok());
+  t1.join();
+  EXPECT_TRUE(b1.ok()) << b1;
+}
 
-  // A second break, then a death by lease: seen too.
-  ASSERT_GE(relay.Cut(), 1);
-  c2->PauseHeartbeatsForTesting(true);
-  ASSERT_TRUE(rec0.WaitFor(
-      [](const View& v) { return RankIs(v, 2, proto::Member::DEAD); }))
-      << "rank 0 never learnt that rank 2 died";
-  EXPECT_TRUE(RankIs(View::FromProto(server->coordinator().CurrentView()), 0,
-                     proto::Member::ALIVE))
-      << "rank 0's heartbeats did not come back after the breaks";
+// The operator's word: DeclareDead needs the job's cluster id and secret
+// (a refusal tells nothing about the job), fails pending barriers naming
+// the rank and the reason, and is idempotent. JobStatus shows the states
+// and reasons.
+TEST(CoordinatorTest, OperatorDeclaresRankDeadAndReadsStatus) {
+  LogCapture log;
+  auto server = StartServer(TestConfig(3));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  ASSERT_TRUE(c0 && c1);
+  Coordinator& coordinator = server->coordinator();
+
+  proto::DeclareDeadRequest bad;
+  bad.set_cluster_id(kCluster);
+  bad.set_secret("guess");
+  bad.set_rank(1);
+  absl::StatusOr<proto::DeclareDeadReply> r = coordinator.DeclareDead(bad);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kCluster));
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kSecret));
+  bad.set_secret(kSecret);
+  bad.set_cluster_id("other-job");
+  r = coordinator.DeclareDead(bad);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(absl::StrContains(r.status().message(), kCluster));
+  proto::JobStatusRequest no_secret;
+  no_secret.set_cluster_id(kCluster);
+  EXPECT_EQ(coordinator.JobStatus(no_secret).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(AllAlive(View::FromProto(coordinator.CurrentView()), 2));
+
+  // Rank 2 never joined: barriers wait for it until an operator says it
+  // is dead.
+  absl::Status b0, b1;
+  std::thread t0([&] { b0 = c0->Barrier(1); });
+  std::thread t1([&] { b1 = c1->Barrier(1); });
+  Eventually([&] { return coordinator.WaitingAt(1).size() == 2; },
+             "both ranks wait at barrier 1");
+  proto::DeclareDeadRequest good;
+  good.set_cluster_id(kCluster);
+  good.set_secret(kSecret);
+  good.set_rank(2);
+  good.set_reason("node-2 powered off (ticket 42)");
+  r = coordinator.DeclareDead(good);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->declared());
+  t0.join();
+  t1.join();
+  for (const absl::Status& b : {b0, b1}) {
+    EXPECT_EQ(b.code(), absl::StatusCode::kUnavailable) << b;
+    EXPECT_TRUE(absl::StrContains(b.message(), "rank 2 became DEAD")) << b;
+    EXPECT_TRUE(absl::StrContains(b.message(), "ticket 42")) << b;
+  }
+  r = coordinator.DeclareDead(good);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->declared());
+  EXPECT_TRUE(log.Contains("rank 2 declared DEAD", "ticket 42"));
+
+  proto::JobStatusRequest status;
+  status.set_cluster_id(kCluster);
+  status.set_secret(kSecret);
+  absl::StatusOr<proto::JobStatusReply> st = coordinator.JobStatus(status);
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->ranks_size(), 3);
+  EXPECT_EQ(st->ranks(0).state(), proto::Member::ALIVE);
+  EXPECT_EQ(st->ranks(1).state(), proto::Member::ALIVE);
+  EXPECT_EQ(st->ranks(2).state(), proto::Member::DEAD);
+  EXPECT_TRUE(absl::StrContains(st->ranks(2).reason(), "ticket 42"));
+  EXPECT_EQ(st->lease_ms(), 2000u);
+  EXPECT_EQ(st->dead_after_ms(), 0u);
+  // The survivors go on.
+  std::thread t2([&] { b0 = c0->Barrier(2); });
+  b1 = c1->Barrier(2);
+  t2.join();
+  EXPECT_TRUE(b0.ok()) << b0;
+  EXPECT_TRUE(b1.ok()) << b1;
 }
 
 // A heartbeat that crosses the rank's own Leave is refused (the rank is
@@ -652,6 +811,10 @@ TEST(CoordinatorConfigTest, BadConfigIsRefusedNamingTheField) {
   c = TestConfig(4, absl::Milliseconds(100), absl::Milliseconds(100));
   EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
                                 "--lease-ms"));
+  c = TestConfig(4, absl::Seconds(2));
+  c.dead_after = absl::Seconds(1);
+  EXPECT_TRUE(absl::StrContains(Coordinator::Create(c).status().message(),
+                                "--dead-after-ms"));
   auto bad_addr = CoordinatorServer::Start(TestConfig(2), "127.0.0.1:99999");
   EXPECT_EQ(bad_addr.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(bad_addr.status().message(), "0..65535"));

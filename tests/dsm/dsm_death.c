@@ -1,8 +1,11 @@
 /*
  * dsm_death.c - a rank dies; the faults that need it fail loudly, the rest
  * of the job is not disturbed.
- *   PAGEWIRE_LEASE_MS=600 pagewire-run -n 3 --grace-ms 20000 dsm_death
+ *   PAGEWIRE_LEASE_MS=60000 pagewire-run -n 3 --grace-ms 20000 dsm_death
  * Rank 1 homes an allocation and kills itself (SIGKILL) after a barrier.
+ * Its death is known by evidence (the kernel closes its connections), not
+ * by a lease: the survivors' barrier must fail within a second, far inside
+ * the minute-long lease.
  * Rank 0 then reads a page homed on rank 1: it must get SIGBUS (the runtime
  * logs why). Rank 2 meanwhile reads pages homed on rank 0, which must keep
  * working. Sequentially consistent memory too: rank 1 dies holding a page
@@ -11,6 +14,12 @@
  * rank 2 still reads an SC page rank 0 wrote. The survivors' barrier after
  * the death (before those reads) must fail naming rank 1. They ignore
  * the launcher's SIGTERM long enough to report, then exit 0.
+ *
+ *   pagewire-run -n 3 --grace-ms 20000 dsm_death early
+ * Rank 1 exits (status 3) before pw_init, so no connection of its ever
+ * opens or closes: only the process manager's word (pagewire-run saw the
+ * exit) tells membership it is dead. The others' pw_init must fail naming
+ * rank 1 and that word, instead of waiting for it forever.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pagewire/pagewire.h>
@@ -33,7 +42,25 @@ static void Pause(long ms) {
   nanosleep(&ts, NULL);
 }
 
+/* `dsm_death early`: see the file comment. */
+static int EarlyDeath(int *argc, char ***argv) {
+  const char *r = getenv("PAGEWIRE_RANK");
+  if (r != NULL && strcmp(r, "1") == 0) {
+    Pause(500); /* the others are waiting for it in pw_init by then */
+    return 3;
+  }
+  signal(SIGTERM, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (pw_init(argc, argv) == PW_OK) {
+    printf("dsm_death: rank %s: pw_init succeeded without rank 1: WRONG\n", r);
+    return 1;
+  }
+  printf("dsm_death: rank %s: pw_init failed: %s\n", r, pw_last_error());
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "early") == 0) return EarlyDeath(&argc, &argv);
   if (pw_init(&argc, &argv) != PW_OK) {
     fprintf(stderr, "dsm_death: pw_init: %s\n", pw_last_error());
     return 1;
@@ -68,10 +95,22 @@ int main(int argc, char **argv) {
    * connections closed, or membership's word), and fails naming it; the
    * faults below meet a dead rank, never one about to die. */
   int status = 0;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   pw_status_t b = pw_barrier();
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  const long ms = (t1.tv_sec - t0.tv_sec) * 1000L +
+                  (t1.tv_nsec - t0.tv_nsec) / 1000000L;
   printf("dsm_death: rank %d: barrier after the death: %s: %s\n", rank,
          pw_status_str(b), pw_last_error());
   if (b == PW_OK) status = 1;
+  if (ms >= 1000) {
+    printf("dsm_death: rank %d: the death took %ld ms to be known: WRONG "
+           "(evidence is a closed connection, within a second)\n", rank, ms);
+    status = 1;
+  } else {
+    printf("dsm_death: rank %d: the death was known after %ld ms\n", rank, ms);
+  }
   if (rank == 0) {
     /* sigaction, not signal(): strict C11 gives signal() System V
      * semantics, which would reset the handler after the first SIGBUS. */
@@ -109,7 +148,7 @@ int main(int argc, char **argv) {
     printf("dsm_death: rank 2 still reads rank 0's pages\n");
   }
   fflush(stdout);
-  /* Let membership declare the death (and say so) before exiting. */
+  /* Let every rank log the death before the launcher ends the job. */
   Pause(1500);
   _exit(status);
 }

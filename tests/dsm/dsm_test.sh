@@ -9,7 +9,14 @@
 #             otherwise unless PAGEWIRE_REQUIRE_NETNS=1
 #   file      a file homed on rank 1, read on demand by its file manager
 #   death     a rank dies: the faults that need it fail loudly (SIGBUS with
-#             the reason), barriers fail naming it, the rest carries on
+#             the reason), barriers fail naming it within a second of its
+#             connections closing (the lease is a minute), the rest carries
+#             on; then a rank that exits before it joins is declared dead on
+#             the launcher's word
+#   stop      a home stopped (SIGSTOP) for 10 s, past its 3 s lease, while 4
+#             readers fault on its pages: it is suspected, never declared
+#             dead, no fault fails, every word read is exact, and the
+#             suspicion is logged and lifted
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   scale     more ranks than the other modes: heat on 70 ranks (more than
 #             64, so the home directory's cacher sets take two words), and
@@ -92,7 +99,9 @@ case "$mode" in
     ;;
   death)
     set +e
-    PAGEWIRE_LEASE_MS=600 "$RUN" -n 3 --grace-ms 30000 "$ws/tests/dsm/dsm_death" >"$out" 2>&1
+    # A minute-long lease: the death must be known from evidence (the dead
+    # process's connections closing), not from its silence.
+    PAGEWIRE_LEASE_MS=60000 "$RUN" -n 3 --grace-ms 30000 "$ws/tests/dsm/dsm_death" >"$out" 2>&1
     status=$?
     set -e
     [[ "$status" == 137 ]] || { cat "$out"; fail "the launcher exited $status, want 137 (rank 1 killed by signal 9)"; }
@@ -103,7 +112,28 @@ case "$mode" in
     expect_lines '^\[0\] pagewire: error: fault at .*died with rank 1, which held it for writing' 1
     expect_lines '^\[2\] dsm_death: rank 2 still reads rank 0.s pages' 1
     expect_lines '^\[[02]\] dsm_death: rank [02]: barrier after the death: .*rank 1' 2
+    expect_lines '^\[[02]\] dsm_death: rank [02]: the death was known after [0-9]+ ms' 2
     expect_lines '^\[[02]\] pagewire: error: rank 1 is dead' 2
+    expect_lines '^\[0\] pagewire: warning: coordinator: rank 1 declared DEAD at epoch [0-9]+: (its control connection closed|pagewire-run saw its process end)' 1
+    # Rank 1 exits before it joins: only the launcher's word can tell.
+    set +e
+    PAGEWIRE_LEASE_MS=60000 "$RUN" -n 3 --grace-ms 30000 "$ws/tests/dsm/dsm_death" early >"$out" 2>&1
+    status=$?
+    set -e
+    [[ "$status" == 3 ]] || { cat "$out"; fail "the launcher exited $status, want 3 (rank 1's status)"; }
+    expect_lines '^\[[02]\] dsm_death: rank [02]: pw_init failed: .*rank 1 became DEAD \(pagewire-run saw its process end: exited with status 3\)' 2
+    ;;
+  stop)
+    "$RUN" -n 6 "$ws/tests/dsm/dsm_stop" 10000 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_stop exited $rc"; }
+    expect_lines '^\[[0-5]\] dsm_stop: rank [0-5] ok' 6
+    expect_lines '^\[[1-4]\] dsm_stop: rank [1-4] read 64 pages in [0-9]+ ms: 0 wrong words, 0 faults failed' 4
+    # The coordinator (on rank 0) suspects the home and hears from it again.
+    expect_lines '^\[0\] pagewire: warning: coordinator: rank 5 is SUSPECT' 1
+    expect_lines '^\[0\] pagewire: warning: coordinator: rank 5 heard from again' 1
+    # Every other rank logs the suspicion and its end.
+    expect_lines '^\[[0-4]\] pagewire: warning: rank 5 is suspected' 5
+    expect_lines '^\[[0-4]\] pagewire: warning: rank 5 is no longer suspected' 5
+    expect_lines 'DEAD|is dead' 0
     ;;
   coherence_*)
     test="${mode#coherence_}"

@@ -388,6 +388,18 @@ absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
   return absl::OkStatus();
 }
 
+uint64_t TcpTransport::Outstanding(int peer) const {
+  std::shared_ptr<Connection> c;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || it->second.out == nullptr) return 0;
+    c = it->second.out;
+  }
+  absl::MutexLock lock(&c->mu);
+  return c->pending.size();
+}
+
 void TcpTransport::PeerDied(int peer) {
   {
     absl::MutexLock lock(&mu_);

@@ -200,6 +200,7 @@ class TcpTransport final : public Transport {
   // with it, go to the handler on "pw-tcp" at the end of each event round.
   bool SetCompletionHandler(CompletionHandler handler) override;
   void SetMessageHandler(MessageHandler handler) override;
+  uint64_t Outstanding(int peer) const override;
   // Unavailable if the peer is gone; FailedPrecondition if never connected.
   absl::Status SendMessage(int peer, uint16_t type,
                            absl::Span<const char> body) override;
@@ -330,7 +331,7 @@ class TcpTransport final : public Transport {
   std::mt19937 key_rng_ ABSL_GUARDED_BY(regions_mu_);
 
   // Lock order: regions_mu_, then mu_, then a Connection's mu, then cq_mu_.
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   absl::flat_hash_map<int, PeerState> peers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<Connection*, std::shared_ptr<Connection>> conns_
       ABSL_GUARDED_BY(mu_);

@@ -433,6 +433,18 @@ VerbsTransport::Connection* VerbsTransport::FindConnection(int peer) {
   return it == by_peer_.end() ? nullptr : it->second;
 }
 
+uint64_t VerbsTransport::Outstanding(int peer) const {
+  Connection* c;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = by_peer_.find(peer);
+    if (it == by_peer_.end()) return 0;
+    c = it->second;  // connections live as long as the transport
+  }
+  absl::MutexLock lock(&c->mu);
+  return c->in_flight() + c->backlog.size();
+}
+
 VerbsTransport::Connection* VerbsTransport::FindByQpNum(uint32_t qp_num) {
   absl::ReaderMutexLock lock(&mu_);
   auto it = by_qp_num_.find(qp_num);

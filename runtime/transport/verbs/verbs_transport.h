@@ -172,6 +172,7 @@ class VerbsTransport final : public Transport {
   // Moves `peer`'s QP to ERR: the NIC flushes its outstanding operations,
   // which complete with kPeerGone, as do later posts. Other peers carry on.
   void PeerDied(int peer) override;
+  uint64_t Outstanding(int peer) const override;
 
   // Checked before posting, per work request, like TcpTransport: a local
   // buffer outside the regions registered here with its lkey completes with
@@ -368,7 +369,7 @@ class VerbsTransport final : public Transport {
 
   // Lock order: regions_mu_, then mu_, then a Connection's mu, then
   // software_mu_.
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   // Live connections by peer; every connection ever made by QP number
   // (including replaced ones, whose completions may still arrive).
   absl::flat_hash_map<int, Connection*> by_peer_ ABSL_GUARDED_BY(mu_);

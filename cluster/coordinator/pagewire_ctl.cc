@@ -1,0 +1,199 @@
+// pagewire_ctl.cc - the operator's tool for a running Pagewire job.
+//
+//   pagewire-ctl [--coordinator HOST:PORT] [--cluster-id ID]
+//                [--secret-file FILE] status
+//   pagewire-ctl [...] declare-dead RANK [--reason TEXT]
+//
+// `status` prints every rank's state (ALIVE, SUSPECT, DEAD, LEFT), how long
+// it has been silent, and why it is suspected or gone. `declare-dead` is an
+// operator's word that a rank is dead (its host is gone for good, say):
+// faults that need it fail at once on every rank, everything else carries
+// on. Silence alone only makes a rank SUSPECT, so a rank on a host that
+// vanished without a trace is ended this way (or by the process manager).
+//
+// The coordinator, cluster id and secret default to PAGEWIRE_COORDINATOR,
+// PAGEWIRE_CLUSTER_ID (else "pagewire") and PAGEWIRE_SECRET. Exit status:
+// 0 done, 1 the coordinator refused or could not be reached, 2 bad usage.
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "cluster/coordinator/job_secret.h"
+#include "proto/control_plane.grpc.pb.h"
+#include "runtime/control/grpc_status.h"
+
+namespace {
+
+namespace proto = pagewire::proto;
+
+constexpr char kUsage[] =
+    "usage: pagewire-ctl [--coordinator HOST:PORT] [--cluster-id ID]\n"
+    "                    [--secret-file FILE] status\n"
+    "       pagewire-ctl [...] declare-dead RANK [--reason TEXT]\n";
+// The operator waits this long for an answer; nothing in the job does.
+constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
+
+struct Options {
+  std::string coordinator;
+  std::string cluster_id = "pagewire";
+  const std::string* secret_file = nullptr;
+  std::string secret_file_value;
+  std::string command;
+  int rank = -1;
+  std::string reason;
+};
+
+absl::Status Usage(const std::string& what) {
+  return absl::InvalidArgumentError(what);
+}
+
+absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
+  Options o;
+  if (const char* v = std::getenv("PAGEWIRE_COORDINATOR")) o.coordinator = v;
+  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) o.cluster_id = v;
+  std::vector<std::string> words;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") return absl::CancelledError("help");
+    if (arg.rfind("--", 0) != 0) {
+      words.push_back(arg);
+      continue;
+    }
+    if (i + 1 >= argc) return Usage(absl::StrCat(arg, " needs a value"));
+    const std::string value = argv[++i];
+    if (arg == "--coordinator") {
+      o.coordinator = value;
+    } else if (arg == "--cluster-id") {
+      o.cluster_id = value;
+    } else if (arg == "--secret-file") {
+      o.secret_file_value = value;
+      o.secret_file = &o.secret_file_value;
+    } else if (arg == "--reason") {
+      o.reason = value;
+    } else {
+      return Usage(absl::StrCat("unknown flag ", arg, "; see --help"));
+    }
+  }
+  if (words.empty()) return Usage("no command; give status or declare-dead");
+  o.command = words[0];
+  if (o.command == "status") {
+    if (words.size() != 1) return Usage("status takes no arguments");
+  } else if (o.command == "declare-dead") {
+    if (words.size() != 2 || !absl::SimpleAtoi(words[1], &o.rank) ||
+        o.rank < 0) {
+      return Usage("declare-dead needs one rank number, e.g. declare-dead 3");
+    }
+    if (o.reason.empty()) o.reason = "declared dead by an operator";
+    o.reason = absl::StrCat("pagewire-ctl: ", o.reason);
+  } else {
+    return Usage(absl::StrCat("unknown command '", o.command,
+                              "'; give status or declare-dead"));
+  }
+  if (o.coordinator.empty()) {
+    return Usage("no coordinator: pass --coordinator HOST:PORT or set "
+                 "PAGEWIRE_COORDINATOR");
+  }
+  return o;
+}
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+  return ctx;
+}
+
+int Status(proto::Membership::Stub& stub, const Options& o,
+           const std::string& secret) {
+  proto::JobStatusRequest request;
+  request.set_cluster_id(o.cluster_id);
+  request.set_secret(secret);
+  proto::JobStatusReply reply;
+  auto ctx = Context();
+  grpc::Status st = stub.JobStatus(ctx.get(), request, &reply);
+  if (!st.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n",
+                 pagewire::control::FromGrpcStatus(st, "JobStatus")
+                     .ToString().c_str());
+    return 1;
+  }
+  std::printf("epoch %llu, lease %u ms, dead after: %s\n",
+              static_cast<unsigned long long>(reply.view().epoch()),
+              reply.lease_ms(),
+              reply.dead_after_ms() == 0
+                  ? "never (silence only makes a rank SUSPECT)"
+                  : absl::StrCat(reply.dead_after_ms(), " ms of silence").c_str());
+  for (const proto::RankStatus& r : reply.ranks()) {
+    std::string line = absl::StrFormat(
+        "rank %d %-8s", r.rank(), proto::Member::State_Name(r.state()));
+    if (r.state() == proto::Member::ALIVE ||
+        r.state() == proto::Member::SUSPECT) {
+      absl::StrAppendFormat(&line, " silent %d ms, %d heartbeats%s",
+                            r.silent_ms(), r.heartbeats(),
+                            r.watching() ? "" : ", no control connection");
+    }
+    if (!r.reason().empty()) absl::StrAppend(&line, " (", r.reason(), ")");
+    std::printf("%s\n", line.c_str());
+  }
+  return 0;
+}
+
+int DeclareDead(proto::Membership::Stub& stub, const Options& o,
+                const std::string& secret) {
+  proto::DeclareDeadRequest request;
+  request.set_cluster_id(o.cluster_id);
+  request.set_secret(secret);
+  request.set_rank(o.rank);
+  request.set_reason(o.reason);
+  proto::DeclareDeadReply reply;
+  auto ctx = Context();
+  grpc::Status st = stub.DeclareDead(ctx.get(), request, &reply);
+  if (!st.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n",
+                 pagewire::control::FromGrpcStatus(st, "DeclareDead")
+                     .ToString().c_str());
+    return 1;
+  }
+  if (reply.declared()) {
+    std::printf("rank %d declared DEAD at epoch %llu\n", o.rank,
+                static_cast<unsigned long long>(reply.epoch()));
+  } else {
+    std::printf("rank %d was already DEAD or LEFT; nothing changed\n", o.rank);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::StatusOr<Options> o = ParseOptions(argc, argv);
+  if (!o.ok()) {
+    if (absl::IsCancelled(o.status())) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "pagewire-ctl: %s\n%s",
+                 std::string(o.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  absl::StatusOr<std::string> secret =
+      pagewire::cluster::ReadJobSecret(o->secret_file);
+  if (!secret.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n",
+                 std::string(secret.status().message()).c_str());
+    return 2;
+  }
+  auto channel =
+      grpc::CreateChannel(o->coordinator, grpc::InsecureChannelCredentials());
+  auto stub = proto::Membership::NewStub(channel);
+  return o->command == "status" ? Status(*stub, *o, *secret)
+                                : DeclareDead(*stub, *o, *secret);
+}
