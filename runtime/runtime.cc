@@ -165,9 +165,10 @@ absl::Status Runtime::Finalize() {
   if (finalized_) return absl::OkStatus();
   finalized_ = true;
   if (!control_ || !started_) return absl::OkStatus();
+  // A rank that is out has no barrier to pass: why it is out is the answer.
+  if (absl::Status s = CheckStanding("pw_finalize"); !s.ok()) return s;
   // Nobody may still be reading from this rank's home pages.
-  absl::Status s = CheckStanding("pw_finalize");
-  if (s.ok()) s = ControlBarrier();
+  absl::Status s = ControlBarrier();
   if (transport_) transport_->ExpectPeerCloses();
   // And every rank expects the others to close before any of them does,
   // so a closed connection at the end is not reported as a failure.

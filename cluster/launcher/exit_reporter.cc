@@ -13,26 +13,26 @@ namespace pagewire {
 namespace launcher {
 
 ExitReporter::ExitReporter(std::string coordinator, std::string cluster_id,
-                           std::string secret,
-                           std::function<void(const std::string&)> say)
+                           std::string secret)
     : coordinator_(std::move(coordinator)),
       cluster_id_(std::move(cluster_id)),
       secret_(std::move(secret)),
-      say_(std::move(say)),
       thread_([this] { Loop(); }) {}
 
 ExitReporter::~ExitReporter() {
   {
     absl::MutexLock l(&mu_);
     stopping_ = true;
+    queue_.clear();
+    if (in_flight_ != nullptr) in_flight_->TryCancel();
   }
   thread_.join();
 }
 
 void ExitReporter::RankExited(int rank, const std::string& what,
-                              bool expect_coordinator) {
+                              bool coordinator_runs) {
   absl::MutexLock l(&mu_);
-  queue_.push_back(Report{rank, what, expect_coordinator});
+  queue_.push_back(Report{rank, what, coordinator_runs});
 }
 
 void ExitReporter::Loop() {
@@ -44,6 +44,7 @@ void ExitReporter::Loop() {
   auto stub = proto::Membership::NewStub(channel);
   for (;;) {
     Report report;
+    grpc::ClientContext ctx;
     {
       absl::MutexLock l(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -53,6 +54,7 @@ void ExitReporter::Loop() {
       if (queue_.empty()) return;  // stopping, nothing left to say
       report = std::move(queue_.front());
       queue_.pop_front();
+      in_flight_ = &ctx;
     }
     proto::DeclareDeadRequest request;
     request.set_cluster_id(cluster_id_);
@@ -61,17 +63,13 @@ void ExitReporter::Loop() {
     request.set_reason(absl::StrCat("pagewire-run saw its process end: ",
                                     report.what));
     proto::DeclareDeadReply reply;
-    grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
     // Rank 0 runs, so its coordinator is (or is about to be) listening: a
     // rank can end before the coordinator has started.
-    ctx.set_wait_for_ready(report.expect_coordinator);
-    grpc::Status st = stub->DeclareDead(&ctx, request, &reply);
-    if (!st.ok() && report.expect_coordinator) {
-      say_(absl::StrCat("could not tell the coordinator that rank ",
-                        report.rank, " ended (", st.error_message(),
-                        "); its closed connections tell it instead"));
-    }
+    ctx.set_wait_for_ready(report.coordinator_runs);
+    (void)stub->DeclareDead(&ctx, request, &reply);
+    absl::MutexLock l(&mu_);
+    in_flight_ = nullptr;
   }
 }
 

@@ -5,16 +5,19 @@
 // already left or was declared dead.
 //
 // Reports go out on the reporter's own thread, in order, so the launcher's
-// event loop never waits on the network. Each call is bounded by
-// kRpcDeadline: that bounds how long the launcher may wait at exit for a
-// coordinator that is gone, it decides nothing about any rank.
+// event loop never waits on the network. A report that cannot be delivered
+// changes nothing (the rank's closed connections are evidence too); each
+// call is bounded by kRpcDeadline so a coordinator that is gone cannot
+// hold the reporter, and the destructor abandons what is left: by then
+// every rank, the coordinator's host included, has ended.
 #ifndef PAGEWIRE_CLUSTER_LAUNCHER_EXIT_REPORTER_H_
 #define PAGEWIRE_CLUSTER_LAUNCHER_EXIT_REPORTER_H_
 
 #include <deque>
-#include <functional>
 #include <string>
 #include <thread>
+
+#include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -27,35 +30,33 @@ class ExitReporter {
  public:
   static constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
-  // `say` prints a line of the launcher's (a report that failed while the
-  // coordinator should still have been there).
   ExitReporter(std::string coordinator, std::string cluster_id,
-               std::string secret, std::function<void(const std::string&)> say);
-  // Sends what is queued, then joins the thread.
+               std::string secret);
+  // Abandons what is queued or under way, then joins the thread.
   ~ExitReporter();
   ExitReporter(const ExitReporter&) = delete;
   ExitReporter& operator=(const ExitReporter&) = delete;
 
   // `rank`'s process ended; `what` says how ("killed by signal 9").
-  // `expect_coordinator`: a failed report is worth a line (the
-  // coordinator's host rank still runs).
-  void RankExited(int rank, const std::string& what, bool expect_coordinator);
+  // `coordinator_runs`: the coordinator's host rank still runs, so the
+  // report waits for the coordinator to listen (it may not have started).
+  void RankExited(int rank, const std::string& what, bool coordinator_runs);
 
  private:
   struct Report {
     int rank;
     std::string what;
-    bool expect_coordinator;
+    bool coordinator_runs;
   };
   void Loop();
 
   const std::string coordinator_;
   const std::string cluster_id_;
   const std::string secret_;
-  const std::function<void(const std::string&)> say_;
   absl::Mutex mu_;
   std::deque<Report> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::thread thread_;  // last: starts once everything above exists
 };
 

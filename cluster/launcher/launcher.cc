@@ -463,13 +463,12 @@ void Launcher::OnRankExit(Rank& rank, int wait_status) {
   if (options_.netns_prefix.empty()) {
     if (exit_reporter_ == nullptr) {
       exit_reporter_ = std::make_unique<ExitReporter>(
-          env_.coordinator, env_.cluster_id, env_.secret,
-          [this](const std::string& line) { Say(line); });
+          env_.coordinator, env_.cluster_id, env_.secret);
     }
     // Rank 0 hosts the coordinator: once it is gone, so is the listener.
     exit_reporter_->RankExited(
         rank.index, DescribeWaitStatus(wait_status),
-        /*expect_coordinator=*/rank.index != 0 && ranks_[0].running);
+        /*coordinator_runs=*/rank.index != 0 && ranks_[0].running);
   }
   bool first = !have_failure_;
   RecordFailure(ShellStatus(wait_status));

@@ -202,7 +202,7 @@ void ControlClient::WatchLoop() {
         for (const ViewMember& m : view.members) {
           if (m.rank == rank_ && m.state == proto::Member::DEAD) {
             ExpelLocked(absl::StrCat("membership declared it DEAD at epoch ",
-                                     view.epoch));
+                                     view.epoch, ": ", m.reason));
           }
         }
       }
@@ -306,6 +306,11 @@ absl::Status ControlClient::Leave(const std::string& reason) {
   {
     absl::MutexLock l(&mu_);
     if (left_) return absl::OkStatus();
+    // Declared dead: already out of the job, there is nothing to leave.
+    if (!standing_.ok()) {
+      left_ = true;
+      return absl::OkStatus();
+    }
     leaving_ = true;
   }
   proto::LeaveRequest request;

@@ -99,7 +99,8 @@ class ControlClient {
   absl::StatusOr<proto::Dataspace> LookupDataspace(uint32_t id);
   absl::StatusOr<proto::Dataspace> LookupDataspaceAt(uint64_t addr);
 
-  // Leaves the job now (the view marks this rank LEFT). Idempotent.
+  // Leaves the job now (the view marks this rank LEFT). Idempotent; OK at
+  // once for a rank that is already out (Standing() says why).
   absl::Status Leave(const std::string& reason);
 
   // OK while this rank is a member; FAILED_PRECONDITION naming why once the

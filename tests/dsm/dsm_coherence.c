@@ -153,10 +153,26 @@ static void Histogram(void) {
       for (int i = 0; i < kItems; i++)
         want[Mix(((uint64_t)r << 32) | ((uint64_t)t << 16) | (uint64_t)i) % (uint64_t)nbins]++;
   for (int b = 0; b < kBins; b++) CHECK(bins[b * bin_stride] == want[b], "bin %d is %llu, want %llu", b, (unsigned long long)bins[b * bin_stride], (unsigned long long)want[b]);
-  /* Bad input: releasing a lock not held, and a lock outside global memory. */
+  /* Bad input: releasing a lock not held, destroying a held one (held here,
+   * and held by another rank: its home knows), and a lock outside global
+   * memory. */
   pw_lock_t local;
-  CHECK(pw_lock_release(&bin_locks[0]) != PW_OK, "releasing an unheld lock succeeded");
+  CHECK(pw_lock_release(&bin_locks[0]) == PW_ERR_STATE, "releasing an unheld lock: %s", pw_last_error());
   CHECK(pw_lock_acquire(&local) == PW_ERR_INVALID_ARGUMENT, "a lock outside global memory was accepted");
+  pw_barrier();
+  if (rank == 1) {
+    CHECK(pw_lock_acquire(&bin_locks[1]) == PW_OK, "acquire");
+    CHECK(pw_lock_destroy(&bin_locks[1]) == PW_ERR_STATE, "destroying a lock this rank holds: %s", pw_last_error());
+  }
+  pw_barrier();
+  if (rank != 1) {
+    CHECK(pw_lock_destroy(&bin_locks[1]) == PW_ERR_STATE, "destroying a lock rank 1 holds: %s", pw_last_error());
+    CHECK(strstr(pw_last_error(), "held by rank 1") != NULL, "the refusal names the holder: %s", pw_last_error());
+  }
+  pw_barrier();
+  if (rank == 1) CHECK(pw_lock_release(&bin_locks[1]) == PW_OK, "release");
+  pw_barrier();
+  CHECK(pw_lock_destroy(&bin_locks[1]) == PW_OK, "destroying a free lock: %s", pw_last_error());
   pw_barrier();
   pw_free(bins);
   pw_free(bin_locks);

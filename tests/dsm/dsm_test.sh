@@ -17,6 +17,9 @@
 #             readers fault on its pages: it is suspected, never declared
 #             dead, no fault fails, every word read is exact, and the
 #             suspicion is logged and lifted
+#   expel     an operator declares a live rank dead (pagewire-ctl): it is
+#             out for good (every call fails naming why, its pw_finalize
+#             fails), the others carry on
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   scale     more ranks than the other modes: heat on 70 ranks (more than
 #             64, so the home directory's cacher sets take two words), and
@@ -134,6 +137,19 @@ case "$mode" in
     expect_lines '^\[[0-4]\] pagewire: warning: rank 5 is suspected' 5
     expect_lines '^\[[0-4]\] pagewire: warning: rank 5 is no longer suspected' 5
     expect_lines 'DEAD|is dead' 0
+    ;;
+  expel)
+    set +e
+    "$RUN" -n 3 "$ws/tests/dsm/dsm_expel" "$ws/cluster/coordinator/pagewire-ctl" >"$out" 2>&1
+    status=$?
+    set -e
+    [[ "$status" == 0 ]] || { cat "$out"; fail "dsm_expel exited $status"; }
+    expect_lines '^\[[0-2]\] dsm_expel: rank [0-2] ok' 3
+    expect_lines '^\[0\] rank 2 declared DEAD at epoch [0-9]+' 1
+    expect_lines '^\[0\] rank 2 DEAD +\(pagewire-ctl: test: node-2 is being replaced\)' 1
+    expect_lines '^\[0\] rank [01] ALIVE +silent [0-9]+ ms' 4
+    expect_lines '^\[2\] dsm_expel: rank 2: pw_finalize: this rank is no longer a member of the job: .*node-2 is being replaced' 1
+    expect_lines '^\[2\] pagewire: error: control client rank 2: heartbeat refused' 1
     ;;
   coherence_*)
     test="${mode#coherence_}"
