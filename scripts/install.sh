@@ -83,11 +83,13 @@ if [[ -f "$root/cluster/launcher/pagewire-run" ]]; then
   cp -L "$root/cluster/launcher/pagewire-run" "$bindir/pagewire-run"
   chmod 0755 "$bindir/pagewire-run"
 fi
-if [[ -f "$root/cluster/coordinator/pagewire-coordinator" ]]; then
-  rm -f "$bindir/pagewire-coordinator"
-  cp -L "$root/cluster/coordinator/pagewire-coordinator" "$bindir/pagewire-coordinator"
-  chmod 0755 "$bindir/pagewire-coordinator"
-fi
+for tool in pagewire-coordinator pagewire-ctl; do
+  if [[ -f "$root/cluster/coordinator/$tool" ]]; then
+    rm -f "$bindir/$tool"
+    cp -L "$root/cluster/coordinator/$tool" "$bindir/$tool"
+    chmod 0755 "$bindir/$tool"
+  fi
+done
 
 cat > "$pcdir/pagewire.pc" <<PC
 prefix=$prefix

@@ -50,6 +50,10 @@ grep -qF "$prefix/lib/libpagewire.so" <<<"$libs" ||
 # pkg-config, started by the installed launcher on 2 ranks.
 echo "== examples (make + pkg-config)"
 [[ -x "$prefix/bin/pagewire-run" ]] || fail "bin/pagewire-run was not installed"
+for tool in pagewire-coordinator pagewire-ctl; do
+  [[ -x "$prefix/bin/$tool" ]] || fail "bin/$tool was not installed"
+done
+"$prefix/bin/pagewire-ctl" --help | grep -q "declare-dead" || fail "bin/pagewire-ctl --help does not run"
 [[ -f "$prefix/include/pagewire/pagewire.f90" ]] || fail "the Fortran module source was not installed"
 exdir="$TEST_TMPDIR/examples"
 rm -rf "$exdir"
