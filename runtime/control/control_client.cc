@@ -174,6 +174,7 @@ absl::Status ControlClient::Standing() const {
 
 void ControlClient::WatchLoop() {
   absl::Duration pause = kWatchRetryFirst;
+  uint64_t breaks = 0;  // logged at the first and at each doubling
   for (;;) {
     grpc::ClientContext ctx;  // no deadline: the stream lasts the membership
     // A broken connection is waited out (the channel reconnects), not
@@ -232,10 +233,12 @@ void ControlClient::WatchLoop() {
     // The connection broke: watch again, paced so a coordinator that
     // refuses at once is not called in a tight loop. The pause only spaces
     // reconnects; no view, and so no death, is ever skipped.
-    Warning("control client rank %d: view stream broke (%s); watching "
-            "again from epoch %d in %s",
-            rank_, FromGrpcStatus(st, "WatchView").ToString(), seen_epoch_,
-            absl::FormatDuration(pause));
+    if (++breaks == 1 || (breaks & (breaks - 1)) == 0) {
+      Warning("control client rank %d: view stream broke (%s; %d times "
+              "so far); watching again from epoch %d in %s",
+              rank_, FromGrpcStatus(st, "WatchView").ToString(), breaks,
+              seen_epoch_, absl::FormatDuration(pause));
+    }
     if (mu_.AwaitWithTimeout(
             absl::Condition(+[](bool* s) { return *s; }, &stopping_), pause)) {
       return;

@@ -163,6 +163,9 @@ void FaultService::Stop() {
   ssize_t n = ::write(control_fd_, &one, sizeof(one));
   (void)n;
   loop_.join();
+  failure_log_.Flush([](const std::string& why, uint64_t total) {
+    Error("%d faults failed in all for this reason: %s", total, why);
+  });
   const FaultStats st = stats();
   Debug("fault service: %d faults, %d requests, %d installed, %d upgrades, "
         "%d failed; polled before sleeping %d times: %d found a completion, "
@@ -705,9 +708,18 @@ void FaultService::Install(FaultRecord& r, const PageCompletion& c) {
 
 void FaultService::FailPage(uintptr_t page, const absl::Status& why,
                             const char* outcome) {
-  Error("fault at 0x%x (global offset 0x%x) cannot be resolved (%s): %s; the "
-        "faulting thread gets SIGBUS",
-        page, page - base_, outcome, why.message());
+  // Every fault on a dead home's pages fails the same way: the first is
+  // logged in full, then the count at each doubling (and at Stop).
+  const uint64_t n = failure_log_.Count(why.message());
+  if (n == 1) {
+    Error("fault at 0x%x (global offset 0x%x) cannot be resolved (%s): %s; "
+          "the faulting thread gets SIGBUS",
+          page, page - base_, outcome, why.message());
+  } else if (n > 1) {
+    Error("%d faults failed so far for this reason, the latest at global "
+          "offset 0x%x: %s",
+          n, page - base_, why.message());
+  }
   Bump(failed_);
   if (!installer_.MapSigbus(page)) {
     Error("fault at 0x%x: mapping the SIGBUS page failed: %s", page,

@@ -64,6 +64,7 @@
 #include "absl/types/span.h"
 #include "runtime/fault/completion_queue.h"
 #include "runtime/base/latency_histogram.h"
+#include "runtime/base/log_summary.h"
 #include "runtime/base/page.h"
 #include "runtime/fault/fault_table.h"
 #include "runtime/fault/page_installer.h"
@@ -510,6 +511,7 @@ class FaultService final : public BackingObserver {
       spin_misses_{0},
       spin_total_polls_{0}, idle_hits_{0}, idle_misses_{0};
   LatencyHistogram latency_;
+  LogSummary failure_log_;  // failed faults, by reason
 };
 
 }  // namespace pagewire

@@ -112,6 +112,11 @@ case "$mode" in
     expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS reading a page homed on dead rank 1' 1
     expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS reading an SC page dead rank 1 held' 1
     expect_lines '^\[0\] pagewire: error: fault at 0x[0-9a-f]+ .*rank 1.*SIGBUS' 2
+    # 64 faults on the dead home's pages: one line in full, then the count
+    # at 2, 4, 8, 16, 32 and 64, not a line per fault.
+    expect_lines '^\[0\] dsm_death: rank 0 got SIGBUS on 63 more pages of dead rank 1' 1
+    expect_lines '^\[0\] pagewire: error: (2|4|8|16|32|64) faults failed so far for this reason, .*rank 1, is dead' 6
+    expect_lines '^\[0\] pagewire: error: [0-9]+ faults failed in all for this reason' 0
     expect_lines '^\[0\] pagewire: error: fault at .*died with rank 1, which held it for writing' 1
     expect_lines '^\[2\] dsm_death: rank 2 still reads rank 0.s pages' 1
     expect_lines '^\[[02]\] dsm_death: rank [02]: barrier after the death: .*rank 1' 2
