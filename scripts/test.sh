@@ -16,10 +16,17 @@
 # The final line counts both; the VM step's per-step results (which of its
 # steps failed) and the benchmark's figures are printed after it.
 #
+# A third step (sanitizers) runs every test but the VM suite again, built
+# with AddressSanitizer and UndefinedBehaviorSanitizer (--config=asan, in
+# its own output tree): any finding fails its test. Those results are
+# counted on their own, as "asan //target".
+#
 # Environment:
 #   PAGEWIRE_SKIP_VM=1   skip the QEMU soft-RoCE suite: the VM step does not
 #                        run and says so (also passed to the tests as
 #                        --test_env; tests that need the VM check it).
+#   PAGEWIRE_SKIP_SANITIZE=1  skip the sanitizer step (its tests are listed
+#                        as skipped).
 #   PAGEWIRE_REQUIRE_NETNS=1  the network-namespace tests fail instead of
 #                        skipping where namespaces cannot be made (CI sets
 #                        it: .ci/run).
@@ -29,7 +36,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 log="$(mktemp -t pagewire-test.XXXXXX.log)"
-trap 'rm -f "$log"' EXIT
+asan_log="$(mktemp -t pagewire-asan.XXXXXX.log)"
+trap 'rm -f "$log" "$asan_log"' EXIT
 
 args=(--test_output=errors --nocache_test_results)
 for v in PAGEWIRE_SKIP_VM PAGEWIRE_REQUIRE_NETNS; do
@@ -40,7 +48,7 @@ done
 run_bazel_test() {
   local st
   set +e
-  bazel test //... "${args[@]}" "$@" 2>&1 | tee -a "$log"
+  bazel test //... "${args[@]}" "$@" 2>&1 | tee -a "${RUN_LOG:-$log}"
   st=${PIPESTATUS[0]}
   set -e
   [[ $st == 4 ]] && st=0
@@ -98,12 +106,32 @@ else
     echo "(no result in $dies_log: the test did not run)"
 fi
 
+# Step 3 (sanitizers): the same tests as step 1, built with ASan+UBSan.
+echo
+echo "== sanitizer step (ASan + UBSan, --config=asan)"
+asan_note=""
+asan_skipped=()
+if [[ "${PAGEWIRE_SKIP_SANITIZE:-}" == 1 ]]; then
+  asan_note="sanitizer step SKIPPED (PAGEWIRE_SKIP_SANITIZE=1): nothing ran under ASan/UBSan"
+  echo "$asan_note"
+  mapfile -t asan_skipped < <(bazel query 'tests(//...) except attr(tags, "softroce|no_sanitize", tests(//...))' 2>/dev/null)
+else
+  asan_start=$SECONDS
+  asan_status=0
+  # Not the tests tagged no_sanitize (the install test links programs
+  # against the installed library with plain compilers).
+  RUN_LOG="$asan_log" run_bazel_test --config=asan --test_tag_filters=-softroce,-no_sanitize "$@" || asan_status=$?
+  asan_note="sanitizer step: bazel status $asan_status in $((SECONDS - asan_start)) s"
+  [[ $status == 0 ]] && status=$asan_status
+fi
+
 # Bazel's per-target summary lines look like
 #   //proto:control_plane_proto_test                PASSED in 0.1s
 #   //tests/install:install_test                     FAILED in 0.2s
 #   //x:y                                            TIMEOUT in 300.0s
 # A PASSED target whose log says it skipped counts as skipped.
 passed=0
+failed=0
 skipped=0
 skipped_lines=()
 partial_lines=()
@@ -111,31 +139,44 @@ for target in "${vm_skipped[@]}"; do
   skipped=$((skipped + 1))
   skipped_lines+=("  $target: not run (PAGEWIRE_SKIP_VM=1)")
 done
-while read -r target; do
-  logf="bazel-testlogs/${target#//}"
-  logf="${logf/://}/test.log"
-  why=""
-  if [[ -f "$logf" ]]; then
-    why="$(grep -m1 -E '^[^ ]+: SKIP: ' "$logf" | sed -E 's/^[^ ]+: SKIP: //' || true)"
-    if [[ -z "$why" ]] && grep -qE '^\[  PASSED  \] 0 tests' "$logf" &&
-       grep -qE '^\[  SKIPPED \] [0-9]+ test' "$logf"; then
-      # GoogleTest prints the skip's reason just before the case's result.
-      why="every case skipped: $(grep -m1 -B1 -E '^\[  SKIPPED \] [A-Za-z]' "$logf" | head -1)"
+for target in "${asan_skipped[@]}"; do
+  skipped=$((skipped + 1))
+  skipped_lines+=("  asan $target: not run (PAGEWIRE_SKIP_SANITIZE=1)")
+done
+# count_results LOG TESTLOGS LABEL: adds LOG's results to the counts; skip
+# reasons come from the test logs under TESTLOGS.
+count_results() {
+  local run_log="$1" testlogs="$2" label="$3" target logf why
+  while read -r target; do
+    logf="$testlogs/${target#//}"
+    logf="${logf/://}/test.log"
+    why=""
+    if [[ -f "$logf" ]]; then
+      why="$(grep -m1 -E '^[^ ]+: SKIP: ' "$logf" | sed -E 's/^[^ ]+: SKIP: //' || true)"
+      if [[ -z "$why" ]] && grep -qE '^\[  PASSED  \] 0 tests' "$logf" &&
+         grep -qE '^\[  SKIPPED \] [0-9]+ test' "$logf"; then
+        # GoogleTest prints the skip's reason just before the case's result.
+        why="every case skipped: $(grep -m1 -B1 -E '^\[  SKIPPED \] [A-Za-z]' "$logf" | head -1)"
+      fi
     fi
-  fi
-  if [[ -n "$why" ]]; then
-    skipped=$((skipped + 1))
-    skipped_lines+=("  $target: $why")
-    continue
-  fi
-  passed=$((passed + 1))
-  if [[ -f "$logf" ]]; then
-    while read -r case_line; do
-      partial_lines+=("  $target: ${case_line#\[  SKIPPED \] }")
-    done < <(grep -E '^\[  SKIPPED \] [A-Za-z_]+\.[A-Za-z_]+' "$logf" | sort -u || true)
-  fi
-done < <(grep -oE '^//[^ ]+ +PASSED( |$)' "$log" | awk '{print $1}' | sort -u)
-failed=$(grep -cE '^//[^ ]+ +(FAILED|TIMEOUT|FLAKY|NO STATUS|FAILED TO BUILD|INCOMPLETE)( |$)' "$log" || true)
+    if [[ -n "$why" ]]; then
+      skipped=$((skipped + 1))
+      skipped_lines+=("  $label$target: $why")
+      continue
+    fi
+    passed=$((passed + 1))
+    if [[ -f "$logf" ]]; then
+      while read -r case_line; do
+        partial_lines+=("  $label$target: ${case_line#\[  SKIPPED \] }")
+      done < <(grep -E '^\[  SKIPPED \] [A-Za-z_]+\.[A-Za-z_]+' "$logf" | sort -u || true)
+    fi
+  done < <(grep -oE '^//[^ ]+ +PASSED( |$)' "$run_log" | awk '{print $1}' | sort -u)
+  failed=$((failed + $(grep -cE '^//[^ ]+ +(FAILED|TIMEOUT|FLAKY|NO STATUS|FAILED TO BUILD|INCOMPLETE)( |$)' "$run_log" || true)))
+}
+count_results "$log" "$(bazel info bazel-testlogs 2>/dev/null)" ""
+if [[ -s "$asan_log" ]]; then
+  count_results "$asan_log" "$(bazel info --config=asan bazel-testlogs 2>/dev/null)" "asan "
+fi
 echo
 if [[ ${#skipped_lines[@]} -gt 0 ]]; then
   echo "== skipped tests (not counted as passed)"
@@ -146,5 +187,6 @@ if [[ ${#partial_lines[@]} -gt 0 ]]; then
   printf '%s\n' "${partial_lines[@]}"
 fi
 [[ -n "$vm_note" ]] && echo "$vm_note"
+[[ -n "$asan_note" ]] && echo "$asan_note"
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"

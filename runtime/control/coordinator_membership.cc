@@ -208,9 +208,10 @@ void Coordinator::DeclareDeadLocked(int rank, const std::string& evidence,
   Slot& slot = slots_[rank];
   slot.state = proto::Member::DEAD;
   slot.reason = evidence;
+  // Logged before any member can see the view that says so.
+  Warning("coordinator: rank %d declared DEAD at epoch %d: %s", rank,
+          epoch_ + 1, evidence);
   PublishLocked();
-  Warning("coordinator: rank %d declared DEAD at epoch %d: %s", rank, epoch_,
-          evidence);
   MemberGoneLocked(absl::StrFormat("rank %d became DEAD (%s)", rank, evidence),
                    out);
 }
@@ -338,13 +339,13 @@ Coordinator::Clock::time_point Coordinator::ExpireLeasesLocked(
         out);
   }
   if (!suspected.empty()) {
-    PublishLocked();
     for (int r : suspected) {
       Warning("coordinator: rank %d is SUSPECT at epoch %d: %s; it stays a "
               "member and faults on its pages wait (if its host is gone, "
               "end it: pagewire-ctl declare-dead %d)",
-              r, epoch_, slots_[r].reason, r);
+              r, epoch_ + 1, slots_[r].reason, r);
     }
+    PublishLocked();
     // Recompute: a deadline may now be due.
     next = now;
   }

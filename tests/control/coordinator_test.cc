@@ -253,6 +253,8 @@ TEST(CoordinatorTest, OptInDeadlineDeclaresSilentRankDead) {
   absl::Status b0, b1;
   std::thread t0([&] { b0 = c0->Barrier(1); });
   std::thread t1([&] { b1 = c1->Barrier(1); });
+  Eventually([&] { return server->coordinator().WaitingAt(1).size() == 2; },
+             "ranks 0 and 1 wait at barrier 1");
   const auto paused_at = std::chrono::steady_clock::now();
   c2->PauseHeartbeatsForTesting(true);
   ASSERT_TRUE(rec0.WaitFor(
@@ -316,6 +318,9 @@ TEST(CoordinatorTest, ClosedControlConnectionIsEvidenceOfDeath) {
       "rank 1's view stream is open");
   absl::Status b0;
   std::thread t0([&] { b0 = c0->Barrier(1); });
+  // Pending before the death, so the death is what fails it.
+  Eventually([&] { return server->coordinator().WaitingAt(1).size() == 1; },
+             "rank 0 waits at barrier 1");
   c1.reset();  // no Leave: the connection closes
   ASSERT_TRUE(rec0.WaitFor(
       [](const View& v) { return RankIs(v, 1, proto::Member::DEAD); }));
@@ -596,7 +601,10 @@ class Relay {
           close(out);
         }
       }
-      for (size_t i = 0; i < pairs_.size(); ++i) {
+      // Only the pairs that were polled: one accepted just now has no
+      // entries in `fds` yet.
+      const size_t polled = (fds.size() - 2) / 2;
+      for (size_t i = 0; i < polled; ++i) {
         const pollfd& pa = fds[2 + 2 * i];
         const pollfd& pb = fds[3 + 2 * i];
         bool closed = false;

@@ -31,7 +31,10 @@ int main(int argc, char **argv) {
   long size = ftell(f);
   fseek(f, 0, SEEK_SET);
   char *want = malloc(size);
-  if (fread(want, 1, size, f) != (size_t)size) return 1;
+  if (want == NULL || fread(want, 1, size, f) != (size_t)size) {
+    fprintf(stderr, "dsm_file: cannot read %s\n", path);
+    return 1;
+  }
   fclose(f);
 
   const char *g = pw_attach_file(path, home);
@@ -74,6 +77,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dsm_file: the home served no fetch\n");
     return 1;
   }
+  free(want);
   if (pw_free((void *)g) != PW_OK) return 1;
   return pw_finalize() == PW_OK ? 0 : 1;
 }

@@ -1100,9 +1100,12 @@ class TransportFailureTest : public ::testing::TestWithParam<Kind> {
     return n;
   }
 
+  // The buffers outlive the transports (members go in reverse order): the
+  // victim may still be serving READs from its buffer, which the requester
+  // gave up on, when the test ends.
+  Buffer victim_mem_, bystander_mem_, local_, check_;
   std::unique_ptr<Fabric> fabric_;
   std::unique_ptr<Transport> requester_, victim_, bystander_;
-  Buffer victim_mem_, bystander_mem_, local_, check_;
 };
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransportFailureTest,
@@ -1358,6 +1361,47 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
 
 // A requester speaking another protocol version is refused; its operations
 // end with kPeerGone instead of hanging.
+// DeregisterMemory waits for the READs being served from the region: once
+// it returns, the memory may be freed at once (under ASan a serve that
+// still read it would be a use after free). READs served before it carry
+// the right bytes; later ones are remote access errors.
+TEST_P(TcpWireTest, DeregisterWaitsForReadsBeingServed) {
+  Buffer remote = MakeBuffer(*target_, 1 << 20);
+  FillPattern(remote, 3);
+  std::vector<char> want(remote.data, remote.data + remote.size);
+  Buffer local = MakeBuffer(*requester_, 64 * 1024);
+  constexpr int kReads = 400;
+  constexpr uint32_t kLen = 64 * 1024;
+  std::vector<WorkRequest> wrs(kReads);
+  for (int i = 0; i < kReads; ++i) {
+    // Every READ lands in the same local buffer: only statuses are checked
+    // for all, the bytes for the last success.
+    wrs[i] = Read(i, local, 0, remote, (i % 16) * kLen, kLen);
+    wrs[i].next = i + 1 < kReads ? &wrs[i + 1] : nullptr;
+  }
+  ASSERT_TRUE(requester_->PostSend(1, &wrs[0]).ok());
+  ASSERT_TRUE(target_->DeregisterMemory(remote.mr).ok());
+  remote.words.reset();  // freed as soon as deregistration returns
+  auto wcs = WaitCompletions(*requester_, kReads);
+  ASSERT_EQ(wcs.size(), static_cast<size_t>(kReads));
+  int ok = 0, refused = 0;
+  for (const WorkCompletion& wc : wcs) {
+    if (wc.status == WcStatus::kSuccess) ++ok;
+    if (wc.status == WcStatus::kRemoteAccessError) ++refused;
+  }
+  EXPECT_EQ(ok + refused, kReads) << "only successes and access errors";
+  // The completions of one peer come in posting order: successes first.
+  for (int i = 0; i < kReads; ++i) {
+    EXPECT_EQ(wcs[i].wr_id, static_cast<uint64_t>(i));
+    EXPECT_EQ(wcs[i].status,
+              i < ok ? WcStatus::kSuccess : WcStatus::kRemoteAccessError);
+  }
+  if (ok > 0) {
+    const size_t off = ((ok - 1) % 16) * kLen;
+    EXPECT_EQ(std::memcmp(local.data, want.data() + off, kLen), 0);
+  }
+}
+
 TEST_P(TcpWireTest, VersionMismatchIsRejected) {
   LogCapture logs;
   MakeOptions v1, v2;
