@@ -34,20 +34,6 @@
 #include "runtime/transport/verbs/verbs_transport.h"
 
 namespace pagewire {
-namespace {
-
-proto::Placement ToProto(Placement p) {
-  switch (p) {
-    case Placement::kBlock: return proto::BLOCK;
-    case Placement::kCyclic: return proto::CYCLIC;
-    case Placement::kOnRank: return proto::ON_RANK;
-    case Placement::kFirstTouch: return proto::FIRST_TOUCH;
-  }
-  return proto::BLOCK;
-}
-
-}  // namespace
-
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Start(
     const RuntimeConfig& config) {
@@ -86,7 +72,7 @@ absl::Status Runtime::StartCluster(const RuntimeConfig& config) {
   }
   if (absl::Status s = JoinCluster(config); !s.ok()) return s;
   if (absl::Status s = ConnectPeers(); !s.ok()) return s;
-  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier("pw_init"); !s.ok()) return s;
   started_ = true;
   return absl::OkStatus();
 }
@@ -168,11 +154,11 @@ absl::Status Runtime::Finalize() {
   // A rank that is out has no barrier to pass: why it is out is the answer.
   if (absl::Status s = CheckStanding("pw_finalize"); !s.ok()) return s;
   // Nobody may still be reading from this rank's home pages.
-  absl::Status s = ControlBarrier();
+  absl::Status s = ControlBarrier("pw_finalize");
   if (transport_) transport_->ExpectPeerCloses();
   // And every rank expects the others to close before any of them does,
   // so a closed connection at the end is not reported as a failure.
-  if (s.ok()) s = ControlBarrier();
+  if (s.ok()) s = ControlBarrier("pw_finalize");
   if (!s.ok()) {
     s = absl::Status(s.code(), absl::StrCat("pw_finalize: the final barrier "
                                             "failed: ", s.message()));
@@ -215,276 +201,6 @@ Runtime::~Runtime() {
     coordinator_->Shutdown();
   }
   coordinator_.reset();
-}
-
-absl::StatusOr<void*> Runtime::Alloc(uint64_t bytes, Placement placement,
-                                     int home_rank, bool sequential) {
-  if (absl::Status s = CheckStanding("pw_alloc"); !s.ok()) return s;
-  if (bytes == 0) {
-    return absl::InvalidArgumentError(
-        "pw_alloc: 0 bytes requested; ask for at least one byte");
-  }
-  if (bytes > global_size()) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "pw_alloc: %d bytes exceed the global range of %d bytes; raise "
-        "PAGEWIRE_GLOBAL_SIZE",
-        bytes, global_size()));
-  }
-  if (home_rank < 0 || home_rank >= nranks_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "pw_alloc_on: home rank %d is not a rank of this job (0..%d)",
-        home_rank, nranks_ - 1));
-  }
-  if (control_) {
-    return AllocCollective(bytes, placement, home_rank, nullptr, false,
-                           sequential);
-  }
-
-  absl::StatusOr<std::shared_ptr<RamDataspace>> ds = RamDataspace::Create(bytes);
-  if (!ds.ok()) return ds.status();
-  absl::StatusOr<uint64_t> at = root_->Attach(*ds, {});
-  if (!at.ok()) return at.status();
-  uintptr_t addr = global_base() + *at;
-  absl::MutexLock lock(&mutex_);
-  allocations_[addr] = Allocation{*at, PageUp(bytes), 0, nullptr};
-  return reinterpret_cast<void*>(addr);
-}
-
-absl::StatusOr<void*> Runtime::AttachFile(const std::string& path,
-                                          int home_rank) {
-  if (absl::Status s = CheckStanding("pw_attach_file"); !s.ok()) return s;
-  if (home_rank < 0 || home_rank >= nranks_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "attach file %s: home rank %d is not a rank of this job (0..%d)", path,
-        home_rank, nranks_ - 1));
-  }
-  // Only the home opens the file; the others learn its size from the home
-  // through the collective (every rank passes the same path, and the
-  // coordinator refuses differing sizes).
-  std::shared_ptr<FileDataspace> file;
-  uint64_t size = 0;
-  if (rank_ == home_rank || !control_) {
-    absl::StatusOr<std::shared_ptr<FileDataspace>> opened =
-        FileDataspace::Open(path);
-    if (!opened.ok()) return opened.status();
-    file = *opened;
-    size = file->size();
-  } else {
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || st.st_size <= 0) {
-      return absl::NotFoundError(absl::StrFormat(
-          "attach file %s: this rank cannot see the file to learn its size "
-          "(%s); every rank needs the same path (a shared file system)",
-          path, strerror(errno)));
-    }
-    size = PageUp(static_cast<uint64_t>(st.st_size));
-  }
-  if (!control_) {
-    absl::StatusOr<uint64_t> at = root_->Attach(file, {});
-    if (!at.ok()) return at.status();
-    uintptr_t addr = global_base() + *at;
-    absl::MutexLock lock(&mutex_);
-    allocations_[addr] = Allocation{*at, size, 0, nullptr};
-    return reinterpret_cast<void*>(addr);
-  }
-  return AllocCollective(size, Placement::kOnRank, home_rank, file, true,
-                         false);
-}
-
-DistributedDataspace::Params Runtime::AllocationParams(
-    const proto::Dataspace& created, uint64_t size, Placement placement,
-    int home_rank,
-    std::shared_ptr<Dataspace> home_backing, bool homes_backed,
-    bool sequential) {
-  DistributedDataspace::Params p;
-  p.id = created.id();
-  p.global_addr = created.addr();
-  p.size = size;
-  p.placement.placement = placement;
-  p.placement.pages = p.size / kPageSize;
-  p.placement.nranks = nranks_;
-  p.placement.home_rank = home_rank;
-  p.self = rank_;
-  p.home_backing = std::move(home_backing);
-  // A file-backed home is read on demand: peers ask its manager first.
-  p.homes_always_readable = !homes_backed;
-  if (sequential) p.sequential = sequential_.get();
-  if (!sequential && readahead_pages_ > 0) {
-    p.readahead = fault_service_.get();
-    p.readahead_pages = readahead_pages_;
-  }
-  // On verbs, first touch and file-backed homes register their pages one
-  // at a time, as peers first ask for them: nobody owns a first-touch page
-  // yet, and a file's page is not in memory until read (registering pins,
-  // and pinning a page userfaultfd has not filled fails with EFAULT).
-  if (verbs_ != nullptr &&
-      (placement == Placement::kFirstTouch || homes_backed)) {
-    p.page_registrar = transport_.get();
-  }
-  return p;
-}
-
-absl::StatusOr<void*> Runtime::AllocCollective(
-    uint64_t bytes, Placement placement, int home_rank,
-    std::shared_ptr<Dataspace> home_backing, bool homes_backed,
-    bool sequential) {
-  if (sequential && placement == Placement::kFirstTouch) {
-    return absl::InvalidArgumentError(
-        "pw_alloc_sc: sequentially consistent memory needs a fixed home per "
-        "page; use PW_PLACE_BLOCK or PW_PLACE_CYCLIC, not "
-        "PW_PLACE_FIRST_TOUCH");
-  }
-  uint64_t seq;
-  {
-    absl::MutexLock lock(&mutex_);
-    seq = ++collective_seq_;
-  }
-  absl::StatusOr<proto::Dataspace> created = control_->CreateDataspace(
-      seq, bytes, ToProto(placement),
-      placement == Placement::kOnRank ? home_rank : -1, sequential);
-  if (!created.ok()) return created.status();
-  const uint64_t size = PageUp(bytes);
-  const DistributedDataspace::Params p =
-      AllocationParams(*created, size, placement, home_rank,
-                       std::move(home_backing), homes_backed, sequential);
-  auto ds = std::make_shared<DistributedDataspace>(p, *fetcher_,
-                                                   coherence_.get());
-  ds->SetGlobalBase(global_base());
-  if (sequential) {
-    // The home's store; no page of the global range is populated.
-    if (absl::Status s = sequential_->AddDataspace(ds.get()); !s.ok()) return s;
-  }
-  home_->AddDataspace(ds.get());
-  coherence_->AddDataspace(ds.get());
-  const uint64_t at = created->addr() - global_base();
-  absl::StatusOr<uint64_t> attached = root_->Attach(ds, {.at = at});
-  if (!attached.ok()) {
-    home_->RemoveDataspace(p.id);
-    coherence_->RemoveDataspace(p.id);
-    if (sequential) sequential_->RemoveDataspace(p.id);
-    return attached.status();
-  }
-  // Plain memory homed here exists from the start, so peers may READ it
-  // without asking.
-  if (!homes_backed && placement != Placement::kFirstTouch && !sequential) {
-    DistributedDataspace* d = ds.get();
-    absl::Status s = fault_service_->Populate(
-        at, size, [d, at](uint64_t off) { return d->HomedHere((off - at) / kPageSize); });
-    if (!s.ok()) return s;
-  }
-  std::vector<MemoryRegion> regions;
-  if (verbs_ != nullptr && !sequential) {
-    absl::StatusOr<std::vector<MemoryRegion>> r = RegisterHomePages(*ds);
-    if (!r.ok()) return r.status();
-    regions = *std::move(r);
-  }
-  {
-    absl::MutexLock lock(&mutex_);
-    allocations_[created->addr()] = Allocation{at, size, p.id, ds, regions};
-  }
-  // Nobody reads a home before it is populated.
-  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
-  return reinterpret_cast<void*>(created->addr());
-}
-
-absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
-    DistributedDataspace& ds) {
-  // Runs of pages homed here, each registered once (pinned). Pages with
-  // keys of their own are registered as peers ask for them instead.
-  std::vector<MemoryRegion> regions;
-  const uint64_t pages = ds.has_page_keys() ? 0 : ds.placement().pages;
-  for (uint64_t page = 0; page < pages;) {
-    if (!ds.HomedHere(page)) {
-      ++page;
-      continue;
-    }
-    uint64_t end = page + 1;
-    while (end < pages && ds.HomedHere(end)) ++end;
-    absl::StatusOr<MemoryRegion> r = transport_->RegisterMemory(
-        reinterpret_cast<void*>(ds.global_addr() + page * kPageSize),
-        (end - page) * kPageSize);
-    if (!r.ok()) {
-      for (const MemoryRegion& done : regions) {
-        (void)transport_->DeregisterMemory(done);
-      }
-      return r.status();
-    }
-    regions.push_back(*r);
-    fetcher_->AddPeerRegion(rank_, ds.id(), r->addr, r->length, r->rkey);
-    page = end;
-  }
-  // Every rank tells every other rank its keys, then waits for theirs.
-  std::vector<char> msg(sizeof(home_protocol::AllocKeysHeader) +
-                        regions.size() * sizeof(home_protocol::AllocKey));
-  home_protocol::AllocKeysHeader h{ds.id(),
-                                   static_cast<uint32_t>(regions.size())};
-  std::memcpy(msg.data(), &h, sizeof(h));
-  for (size_t i = 0; i < regions.size(); ++i) {
-    home_protocol::AllocKey k{regions[i].addr, regions[i].length,
-                              regions[i].rkey, 0};
-    std::memcpy(msg.data() + sizeof(h) + i * sizeof(k), &k, sizeof(k));
-  }
-  for (int peer = 0; peer < nranks_; ++peer) {
-    if (peer == rank_) continue;
-    absl::Status s = transport_->SendMessage(
-        peer, home_protocol::kAllocKeys,
-        absl::Span<const char>(msg.data(), msg.size()));
-    if (!s.ok()) return s;
-  }
-  if (absl::Status s = fetcher_->AwaitAllocRegions(ds.id(), nranks_ - 1);
-      !s.ok()) {
-    return s;
-  }
-  return regions;
-}
-
-absl::Status Runtime::Free(void* ptr) {
-  if (absl::Status s = CheckStanding("pw_free"); !s.ok()) return s;
-  uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
-  Allocation a;
-  {
-    absl::MutexLock lock(&mutex_);
-    auto it = allocations_.find(addr);
-    if (it == allocations_.end()) {
-      return absl::NotFoundError(absl::StrFormat(
-          "pw_free: %p is not the start of a live pw_alloc allocation; pass "
-          "exactly the pointer pw_alloc returned, once",
-          ptr));
-    }
-    a = it->second;
-    allocations_.erase(it);
-  }
-  if (control_) {
-    // Everyone's writes reach home and nobody still reads this rank's home
-    // pages.
-    if (absl::Status s = coherence_->Release(); !s.ok()) return s;
-    if (absl::Status s = ControlBarrier(); !s.ok()) return s;
-  }
-  absl::Status s = root_->Detach(a.at);
-  if (!s.ok()) return s;
-  for (const MemoryRegion& r : a.regions) (void)transport_->DeregisterMemory(r);
-  if (a.ds != nullptr) {
-    for (const MemoryRegion& r : a.ds->TakeOwnedPageRegions()) {
-      (void)transport_->DeregisterMemory(r);
-    }
-  }
-  if (control_) {
-    fetcher_->RemoveAllocRegions(a.id);
-    home_->RemoveDataspace(a.id);
-    coherence_->RemoveDataspace(a.id);
-    if (a.ds && a.ds->sequential()) sequential_->RemoveDataspace(a.id);
-    return control_->FreeDataspace(a.id);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Runtime::ControlBarrier() {
-  uint64_t seq;
-  {
-    absl::MutexLock lock(&mutex_);
-    seq = ++barrier_seq_;
-  }
-  return control_->Barrier(seq);
 }
 
 absl::Status Runtime::Barrier() {

@@ -128,18 +128,37 @@ class Runtime {
 
   Runtime() = default;
   absl::Status StartCluster(const RuntimeConfig& config);
-  // The control plane's barrier (allocation, start-up, shutdown).
-  absl::Status ControlBarrier();
+  // The control plane's barrier (allocation, start-up, shutdown), carrying
+  // this rank's outcome of the collective call it ends: every rank gets the
+  // same answer, a failure naming every rank whose part failed.
+  absl::Status ControlBarrier(const std::string& call,
+                              const absl::Status& local_outcome = absl::OkStatus());
+  // A collective whose local part failed before it reached the coordinator
+  // (a bad argument, a file this rank cannot open): it still takes its
+  // turn, so every rank fails with the same status instead of hanging.
+  absl::Status FailCollective(const std::string& call, const absl::Status& why);
   // OK while this rank is a member of the job; ABORTED naming `call` and
   // why once membership declared it DEAD.
   absl::Status CheckStanding(const char* call) const;
   void MembershipCounts(uint64_t* suspected, uint64_t* dead) const;
   // A job of one: the address must lie in a live allocation.
   absl::Status CheckLocal(uintptr_t addr, const char* what);
+  // A collective allocation: the coordinator's dataspace, this rank's part
+  // (AttachCollective), then the agreement of every rank on `call` and its
+  // outcome; undone here if any rank's part failed.
   absl::StatusOr<void*> AllocCollective(uint64_t bytes, Placement placement,
                                         int home_rank,
                                         std::shared_ptr<Dataspace> home_backing,
-                                        bool homes_backed, bool sequential);
+                                        bool homes_backed, bool sequential,
+                                        const std::string& call);
+  // This rank's part of `created`: the dataspace, its managers, the range
+  // attached, home pages populated and registered. Undoes itself on error.
+  absl::Status AttachCollective(const proto::Dataspace& created, uint64_t size,
+                                Placement placement, int home_rank,
+                                std::shared_ptr<Dataspace> home_backing,
+                                bool homes_backed, bool sequential);
+  // Takes an allocation off the range, the transport and the managers.
+  void DetachAllocation(const Allocation& a);
   void OnView(const control::View& view);
   // How this rank sees the collective allocation `created` of `size`
   // bytes (a page multiple).
@@ -190,7 +209,6 @@ class Runtime {
 
   absl::Mutex mutex_;
   std::map<uintptr_t, Allocation> allocations_ ABSL_GUARDED_BY(mutex_);
-  uint64_t collective_seq_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t barrier_seq_ ABSL_GUARDED_BY(mutex_) = 0;
 
   bool started_ = false;  // the job formed: collective teardown is safe

@@ -138,7 +138,7 @@ absl::Status Runtime::ConnectPeers() {
   // Everyone has joined once this barrier passes; wait until the view
   // stream has delivered a view with every endpoint (no timeout: a rank that
   // dies meanwhile makes the next barrier fail instead).
-  if (absl::Status s = ControlBarrier(); !s.ok()) return s;
+  if (absl::Status s = ControlBarrier("pw_init"); !s.ok()) return s;
   control::View view;
   {
     absl::MutexLock lock(&view_mutex_);

@@ -58,7 +58,14 @@ int pw_rank(void);
 int pw_nranks(void);
 
 /* Collective: returns the same address on every rank, or NULL (see
- * pw_last_error()). Memory reads as zero until written. */
+ * pw_last_error()). Memory reads as zero until written.
+ *
+ * Collective calls (pw_alloc, pw_alloc_on, pw_alloc_sc, pw_attach_file,
+ * pw_free) agree or fail together: if one rank's part fails, or the ranks
+ * pass different arguments or call different collectives at the same
+ * point, every rank gets the same failure (PW_ERR_STATE for a
+ * disagreement) and the same pw_last_error() naming each rank and what it
+ * did; nothing was allocated or freed anywhere, and the job goes on. */
 void *pw_alloc(size_t bytes, pw_placement_t placement);
 void *pw_alloc_on(size_t bytes, int home_rank);
 pw_status_t pw_free(void *ptr);

@@ -247,10 +247,16 @@ void ControlClient::WatchLoop() {
   }
 }
 
-absl::Status ControlClient::Barrier(uint64_t seq) {
+absl::Status ControlClient::Barrier(uint64_t seq,
+                                    const absl::Status& local_outcome,
+                                    const std::string& call) {
   proto::BarrierRequest request;
   request.set_rank(rank_);
   request.set_seq(seq);
+  request.set_call(call);
+  if (!local_outcome.ok()) {
+    request.set_failure(std::string(local_outcome.message()));
+  }
   proto::BarrierReply reply;
   grpc::ClientContext ctx;  // no deadline: see the header
   grpc::Status st = membership_->Barrier(&ctx, request, &reply);

@@ -86,7 +86,13 @@ class ControlClient {
 
   // Blocks, without a deadline, until every live rank reached barrier
   // `seq`; UNAVAILABLE naming the rank if one became DEAD or LEFT first.
-  absl::Status Barrier(uint64_t seq);
+  // `local_outcome`: how this rank's part of a collective call went, and
+  // `call` the collective with its arguments; if any rank's part failed or
+  // the ranks' calls differ, every rank gets the same FAILED_PRECONDITION
+  // naming each rank and why (collectives agree or fail together).
+  absl::Status Barrier(uint64_t seq,
+                       const absl::Status& local_outcome = absl::OkStatus(),
+                       const std::string& call = "");
 
   // Collective: every rank calls it with the same `collective_seq` and the
   // same arguments; all get the same dataspace.

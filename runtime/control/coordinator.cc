@@ -512,6 +512,10 @@ void Coordinator::Barrier(const proto::BarrierRequest& request,
     } else {
       PendingBarrier& b = barriers_[seq];
       b.arrived.insert(request.rank());
+      if (!request.failure().empty()) {
+        b.failures[request.rank()] = request.failure();
+      }
+      if (!request.call().empty()) b.calls[request.rank()] = request.call();
       b.waiters.push_back(std::move(done));
       CompleteBarriersLocked(&completions);
     }
@@ -536,8 +540,29 @@ void Coordinator::CompleteBarriersLocked(std::vector<Completion>* out) {
       continue;
     }
     const uint64_t epoch = epoch_;
+    absl::StatusOr<uint64_t> result = epoch;
+    const std::map<int, std::string>& calls = it->second.calls;
+    const bool differ = std::any_of(calls.begin(), calls.end(), [&](const auto& c) {
+      return c.second != calls.begin()->second;
+    });
+    if (differ) {
+      std::string msg = "the ranks called different collectives at the same "
+                        "point; call collectives in the same order with the "
+                        "same arguments on every rank";
+      for (const auto& [r, call] : calls) absl::StrAppend(&msg, "; rank ", r, ": ", call);
+      result = absl::FailedPreconditionError(msg);
+    } else if (!it->second.failures.empty()) {
+      // The same answer for every rank: who failed, and why.
+      std::string msg = absl::StrCat("the collective call failed on ",
+                                     it->second.failures.size(), " of ",
+                                     it->second.arrived.size(), " ranks");
+      for (const auto& [r, why] : it->second.failures) {
+        absl::StrAppend(&msg, "; rank ", r, ": ", why);
+      }
+      result = absl::FailedPreconditionError(msg);
+    }
     for (BarrierDone& d : it->second.waiters) {
-      out->push_back([d = std::move(d), epoch] { d(epoch); });
+      out->push_back([d = std::move(d), result] { d(result); });
     }
     it = barriers_.erase(it);
   }

@@ -125,9 +125,10 @@ class Coordinator {
   std::vector<int> WaitingAt(uint64_t seq) const;
 
   // Calls `done` exactly once: when every rank that is not DEAD or LEFT has
-  // arrived at `seq` (OK, with the epoch), or with UNAVAILABLE when a rank
-  // becomes DEAD or LEFT first or the coordinator shuts down, or at once on
-  // bad input. `done` may run inline or on another caller's thread, never
+  // arrived at `seq` (OK, with the epoch; FAILED_PRECONDITION naming every
+  // rank that arrived with a failure, and why, if any did), or with
+  // UNAVAILABLE when a rank becomes DEAD or LEFT first or the coordinator
+  // shuts down, or at once on bad input. `done` may run inline or on another caller's thread, never
   // under the coordinator's lock.
   using BarrierDone = std::function<void(absl::StatusOr<uint64_t> epoch)>;
   void Barrier(const proto::BarrierRequest& request, BarrierDone done);
@@ -171,6 +172,8 @@ class Coordinator {
   };
   struct PendingBarrier {
     std::set<int> arrived;
+    std::map<int, std::string> failures;  // rank -> what failed there
+    std::map<int, std::string> calls;     // rank -> the collective it called
     std::vector<BarrierDone> waiters;
   };
   struct CollectiveCreate {
@@ -180,6 +183,7 @@ class Coordinator {
   };
   struct DataspaceRecord {
     proto::Dataspace dataspace;
+    std::set<int> joined_by;  // ranks the collective create gave it to
     std::set<int> freed_by;
   };
   struct Watcher {
@@ -200,7 +204,7 @@ class Coordinator {
   absl::Status CheckCreate(const proto::CreateDataspaceRequest& request) const;
   absl::StatusOr<proto::Dataspace> JoinCreateLocked(
       const CollectiveCreate& c, const proto::CreateDataspaceRequest& request)
-      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // The job's cluster id and secret, for the calls of operators and the
   // process manager. PERMISSION_DENIED that names neither.

@@ -36,8 +36,7 @@ absl::Status Coordinator::CheckCreate(
 }
 
 absl::StatusOr<proto::Dataspace> Coordinator::JoinCreateLocked(
-    const CollectiveCreate& c, const proto::CreateDataspaceRequest& request)
-    const {
+    const CollectiveCreate& c, const proto::CreateDataspaceRequest& request) {
   const int rank = request.rank();
   const uint64_t seq = request.collective_seq();
   auto mismatch = [&](const char* field, const std::string& mine,
@@ -74,6 +73,7 @@ absl::StatusOr<proto::Dataspace> Coordinator::JoinCreateLocked(
         "order on every rank",
         seq, rank, c.id));
   }
+  ds->second.joined_by.insert(rank);
   return ds->second.dataspace;
 }
 
@@ -102,6 +102,7 @@ absl::StatusOr<proto::Dataspace> Coordinator::CreateDataspace(
       request.placement() == proto::ON_RANK ? request.home_rank() : -1);
   rec.dataspace.set_page_size(static_cast<uint32_t>(kPageSize));
   rec.dataspace.set_sequential(request.sequential());
+  rec.joined_by.insert(rank);
   creates_[seq] = CollectiveCreate{rank, request, id};
   Debug("coordinator: dataspace %d = [0x%x, 0x%x) %s, collective create %d "
       "(first caller rank %d)",
@@ -155,12 +156,13 @@ absl::Status Coordinator::FreeDataspace(
 
 void Coordinator::ReleaseFreedLocked() {
   for (auto it = dataspaces_.begin(); it != dataspaces_.end();) {
+    // Every live rank that has the dataspace freed it (a rank whose part of
+    // the collective create failed never had it).
     bool all = !it->second.freed_by.empty();
-    for (int r = 0; r < config_.nranks && all; ++r) {
-      const Slot& s = slots_[r];
-      if (s.joined && s.state == proto::Member::ALIVE &&
-          it->second.freed_by.count(r) == 0) {
+    for (int r : it->second.joined_by) {
+      if (slots_[r].joined && LiveLocked(r) && it->second.freed_by.count(r) == 0) {
         all = false;
+        break;
       }
     }
     if (!all) {

@@ -20,6 +20,9 @@
 #   expel     an operator declares a live rank dead (pagewire-ctl): it is
 #             out for good (every call fails naming why, its pw_finalize
 #             fails), the others carry on
+#   collectives  collective calls that disagree (a rank's part fails, the
+#             arguments or the calls differ): every rank gets the same
+#             status and message, nobody hangs, the job goes on
 #   heat      the main example on 4 ranks, checked against a sequential run
 #   scale     more ranks than the other modes: heat on 70 ranks (more than
 #             64, so the home directory's cacher sets take two words), and
@@ -129,7 +132,7 @@ case "$mode" in
     status=$?
     set -e
     [[ "$status" == 3 ]] || { cat "$out"; fail "the launcher exited $status, want 3 (rank 1's status)"; }
-    expect_lines '^\[[02]\] dsm_death: rank [02]: pw_init failed: .*rank 1 became DEAD \(pagewire-run saw its process end: exited with status 3\)' 2
+    expect_lines '^\[[02]\] dsm_death: rank [02]: pw_init failed: .*rank 1 (became|is) DEAD \(pagewire-run saw its process end: exited with status 3\)' 2
     ;;
   stop)
     "$RUN" -n 6 "$ws/tests/dsm/dsm_stop" 10000 >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_stop exited $rc"; }
@@ -154,6 +157,19 @@ case "$mode" in
     expect_lines '^\[0\] rank 2 DEAD +\(pagewire-ctl: test: node-2 is being replaced\)' 1
     expect_lines '^\[0\] rank [01] ALIVE +silent [0-9]+ ms' 4
     expect_lines '^\[2\] dsm_expel: rank 2: pw_finalize: this rank is no longer a member of the job: .*node-2 is being replaced' 1
+    ;;
+  collectives)
+    "$RUN" -n 3 "$ws/tests/dsm/dsm_collectives" >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_collectives exited $rc"; }
+    expect_lines '^\[[0-2]\] dsm_collectives: rank [0-2] ok' 3
+    for c in attach_dir zero_bytes sizes free_mismatch kinds; do
+      expect_lines "^\\[[0-2]\\] dsm_collectives: $c: rank [0-2]: " 3
+      # The same status and message on every rank.
+      n="$(grep -E "^\[[0-2]\] dsm_collectives: $c: rank [0-2]: " "$out" |
+           sed -E 's/^\[[0-2]\] dsm_collectives: [a-z_]+: rank [0-2]: //' | sort -u | wc -l)"
+      [[ "$n" == 1 ]] || { cat "$out"; fail "$c: the ranks did not get the same answer"; }
+    done
+    expect_lines '^\[0\] dsm_collectives: attach_dir: .*rank 0: .*/tmp.*rank [12]: ' 1
+    expect_lines '^\[0\] dsm_collectives: kinds: .*different collectives.*rank 0: pw_alloc.*rank 1: pw_free' 1
     ;;
   coherence_*)
     test="${mode#coherence_}"

@@ -13,7 +13,7 @@ DSM_TEST="$1"
 shift
 modes=("$@")
 if [[ ${#modes[@]} -eq 0 ]]; then
-  modes=(loopback file death stop expel heat
+  modes=(loopback file death stop expel collectives heat
          coherence_histogram coherence_false_sharing coherence_queue
          coherence_atomics coherence_races coherence_acquire
          coherence_acquire_racing coherence_hot coherence_readahead
