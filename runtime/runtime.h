@@ -180,8 +180,8 @@ class Runtime {
   // its global range's key.
   absl::StatusOr<TransportEndpoint> PeerEndpoint(const control::View& view,
                                                  int peer);
-  // Verbs: registers the pages of `ds` homed here and exchanges the keys
-  // with every peer.
+  // Verbs: registers the pages of `ds` homed here and sends their keys to
+  // every peer (AllocCollective waits for theirs once the ranks agreed).
   absl::StatusOr<std::vector<MemoryRegion>> RegisterHomePages(
       DistributedDataspace& ds);
 

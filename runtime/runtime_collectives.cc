@@ -196,7 +196,16 @@ absl::StatusOr<void*> Runtime::AllocCollective(
   // Every rank's part and arguments meet here: nobody reads a home before
   // it is populated, and all succeed or all fail with the same status.
   const absl::Status agreed = ControlBarrier(call, local);
-  if (agreed.ok()) return reinterpret_cast<void*>(created->addr());
+  if (agreed.ok()) {
+    // Every rank sent its keys before the barrier.
+    if (verbs_ != nullptr && !sequential) {
+      if (absl::Status s = fetcher_->AwaitAllocRegions(created->id(), nranks_ - 1);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return reinterpret_cast<void*>(created->addr());
+  }
   if (local.ok()) {
     Allocation a;
     {
@@ -304,7 +313,9 @@ absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
     fetcher_->AddPeerRegion(rank_, ds.id(), r->addr, r->length, r->rkey);
     page = end;
   }
-  // Every rank tells every other rank its keys, then waits for theirs.
+  // Every rank tells every other rank its keys; it waits for theirs only
+  // once the collective agreed (AllocCollective): a rank whose part failed
+  // sends none.
   std::vector<char> msg(sizeof(home_protocol::AllocKeysHeader) +
                         regions.size() * sizeof(home_protocol::AllocKey));
   home_protocol::AllocKeysHeader h{ds.id(),
@@ -321,10 +332,6 @@ absl::StatusOr<std::vector<MemoryRegion>> Runtime::RegisterHomePages(
         peer, home_protocol::kAllocKeys,
         absl::Span<const char>(msg.data(), msg.size()));
     if (!s.ok()) return s;
-  }
-  if (absl::Status s = fetcher_->AwaitAllocRegions(ds.id(), nranks_ - 1);
-      !s.ok()) {
-    return s;
   }
   return regions;
 }

@@ -372,6 +372,16 @@ class Coherence final : public WriteTracker, public DropAudit {
                       bool all) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Grant(uint64_t lock, LockState& state, int rank, uint64_t ticket)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The rank that manages the lock at `lock_addr` (its page's home or, for
+  // a first-touch page not yet owned, its directory rank).
+  int LockHomeLocked(uintptr_t lock_addr) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Sends `type` for this rank's waiter `ticket` to the lock's `home` (its
+  // own manager already has it if home is this rank) and waits for the
+  // answer; UNAVAILABLE naming `call` if the home is dead.
+  absl::StatusOr<Waiter> AskLockHome(int home, uint16_t type, uint64_t key,
+                                     uint64_t ticket, const char* call)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   // Answers `rank`'s kLockDestroy: who holds or waits for `lock`.
   void ManagerDestroy(uint64_t lock, int rank, uint64_t ticket)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

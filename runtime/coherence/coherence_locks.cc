@@ -52,48 +52,20 @@ absl::Status Coherence::LockAcquire(uintptr_t lock_addr) {
     };
     mutex_.Await(absl::Condition(&free_here));
     held_[key] = std::this_thread::get_id();
-    DistributedDataspace* ds = FindByAddr(lock_addr);
-    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
-    if (home < 0) home = ds->placement().DirectoryOf(
-        (lock_addr - ds->global_addr()) / kPageSize);
+    home = LockHomeLocked(lock_addr);
     ticket = ++next_ticket_;
     waiters_[ticket];
     ++stats_.lock_acquires;
     if (home == self_) ManagerAcquire(key, self_, ticket);
   }
-  if (home != self_) {
-    hp::PageListHeader h{key, ticket, 0, hp::kLastPart};
-    absl::Status s = transport_.SendMessage(
-        home, hp::kLockAcquire,
-        absl::Span<const char>(reinterpret_cast<const char*>(&h), sizeof(h)));
-    if (!s.ok()) {
-      absl::MutexLock lock(&mutex_);
-      waiters_.erase(ticket);
-      held_.erase(key);
-      return s;
-    }
-  }
-  Waiter w;
-  {
+  absl::StatusOr<Waiter> answer =
+      AskLockHome(home, hp::kLockAcquire, key, ticket, "pw_lock_acquire");
+  if (!answer.ok() || !answer->error.ok()) {
     absl::MutexLock lock(&mutex_);
-    Waiter& waiter = waiters_[ticket];
-    auto granted = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-      return waiter.granted || (home != self_ && dead_[home]);
-    };
-    mutex_.Await(absl::Condition(&granted));
-    w = std::move(waiter);
-    waiters_.erase(ticket);
-    if (!w.granted) {
-      held_.erase(key);
-      return absl::UnavailableError(absl::StrFormat(
-          "pw_lock_acquire: the lock's home, rank %d, is dead (%s)", home,
-          death_[home]));
-    }
-    if (!w.error.ok()) {
-      held_.erase(key);
-      return w.error;
-    }
+    held_.erase(key);
+    return answer.ok() ? answer->error : answer.status();
   }
+  Waiter& w = *answer;
   if (w.invalidate_all) return FlushAndDropAll();
   return FlushAndDropCopies(w.invalidate, /*at_barrier=*/false);
 }
@@ -120,10 +92,7 @@ absl::Status Coherence::LockRelease(uintptr_t lock_addr) {
     for (const auto& [id, page] : written_since_barrier_) {
       written.push_back(hp::PageRef{id, 0, page});
     }
-    DistributedDataspace* ds = FindByAddr(lock_addr);
-    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
-    if (home < 0) home = ds->placement().DirectoryOf(
-        (lock_addr - ds->global_addr()) / kPageSize);
+    home = LockHomeLocked(lock_addr);
     if (home == self_) {
       ManagerRelease(key, self_, written, false);
       return absl::OkStatus();
@@ -148,18 +117,29 @@ absl::Status Coherence::LockDestroy(uintptr_t lock_addr) {
           "release it before destroying it",
           reinterpret_cast<void*>(lock_addr)));
     }
-    DistributedDataspace* ds = FindByAddr(lock_addr);
-    home = ds->OwnerOf((lock_addr - ds->global_addr()) / kPageSize);
-    if (home < 0) home = ds->placement().DirectoryOf(
-        (lock_addr - ds->global_addr()) / kPageSize);
+    home = LockHomeLocked(lock_addr);
     ticket = ++next_ticket_;
     waiters_[ticket];
     if (home == self_) ManagerDestroy(key, self_, ticket);
   }
+  absl::StatusOr<Waiter> answer =
+      AskLockHome(home, hp::kLockDestroy, key, ticket, "pw_lock_destroy");
+  return answer.ok() ? answer->error : answer.status();
+}
+
+int Coherence::LockHomeLocked(uintptr_t lock_addr) const {
+  DistributedDataspace* ds = FindByAddr(lock_addr);
+  const uint64_t page = (lock_addr - ds->global_addr()) / kPageSize;
+  const int home = ds->OwnerOf(page);
+  return home >= 0 ? home : ds->placement().DirectoryOf(page);
+}
+
+absl::StatusOr<Coherence::Waiter> Coherence::AskLockHome(
+    int home, uint16_t type, uint64_t key, uint64_t ticket, const char* call) {
   if (home != self_) {
     hp::PageListHeader h{key, ticket, 0, hp::kLastPart};
     absl::Status s = transport_.SendMessage(
-        home, hp::kLockDestroy,
+        home, type,
         absl::Span<const char>(reinterpret_cast<const char*>(&h), sizeof(h)));
     if (!s.ok()) {
       absl::MutexLock lock(&mutex_);
@@ -177,10 +157,10 @@ absl::Status Coherence::LockDestroy(uintptr_t lock_addr) {
   waiters_.erase(ticket);
   if (!w.granted) {
     return absl::UnavailableError(absl::StrFormat(
-        "pw_lock_destroy: the lock's home, rank %d, is dead (%s)", home,
+        "%s: the lock's home, rank %d, is dead (%s)", call, home,
         death_[home]));
   }
-  return w.error;
+  return w;
 }
 
 void Coherence::ManagerDestroy(uint64_t lock, int rank, uint64_t ticket) {

@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
     }
   }
   client->rank_ = reply.rank();
+  client->session_token_ = reply.session_token();
   client->nranks_ = reply.nranks();
   client->global_base_ = reply.global_base();
   client->global_size_ = reply.global_size();
@@ -89,7 +90,14 @@ ControlClient::~ControlClient() {
 std::unique_ptr<grpc::ClientContext> ControlClient::UnaryContext() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + config_.rpc_deadline));
+  Authenticate(*ctx);
   return ctx;
+}
+
+void ControlClient::Authenticate(grpc::ClientContext& ctx) const {
+  if (!session_token_.empty()) {
+    ctx.AddMetadata(kSessionMetadata, session_token_);
+  }
 }
 
 View ControlClient::current_view() const {
@@ -177,6 +185,7 @@ void ControlClient::WatchLoop() {
   uint64_t breaks = 0;  // logged at the first and at each doubling
   for (;;) {
     grpc::ClientContext ctx;  // no deadline: the stream lasts the membership
+    Authenticate(ctx);
     // A broken connection is waited out (the channel reconnects), not
     // failed: the stream is how this rank learns of deaths.
     ctx.set_wait_for_ready(true);
@@ -259,6 +268,7 @@ absl::Status ControlClient::Barrier(uint64_t seq,
   }
   proto::BarrierReply reply;
   grpc::ClientContext ctx;  // no deadline: see the header
+  Authenticate(ctx);
   grpc::Status st = membership_->Barrier(&ctx, request, &reply);
   return FromGrpcStatus(st, absl::StrCat("Barrier ", seq));
 }

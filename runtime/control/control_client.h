@@ -130,6 +130,8 @@ class ControlClient {
   static constexpr absl::Duration kWatchRetryFirst = absl::Milliseconds(50);
   static constexpr absl::Duration kWatchRetryMax = absl::Seconds(2);
   std::unique_ptr<grpc::ClientContext> UnaryContext() const;
+  // Adds this rank's session token (from Join) to a call.
+  void Authenticate(grpc::ClientContext& ctx) const;
 
   const ControlClientConfig config_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -137,6 +139,7 @@ class ControlClient {
   std::unique_ptr<proto::Dataspaces::Stub> dataspaces_;
 
   int rank_ = -1;
+  std::string session_token_;  // JoinReply.session_token, sent with every call
   int nranks_ = 0;
   uint64_t global_base_ = 0;
   uint64_t global_size_ = 0;

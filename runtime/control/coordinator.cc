@@ -2,6 +2,8 @@
 // and the gRPC callback services over them.
 #include "runtime/control/coordinator.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
 #include <deque>
 #include <limits>
@@ -33,6 +35,17 @@ bool SecretsEqual(const std::string& a, const std::string& b) {
     diff |= x ^ y;
   }
   return diff == 0;
+}
+
+// kSessionTokenBytes from the kernel's CSPRNG.
+std::string NewSessionToken() {
+  std::string token(kSessionTokenBytes, '\0');
+  size_t got = 0;
+  while (got < token.size()) {
+    const ssize_t n = getrandom(token.data() + got, token.size() - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  return token;
 }
 
 std::string DescribeEndpoint(const proto::Endpoint& ep) {
@@ -107,6 +120,14 @@ absl::Status CoordinatorConfig::Validate() const {
 
 namespace {
 
+// The session token a call carries (empty if none).
+absl::string_view SessionToken(grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(kSessionMetadata);
+  if (it == md.end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx,
                                     const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
@@ -123,9 +144,10 @@ class WatchReactor final
  public:
   explicit WatchReactor(Coordinator* coordinator) : coordinator_(coordinator) {}
 
-  void Start(const proto::WatchViewRequest& request) {
-    absl::Status s =
-        coordinator_->AddWatcher(request.rank(), request.since_epoch(), this);
+  void Start(const proto::WatchViewRequest& request, absl::Status auth) {
+    absl::Status s = auth.ok() ? coordinator_->AddWatcher(
+                                     request.rank(), request.since_epoch(), this)
+                               : auth;
     if (!s.ok()) {
       absl::MutexLock l(&mu_);
       finished_ = true;
@@ -221,6 +243,10 @@ class Coordinator::MembershipServiceImpl final
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
                                       const proto::HeartbeatRequest* request,
                                       proto::HeartbeatReply* reply) override {
+    if (absl::Status a = c_->Authenticate(request->rank(), SessionToken(ctx));
+        !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     absl::StatusOr<proto::HeartbeatReply> r = c_->Heartbeat(*request);
     if (r.ok()) *reply = *std::move(r);
     return FinishNow(ctx, r.status());
@@ -229,20 +255,28 @@ class Coordinator::MembershipServiceImpl final
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* ctx,
                                   const proto::LeaveRequest* request,
                                   proto::LeaveReply*) override {
+    if (absl::Status a = c_->Authenticate(request->rank(), SessionToken(ctx));
+        !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     return FinishNow(ctx, c_->Leave(*request));
   }
 
   grpc::ServerWriteReactor<proto::MembershipView>* WatchView(
-      grpc::CallbackServerContext*,
+      grpc::CallbackServerContext* ctx,
       const proto::WatchViewRequest* request) override {
     auto* reactor = new WatchReactor(c_);
-    reactor->Start(*request);
+    reactor->Start(*request, c_->Authenticate(request->rank(), SessionToken(ctx)));
     return reactor;
   }
 
   grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* ctx,
                                     const proto::BarrierRequest* request,
                                     proto::BarrierReply* reply) override {
+    if (absl::Status a = c_->Authenticate(request->rank(), SessionToken(ctx));
+        !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     // The default reactor may be finished later from any thread; `reply`
     // stays valid until then.
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
@@ -281,6 +315,10 @@ class Coordinator::DataspacesServiceImpl final
   grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx,
                                    const proto::CreateDataspaceRequest* request,
                                    proto::CreateDataspaceReply* reply) override {
+    if (absl::Status a = c_->Authenticate(request->rank(), SessionToken(ctx));
+        !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     absl::StatusOr<proto::Dataspace> r = c_->CreateDataspace(*request);
     if (r.ok()) *reply->mutable_dataspace() = *std::move(r);
     return FinishNow(ctx, r.status());
@@ -289,12 +327,19 @@ class Coordinator::DataspacesServiceImpl final
   grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* ctx,
                                  const proto::FreeDataspaceRequest* request,
                                  proto::FreeDataspaceReply*) override {
+    if (absl::Status a = c_->Authenticate(request->rank(), SessionToken(ctx));
+        !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     return FinishNow(ctx, c_->FreeDataspace(*request));
   }
 
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx,
                                    const proto::LookupDataspaceRequest* request,
                                    proto::LookupDataspaceReply* reply) override {
+    if (absl::Status a = c_->Authenticate(-1, SessionToken(ctx)); !a.ok()) {
+      return FinishNow(ctx, a);
+    }
     absl::StatusOr<proto::Dataspace> r = c_->LookupDataspace(*request);
     if (r.ok()) *reply->mutable_dataspace() = *std::move(r);
     return FinishNow(ctx, r.status());
@@ -465,6 +510,7 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
   slot.state = proto::Member::ALIVE;
   slot.endpoint = request.endpoint();
   slot.last_heartbeat = Clock::now();
+  slot.token = NewSessionToken();
   PublishLocked();
   lease_cv_.Signal();  // the monitor may have had no lease to watch
   Debug("coordinator: rank %d joined from %s (epoch %d)", rank,
@@ -480,6 +526,7 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
       static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.heartbeat_interval)));
   reply.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.lease)));
   *reply.mutable_view() = view_;
+  reply.set_session_token(slot.token);
   return reply;
 }
 

@@ -118,6 +118,11 @@ class Coordinator {
   absl::StatusOr<proto::JobStatusReply> JobStatus(
       const proto::JobStatusRequest& request) const;
   proto::MembershipView CurrentView() const;
+
+  // The calls after Join are a rank's own: PERMISSION_DENIED, telling
+  // nothing about the job, unless `token` is the session token Join gave
+  // `rank` (rank -1: any member's). The gRPC services check every call.
+  absl::Status Authenticate(int rank, absl::string_view token) const;
   // What the coordinator has seen, for operators and tests: heartbeats
   // accepted from `rank` since it joined, and the ranks waiting at barrier
   // `seq` (empty once it completed or failed).
@@ -169,6 +174,7 @@ class Coordinator {
     Clock::time_point last_heartbeat;
     uint64_t heartbeats = 0;
     std::string reason;  // why it is SUSPECT, DEAD or LEFT
+    std::string token;   // its session token (kSessionTokenBytes random)
   };
   struct PendingBarrier {
     std::set<int> arrived;

@@ -181,6 +181,26 @@ bool Coordinator::LiveLocked(int rank) const {
                         s.state == proto::Member::LEFT));
 }
 
+absl::Status Coordinator::Authenticate(int rank,
+                                       absl::string_view token) const {
+  absl::MutexLock l(&mu_);
+  bool ok = false;
+  for (int r = 0; r < config_.nranks; ++r) {
+    if (rank != -1 && r != rank) continue;
+    const Slot& s = slots_[r];
+    // Compared in full, without an early exit.
+    unsigned char diff = s.token.size() == token.size() && !s.token.empty() ? 0 : 1;
+    for (size_t i = 0; i < s.token.size() && i < token.size(); ++i) {
+      diff |= static_cast<unsigned char>(s.token[i] ^ token[i]);
+    }
+    ok |= s.joined && diff == 0;
+  }
+  if (ok) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      "refused: this call needs the session token Join gave the rank it "
+      "names");
+}
+
 absl::Status Coordinator::CheckAliveLocked(int rank, const char* what) const {
   if (rank < 0 || rank >= config_.nranks) {
     return absl::InvalidArgumentError(absl::StrFormat(

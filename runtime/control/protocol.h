@@ -6,6 +6,8 @@
 // own, so every rank of a job runs compatible binaries.
 //   2: a barrier is one round; kEpochWrites goes to every rank.
 //   3: kEpochWrites carries subscriptions and pushed pages (PageRef flags).
+//   4: SUSPECT members, DeclareDead/JobStatus, barriers carry the call and
+//      its outcome, session tokens, kLockDestroy.
 #ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 #define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 
@@ -13,7 +15,11 @@
 
 namespace pagewire::control {
 
-inline constexpr uint32_t kProtocolVersion = 3;
+inline constexpr uint32_t kProtocolVersion = 4;
+
+// The gRPC metadata key of a rank's session token (JoinReply.session_token).
+inline constexpr char kSessionMetadata[] = "pw-session-bin";
+inline constexpr size_t kSessionTokenBytes = 32;
 
 }  // namespace pagewire::control
 

@@ -137,7 +137,19 @@ void RemoteFetcher::AddPeerRegion(int peer, uint32_t alloc_id, uint64_t addr,
                                   uint64_t length, uint32_t rkey) {
   absl::MutexLock lock(&mutex_);
   if (peer < 0 || peer >= nranks_) return;
-  regions_[peer].push_back(RemoteRegion{alloc_id, addr, length, rkey});
+  // The coordinator hands out a range again only once it was released, so
+  // a region of another allocation that overlaps this one is stale: the
+  // keys of an allocation that failed on this rank (a collective that did
+  // not agree) were never taken back here.
+  std::vector<RemoteRegion>& list = regions_[peer];
+  list.erase(std::remove_if(list.begin(), list.end(),
+                            [&](const RemoteRegion& r) {
+                              return r.alloc_id != alloc_id && length > 0 &&
+                                     r.addr < addr + length &&
+                                     addr < r.addr + r.length;
+                            }),
+             list.end());
+  list.push_back(RemoteRegion{alloc_id, addr, length, rkey});
 }
 
 void RemoteFetcher::OnAllocKeys(int peer, absl::Span<const char> body) {

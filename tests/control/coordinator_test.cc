@@ -19,6 +19,8 @@
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/control_plane.grpc.pb.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
 #include "runtime/base/log.h"
@@ -471,6 +473,74 @@ TEST(CoordinatorTest, CollectiveCreateFreeAndLookup) {
   EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(absl::StrContains(huge.status().message(), "--global-size"))
       << huge.status();
+}
+
+// Every call after Join is a rank's own: without the session token Join
+// gave the rank it names (none, a guess, another rank's), Leave, Heartbeat,
+// WatchView, Barrier and the dataspace calls are refused, tell nothing, and
+// change nothing.
+TEST(CoordinatorTest, CallsWithoutTheRanksSessionTokenAreRefused) {
+  auto server = StartServer(TestConfig(2));
+  ASSERT_NE(server, nullptr);
+  ViewRecorder rec0;
+  auto c0 = MustJoin(ClientConfig(*server, 0, &rec0));
+  auto c1 = MustJoin(ClientConfig(*server, 1));
+  ASSERT_TRUE(c0 && c1);
+  ASSERT_TRUE(rec0.WaitFor([](const View& v) { return AllAlive(v, 2); }));
+  auto channel = grpc::CreateChannel(server->address(),
+                                     grpc::InsecureChannelCredentials());
+  auto membership = proto::Membership::NewStub(channel);
+  auto dataspaces = proto::Dataspaces::NewStub(channel);
+  for (const std::string& token :
+       {std::string(), std::string(kSessionTokenBytes, 'x')}) {
+    auto ctx = [&] {
+      auto c = std::make_unique<grpc::ClientContext>();
+      if (!token.empty()) c->AddMetadata(kSessionMetadata, token);
+      c->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+      return c;
+    };
+    auto refused = [&](const grpc::Status& st, const char* what) {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << what;
+      EXPECT_EQ(st.error_message().find(kCluster), std::string::npos) << what;
+    };
+    proto::LeaveRequest leave;
+    leave.set_rank(1);
+    proto::LeaveReply left;
+    refused(membership->Leave(ctx().get(), leave, &left), "Leave");
+    proto::HeartbeatRequest hb;
+    hb.set_rank(1);
+    proto::HeartbeatReply hbr;
+    refused(membership->Heartbeat(ctx().get(), hb, &hbr), "Heartbeat");
+    proto::BarrierRequest barrier;
+    barrier.set_rank(1);
+    barrier.set_seq(1);
+    proto::BarrierReply br;
+    refused(membership->Barrier(ctx().get(), barrier, &br), "Barrier");
+    proto::WatchViewRequest watch;
+    watch.set_rank(-1);
+    auto w = ctx();
+    auto reader = membership->WatchView(w.get(), watch);
+    proto::MembershipView view;
+    EXPECT_FALSE(reader->Read(&view)) << "a view reached an unauthenticated watcher";
+    refused(reader->Finish(), "WatchView");
+    proto::CreateDataspaceRequest create;
+    create.set_rank(1);
+    create.set_length(4096);
+    create.set_collective_seq(1);
+    proto::CreateDataspaceReply created;
+    refused(dataspaces->Create(ctx().get(), create, &created), "Create");
+    proto::LookupDataspaceRequest lookup;
+    lookup.set_id(1);
+    proto::LookupDataspaceReply found;
+    refused(dataspaces->Lookup(ctx().get(), lookup, &found), "Lookup");
+  }
+  // Rank 1 is still a member after all of it, and its own calls work.
+  EXPECT_TRUE(AllAlive(View::FromProto(server->coordinator().CurrentView()), 2));
+  absl::Status b0;
+  std::thread t0([&] { b0 = c0->Barrier(1); });
+  EXPECT_TRUE(c1->Barrier(1).ok());
+  t0.join();
+  EXPECT_TRUE(b0.ok()) << b0;
 }
 
 TEST(CoordinatorTest, GarbageOnThePortDoesNotDisturbOtherClients) {
