@@ -126,7 +126,7 @@ class RankFixture : public ::testing::Test {
                                  })
                       .ok());
     }
-    fetcher_->AddPeerRegion(kPeer, id, kBase, kSize,
+    fetcher_->AddPeerRegion(kPeer, id, kBase + offset, p.size,
                             FakePeerTransport::kPeerKey);
     if (registered) {
       for (uint64_t page = 0; page < pages; ++page) ds->MarkRegistered(page);

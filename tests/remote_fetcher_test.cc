@@ -131,5 +131,20 @@ TEST_F(RemoteFetcherTest, AFailedReadFailsItsFaultNamingTheRead) {
       << log.All();
 }
 
+// A range handed out again after its allocation was released: the new
+// allocation's key replaces a stale one this rank still held for the same
+// addresses (an allocation that failed here was never taken back), and
+// regions elsewhere stay.
+TEST_F(RemoteFetcherTest, ANewAllocationsKeyReplacesAStaleOneForTheSameRange) {
+  const uint64_t x = Page(0), y = Page(6);
+  fetcher_->AddPeerRegion(kPeer, 40, x, kPageSize, 0xaaa);
+  fetcher_->AddPeerRegion(kPeer, 41, y, kPageSize, 0xccc);
+  EXPECT_EQ(fetcher_->PeerKey(kPeer, x), 0xaaau);
+  fetcher_->AddPeerRegion(kPeer, 42, x, 3 * kPageSize, 0xbbb);
+  EXPECT_EQ(fetcher_->PeerKey(kPeer, x), 0xbbbu);
+  EXPECT_EQ(fetcher_->PeerKey(kPeer, x + 2 * kPageSize), 0xbbbu);
+  EXPECT_EQ(fetcher_->PeerKey(kPeer, y), 0xcccu);
+}
+
 }  // namespace
 }  // namespace pagewire

@@ -140,11 +140,13 @@ void RemoteFetcher::AddPeerRegion(int peer, uint32_t alloc_id, uint64_t addr,
   // The coordinator hands out a range again only once it was released, so
   // a region of another allocation that overlaps this one is stale: the
   // keys of an allocation that failed on this rank (a collective that did
-  // not agree) were never taken back here.
+  // not agree) were never taken back here. (Allocation 0, the whole range
+  // on TCP, stands apart.)
   std::vector<RemoteRegion>& list = regions_[peer];
   list.erase(std::remove_if(list.begin(), list.end(),
                             [&](const RemoteRegion& r) {
-                              return r.alloc_id != alloc_id && length > 0 &&
+                              return alloc_id != 0 && r.alloc_id != 0 &&
+                                     r.alloc_id != alloc_id && length > 0 &&
                                      r.addr < addr + length &&
                                      addr < r.addr + r.length;
                             }),
