@@ -82,6 +82,8 @@ absl::Status Runtime::StartDataPlane(const RuntimeConfig& config) {
   choice.kind = config.transport;
   choice.rank = config.rank;
   choice.host = config.host;
+  choice.secret = config.secret;
+  choice.nranks = config.nranks;
   absl::StatusOr<ChosenTransport> chosen = MakeTransport(choice);
   if (!chosen.ok()) return chosen.status();
   transport_ = std::move(chosen->transport);

@@ -17,6 +17,7 @@ PACKAGES=(
   libabsl-dev
   libgtest-dev
   libgmock-dev
+  libssl-dev             # libcrypto: HMAC-SHA256 handshakes
   libibverbs-dev
   librdmacm-dev
   gfortran               # Fortran bindings / examples

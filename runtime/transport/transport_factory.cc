@@ -30,6 +30,10 @@ absl::StatusOr<ChosenTransport> MakeTransport(const TransportChoice& choice) {
   tc.rank = choice.rank;
   tc.bind_host = choice.host;
   tc.advertise_host = choice.host;
+  tc.secret = choice.secret;
+  tc.nranks = choice.nranks;
+  // Every peer may be in its handshake at once when the job starts.
+  tc.max_unauthenticated = 64 + choice.nranks;
   absl::StatusOr<std::unique_ptr<TcpTransport>> tcp = TcpTransport::Create(tc);
   if (!tcp.ok()) return tcp.status();
   chosen.transport = *std::move(tcp);

@@ -18,6 +18,8 @@ struct TransportChoice {
   std::string kind = "auto";
   int rank = 0;
   std::string host = "127.0.0.1";  // TCP: the address bound and advertised
+  std::string secret;  // TCP: the job's secret, proved on every connection
+  int nranks = 0;      // TCP: the job's size (0: not known)
 };
 
 struct ChosenTransport {

@@ -47,6 +47,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "runtime/base/log.h"
+#include "runtime/transport/tcp/tcp_handshake.h"
 #include "runtime/transport/tcp/tcp_transport.h"
 #include "runtime/transport/transport.h"
 #include "runtime/transport/verbs/verbs_transport.h"
@@ -66,7 +67,10 @@ struct MakeOptions {
   // Notice a vanished peer quickly (verbs: a short ACK timeout and few
   // retries; TCP notices a closed socket at once anyway).
   bool quick_peer_loss = false;
-  uint32_t tcp_protocol_version = 1;
+  uint32_t tcp_protocol_version = 2;
+  // TCP: the job's secret the transport proves on every connection.
+  std::string tcp_secret = "transport-test-secret";
+  int tcp_max_unauthenticated = 64;
 };
 
 // A log line a case expects: its level and substrings.
@@ -119,6 +123,8 @@ class TcpFabric final : public Fabric {
     config.rank = rank;
     config.bind_host = "127.0.0.1";
     config.protocol_version = options.tcp_protocol_version;
+    config.secret = options.tcp_secret;
+    config.max_unauthenticated = options.tcp_max_unauthenticated;
     auto t = TcpTransport::Create(config);
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? std::move(*t) : nullptr;
@@ -1230,11 +1236,68 @@ bool ClosedByPeer(int fd) {
   }
 }
 
-tcp_internal::Hello ValidHello(int rank, uint32_t version = 1) {
-  tcp_internal::Hello h;
-  std::memcpy(h.magic, tcp_internal::kHelloMagic, sizeof(h.magic));
+tcp_handshake::ClientHello ValidHello(int rank, uint32_t version = 2) {
+  tcp_handshake::ClientHello h{};
+  std::memcpy(h.magic, tcp_handshake::kClientMagic, sizeof(h.magic));
   h.protocol_version = version;
   h.rank = rank;
+  for (size_t i = 0; i < sizeof(h.nonce); ++i) {
+    h.nonce[i] = static_cast<uint8_t>(rank * 31 + i);
+  }
+  return h;
+}
+
+// Reads exactly `n` bytes (false on EOF, error or the deadline).
+bool ReadFull(int fd, void* out, size_t n) {
+  char* p = static_cast<char*>(out);
+  size_t got = 0;
+  while (got < n) {
+    pollfd pf{fd, POLLIN, 0};
+    if (::poll(&pf, 1, kDeadlineMs) <= 0) return false;
+    ssize_t k = ::read(fd, p + got, n - got);
+    if (k <= 0) return false;
+    got += static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// The requester's half of the handshake, by hand, on a raw connection to a
+// target of rank `target_rank`: sends `hello`, checks the challenge with
+// `secret`'s key (false in `target_proved` if it fails) and answers with
+// the proof made from `secret`. Returns the challenge's server nonce.
+struct RawHandshake {
+  int fd = -1;
+  bool got_challenge = false;
+  bool target_proved = false;
+  tcp_handshake::Nonce server_nonce{};
+  tcp_handshake::ClientProof proof{};
+};
+
+RawHandshake DoHandshake(const Transport& t, int target_rank,
+                         const tcp_handshake::ClientHello& hello,
+                         const std::string& secret, bool send_proof = true) {
+  RawHandshake h;
+  h.fd = RawConnect(t);
+  if (h.fd < 0) return h;
+  if (::write(h.fd, &hello, sizeof(hello)) != sizeof(hello)) return h;
+  tcp_handshake::ServerChallenge ch;
+  if (!ReadFull(h.fd, &ch, sizeof(ch))) return h;
+  h.got_challenge = true;
+  tcp_handshake::Nonce client_nonce;
+  std::memcpy(client_nonce.data(), hello.nonce, client_nonce.size());
+  const Digest256 key = tcp_handshake::DataPlaneKey(secret);
+  h.target_proved = tcp_handshake::CheckServerChallenge(
+                        ch, hello.protocol_version, target_rank, hello.rank,
+                        client_nonce, key)
+                        .empty();
+  std::memcpy(h.server_nonce.data(), ch.nonce, h.server_nonce.size());
+  const Digest256 proof =
+      tcp_handshake::Proof(key, tcp_handshake::Role::kClient, client_nonce,
+                           h.server_nonce, hello.rank, target_rank);
+  std::memcpy(h.proof.proof, proof.data(), sizeof(h.proof.proof));
+  if (send_proof) {
+    EXPECT_EQ(::write(h.fd, &h.proof, sizeof(h.proof)), 32);
+  }
   return h;
 }
 
@@ -1293,17 +1356,21 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
   // The right magic with the wrong version.
   g = RawConnect(*target_);
   auto hello = ValidHello(9, 42);
-  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 16);
+  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 32);
   EXPECT_TRUE(ClosedByPeer(g));
   ::close(g);
   EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning, {"protocol version 42"}));
 
-  // A valid hello, then an unknown frame kind.
-  g = RawConnect(*target_);
+  // A raw peer that completes the handshake as rank 9, then an unknown
+  // frame kind.
+  auto& tcp_target = static_cast<TcpTransport&>(*target_);
+  ASSERT_TRUE(tcp_target.ExpectPeer(9, "127.0.0.1").ok());
   hello = ValidHello(9);
+  RawHandshake raw = DoHandshake(*target_, 1, hello, "transport-test-secret");
+  ASSERT_TRUE(raw.target_proved);
+  g = raw.fd;
   tcp_internal::RequestHeader h{};
   h.kind = 77;
-  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 16);
   ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
   EXPECT_TRUE(ClosedByPeer(g));
   ::close(g);
@@ -1312,12 +1379,13 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
 
   // A valid hello, then an oversized message and an oversized READ.
   for (int kind : {2, 1}) {
-    g = RawConnect(*target_);
+    raw = DoHandshake(*target_, 1, hello, "transport-test-secret");
+    ASSERT_TRUE(raw.target_proved);
+    g = raw.fd;
     h = tcp_internal::RequestHeader{};
     h.kind = static_cast<uint8_t>(kind);
     h.opcode = static_cast<uint8_t>(WorkOpcode::kRead);
     h.length = 0xfffffff0u;
-    ASSERT_EQ(::write(g, &hello, sizeof(hello)), 16);
     ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
     EXPECT_TRUE(ClosedByPeer(g));
     ::close(g);
@@ -1329,14 +1397,15 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
                            {"peer 9", "oversized frame: READ of"}));
 
   // A raw peer that speaks the protocol is served too.
-  g = RawConnect(*target_);
+  raw = DoHandshake(*target_, 1, hello, "transport-test-secret");
+  ASSERT_TRUE(raw.target_proved);
+  g = raw.fd;
   h = tcp_internal::RequestHeader{};
   h.kind = 1;
   h.opcode = static_cast<uint8_t>(WorkOpcode::kRead);
   h.length = 16;
   h.remote_addr = remote.mr.addr + 32;
   h.rkey = remote.mr.rkey;
-  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 16);
   ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
   char resp[32];
   size_t got = 0;
@@ -1405,8 +1474,8 @@ TEST_P(TcpWireTest, DeregisterWaitsForReadsBeingServed) {
 TEST_P(TcpWireTest, VersionMismatchIsRejected) {
   LogCapture logs;
   MakeOptions v1, v2;
-  v1.tcp_protocol_version = 1;
-  v2.tcp_protocol_version = 2;
+  v1.tcp_protocol_version = 2;
+  v2.tcp_protocol_version = 3;
   auto target = fabric_->Make(1, 1, v1);
   auto requester = fabric_->Make(0, 0, v2);
   ASSERT_TRUE(target && requester);
@@ -1420,8 +1489,244 @@ TEST_P(TcpWireTest, VersionMismatchIsRejected) {
   EXPECT_EQ(wcs[0].status, WcStatus::kPeerGone);
   EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
                            {"rank 1", "connection from 127.0.0.1",
-                            "protocol version 2"}));
+                            "protocol version 3"}));
   EXPECT_TRUE(logs.WaitFor(LogLevel::kError, {"rank 0", "peer 1"}));
+}
+
+// Bytes that arrive on `fd` until the other end closes it (at most `max`).
+std::string ReadUntilClosed(int fd, size_t max = 1 << 20) {
+  std::string got;
+  char buf[4096];
+  while (got.size() < max) {
+    pollfd pf{fd, POLLIN, 0};
+    if (::poll(&pf, 1, kDeadlineMs) <= 0) break;
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+// A READ of 16 bytes and a lock-grant message (home_protocol kLockGrant =
+// 9), as a forger would send them after its handshake.
+std::string ForgedRequests(const Buffer& remote) {
+  tcp_internal::RequestHeader read{};
+  read.kind = static_cast<uint8_t>(tcp_internal::FrameKind::kOp);
+  read.opcode = static_cast<uint8_t>(WorkOpcode::kRead);
+  read.length = 16;
+  read.remote_addr = remote.mr.addr;
+  read.rkey = remote.mr.rkey;
+  tcp_internal::RequestHeader grant{};
+  grant.kind = static_cast<uint8_t>(tcp_internal::FrameKind::kMessage);
+  grant.msg_type = 9;
+  grant.length = 8;
+  std::string out(reinterpret_cast<const char*>(&read), sizeof(read));
+  out.append(reinterpret_cast<const char*>(&grant), sizeof(grant));
+  out.append(8, '\x01');
+  return out;
+}
+
+// Forgeries are refused before anything is served: a hello without the
+// proof, a proof made with another secret, a replayed handshake, a rank
+// claimed from an address membership does not place it at, and data sent
+// before the handshake ends. Each tries a READ and a lock grant; not a
+// byte of memory comes back and no message is delivered, while a raw peer
+// that proves the secret gets both served (so the test could see them).
+TEST_P(TcpWireTest, HandshakeRefusesForgeriesBeforeServingAnything) {
+  LogCapture logs;
+  Buffer remote = MakeBuffer(*target_, 4096);
+  FillPattern(remote, 11);
+  std::atomic<int> delivered{0};
+  target_->SetMessageHandler([&](int, uint16_t, absl::Span<const char>) {
+    delivered++;
+  });
+  auto& tcp = static_cast<TcpTransport&>(*target_);
+  ASSERT_TRUE(tcp.ExpectPeer(5, "127.0.0.1").ok());
+  ASSERT_TRUE(tcp.ExpectPeer(6, "10.9.9.9").ok());
+  const std::string forged = ForgedRequests(remote);
+  const std::string secret = "transport-test-secret";
+
+  // No proof at all: the requests follow the hello, where the proof goes.
+  RawHandshake h = DoHandshake(*target_, 1, ValidHello(5), secret,
+                               /*send_proof=*/false);
+  ASSERT_TRUE(h.got_challenge && h.target_proved);
+  ASSERT_EQ(::write(h.fd, forged.data(), forged.size()),
+            static_cast<ssize_t>(forged.size()));
+  EXPECT_EQ(ReadUntilClosed(h.fd).size(), 0u) << "nothing after the challenge";
+  ::close(h.fd);
+  EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
+                           {"rank 1", "failed to prove the job's secret"}));
+
+  // Another job's secret: the target fails our check, and we fail its.
+  h = DoHandshake(*target_, 1, ValidHello(5), "another-job");
+  ASSERT_TRUE(h.got_challenge);
+  EXPECT_FALSE(h.target_proved);
+  ASSERT_EQ(::write(h.fd, forged.data(), forged.size()),
+            static_cast<ssize_t>(forged.size()));
+  EXPECT_EQ(ReadUntilClosed(h.fd).size(), 0u);
+  ::close(h.fd);
+
+  // A replay: a good handshake's proof, sent on a new connection with the
+  // same hello. The target's nonce is new, so the old proof is wrong.
+  RawHandshake good = DoHandshake(*target_, 1, ValidHello(5), secret);
+  ASSERT_TRUE(good.target_proved);
+  h = DoHandshake(*target_, 1, ValidHello(5), secret, /*send_proof=*/false);
+  ASSERT_TRUE(h.got_challenge);
+  EXPECT_NE(h.server_nonce, good.server_nonce) << "a fresh nonce each time";
+  std::string replay(reinterpret_cast<const char*>(&good.proof),
+                     sizeof(good.proof));
+  replay += forged;
+  ASSERT_EQ(::write(h.fd, replay.data(), replay.size()),
+            static_cast<ssize_t>(replay.size()));
+  EXPECT_EQ(ReadUntilClosed(h.fd).size(), 0u);
+  ::close(h.fd);
+
+  // Rank 6 claimed from 127.0.0.1, where membership does not place it: no
+  // challenge at all.
+  int g = RawConnect(*target_);
+  auto hello6 = ValidHello(6);
+  std::string claim(reinterpret_cast<const char*>(&hello6), sizeof(hello6));
+  claim += forged;
+  ASSERT_EQ(::write(g, claim.data(), claim.size()),
+            static_cast<ssize_t>(claim.size()));
+  EXPECT_EQ(ReadUntilClosed(g).size(), 0u);
+  ::close(g);
+  EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
+                           {"claims rank 6 from 127.0.0.1",
+                            "membership places rank 6 at 10.9.9.9"}));
+
+  // Rank 7, which membership has not placed yet: unanswered; requests sent
+  // meanwhile close it.
+  g = RawConnect(*target_);
+  auto hello7 = ValidHello(7);
+  claim.assign(reinterpret_cast<const char*>(&hello7), sizeof(hello7));
+  claim += forged;
+  ASSERT_EQ(::write(g, claim.data(), claim.size()),
+            static_cast<ssize_t>(claim.size()));
+  EXPECT_EQ(ReadUntilClosed(g).size(), 0u);
+  ::close(g);
+  EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
+                           {"sent data before the handshake finished"}));
+
+  // The good connection is served: the READ's bytes and the message.
+  ASSERT_EQ(::write(good.fd, forged.data(), forged.size()),
+            static_cast<ssize_t>(forged.size()));
+  char resp[sizeof(tcp_internal::ResponseHeader) + 16];
+  ASSERT_TRUE(ReadFull(good.fd, resp, sizeof(resp)));
+  EXPECT_EQ(std::memcmp(resp + sizeof(tcp_internal::ResponseHeader),
+                        remote.data, 16),
+            0);
+  for (int i = 0; i < 1000 && delivered.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(delivered.load(), 1) << "only the proven peer's message";
+  ::close(good.fd);
+}
+
+// A claim that arrives before membership places the rank waits, unanswered,
+// and is answered once it does (the view can reach the target after the
+// peer).
+TEST_P(TcpWireTest, ClaimWaitsForMembership) {
+  Buffer remote = MakeBuffer(*target_, 4096);
+  FillPattern(remote, 12);
+  auto& tcp = static_cast<TcpTransport&>(*target_);
+  int g = RawConnect(*target_);
+  auto hello = ValidHello(8);
+  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 32);
+  pollfd pf{g, POLLIN, 0};
+  EXPECT_EQ(::poll(&pf, 1, 200), 0) << "answered before membership spoke";
+  ASSERT_TRUE(tcp.ExpectPeer(8, "localhost").ok());
+  tcp_handshake::ServerChallenge ch;
+  ASSERT_TRUE(ReadFull(g, &ch, sizeof(ch)));
+  tcp_handshake::Nonce cn, sn;
+  std::memcpy(cn.data(), hello.nonce, cn.size());
+  std::memcpy(sn.data(), ch.nonce, sn.size());
+  const Digest256 key = tcp_handshake::DataPlaneKey("transport-test-secret");
+  EXPECT_EQ(tcp_handshake::CheckServerChallenge(ch, 2, 1, 8, cn, key), "");
+  const Digest256 proof = tcp_handshake::Proof(
+      key, tcp_handshake::Role::kClient, cn, sn, 8, 1);
+  ASSERT_EQ(::write(g, proof.data(), proof.size()), 32);
+  const std::string req = ForgedRequests(remote).substr(0, 40);
+  ASSERT_EQ(::write(g, req.data(), req.size()), 40);
+  char resp[sizeof(tcp_internal::ResponseHeader) + 16];
+  ASSERT_TRUE(ReadFull(g, resp, sizeof(resp)));
+  EXPECT_EQ(std::memcmp(resp + 16, remote.data, 16), 0);
+  ::close(g);
+}
+
+// The requester's side: a target that cannot prove the secret gets nothing
+// but the hello, and what was posted to it completes with kPeerGone.
+TEST_P(TcpWireTest, RequesterSendsNothingToAnUnprovenTarget) {
+  LogCapture logs;
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(lfd, 1), 0);
+  socklen_t len = sizeof(sa);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len);
+  TransportEndpoint fake;
+  fake.host = "127.0.0.1";
+  fake.port = ntohs(sa.sin_port);
+  ASSERT_TRUE(requester_->Connect(7, fake).ok());
+  Buffer local = MakeBuffer(*requester_, 4096);
+  WorkRequest wr{};
+  wr.wr_id = 1;
+  wr.opcode = WorkOpcode::kWrite;
+  wr.local = local.data;
+  wr.lkey = local.mr.lkey;
+  wr.length = 64;
+  wr.remote_addr = 0x1000;
+  wr.rkey = 1;
+  ASSERT_TRUE(requester_->PostSend(7, &wr).ok());
+  int g = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(g, 0);
+  tcp_handshake::ClientHello hello;
+  ASSERT_TRUE(ReadFull(g, &hello, sizeof(hello)));
+  EXPECT_EQ(hello.rank, 0);
+  // An answer with the right shape and a made-up proof.
+  tcp_handshake::ServerChallenge ch{};
+  std::memcpy(ch.magic, tcp_handshake::kServerMagic, sizeof(ch.magic));
+  ch.protocol_version = 2;
+  ch.rank = 7;
+  ASSERT_EQ(::write(g, &ch, sizeof(ch)), 64);
+  EXPECT_EQ(ReadUntilClosed(g).size(), 0u) << "the WRITE's bytes were sent";
+  auto wcs = WaitCompletions(*requester_, 1);
+  ASSERT_EQ(wcs.size(), 1u);
+  EXPECT_EQ(wcs[0].status, WcStatus::kPeerGone);
+  EXPECT_TRUE(logs.WaitFor(LogLevel::kError,
+                           {"rank 0", "peer 7", "failed to prove"}));
+  ::close(g);
+  ::close(lfd);
+}
+
+// Connections that never finish their handshake are limited: past the
+// limit the oldest is closed, and a real peer still connects and is served.
+TEST_P(TcpWireTest, HandshakesInProgressAreLimited) {
+  MakeOptions small;
+  small.tcp_max_unauthenticated = 4;
+  auto target = fabric_->Make(3, 1, small);
+  ASSERT_NE(target, nullptr);
+  std::vector<int> idle;
+  for (int i = 0; i < 6; ++i) {
+    idle.push_back(RawConnect(*target));
+    ASSERT_GE(idle.back(), 0);
+  }
+  // The 5th and 6th evicted the 1st and 2nd.
+  EXPECT_TRUE(ClosedByPeer(idle[0]));
+  EXPECT_TRUE(ClosedByPeer(idle[1]));
+  Buffer remote = MakeBuffer(*target, 4096);
+  FillPattern(remote, 13);
+  Buffer local = MakeBuffer(*requester_, 4096);
+  ASSERT_TRUE(Connect(*requester_, 0, *target, 3).ok());
+  WorkRequest wr = Read(1, local, 0, remote, 0, 4096);
+  ASSERT_TRUE(requester_->PostSend(3, &wr).ok());
+  auto wcs = WaitCompletions(*requester_, 1);
+  ASSERT_EQ(wcs.size(), 1u);
+  EXPECT_EQ(wcs[0].status, WcStatus::kSuccess);
+  EXPECT_EQ(std::memcmp(local.data, remote.data, 4096), 0);
+  for (int fd : idle) ::close(fd);
 }
 
 // The endpoint (a wildcard bind advertises loopback), the name, nonzero
@@ -1429,6 +1734,12 @@ TEST_P(TcpWireTest, VersionMismatchIsRejected) {
 TEST_P(TcpWireTest, EndpointKeysAndPort) {
   TcpTransportConfig config;
   config.rank = 0;
+  auto no_secret = TcpTransport::Create(config);
+  EXPECT_EQ(no_secret.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(no_secret.status().message(),
+                                "PAGEWIRE_SECRET"))
+      << no_secret.status();
+  config.secret = "s";
   auto t = TcpTransport::Create(config);
   ASSERT_TRUE(t.ok()) << t.status();
   TransportEndpoint ep = (*t)->LocalEndpoint();

@@ -1,7 +1,7 @@
-// tcp_transport.cc - TcpTransport setup: listening socket, connections and
-// the hello, memory registration, the "pw-tcp" event loop and teardown.
-// The datapath (posting, serving, completions) is in
-// tcp_transport_datapath.cc.
+// tcp_transport.cc - TcpTransport setup: listening socket, connections,
+// memory registration, the "pw-tcp" event loop and teardown. The
+// handshake is in tcp_transport_handshake.cc; the datapath (posting,
+// serving, completions) in tcp_transport_datapath.cc.
 #include "runtime/transport/tcp/tcp_transport.h"
 
 #include <arpa/inet.h>
@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -26,8 +27,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the TCP wire format is little-endian host order");
 
 namespace pagewire {
-
-using tcp_internal::Hello;
 
 namespace {
 
@@ -51,6 +50,17 @@ constexpr size_t kPendingSlots = 1024;
 constexpr size_t kCompletionSlots = 4096;
 
 std::string ErrnoStr(int e) { return std::strerror(e); }
+
+// The address part of "host:port" (an IPv6 host has colons of its own),
+// with an IPv4 peer reached over an IPv6 socket (::ffff:a.b.c.d) as a.b.c.d.
+std::string HostPart(const std::string& remote) {
+  const size_t colon = remote.rfind(':');
+  std::string ip = colon == std::string::npos ? remote : remote.substr(0, colon);
+  if (ip.rfind("::ffff:", 0) == 0 && ip.find('.') != std::string::npos) {
+    ip = ip.substr(7);
+  }
+  return ip;
+}
 
 std::string SockaddrString(const sockaddr* sa) {
   char host[INET6_ADDRSTRLEN] = "?";
@@ -109,6 +119,7 @@ TcpTransport::Connection::Connection(Role r, int fd_in, int rank,
     : role(r),
       fd(fd_in),
       remote(std::move(remote_addr)),
+      remote_ip(HostPart(remote)),
       out(kOutReserve),
       pending(r == Role::kOutgoing ? kPendingSlots : 1),
       peer_rank(rank) {
@@ -118,7 +129,10 @@ TcpTransport::Connection::Connection(Role r, int fd_in, int rank,
 }
 
 TcpTransport::TcpTransport(const TcpTransportConfig& config)
-    : config_(config), key_rng_(std::random_device{}()), cq_(kCompletionSlots) {
+    : config_(config),
+      key_(tcp_handshake::DataPlaneKey(config.secret)),
+      key_rng_(std::random_device{}()),
+      cq_(kCompletionSlots) {
   thread_wcs_.reserve(1024);
   drained_.reserve(kPendingSlots);
 }
@@ -128,6 +142,17 @@ absl::StatusOr<std::unique_ptr<TcpTransport>> TcpTransport::Create(
   if (config.rank < 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("tcp: rank %d must not be negative", config.rank));
+  }
+  if (config.secret.empty()) {
+    return absl::InvalidArgumentError(
+        "tcp: no job secret: every data-plane connection proves it; set "
+        "PAGEWIRE_SECRET to the same random string on every rank "
+        "(pagewire-run does)");
+  }
+  if (config.max_unauthenticated < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tcp: max_unauthenticated %d must be at least 1",
+        config.max_unauthenticated));
   }
   std::unique_ptr<TcpTransport> t(new TcpTransport(config));
   absl::Status s = t->Start();
@@ -302,6 +327,7 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
       }
     }
   }
+  if (absl::Status s = ExpectPeer(peer, endpoint.host); !s.ok()) return s;
   std::string remote;
   absl::StatusOr<UniqueFd> fd = Dial(peer, endpoint, remote);
   if (!fd.ok()) return fd.status();
@@ -324,6 +350,11 @@ absl::StatusOr<UniqueFd> TcpTransport::Dial(int peer,
       err = errno;
       continue;
     }
+    // From this node's own address, not one the routing picks: the target
+    // checks the source against what membership says this rank is at.
+    if (absl::Status s = BindSource(fd.get(), a->ai_family); !s.ok()) {
+      return s;
+    }
     int rc;
     do {
       rc = ::connect(fd.get(), a->ai_addr, a->ai_addrlen);
@@ -344,15 +375,38 @@ absl::StatusOr<UniqueFd> TcpTransport::Dial(int peer,
   return fd;
 }
 
+absl::Status TcpTransport::BindSource(int fd, int family) {
+  if (config_.bind_host.empty() || config_.bind_host == "0.0.0.0" ||
+      config_.bind_host == "::") {
+    return absl::OkStatus();  // a wildcard: the routing's choice is ours
+  }
+  auto ai = Resolve(config_.bind_host, 0, /*passive=*/false);
+  if (!ai.ok()) return ai.status();
+  for (const addrinfo* a = ai->get(); a != nullptr; a = a->ai_next) {
+    if (a->ai_family != family) continue;
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0) return absl::OkStatus();
+    return absl::UnavailableError(absl::StrFormat(
+        "tcp: rank %d cannot connect from its address %s: bind: %s",
+        config_.rank, config_.bind_host, ErrnoStr(errno)));
+  }
+  return absl::OkStatus();  // no address of that family: leave it to routing
+}
+
 absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
                                          const std::string& remote) {
-  Hello hello;
-  std::memcpy(hello.magic, tcp_internal::kHelloMagic, sizeof(hello.magic));
+  tcp_handshake::ClientHello hello{};
+  std::memcpy(hello.magic, tcp_handshake::kClientMagic, sizeof(hello.magic));
   hello.protocol_version = config_.protocol_version;
   hello.rank = config_.rank;
   const int raw = fd.get();
   auto conn = std::make_shared<Connection>(Connection::Role::kOutgoing, raw,
                                            peer, remote);
+  if (absl::Status s = FillRandom(absl::MakeSpan(conn->client_nonce));
+      !s.ok()) {
+    return s;
+  }
+  std::memcpy(hello.nonce, conn->client_nonce.data(), sizeof(hello.nonce));
+  conn->auth = Connection::Auth::kAwaitChallenge;
   {
     absl::MutexLock lock(&mu_);
     PeerState& ps = peers_[peer];
@@ -383,8 +437,41 @@ absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
           absl::StrFormat("tcp: epoll_ctl(peer %d): %s", peer, ErrnoStr(e)));
     }
     FlushLocked(conn.get());
+    // Nothing but the hello goes out before the target proves the secret;
+    // a fresh socket takes those 32 bytes at once.
+    conn->output_held = true;
+    if (!conn->out.empty()) {
+      conn->closed = true;
+      ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, raw, nullptr);
+      ::close(raw);
+      conns_.erase(conn.get());
+      ps.out = nullptr;
+      return absl::UnavailableError(absl::StrFormat(
+          "tcp: cannot send the hello to peer %d at %s", peer, remote));
+    }
   }
   Debug("tcp: rank %d connected to peer %d at %s", config_.rank, peer, remote);
+  return absl::OkStatus();
+}
+
+absl::Status TcpTransport::ExpectPeer(int peer, const std::string& host) {
+  auto ai = Resolve(host, 0, /*passive=*/false);
+  if (!ai.ok()) return ai.status();
+  std::vector<std::string> ips;
+  for (const addrinfo* a = ai->get(); a != nullptr; a = a->ai_next) {
+    std::string ip = HostPart(SockaddrString(a->ai_addr));
+    if (std::find(ips.begin(), ips.end(), ip) == ips.end()) ips.push_back(ip);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string>& known = peer_ips_[peer];
+    if (known == ips) return absl::OkStatus();
+    known = std::move(ips);
+    recheck_claims_ = true;
+  }
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_.get(), &one, sizeof(one));
+  (void)n;
   return absl::OkStatus();
 }
 
@@ -493,10 +580,12 @@ void TcpTransport::AcceptAll() {
       return;
     }
     std::string remote = SockaddrString(reinterpret_cast<sockaddr*>(&ss));
+    MakeRoomForHandshakes();
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     auto conn = std::make_shared<Connection>(Connection::Role::kIncoming, fd,
                                              -1, remote);
+    conn->accepted_seq = ++accepted_;
     absl::MutexLock lock(&mu_);
     absl::MutexLock conn_lock(&conn->mu);
     epoll_event ev{};
@@ -520,10 +609,12 @@ void TcpTransport::HandleWake() {
   (void)n;
   std::vector<int> doomed;
   std::vector<Connection*> victims;
+  bool recheck;
   {
     absl::MutexLock lock(&mu_);
     doomed.swap(doomed_);
-    if (doomed.empty()) return;
+    recheck = recheck_claims_;
+    recheck_claims_ = false;
     for (auto& [ptr, conn] : conns_) {
       for (int peer : doomed) {
         if (conn->peer_rank == peer) victims.push_back(ptr);
@@ -537,6 +628,7 @@ void TcpTransport::HandleWake() {
                     "declared dead (PeerDied); connection closed",
                     LogLevel::kError);
   }
+  if (recheck) RecheckWaitingClaims();
 }
 
 void TcpTransport::Loop() {

@@ -12,6 +12,15 @@
 // response finds its pending request at the head of a per-connection FIFO
 // (O(1), no lookup).
 //
+// Every connection starts with a handshake (tcp_handshake.h) in which both
+// ends prove they hold the job's secret, never sending it, and the target
+// checks that the rank the requester claims is the one membership places
+// at the connection's source address. Nothing is read past the handshake,
+// nor served, before it succeeds; the requester sends nothing but its hello
+// before the target has proved itself. Connections that have not finished
+// their handshake are limited in number: when a new one would exceed the
+// limit, the oldest of them is closed (connection set-up, never a fault).
+//
 // Nothing on the data path has a wall-clock timeout: the thread sleeps in
 // epoll_wait(-1) and is woken by sockets or an eventfd. A peer is gone when
 // its connection breaks or the owner calls PeerDied(); its outstanding
@@ -45,9 +54,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "runtime/base/hmac_sha256.h"
 #include "runtime/base/log.h"
+#include "runtime/base/log_summary.h"
 #include "runtime/base/ring.h"
 #include "runtime/base/unique_fd.h"
+#include "runtime/transport/tcp/tcp_handshake.h"
 #include "runtime/transport/transport.h"
 
 namespace pagewire {
@@ -60,14 +72,25 @@ struct TcpTransportConfig {
   std::string advertise_host;
   uint16_t port = 0;  // 0: an ephemeral port (see LocalEndpoint())
   // Both ends of a connection must agree; a mismatch is rejected.
-  uint32_t protocol_version = 1;
+  uint32_t protocol_version = 2;
+  // The job's secret (PAGEWIRE_SECRET). Required: every connection proves
+  // it (tcp_handshake.h).
+  std::string secret;
+  // Ranks in the job: a hello claiming a rank outside [0, nranks) is
+  // refused. 0: not known (any rank may be claimed).
+  int nranks = 0;
+  // Incoming connections that may be in their handshake at once. At the
+  // start of a job every peer connects at once, and a claim may wait for
+  // membership, so the runtime allows for all its peers (64 + nranks).
+  int max_unauthenticated = 64;
 };
 
 // The wire format. All integers are little-endian (the byte order of every
 // machine Pagewire runs on; checked by static_assert in the .cc files).
 //
 //   Outgoing connection, requester -> target:
-//     Hello            once, first
+//     the handshake    tcp_handshake.h: ClientHello, then (after the
+//                      target's ServerChallenge) ClientProof
 //     RequestHeader    kind kOp:      opcode, length, remote_addr, rkey,
 //                                     compare_add, swap; WRITE: followed by
 //                                     `length` payload bytes
@@ -77,15 +100,6 @@ struct TcpTransportConfig {
 //     ResponseHeader   status; READ success: followed by `length` bytes;
 //                      atomics: old value in `value`
 namespace tcp_internal {
-
-inline constexpr char kHelloMagic[8] = {'P', 'W', 'T', 'C', 'P', '-', 'D', 'P'};
-
-struct Hello {
-  char magic[8];
-  uint32_t protocol_version;
-  int32_t rank;
-};
-static_assert(sizeof(Hello) == 16, "Hello is 16 bytes on the wire");
 
 enum class FrameKind : uint8_t {
   kOp = 1,
@@ -181,9 +195,16 @@ class TcpTransport final : public Transport {
   absl::Status DeregisterMemory(const MemoryRegion& region) override;
   TransportEndpoint LocalEndpoint() const override;
   // Connects with a blocking connect(2) on the caller's (control-plane)
-  // thread, then hands the socket to "pw-tcp". A peer declared dead stays
-  // dead; a peer whose connection broke may be connected again.
+  // thread, then hands the socket to "pw-tcp", which runs the handshake;
+  // operations posted meanwhile wait for it. A peer declared dead stays
+  // dead; a peer whose connection broke may be connected again. Also
+  // ExpectPeer(peer, endpoint.host): the endpoint is membership's word on
+  // where the peer is.
   absl::Status Connect(int peer, const TransportEndpoint& endpoint) override;
+  // Membership places `peer` at `host`: connections claiming to be `peer`
+  // are accepted from that host's addresses only. A connection whose
+  // claimed rank is not known yet waits, unanswered, until it is.
+  absl::Status ExpectPeer(int peer, const std::string& host);
   void ExpectPeerCloses() override {
     closes_expected_.store(true, std::memory_order_relaxed);
   }
@@ -211,6 +232,9 @@ class TcpTransport final : public Transport {
   absl::StatusOr<UniqueFd> Dial(int peer, const TransportEndpoint& endpoint,
                                 std::string& remote);
   absl::Status AdoptOutgoing(int peer, UniqueFd fd, const std::string& remote);
+  // Binds an outgoing socket to this node's own address (unless it binds
+  // the wildcard).
+  absl::Status BindSource(int fd, int family);
   // An operation posted and not yet answered, at its connection's FIFO.
   struct PendingOp {
     uint64_t wr_id = 0;
@@ -228,19 +252,37 @@ class TcpTransport final : public Transport {
     enum class Role { kOutgoing, kIncoming };
     Connection(Role r, int fd_in, int rank, std::string remote_addr);
 
+    // Where the handshake stands ("pw-tcp" only). Incoming: kAwaitHello,
+    // kAwaitMembership (the claimed rank's address is not known yet),
+    // kAwaitProof, kDone. Outgoing: kAwaitChallenge, kDone.
+    enum class Auth {
+      kAwaitHello,
+      kAwaitMembership,
+      kAwaitProof,
+      kAwaitChallenge,
+      kDone
+    };
+
     const Role role;
     const int fd;  // closed under `mu` when `closed` turns true
     const std::string remote;  // "host:port" of the other end
+    const std::string remote_ip;  // its host part
 
     absl::Mutex mu;
     bool closed ABSL_GUARDED_BY(mu) = false;
     uint32_t epoll_events ABSL_GUARDED_BY(mu) = 0;
     tcp_internal::ByteQueue out ABSL_GUARDED_BY(mu);
     Ring<PendingOp> pending ABSL_GUARDED_BY(mu);
+    // Outgoing: output waits in `out` until the target has proved the
+    // job's secret.
+    bool output_held ABSL_GUARDED_BY(mu) = false;
 
     // "pw-tcp" only.
     int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
-    bool hello_done = false;  // incoming only
+    Auth auth = Auth::kAwaitHello;
+    uint64_t accepted_seq = 0;  // incoming: order of accept, for eviction
+    tcp_handshake::Nonce client_nonce{};
+    tcp_handshake::Nonce server_nonce{};
     bool read_paused = false;  // incoming: too much output waits
     bool gone = false;         // thread-side copy of `closed`
     std::vector<char> in;      // receive staging
@@ -301,6 +343,20 @@ class TcpTransport final : public Transport {
   // closed, rejected), and a request frame's header ("" if sound; its
   // payload's length in `payload`).
   bool AcceptHello(Connection* c, const char* p);
+  // The claimed rank against membership's address for it: answers with
+  // the challenge, leaves `c` waiting, or refuses (false: closed).
+  bool CheckClaim(Connection* c);
+  bool AcceptProof(Connection* c, const char* p);
+  // The requester's side: the target's answer at `p`, then our proof.
+  bool AcceptChallenge(Connection* c, const char* p);
+  // Closes `c`, whose handshake failed, with one line per kind of
+  // problem (then counts), so that a flood of forgeries stays readable.
+  void Refuse(Connection* c, absl::string_view kind,
+              const std::string& problem);
+  // Closes the oldest incoming connections still in their handshake
+  // until fewer than the limit remain.
+  void MakeRoomForHandshakes();
+  void RecheckWaitingClaims();
   static std::string CheckRequest(const tcp_internal::RequestHeader& h,
                                   size_t& payload);
   bool ParseResponses(Connection* c);
@@ -317,6 +373,7 @@ class TcpTransport final : public Transport {
   void FlushThreadCompletions();
 
   const TcpTransportConfig config_;
+  const Digest256 key_;  // tcp_handshake::DataPlaneKey(secret)
   uint16_t port_ = 0;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
@@ -336,6 +393,10 @@ class TcpTransport final : public Transport {
   absl::flat_hash_map<Connection*, std::shared_ptr<Connection>> conns_
       ABSL_GUARDED_BY(mu_);
   std::vector<int> doomed_ ABSL_GUARDED_BY(mu_);  // PeerDied -> "pw-tcp"
+  // Membership's addresses per rank (ExpectPeer), as numeric strings.
+  absl::flat_hash_map<int, std::vector<std::string>> peer_ips_
+      ABSL_GUARDED_BY(mu_);
+  bool recheck_claims_ ABSL_GUARDED_BY(mu_) = false;  // ExpectPeer -> "pw-tcp"
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex handler_mu_;
@@ -354,6 +415,8 @@ class TcpTransport final : public Transport {
   std::vector<PendingOp> drained_;
   std::vector<std::shared_ptr<Connection>> graveyard_;
   std::vector<PendingOp> plan_;
+  uint64_t accepted_ = 0;
+  LogSummary refusals_;
 
   std::atomic<bool> closes_expected_{false};
   std::thread thread_;

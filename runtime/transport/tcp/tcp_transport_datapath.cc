@@ -23,7 +23,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace pagewire {
 
 using tcp_internal::FrameKind;
-using tcp_internal::Hello;
 using tcp_internal::kMaxOpBytes;
 using tcp_internal::RequestHeader;
 using tcp_internal::ResponseHeader;
@@ -175,7 +174,7 @@ absl::Status TcpTransport::SendMessage(int peer, uint16_t type,
 }
 
 void TcpTransport::FlushLocked(Connection* c) {
-  if (c->closed) return;
+  if (c->closed || c->output_held) return;
   while (!c->out.empty()) {
     ssize_t n = ::send(c->fd, c->out.data(), c->out.size(),
                        MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -291,6 +290,7 @@ void TcpTransport::HandleReadable(Connection* c) {
   for (int round = 0; round < kReadRoundsPerEvent; ++round) {
     if (c->gone || c->read_paused) return;
     if (c->role == Connection::Role::kOutgoing &&
+        c->auth == Connection::Auth::kDone &&
         c->sink_kind == Connection::SinkKind::kNone &&
         c->in_head == c->in_tail) {
       bool drained = false;
@@ -553,6 +553,11 @@ bool TcpTransport::CompleteHead(Connection* c, const ResponseHeader& r) {
 bool TcpTransport::ParseResponses(Connection* c) {
   for (;;) {
     const size_t avail = c->in_tail - c->in_head;
+    if (c->auth != Connection::Auth::kDone) {
+      if (avail < sizeof(tcp_handshake::ServerChallenge)) return true;
+      if (!AcceptChallenge(c, c->in.data() + c->in_head)) return false;
+      continue;
+    }
     if (avail < sizeof(ResponseHeader)) return true;
     ResponseHeader h;
     std::memcpy(&h, c->in.data() + c->in_head, sizeof(h));
@@ -605,32 +610,6 @@ bool TcpTransport::FinishSink(Connection* c) {
   return !c->gone;
 }
 
-bool TcpTransport::AcceptHello(Connection* c, const char* p) {
-  Hello hello;
-  std::memcpy(&hello, p, sizeof(hello));
-  std::string problem;
-  if (std::memcmp(hello.magic, tcp_internal::kHelloMagic,
-                  sizeof(hello.magic)) != 0) {
-    problem = "bad magic in hello (not a Pagewire TCP transport?)";
-  } else if (hello.protocol_version != config_.protocol_version) {
-    problem = absl::StrFormat("protocol version %d in hello, this node speaks %d",
-                              hello.protocol_version, config_.protocol_version);
-  } else if (hello.rank < 0) {
-    problem = absl::StrFormat("negative rank %d in hello", hello.rank);
-  }
-  if (!problem.empty()) {
-    CloseConnection(c, WcStatus::kPeerGone,
-                    absl::StrFormat("rejected: %s", problem), LogLevel::kWarning);
-    return false;
-  }
-  c->hello_done = true;
-  c->peer_rank = hello.rank;
-  c->in_head += sizeof(hello);
-  Debug("tcp: rank %d accepted peer %d from %s", config_.rank, hello.rank,
-        c->remote);
-  return true;
-}
-
 std::string TcpTransport::CheckRequest(const RequestHeader& h,
                                        size_t& payload) {
   payload = 0;
@@ -661,9 +640,21 @@ bool TcpTransport::ParseRequests(Connection* c) {
   for (;;) {
     const size_t avail = c->in_tail - c->in_head;
     const char* p = c->in.data() + c->in_head;
-    if (!c->hello_done) {
-      if (avail < sizeof(Hello)) break;
-      if (!AcceptHello(c, p)) return false;
+    if (c->auth != Connection::Auth::kDone) {
+      // The handshake: nothing past it is read before it succeeds.
+      if (c->auth == Connection::Auth::kAwaitHello) {
+        if (avail < sizeof(tcp_handshake::ClientHello)) break;
+        if (!AcceptHello(c, p)) return false;
+        continue;
+      }
+      if (c->auth == Connection::Auth::kAwaitMembership) {
+        if (avail == 0) break;
+        Refuse(c, "data before the handshake finished",
+               "sent data before the handshake finished");
+        return false;
+      }
+      if (avail < sizeof(tcp_handshake::ClientProof)) break;
+      if (!AcceptProof(c, p)) return false;
       continue;
     }
     {
