@@ -16,10 +16,13 @@ namespace {
 constexpr char kCluster[] = "test-cluster";
 constexpr char kSecret[] = "s3cret";
 
-JoinRequest MakeJoinRequest(const std::string& secret) {
+// `mac` stands in for a proof of the secret (the fake service below
+// compares it, the real coordinator checks an HMAC: credentials.h).
+JoinRequest MakeJoinRequest(const std::string& mac) {
   JoinRequest req;
   req.set_cluster_id(kCluster);
-  req.set_secret(secret);
+  req.mutable_proof()->set_nonce(std::string(32, '\x5a'));
+  req.mutable_proof()->set_mac(mac);
   req.set_protocol_version(1);
   req.set_requested_rank(3);
   Endpoint* ep = req.mutable_endpoint();
@@ -46,7 +49,8 @@ TEST(ControlPlaneProto, JoinRequestRoundTrip) {
   JoinRequest out;
   ASSERT_TRUE(out.ParseFromString(wire));
   EXPECT_EQ(out.cluster_id(), kCluster);
-  EXPECT_EQ(out.secret(), kSecret);
+  EXPECT_EQ(out.proof().mac(), kSecret);
+  EXPECT_EQ(out.proof().nonce(), std::string(32, '\x5a'));
   EXPECT_EQ(out.protocol_version(), 1u);
   EXPECT_EQ(out.requested_rank(), 3);
   EXPECT_EQ(out.endpoint().host(), "node-3");
@@ -71,7 +75,7 @@ TEST(ControlPlaneProto, JoinRequestRoundTrip) {
                broken.SerializeAsString() == wire);
 }
 
-// A minimal Membership service: admits ranks when cluster and secret match.
+// A minimal Membership service: admits ranks when cluster and proof match.
 class FakeMembership final : public Membership::Service {
  public:
   grpc::Status Join(grpc::ServerContext*, const JoinRequest* req,
@@ -82,7 +86,7 @@ class FakeMembership final : public Membership::Service {
                               std::string(kCluster) + "', got '" +
                               req->cluster_id() + "'");
     }
-    if (req->secret() != kSecret) {
+    if (req->proof().mac() != kSecret) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                           "secret mismatch: the joining node's secret differs "
                           "from the cluster's");

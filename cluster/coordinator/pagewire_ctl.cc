@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "cluster/coordinator/job_secret.h"
 #include "proto/control_plane.grpc.pb.h"
+#include "runtime/control/credentials.h"
 #include "runtime/control/grpc_status.h"
 
 namespace {
@@ -115,7 +116,13 @@ int Status(proto::Membership::Stub& stub, const Options& o,
            const std::string& secret) {
   proto::JobStatusRequest request;
   request.set_cluster_id(o.cluster_id);
-  request.set_secret(secret);
+  absl::StatusOr<proto::Proof> proof = pagewire::control::Prove(
+      stub, Context, secret, "JobStatus", o.cluster_id, "");
+  if (!proof.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n", proof.status().ToString().c_str());
+    return 1;
+  }
+  *request.mutable_proof() = *proof;
   proto::JobStatusReply reply;
   auto ctx = Context();
   grpc::Status st = stub.JobStatus(ctx.get(), request, &reply);
@@ -150,9 +157,16 @@ int DeclareDead(proto::Membership::Stub& stub, const Options& o,
                 const std::string& secret) {
   proto::DeclareDeadRequest request;
   request.set_cluster_id(o.cluster_id);
-  request.set_secret(secret);
   request.set_rank(o.rank);
   request.set_reason(o.reason);
+  absl::StatusOr<proto::Proof> proof = pagewire::control::Prove(
+      stub, Context, secret, "DeclareDead", o.cluster_id,
+      pagewire::control::DeclareDeadDetail(o.rank, o.reason));
+  if (!proof.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n", proof.status().ToString().c_str());
+    return 1;
+  }
+  *request.mutable_proof() = *proof;
   proto::DeclareDeadReply reply;
   auto ctx = Context();
   grpc::Status st = stub.DeclareDead(ctx.get(), request, &reply);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/control_plane.grpc.pb.h"
+#include "runtime/control/credentials.h"
 
 namespace pagewire {
 namespace launcher {
@@ -42,9 +43,12 @@ void ExitReporter::Loop() {
   auto channel =
       grpc::CreateChannel(coordinator_, grpc::InsecureChannelCredentials());
   auto stub = proto::Membership::NewStub(channel);
+  const Digest256 key = control::ControlKey(secret_);
   for (;;) {
     Report report;
-    grpc::ClientContext ctx;
+    // Two calls: a Challenge for a nonce, then the DeclareDead it proves.
+    // Each is the one the destructor cancels while it runs.
+    grpc::ClientContext challenge_ctx, ctx;
     {
       absl::MutexLock l(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -54,18 +58,35 @@ void ExitReporter::Loop() {
       if (queue_.empty()) return;  // stopping, nothing left to say
       report = std::move(queue_.front());
       queue_.pop_front();
-      in_flight_ = &ctx;
+      in_flight_ = &challenge_ctx;
     }
+    // Rank 0 runs, so its coordinator is (or is about to be) listening: a
+    // rank can end before the coordinator has started.
+    const auto deadline = absl::ToChronoTime(absl::Now() + kRpcDeadline);
+    challenge_ctx.set_deadline(deadline);
+    challenge_ctx.set_wait_for_ready(report.coordinator_runs);
+    proto::ChallengeReply challenge;
+    const bool challenged =
+        stub->Challenge(&challenge_ctx, proto::ChallengeRequest(), &challenge)
+            .ok();
+    bool go;
+    {
+      absl::MutexLock l(&mu_);
+      go = challenged && !stopping_;
+      in_flight_ = go ? &ctx : nullptr;
+    }
+    if (!go) continue;
     proto::DeclareDeadRequest request;
     request.set_cluster_id(cluster_id_);
-    request.set_secret(secret_);
     request.set_rank(report.rank);
     request.set_reason(absl::StrCat("pagewire-run saw its process end: ",
                                     report.what));
+    request.mutable_proof()->set_nonce(challenge.nonce());
+    request.mutable_proof()->set_mac(control::CallMac(
+        key, "DeclareDead", challenge.nonce(), cluster_id_,
+        control::DeclareDeadDetail(report.rank, request.reason())));
     proto::DeclareDeadReply reply;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
-    // Rank 0 runs, so its coordinator is (or is about to be) listening: a
-    // rank can end before the coordinator has started.
+    ctx.set_deadline(deadline);
     ctx.set_wait_for_ready(report.coordinator_runs);
     (void)stub->DeclareDead(&ctx, request, &reply);
     absl::MutexLock l(&mu_);

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/control/credentials.h"
 #include "runtime/control/grpc_status.h"
 #include "runtime/base/log.h"
 
@@ -35,9 +36,24 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
   client->membership_ = proto::Membership::NewStub(client->channel_);
   client->dataspaces_ = proto::Dataspaces::NewStub(client->channel_);
 
+  // Wait for the coordinator to come up (within the deadline) instead of
+  // failing on the first refused connection: ranks often start with it.
+  auto waiting_context = [&client] {
+    std::unique_ptr<grpc::ClientContext> ctx = client->UnaryContext();
+    ctx->set_wait_for_ready(true);
+    return ctx;
+  };
+  absl::StatusOr<proto::Proof> proof =
+      Prove(*client->membership_, waiting_context, c.secret, "Join",
+            c.cluster_id, JoinDetail(c.requested_rank));
+  if (!proof.ok()) {
+    return absl::Status(proof.status().code(),
+                        absl::StrCat("Join via coordinator ", c.coordinator,
+                                     ": ", proof.status().message()));
+  }
   proto::JoinRequest request;
   request.set_cluster_id(c.cluster_id);
-  request.set_secret(c.secret);
+  *request.mutable_proof() = *proof;
   request.set_protocol_version(c.protocol_version);
   request.set_requested_rank(c.requested_rank);
   *request.mutable_endpoint() = c.endpoint;
@@ -54,7 +70,8 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
     }
   }
   client->rank_ = reply.rank();
-  client->session_token_ = reply.session_token();
+  client->session_token_ =
+      DeriveSessionToken(ControlKey(c.secret), proof->nonce(), reply.rank());
   client->nranks_ = reply.nranks();
   client->global_base_ = reply.global_base();
   client->global_size_ = reply.global_size();

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/control/credentials.h"
 #include "runtime/control/grpc_status.h"
 #include "runtime/base/log.h"
 #include "runtime/base/page.h"
@@ -35,17 +36,6 @@ bool SecretsEqual(const std::string& a, const std::string& b) {
     diff |= x ^ y;
   }
   return diff == 0;
-}
-
-// kSessionTokenBytes from the kernel's CSPRNG.
-std::string NewSessionToken() {
-  std::string token(kSessionTokenBytes, '\0');
-  size_t got = 0;
-  while (got < token.size()) {
-    const ssize_t n = getrandom(token.data() + got, token.size() - got, 0);
-    if (n > 0) got += static_cast<size_t>(n);
-  }
-  return token;
 }
 
 std::string DescribeEndpoint(const proto::Endpoint& ep) {
@@ -232,6 +222,13 @@ class Coordinator::MembershipServiceImpl final
  public:
   explicit MembershipServiceImpl(Coordinator* c) : c_(c) {}
 
+  grpc::ServerUnaryReactor* Challenge(grpc::CallbackServerContext* ctx,
+                                      const proto::ChallengeRequest*,
+                                      proto::ChallengeReply* reply) override {
+    *reply = c_->Challenge();
+    return FinishNow(ctx, absl::OkStatus());
+  }
+
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx,
                                  const proto::JoinRequest* request,
                                  proto::JoinReply* reply) override {
@@ -360,6 +357,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
 
 Coordinator::Coordinator(CoordinatorConfig config)
     : config_(std::move(config)),
+      key_(ControlKey(config_.secret)),
       slots_(config_.nranks),
       membership_service_(std::make_unique<MembershipServiceImpl>(this)),
       dataspaces_service_(std::make_unique<DataspacesServiceImpl>(this)) {
@@ -432,10 +430,12 @@ absl::Status Coordinator::CheckJoin(const proto::JoinRequest& request) const {
         "coordinator's --cluster-id",
         request.cluster_id()));
   }
-  if (!SecretsEqual(request.secret(), config_.secret)) {
+  if (!CheckProof("Join", request.cluster_id(), request.proof(),
+                  JoinDetail(request.requested_rank()))) {
     return absl::FailedPreconditionError(
-        "secret does not match the coordinator's; start every rank with the "
-        "same PAGEWIRE_SECRET as the coordinator");
+        "secret does not match the coordinator's (the Join's proof of it is "
+        "wrong, or its challenge was used or dropped already); start every "
+        "rank with the same PAGEWIRE_SECRET as the coordinator");
   }
   const int requested = request.requested_rank();
   if (requested < -1 || requested >= config_.nranks) {
@@ -448,13 +448,58 @@ absl::Status Coordinator::CheckJoin(const proto::JoinRequest& request) const {
   return absl::OkStatus();
 }
 
+proto::ChallengeReply Coordinator::Challenge() {
+  std::string nonce(kNonceBytes, '\0');
+  absl::Status random = FillRandom(absl::MakeSpan(
+      reinterpret_cast<uint8_t*>(nonce.data()), nonce.size()));
+  if (!random.ok()) {
+    // Without a random source no proof can be fresh: an empty nonce is
+    // never accepted, so every proof on it fails.
+    Error("coordinator: %s", random.ToString());
+    return proto::ChallengeReply();
+  }
+  {
+    absl::MutexLock l(&nonce_mu_);
+    if (nonce_order_.size() >= kMaxNonces) {
+      nonces_.erase(nonce_order_.front());
+      nonce_order_.pop_front();
+    }
+    nonce_order_.push_back(nonce);
+    nonces_.insert(nonce);
+  }
+  proto::ChallengeReply reply;
+  reply.set_nonce(nonce);
+  return reply;
+}
+
+bool Coordinator::CheckProof(absl::string_view call,
+                             absl::string_view cluster_id,
+                             const proto::Proof& proof,
+                             absl::string_view detail) const {
+  bool fresh;
+  {
+    absl::MutexLock l(&nonce_mu_);
+    fresh = nonces_.erase(proof.nonce()) == 1;
+    if (fresh) {
+      nonce_order_.erase(std::find(nonce_order_.begin(), nonce_order_.end(),
+                                   proof.nonce()));
+    }
+  }
+  const std::string want =
+      CallMac(key_, call, proof.nonce(), cluster_id, detail);
+  // Compared in full whether or not the nonce was fresh.
+  const bool mac_ok = SecretsEqual(proof.mac(), want);
+  return fresh && mac_ok;
+}
+
 absl::Status Coordinator::CheckCredentials(const std::string& cluster_id,
-                                           const std::string& secret,
+                                           const proto::Proof& proof,
+                                           absl::string_view detail,
                                            const char* what) const {
-  // Both compared in full whatever the first says, and one answer for
+  // Both checked in full whatever the first says, and one answer for
   // either mismatch: a caller learns nothing about the job.
   const bool id_ok = SecretsEqual(cluster_id, config_.cluster_id);
-  const bool secret_ok = SecretsEqual(secret, config_.secret);
+  const bool secret_ok = CheckProof(what, cluster_id, proof, detail);
   if (!(id_ok && secret_ok)) {
     return absl::PermissionDeniedError(absl::StrCat(
         what, " refused: the cluster id or secret is wrong; use the job's "
@@ -510,7 +555,7 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
   slot.state = proto::Member::ALIVE;
   slot.endpoint = request.endpoint();
   slot.last_heartbeat = Clock::now();
-  slot.token = NewSessionToken();
+  slot.token = DeriveSessionToken(key_, request.proof().nonce(), rank);
   PublishLocked();
   lease_cv_.Signal();  // the monitor may have had no lease to watch
   Debug("coordinator: rank %d joined from %s (epoch %d)", rank,
@@ -526,7 +571,6 @@ absl::StatusOr<proto::JoinReply> Coordinator::Join(
       static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.heartbeat_interval)));
   reply.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(config_.lease)));
   *reply.mutable_view() = view_;
-  reply.set_session_token(slot.token);
   return reply;
 }
 

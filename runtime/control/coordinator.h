@@ -32,6 +32,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -43,12 +44,14 @@
 #include <grpcpp/impl/codegen/service_type.h>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/control_plane.grpc.pb.h"
 #include "proto/control_plane.pb.h"
+#include "runtime/base/hmac_sha256.h"
 #include "runtime/control/protocol.h"
 
 namespace pagewire::control {
@@ -105,12 +108,14 @@ class Coordinator {
 
   // --- The operations behind the RPCs (also usable without gRPC). ---
 
+  // A fresh nonce for one proof of the job's secret (credentials.h).
+  proto::ChallengeReply Challenge();
   absl::StatusOr<proto::JoinReply> Join(const proto::JoinRequest& request);
   absl::StatusOr<proto::HeartbeatReply> Heartbeat(
       const proto::HeartbeatRequest& request);
   absl::Status Leave(const proto::LeaveRequest& request);
   // The process manager's or an operator's word that a rank is dead.
-  // PERMISSION_DENIED unless the caller holds the job's cluster id and
+  // PERMISSION_DENIED unless the caller proves the job's cluster id and
   // secret; the error tells nothing about the job.
   absl::StatusOr<proto::DeclareDeadReply> DeclareDead(
       const proto::DeclareDeadRequest& request);
@@ -174,7 +179,7 @@ class Coordinator {
     Clock::time_point last_heartbeat;
     uint64_t heartbeats = 0;
     std::string reason;  // why it is SUSPECT, DEAD or LEFT
-    std::string token;   // its session token (kSessionTokenBytes random)
+    std::string token;   // its session token (credentials.h)
   };
   struct PendingBarrier {
     std::set<int> arrived;
@@ -212,10 +217,17 @@ class Coordinator {
       const CollectiveCreate& c, const proto::CreateDataspaceRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // The job's cluster id and secret, for the calls of operators and the
-  // process manager. PERMISSION_DENIED that names neither.
+  // Whether `proof` proves the job's secret for `call` with `detail` and
+  // `cluster_id`, on a nonce Challenge gave and nobody used yet (used up
+  // either way).
+  bool CheckProof(absl::string_view call, absl::string_view cluster_id,
+                  const proto::Proof& proof, absl::string_view detail) const;
+  // The job's cluster id and a proof of its secret, for the calls of
+  // operators and the process manager. PERMISSION_DENIED that names
+  // neither.
   absl::Status CheckCredentials(const std::string& cluster_id,
-                                const std::string& secret,
+                                const proto::Proof& proof,
+                                absl::string_view detail,
                                 const char* what) const;
 
   void LeaseMonitorLoop();
@@ -245,6 +257,14 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorConfig config_;
+  const Digest256 key_;  // ControlKey(config_.secret)
+
+  // Nonces Challenge gave and no proof used yet, oldest first; at most
+  // kMaxNonces (a caller that asks for more pushes out the oldest).
+  static constexpr size_t kMaxNonces = 4096;
+  mutable absl::Mutex nonce_mu_;
+  mutable std::deque<std::string> nonce_order_ ABSL_GUARDED_BY(nonce_mu_);
+  mutable absl::flat_hash_set<std::string> nonces_ ABSL_GUARDED_BY(nonce_mu_);
 
   mutable absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/log.h"
 #include "runtime/control/coordinator.h"
+#include "runtime/control/credentials.h"
 
 namespace pagewire::control {
 namespace {
@@ -238,8 +239,9 @@ void Coordinator::DeclareDeadLocked(int rank, const std::string& evidence,
 
 absl::StatusOr<proto::DeclareDeadReply> Coordinator::DeclareDead(
     const proto::DeclareDeadRequest& request) {
-  if (absl::Status s = CheckCredentials(request.cluster_id(), request.secret(),
-                                        "DeclareDead");
+  if (absl::Status s = CheckCredentials(
+          request.cluster_id(), request.proof(),
+          DeclareDeadDetail(request.rank(), request.reason()), "DeclareDead");
       !s.ok()) {
     return s;
   }
@@ -272,8 +274,8 @@ absl::StatusOr<proto::DeclareDeadReply> Coordinator::DeclareDead(
 
 absl::StatusOr<proto::JobStatusReply> Coordinator::JobStatus(
     const proto::JobStatusRequest& request) const {
-  if (absl::Status s = CheckCredentials(request.cluster_id(), request.secret(),
-                                        "JobStatus");
+  if (absl::Status s = CheckCredentials(request.cluster_id(), request.proof(),
+                                        "", "JobStatus");
       !s.ok()) {
     return s;
   }

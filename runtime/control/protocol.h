@@ -8,6 +8,8 @@
 //   3: kEpochWrites carries subscriptions and pushed pages (PageRef flags).
 //   4: SUSPECT members, DeclareDead/JobStatus, barriers carry the call and
 //      its outcome, session tokens, kLockDestroy.
+//   5: the secret is never sent: Challenge, and a Proof in Join,
+//      DeclareDead and JobStatus; session tokens derived, not sent.
 #ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 #define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 
@@ -15,9 +17,9 @@
 
 namespace pagewire::control {
 
-inline constexpr uint32_t kProtocolVersion = 4;
+inline constexpr uint32_t kProtocolVersion = 5;
 
-// The gRPC metadata key of a rank's session token (JoinReply.session_token).
+// The gRPC metadata key of a rank's session token (credentials.h).
 inline constexpr char kSessionMetadata[] = "pw-session-bin";
 inline constexpr size_t kSessionTokenBytes = 32;
 

@@ -23,6 +23,7 @@
 #include "proto/control_plane.grpc.pb.h"
 #include "runtime/control/control_client.h"
 #include "runtime/control/coordinator_server.h"
+#include "runtime/control/credentials.h"
 #include "runtime/base/log.h"
 #include "tests/control/control_test_support.h"
 
@@ -35,6 +36,18 @@ std::unique_ptr<CoordinatorServer> StartServer(CoordinatorConfig config) {
   if (!server.ok()) return nullptr;
   EXPECT_GT((*server)->port(), 0);
   return *std::move(server);
+}
+
+// A proof of `secret` for `call`, on a nonce `coordinator` gives now: what
+// pagewire-ctl and pagewire-run send.
+proto::Proof ProveTo(Coordinator& coordinator, absl::string_view call,
+                     absl::string_view secret, absl::string_view detail,
+                     absl::string_view cluster = kCluster) {
+  proto::Proof proof;
+  proof.set_nonce(coordinator.Challenge().nonce());
+  proof.set_mac(
+      CallMac(ControlKey(secret), call, proof.nonce(), cluster, detail));
+  return proof;
 }
 
 std::unique_ptr<ControlClient> MustJoin(ControlClientConfig config) {
@@ -313,7 +326,8 @@ TEST(CoordinatorTest, ClosedControlConnectionIsEvidenceOfDeath) {
       [&] {
         proto::JobStatusRequest request;
         request.set_cluster_id(kCluster);
-        request.set_secret(kSecret);
+        *request.mutable_proof() =
+            ProveTo(server->coordinator(), "JobStatus", kSecret, "");
         auto st = server->coordinator().JobStatus(request);
         return st.ok() && st->ranks(1).watching();
       },
@@ -767,17 +781,36 @@ TEST(CoordinatorTest, OperatorDeclaresRankDeadAndReadsStatus) {
 
   proto::DeclareDeadRequest bad;
   bad.set_cluster_id(kCluster);
-  bad.set_secret("guess");
   bad.set_rank(1);
+  *bad.mutable_proof() = ProveTo(coordinator, "DeclareDead", "guess",
+                                 DeclareDeadDetail(1, ""));
   absl::StatusOr<proto::DeclareDeadReply> r = coordinator.DeclareDead(bad);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_FALSE(absl::StrContains(r.status().message(), kCluster));
   EXPECT_FALSE(absl::StrContains(r.status().message(), kSecret));
-  bad.set_secret(kSecret);
   bad.set_cluster_id("other-job");
+  *bad.mutable_proof() = ProveTo(coordinator, "DeclareDead", kSecret,
+                                 DeclareDeadDetail(1, ""), "other-job");
   r = coordinator.DeclareDead(bad);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_FALSE(absl::StrContains(r.status().message(), kCluster));
+  // A good proof for another rank (or reason) proves nothing for this one.
+  bad.set_cluster_id(kCluster);
+  *bad.mutable_proof() = ProveTo(coordinator, "DeclareDead", kSecret,
+                                 DeclareDeadDetail(0, ""));
+  EXPECT_EQ(coordinator.DeclareDead(bad).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Nor does a proof of another call, or a proof whose nonce the
+  // coordinator never gave.
+  *bad.mutable_proof() = ProveTo(coordinator, "JobStatus", kSecret, "");
+  EXPECT_EQ(coordinator.DeclareDead(bad).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  bad.mutable_proof()->set_nonce(std::string(32, 'n'));
+  bad.mutable_proof()->set_mac(CallMac(ControlKey(kSecret), "DeclareDead",
+                                       std::string(32, 'n'), kCluster,
+                                       DeclareDeadDetail(1, "")));
+  EXPECT_EQ(coordinator.DeclareDead(bad).status().code(),
+            absl::StatusCode::kPermissionDenied);
   proto::JobStatusRequest no_secret;
   no_secret.set_cluster_id(kCluster);
   EXPECT_EQ(coordinator.JobStatus(no_secret).status().code(),
@@ -793,12 +826,17 @@ TEST(CoordinatorTest, OperatorDeclaresRankDeadAndReadsStatus) {
              "both ranks wait at barrier 1");
   proto::DeclareDeadRequest good;
   good.set_cluster_id(kCluster);
-  good.set_secret(kSecret);
   good.set_rank(2);
   good.set_reason("node-2 powered off (ticket 42)");
+  *good.mutable_proof() =
+      ProveTo(coordinator, "DeclareDead", kSecret,
+              DeclareDeadDetail(2, "node-2 powered off (ticket 42)"));
   r = coordinator.DeclareDead(good);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->declared());
+  // The same proof again (a replay) is refused: its nonce is used up.
+  EXPECT_EQ(coordinator.DeclareDead(good).status().code(),
+            absl::StatusCode::kPermissionDenied);
   t0.join();
   t1.join();
   for (const absl::Status& b : {b0, b1}) {
@@ -806,6 +844,9 @@ TEST(CoordinatorTest, OperatorDeclaresRankDeadAndReadsStatus) {
     EXPECT_TRUE(absl::StrContains(b.message(), "rank 2 became DEAD")) << b;
     EXPECT_TRUE(absl::StrContains(b.message(), "ticket 42")) << b;
   }
+  *good.mutable_proof() =
+      ProveTo(coordinator, "DeclareDead", kSecret,
+              DeclareDeadDetail(2, "node-2 powered off (ticket 42)"));
   r = coordinator.DeclareDead(good);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->declared());
@@ -813,7 +854,7 @@ TEST(CoordinatorTest, OperatorDeclaresRankDeadAndReadsStatus) {
 
   proto::JobStatusRequest status;
   status.set_cluster_id(kCluster);
-  status.set_secret(kSecret);
+  *status.mutable_proof() = ProveTo(coordinator, "JobStatus", kSecret, "");
   absl::StatusOr<proto::JobStatusReply> st = coordinator.JobStatus(status);
   ASSERT_TRUE(st.ok()) << st.status();
   ASSERT_EQ(st->ranks_size(), 3);
