@@ -22,6 +22,7 @@ absl::Status Runtime::HostCoordinator(const RuntimeConfig& config) {
   control::CoordinatorConfig cc;
   cc.cluster_id = config.cluster_id;
   cc.secret = config.secret;
+  cc.tls = config.tls;
   cc.nranks = config.nranks;
   cc.global_base = config.global_base;
   cc.global_size = config.global_size;
@@ -73,6 +74,7 @@ absl::Status Runtime::JoinCluster(const RuntimeConfig& config) {
   client.coordinator = config.coordinator;
   client.cluster_id = config.cluster_id;
   client.secret = config.secret;
+  client.tls = config.tls;
   client.requested_rank = config.rank;
   if (absl::Status s = PublishEndpoint(config, client.endpoint); !s.ok()) {
     return s;

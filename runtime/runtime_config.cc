@@ -193,6 +193,9 @@ absl::StatusOr<RuntimeConfig> RuntimeConfig::FromEnvironment() {
   config.nranks = *n;
   if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) config.cluster_id = v;
   if (const char* v = std::getenv("PAGEWIRE_SECRET")) config.secret = v;
+  absl::StatusOr<control::TlsFiles> tls = control::TlsFiles::FromEnvironment();
+  if (!tls.ok()) return tls.status();
+  config.tls = *std::move(tls);
   if (const char* v = std::getenv("PAGEWIRE_HOST")) config.host = v;
   if (absl::Status s = ReadTuning(config); !s.ok()) return s;
   return config;

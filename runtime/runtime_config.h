@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "runtime/control/tls.h"
 #include "runtime/fault/fault_service.h"
 #include "runtime/fault/userfaultfd.h"
 
@@ -32,6 +33,8 @@ struct RuntimeConfig {
   bool host_coordinator = true;
   std::string cluster_id = "pagewire";
   std::string secret;
+  // PAGEWIRE_TLS_CERT/_KEY/_CA: the control plane over TLS (control/tls.h).
+  control::TlsFiles tls;
   std::string host = "127.0.0.1";  // this rank's data-plane address
   // PAGEWIRE_TRANSPORT: "auto" (verbs if an RDMA device is there, else TCP),
   // "verbs" (fail without a device) or "tcp".

@@ -18,6 +18,7 @@ PACKAGES=(
   libgtest-dev
   libgmock-dev
   libssl-dev             # libcrypto: HMAC-SHA256 handshakes
+  openssl                # certificates in tests/control/tls_test.sh
   libibverbs-dev
   librdmacm-dev
   gfortran               # Fortran bindings / examples

@@ -155,6 +155,10 @@ absl::StatusOr<std::pair<CoordinatorConfig, std::string>> ConfigFromFlags(
       file == flags.end() ? nullptr : &file->second);
   if (!secret.ok()) return secret.status();
   config.secret = *secret;
+  absl::StatusOr<pagewire::control::TlsFiles> tls =
+      pagewire::control::TlsFiles::FromEnvironment();
+  if (!tls.ok()) return tls.status();
+  config.tls = *std::move(tls);
   if (auto it = flags.find("global-base"); it != flags.end()) {
     absl::StatusOr<uint64_t> v = ParseBytes("global-base", it->second);
     if (!v.ok()) return v.status();

@@ -31,6 +31,7 @@
 #include "proto/control_plane.grpc.pb.h"
 #include "runtime/control/credentials.h"
 #include "runtime/control/grpc_status.h"
+#include "runtime/control/tls.h"
 
 namespace {
 
@@ -46,8 +47,10 @@ constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 struct Options {
   std::string coordinator;
   std::string cluster_id = "pagewire";
-  const std::string* secret_file = nullptr;
-  std::string secret_file_value;
+  // --secret-file, if given (else PAGEWIRE_SECRET). A flag and a value, not
+  // a pointer into this struct, which is copied when it is returned.
+  bool has_secret_file = false;
+  std::string secret_file;
   std::string command;
   int rank = -1;
   std::string reason;
@@ -76,8 +79,8 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     } else if (arg == "--cluster-id") {
       o.cluster_id = value;
     } else if (arg == "--secret-file") {
-      o.secret_file_value = value;
-      o.secret_file = &o.secret_file_value;
+      o.secret_file = value;
+      o.has_secret_file = true;
     } else if (arg == "--reason") {
       o.reason = value;
     } else {
@@ -199,14 +202,25 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<std::string> secret =
-      pagewire::cluster::ReadJobSecret(o->secret_file);
+      pagewire::cluster::ReadJobSecret(o->has_secret_file ? &o->secret_file
+                                                          : nullptr);
   if (!secret.ok()) {
     std::fprintf(stderr, "pagewire-ctl: %s\n",
                  std::string(secret.status().message()).c_str());
     return 2;
   }
-  auto channel =
-      grpc::CreateChannel(o->coordinator, grpc::InsecureChannelCredentials());
+  absl::StatusOr<pagewire::control::TlsFiles> tls =
+      pagewire::control::TlsFiles::FromEnvironment();
+  grpc::ChannelArguments args;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      tls.ok() ? pagewire::control::ChannelCredentials(*tls, args)
+               : tls.status();
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "pagewire-ctl: %s\n",
+                 std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  auto channel = grpc::CreateCustomChannel(o->coordinator, *credentials, args);
   auto stub = proto::Membership::NewStub(channel);
   return o->command == "status" ? Status(*stub, *o, *secret)
                                 : DeclareDead(*stub, *o, *secret);

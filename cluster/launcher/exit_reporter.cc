@@ -14,10 +14,11 @@ namespace pagewire {
 namespace launcher {
 
 ExitReporter::ExitReporter(std::string coordinator, std::string cluster_id,
-                           std::string secret)
+                           std::string secret, control::TlsFiles tls)
     : coordinator_(std::move(coordinator)),
       cluster_id_(std::move(cluster_id)),
       secret_(std::move(secret)),
+      tls_(std::move(tls)),
       thread_([this] { Loop(); }) {}
 
 ExitReporter::~ExitReporter() {
@@ -40,8 +41,15 @@ void ExitReporter::Loop() {
   // The channel is made on this thread, after the launcher blocked its
   // signals: gRPC's threads inherit the mask, so SIGCHLD and SIGTERM still
   // reach only the launcher's signalfd.
-  auto channel =
-      grpc::CreateChannel(coordinator_, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  auto credentials = control::ChannelCredentials(tls_, args);
+  // The launcher read the same files before any rank started; should they
+  // have gone since, reports go nowhere (the ranks' closed connections are
+  // evidence all the same).
+  auto channel = grpc::CreateCustomChannel(
+      coordinator_,
+      credentials.ok() ? *credentials : grpc::InsecureChannelCredentials(),
+      args);
   auto stub = proto::Membership::NewStub(channel);
   const Digest256 key = control::ControlKey(secret_);
   for (;;) {

@@ -22,6 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "runtime/control/tls.h"
 
 namespace pagewire {
 namespace launcher {
@@ -31,7 +32,7 @@ class ExitReporter {
   static constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
   ExitReporter(std::string coordinator, std::string cluster_id,
-               std::string secret);
+               std::string secret, control::TlsFiles tls);
   // Abandons what is queued or under way, then joins the thread.
   ~ExitReporter();
   ExitReporter(const ExitReporter&) = delete;
@@ -53,6 +54,7 @@ class ExitReporter {
   const std::string coordinator_;
   const std::string cluster_id_;
   const std::string secret_;
+  const control::TlsFiles tls_;
   absl::Mutex mu_;
   std::deque<Report> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

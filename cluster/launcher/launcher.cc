@@ -156,6 +156,11 @@ absl::Status Launcher::Setup() {
     if (!secret.ok()) return secret.status();
     env_.secret = *secret;
   }
+  // The ranks read the same variables; a bad set fails here, before any
+  // rank starts.
+  auto tls = control::TlsFiles::FromEnvironment();
+  if (!tls.ok()) return tls.status();
+  tls_ = *std::move(tls);
   if (options_.netns_prefix.empty()) {
     env_.hosts.assign(n, "127.0.0.1");
   } else {
@@ -463,7 +468,7 @@ void Launcher::OnRankExit(Rank& rank, int wait_status) {
   if (options_.netns_prefix.empty()) {
     if (exit_reporter_ == nullptr) {
       exit_reporter_ = std::make_unique<ExitReporter>(
-          env_.coordinator, env_.cluster_id, env_.secret);
+          env_.coordinator, env_.cluster_id, env_.secret, tls_);
     }
     // Rank 0 hosts the coordinator: once it is gone, so is the listener.
     exit_reporter_->RankExited(

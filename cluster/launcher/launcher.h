@@ -109,6 +109,7 @@ class Launcher {
   const LaunchOptions options_;
   const std::string program_path_;
   BootstrapEnv env_;
+  control::TlsFiles tls_;  // PAGEWIRE_TLS_*: for the exit reporter
   std::vector<UniqueFd> netns_fds_;  // one per rank with --netns
   std::vector<int> bind_cpus_;       // --bind-to core: the usable CPUs
   std::vector<Rank> ranks_;

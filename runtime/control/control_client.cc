@@ -31,8 +31,11 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Join(
   // stopped. A coordinator that vanishes shows as failing heartbeats.
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, std::numeric_limits<int>::max());
-  client->channel_ = grpc::CreateCustomChannel(
-      c.coordinator, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      ChannelCredentials(c.tls, args);
+  if (!credentials.ok()) return credentials.status();
+  client->channel_ =
+      grpc::CreateCustomChannel(c.coordinator, *credentials, args);
   client->membership_ = proto::Membership::NewStub(client->channel_);
   client->dataspaces_ = proto::Dataspaces::NewStub(client->channel_);
 

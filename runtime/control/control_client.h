@@ -38,6 +38,7 @@
 #include "proto/control_plane.grpc.pb.h"
 #include "proto/control_plane.pb.h"
 #include "runtime/control/protocol.h"
+#include "runtime/control/tls.h"
 #include "runtime/control/view.h"
 
 namespace pagewire::control {
@@ -46,6 +47,7 @@ struct ControlClientConfig {
   std::string coordinator;  // "host:port" of the coordinator
   std::string cluster_id;
   std::string secret;
+  TlsFiles tls;  // the coordinator serves TLS (tls.h), if enabled
   uint32_t protocol_version = kProtocolVersion;
   int requested_rank = -1;  // -1 = any free rank
   proto::Endpoint endpoint;  // how peers reach this node (published in views)

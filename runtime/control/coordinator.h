@@ -53,12 +53,14 @@
 #include "proto/control_plane.pb.h"
 #include "runtime/base/hmac_sha256.h"
 #include "runtime/control/protocol.h"
+#include "runtime/control/tls.h"
 
 namespace pagewire::control {
 
 struct CoordinatorConfig {
   std::string cluster_id;  // every rank must join with the same id
   std::string secret;      // shared job secret (PAGEWIRE_SECRET); never logged
+  TlsFiles tls;            // serve TLS only (tls.h), if enabled
   uint32_t protocol_version = kProtocolVersion;
   int nranks = 0;          // ranks 0 .. nranks-1
   // The job's global address range, handed to every rank in JoinReply and

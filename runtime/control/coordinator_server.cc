@@ -45,6 +45,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       Coordinator::Create(std::move(config));
   if (!coordinator.ok()) return coordinator.status();
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentials((*coordinator)->config().tls);
+  if (!credentials.ok()) {
+    (*coordinator)->Shutdown();
+    return credentials.status();
+  }
+
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
   server->host_ = hp->first;
   server->coordinator_ = *std::move(coordinator);
@@ -60,8 +67,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
                              std::numeric_limits<int>::max());
   int bound_port = 0;
-  builder.AddListeningPort(listen_address, grpc::InsecureServerCredentials(),
-                           &bound_port);
+  builder.AddListeningPort(listen_address, *credentials, &bound_port);
   builder.RegisterService(server->coordinator_->membership_service());
   builder.RegisterService(server->coordinator_->dataspaces_service());
   server->server_ = builder.BuildAndStart();
@@ -75,8 +81,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         "pick another port (0 picks a free one) or another host"));
   }
   server->port_ = bound_port;
-  Log("coordinator: listening on %s for %d ranks (cluster '%s')",
-      server->address(), server->coordinator_->config().nranks,
+  Log("coordinator: listening on %s%s for %d ranks (cluster '%s')",
+      server->address(),
+      server->coordinator_->config().tls.enabled() ? " (TLS, client "
+                                                     "certificates required)"
+                                                   : "",
+      server->coordinator_->config().nranks,
       server->coordinator_->config().cluster_id);
   return server;
 }
