@@ -35,8 +35,7 @@ absl::StatusOr<CtlOptions> ParseCtlOptions(const std::vector<std::string>& args)
     } else if (arg == "--cluster-id") {
       o.cluster_id = value;
     } else if (arg == "--secret-file") {
-      o.secret_file_value = value;
-      o.secret_file = &o.secret_file_value;
+      o.secret_file = value;
     } else if (arg == "--reason") {
       o.reason = value;
     } else {

@@ -4,6 +4,7 @@
 #ifndef PAGEWIRE_CLUSTER_COORDINATOR_CTL_OPTIONS_H_
 #define PAGEWIRE_CLUSTER_COORDINATOR_CTL_OPTIONS_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,8 @@ namespace pagewire::cluster {
 struct CtlOptions {
   std::string coordinator;  // host:port
   std::string cluster_id = "pagewire";
-  const std::string* secret_file = nullptr;
-  std::string secret_file_value;
+  // --secret-file; unset: PAGEWIRE_SECRET (ReadJobSecret).
+  std::optional<std::string> secret_file;
   std::string command;
   int rank = -1;
   std::string reason;

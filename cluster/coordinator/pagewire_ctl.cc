@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<std::string> secret =
-      pagewire::cluster::ReadJobSecret(o->secret_file);
+      pagewire::cluster::ReadJobSecret(o->secret_file ? &*o->secret_file : nullptr);
   if (!secret.ok()) {
     std::fprintf(stderr, "pagewire-ctl: %s\n",
                  std::string(secret.status().message()).c_str());

@@ -60,8 +60,9 @@ std::vector<std::string> Words(const std::string& text) {
 }  // namespace pagewire::fuzz
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  // The secret the tools fall back on, as a job would set it.
+  // What the tools fall back on, as a job's environment would set them.
   setenv("PAGEWIRE_SECRET", "fuzz-secret", 1);
+  setenv("PAGEWIRE_COORDINATOR", "127.0.0.1:7070", 1);
   return 0;
 }
 
@@ -85,7 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Fail("pagewire-ctl accepted command '" + o->command + "'");
     }
     // As pagewire-ctl's main() does next.
-    (void)cluster::ReadJobSecret(o->secret_file);
+    (void)cluster::ReadJobSecret(o->secret_file ? &*o->secret_file : nullptr);
   } else {
     for (const std::string& a : args) {
       auto hp = control::ParseHostPort(a);
