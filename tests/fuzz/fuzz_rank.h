@@ -91,13 +91,19 @@ class FuzzRank {
     AddAllocation(6, Placement::kBlock, 0, true);
   }
 
-  // Torn down as the node does (Runtime::~Runtime): faults stop first.
+  // Torn down as the node does (Runtime::~Runtime): faults stop first; the
+  // allocations leave the managers (the sequential-consistency thread
+  // stops) before they are freed, while messages may still arrive.
   ~FuzzRank() {
     service_->Stop();
     root_->RemoveListener(service_.get());
+    sequential_.reset();
+    for (const auto& ds : allocations_) {
+      home_->RemoveDataspace(ds->id());
+      coherence_->RemoveDataspace(ds->id());
+    }
     root_.reset();
     allocations_.clear();
-    sequential_.reset();
     coherence_.reset();
     home_.reset();
     fetcher_.reset();
