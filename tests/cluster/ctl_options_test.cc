@@ -66,5 +66,23 @@ TEST(CtlOptionsTest, DeclareDeadNeedsOneRankAndPrefixesTheReason) {
   EXPECT_FALSE(ParseCtlOptions({"--coordinator"}).ok());
 }
 
+// Found by //tests/fuzz:cluster_flags_fuzzer: --secret-file /dev/full (or
+// any endless or huge file) was read whole, until memory ran out. A file
+// longer than kMaxSecretFileBytes is refused, naming it.
+TEST(JobSecretTest, AnEndlessSecretFileIsRefused) {
+  const std::string dev_zero = "/dev/zero";
+  auto s = ReadJobSecret(&dev_zero);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("/dev/zero is longer than"),
+            absl::string_view::npos)
+      << s.status();
+  const std::string longest =
+      TempFile("secret_longest", std::string(kMaxSecretFileBytes, 'k'));
+  auto ok = ReadJobSecret(&longest);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->size(), kMaxSecretFileBytes);
+}
+
 }  // namespace
 }  // namespace pagewire::cluster

@@ -8,6 +8,7 @@
 // Beyond "no crash": a configuration that is accepted passes
 // CoordinatorConfig::Validate, and a parsed host:port has a port in
 // 0..65535.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -56,6 +57,13 @@ std::vector<std::string> Words(const std::string& text) {
   return words;
 }
 
+bool ReadableWithoutBlocking(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return true;  // an error, at once
+  return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || path == "/dev/null" ||
+         path == "/dev/zero" || path == "/dev/full" || path == "/dev/urandom";
+}
+
 }  // namespace
 }  // namespace pagewire::fuzz
 
@@ -85,8 +93,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (o->command != "status" && o->command != "declare-dead") {
       Fail("pagewire-ctl accepted command '" + o->command + "'");
     }
-    // As pagewire-ctl's main() does next.
-    (void)cluster::ReadJobSecret(o->secret_file ? &*o->secret_file : nullptr);
+    // As pagewire-ctl's main() does next; only from files and devices that
+    // cannot block the fuzzer (a FIFO or a terminal would).
+    if (!o->secret_file || ReadableWithoutBlocking(*o->secret_file)) {
+      (void)cluster::ReadJobSecret(o->secret_file ? &*o->secret_file : nullptr);
+    }
   } else {
     for (const std::string& a : args) {
       auto hp = control::ParseHostPort(a);
