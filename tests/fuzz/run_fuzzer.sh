@@ -68,8 +68,8 @@ if [[ $status != 0 ]]; then
   for f in "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-* \
            "$out"/slow-unit-*; do
     [[ -f $f ]] || continue
-    echo "$name: reproducer: $f (in bazel-testlogs/tests/fuzz/${name}_test/test.outputs/)"
-    echo "$name: run it with: bazel run --config=fuzz //tests/fuzz:$name -- <that file>"
+    echo "$name: reproducer: $(basename "$f") (in bazel-testlogs/tests/fuzz/${name}_test/test.outputs/outputs.zip; its bytes follow)"
+    echo "$name: run it with: bazel build --config=fuzz //tests/fuzz:$name && bazel-bin/tests/fuzz/$name <that file>"
     od -An -tx1 -v "$f" | head -n 64
   done
   skip_or_fail "$status" "$log"
