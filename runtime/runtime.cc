@@ -178,17 +178,27 @@ Runtime::~Runtime() {
     fault_service_->Stop();
     root_->RemoveListener(fault_service_.get());
   }
-  {
-    absl::MutexLock lock(&mutex_);
-    allocations_.clear();
-  }
-  root_.reset();
+  // Membership no longer tells the managers of deaths once the control
+  // plane is gone.
   if (control_) {
     (void)control_->Leave("pw_finalize");
     control_.reset();
   }
   if (fault_service_) (void)fault_service_->SetDropAudit(nullptr);
+  // The allocations leave the managers before they are freed: the transport
+  // still delivers the peers' messages, which must find no allocation
+  // rather than a freed one. The sequential-consistency thread serves its
+  // messages from pointers of its own, so it goes first.
   sequential_.reset();
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [addr, a] : allocations_) {
+      if (home_) home_->RemoveDataspace(a.id);
+      if (coherence_) coherence_->RemoveDataspace(a.id);
+    }
+    allocations_.clear();
+  }
+  root_.reset();
   coherence_.reset();
   home_.reset();
   // The fetcher first: it takes its completion handler off the transport,

@@ -22,6 +22,11 @@ PACKAGES=(
   libibverbs-dev
   librdmacm-dev
   gfortran               # Fortran bindings / examples
+  # The fuzz targets (tests/fuzz/, bazel test --config=fuzz): Debian's
+  # clang 14 (//bazel/clang) and its libFuzzer, ASan and UBSan runtimes
+  # (libclang_rt.fuzzer-x86_64.a and friends are in libclang-rt-14-dev).
+  clang
+  libclang-rt-14-dev
   iproute2               # ip, for network-namespace tests
   procps                 # ps, pkill-free process inspection in tests
   openmpi-bin libopenmpi-dev  # MPI_Get baseline of bench/remote_fault.sh

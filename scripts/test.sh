@@ -21,12 +21,22 @@
 # its own output tree): any finding fails its test. Those results are
 # counted on their own, as "asan //target".
 #
+# A fourth step (fuzzing) builds the libFuzzer targets of tests/fuzz/ with
+# Debian's clang, ASan and UBSan (--config=fuzz, its own output tree) and
+# runs each test tagged "fuzz": its checked-in corpus once, then fuzzing
+# for a bounded time (20 s each, two at a time). A crash, leak, timeout or
+# sanitizer finding fails the test and prints the reproducer's path.
+# Counted as "fuzz //target". (Steps 1 and 3 replay the same corpora with
+# the gcc builds.)
+#
 # Environment:
 #   PAGEWIRE_SKIP_VM=1   skip the QEMU soft-RoCE suite: the VM step does not
 #                        run and says so (also passed to the tests as
 #                        --test_env; tests that need the VM check it).
 #   PAGEWIRE_SKIP_SANITIZE=1  skip the sanitizer step (its tests are listed
 #                        as skipped).
+#   PAGEWIRE_SKIP_FUZZ=1 skip the fuzzing step (its tests are listed as
+#                        skipped).
 #   PAGEWIRE_REQUIRE_NETNS=1  the network-namespace tests fail instead of
 #                        skipping where namespaces cannot be made (CI sets
 #                        it: .ci/run).
@@ -37,7 +47,8 @@ bash scripts/install-deps.sh
 
 log="$(mktemp -t pagewire-test.XXXXXX.log)"
 asan_log="$(mktemp -t pagewire-asan.XXXXXX.log)"
-trap 'rm -f "$log" "$asan_log"' EXIT
+fuzz_log="$(mktemp -t pagewire-fuzz.XXXXXX.log)"
+trap 'rm -f "$log" "$asan_log" "$fuzz_log"' EXIT
 
 args=(--test_output=errors --nocache_test_results)
 for v in PAGEWIRE_SKIP_VM PAGEWIRE_REQUIRE_NETNS; do
@@ -125,6 +136,33 @@ else
   [[ $status == 0 ]] && status=$asan_status
 fi
 
+# Step 4 (fuzzing): the tests tagged "fuzz" (tests/fuzz/), built with
+# libFuzzer by clang (--config=fuzz); only those targets are built.
+echo
+echo "== fuzzing step (libFuzzer + ASan + UBSan, --config=fuzz; tests/fuzz/)"
+fuzz_note=""
+fuzz_skipped=()
+if [[ "${PAGEWIRE_SKIP_FUZZ:-}" == 1 ]]; then
+  fuzz_note="fuzzing step SKIPPED (PAGEWIRE_SKIP_FUZZ=1): no fuzz target ran"
+  echo "$fuzz_note"
+  mapfile -t fuzz_skipped < <(bazel query 'attr(tags, fuzz, tests(//...))' 2>/dev/null)
+else
+  fuzz_start=$SECONDS
+  fuzz_status=0
+  set +e
+  bazel test --config=fuzz --build_tests_only --test_tag_filters=fuzz \
+    "${args[@]}" "$@" //tests/fuzz/... 2>&1 | tee -a "$fuzz_log"
+  fuzz_status=${PIPESTATUS[0]}
+  set -e
+  fuzz_note="fuzzing step: bazel status $fuzz_status in $((SECONDS - fuzz_start)) s"
+  # Bazel prints only failing tests' output: show each target's outcome.
+  fuzz_testlogs="$(bazel info --config=fuzz bazel-testlogs 2>/dev/null)"
+  for f in "$fuzz_testlogs"/tests/fuzz/*_test/test.log; do
+    [[ -f $f ]] && grep -hE '^[a-z_]+_fuzzer: (PASS|FAIL|SKIP|reproducer)' "$f"
+  done
+  [[ $status == 0 ]] && status=$fuzz_status
+fi
+
 # Bazel's per-target summary lines look like
 #   //proto:control_plane_proto_test                PASSED in 0.1s
 #   //tests/install:install_test                     FAILED in 0.2s
@@ -142,6 +180,10 @@ done
 for target in "${asan_skipped[@]}"; do
   skipped=$((skipped + 1))
   skipped_lines+=("  asan $target: not run (PAGEWIRE_SKIP_SANITIZE=1)")
+done
+for target in "${fuzz_skipped[@]}"; do
+  skipped=$((skipped + 1))
+  skipped_lines+=("  fuzz $target: not run (PAGEWIRE_SKIP_FUZZ=1)")
 done
 # count_results LOG TESTLOGS LABEL: adds LOG's results to the counts; skip
 # reasons come from the test logs under TESTLOGS.
@@ -177,6 +219,9 @@ count_results "$log" "$(bazel info bazel-testlogs 2>/dev/null)" ""
 if [[ -s "$asan_log" ]]; then
   count_results "$asan_log" "$(bazel info --config=asan bazel-testlogs 2>/dev/null)" "asan "
 fi
+if [[ -s "$fuzz_log" ]]; then
+  count_results "$fuzz_log" "$(bazel info --config=fuzz bazel-testlogs 2>/dev/null)" "fuzz "
+fi
 echo
 if [[ ${#skipped_lines[@]} -gt 0 ]]; then
   echo "== skipped tests (not counted as passed)"
@@ -188,5 +233,6 @@ if [[ ${#partial_lines[@]} -gt 0 ]]; then
 fi
 [[ -n "$vm_note" ]] && echo "$vm_note"
 [[ -n "$asan_note" ]] && echo "$asan_note"
+[[ -n "$fuzz_note" ]] && echo "$fuzz_note"
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"

@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -20,9 +19,18 @@ absl::StatusOr<std::string> ReadJobSecret(const std::string* secret_file) {
           "--secret-file ", *secret_file, ": cannot read it (",
           std::strerror(errno), "); pass a readable file holding the secret"));
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string secret(absl::StripTrailingAsciiWhitespace(ss.str()));
+    // A secret is a short line; a bigger file (or a device such as
+    // /dev/zero) is the wrong file, read no further than that tells.
+    std::string text(kMaxSecretFileBytes + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxSecretFileBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--secret-file ", *secret_file, " is longer than ",
+          kMaxSecretFileBytes, " bytes; pass the file that holds only the "
+          "job's secret"));
+    }
+    std::string secret(absl::StripTrailingAsciiWhitespace(text));
     if (secret.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--secret-file ", *secret_file,

@@ -4,11 +4,15 @@
 #ifndef PAGEWIRE_CLUSTER_COORDINATOR_JOB_SECRET_H_
 #define PAGEWIRE_CLUSTER_COORDINATOR_JOB_SECRET_H_
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/statusor.h"
 
 namespace pagewire::cluster {
+
+// The longest secret file read.
+inline constexpr size_t kMaxSecretFileBytes = 4096;
 
 // The secret in `secret_file` (trailing whitespace stripped) if it is not
 // null, else PAGEWIRE_SECRET. INVALID_ARGUMENT naming the file or the

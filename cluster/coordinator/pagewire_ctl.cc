@@ -23,10 +23,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "cluster/coordinator/ctl_options.h"
 #include "cluster/coordinator/job_secret.h"
 #include "proto/control_plane.grpc.pb.h"
 #include "runtime/control/credentials.h"
@@ -36,6 +36,7 @@
 namespace {
 
 namespace proto = pagewire::proto;
+using pagewire::cluster::CtlOptions;
 
 constexpr char kUsage[] =
     "usage: pagewire-ctl [--coordinator HOST:PORT] [--cluster-id ID]\n"
@@ -44,78 +45,13 @@ constexpr char kUsage[] =
 // The operator waits this long for an answer; nothing in the job does.
 constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
-struct Options {
-  std::string coordinator;
-  std::string cluster_id = "pagewire";
-  // --secret-file, if given (else PAGEWIRE_SECRET). A flag and a value, not
-  // a pointer into this struct, which is copied when it is returned.
-  bool has_secret_file = false;
-  std::string secret_file;
-  std::string command;
-  int rank = -1;
-  std::string reason;
-};
-
-absl::Status Usage(const std::string& what) {
-  return absl::InvalidArgumentError(what);
-}
-
-absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
-  Options o;
-  if (const char* v = std::getenv("PAGEWIRE_COORDINATOR")) o.coordinator = v;
-  if (const char* v = std::getenv("PAGEWIRE_CLUSTER_ID")) o.cluster_id = v;
-  std::vector<std::string> words;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") return absl::CancelledError("help");
-    if (arg.rfind("--", 0) != 0) {
-      words.push_back(arg);
-      continue;
-    }
-    if (i + 1 >= argc) return Usage(absl::StrCat(arg, " needs a value"));
-    const std::string value = argv[++i];
-    if (arg == "--coordinator") {
-      o.coordinator = value;
-    } else if (arg == "--cluster-id") {
-      o.cluster_id = value;
-    } else if (arg == "--secret-file") {
-      o.secret_file = value;
-      o.has_secret_file = true;
-    } else if (arg == "--reason") {
-      o.reason = value;
-    } else {
-      return Usage(absl::StrCat("unknown flag ", arg, "; see --help"));
-    }
-  }
-  if (words.empty()) return Usage("no command; give status or declare-dead");
-  o.command = words[0];
-  if (o.command == "status") {
-    if (words.size() != 1) return Usage("status takes no arguments");
-  } else if (o.command == "declare-dead") {
-    if (words.size() != 2 || !absl::SimpleAtoi(words[1], &o.rank) ||
-        o.rank < 0) {
-      return Usage("declare-dead needs one rank number, e.g. declare-dead 3");
-    }
-    if (o.reason.empty()) o.reason = "declared dead by an operator";
-    o.reason = absl::StrCat("pagewire-ctl: ", o.reason);
-  } else {
-    return Usage(absl::StrCat("unknown command '", o.command,
-                              "'; give status or declare-dead"));
-  }
-  if (o.coordinator.empty()) {
-    return Usage("no coordinator: pass --coordinator HOST:PORT or set "
-                 "PAGEWIRE_COORDINATOR");
-  }
-  return o;
-}
-
 std::unique_ptr<grpc::ClientContext> Context() {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
   return ctx;
 }
 
-int Status(proto::Membership::Stub& stub, const Options& o,
+int Status(proto::Membership::Stub& stub, const CtlOptions& o,
            const std::string& secret) {
   proto::JobStatusRequest request;
   request.set_cluster_id(o.cluster_id);
@@ -156,7 +92,7 @@ int Status(proto::Membership::Stub& stub, const Options& o,
   return 0;
 }
 
-int DeclareDead(proto::Membership::Stub& stub, const Options& o,
+int DeclareDead(proto::Membership::Stub& stub, const CtlOptions& o,
                 const std::string& secret) {
   proto::DeclareDeadRequest request;
   request.set_cluster_id(o.cluster_id);
@@ -191,7 +127,8 @@ int DeclareDead(proto::Membership::Stub& stub, const Options& o,
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<Options> o = ParseOptions(argc, argv);
+  absl::StatusOr<CtlOptions> o = pagewire::cluster::ParseCtlOptions(
+      std::vector<std::string>(argv + 1, argv + argc));
   if (!o.ok()) {
     if (absl::IsCancelled(o.status())) {
       std::fputs(kUsage, stdout);
@@ -202,8 +139,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<std::string> secret =
-      pagewire::cluster::ReadJobSecret(o->has_secret_file ? &o->secret_file
-                                                          : nullptr);
+      pagewire::cluster::ReadJobSecret(o->secret_file ? &*o->secret_file : nullptr);
   if (!secret.ok()) {
     std::fprintf(stderr, "pagewire-ctl: %s\n",
                  std::string(secret.status().message()).c_str());

@@ -224,18 +224,11 @@ class Coordinator::MembershipServiceImpl final
 
   grpc::ServerUnaryReactor* Challenge(grpc::CallbackServerContext* ctx,
                                       const proto::ChallengeRequest*,
-                                      proto::ChallengeReply* reply) override {
-    *reply = c_->Challenge();
-    return FinishNow(ctx, absl::OkStatus());
-  }
+                                      proto::ChallengeReply* reply) override;
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx,
                                  const proto::JoinRequest* request,
-                                 proto::JoinReply* reply) override {
-    absl::StatusOr<proto::JoinReply> r = c_->Join(*request);
-    if (r.ok()) *reply = *std::move(r);
-    return FinishNow(ctx, r.status());
-  }
+                                 proto::JoinReply* reply) override;
 
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
                                       const proto::HeartbeatRequest* request,
@@ -303,6 +296,23 @@ class Coordinator::MembershipServiceImpl final
  private:
   Coordinator* const c_;
 };
+
+// Proves its credentials in the request (CheckJoin).
+grpc::ServerUnaryReactor* Coordinator::MembershipServiceImpl::Join(
+    grpc::CallbackServerContext* ctx, const proto::JoinRequest* request,
+    proto::JoinReply* reply) {
+  absl::StatusOr<proto::JoinReply> r = c_->Join(*request);
+  if (r.ok()) *reply = *std::move(r);
+  return FinishNow(ctx, r.status());
+}
+
+// Needs no credentials: a nonce tells nothing about the job.
+grpc::ServerUnaryReactor* Coordinator::MembershipServiceImpl::Challenge(
+    grpc::CallbackServerContext* ctx, const proto::ChallengeRequest*,
+    proto::ChallengeReply* reply) {
+  *reply = c_->Challenge();
+  return FinishNow(ctx, absl::OkStatus());
+}
 
 class Coordinator::DataspacesServiceImpl final
     : public proto::Dataspaces::CallbackService {

@@ -19,6 +19,14 @@ absl::Status Coordinator::CheckCreate(
         "at least one byte",
         seq, rank));
   }
+  // Also keeps PageUp(length) from wrapping around to 0.
+  if (request.length() > config_.global_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "collective create %d from rank %d: length %d is more than the whole "
+        "global range (%d bytes); allocate less or start the coordinator "
+        "with a larger --global-size",
+        seq, rank, request.length(), config_.global_size));
+  }
   if (!proto::Placement_IsValid(request.placement())) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "collective create %d from rank %d: placement %d is not one of "

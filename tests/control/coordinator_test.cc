@@ -939,5 +939,47 @@ TEST(CoordinatorConfigTest, BadConfigIsRefusedNamingTheField) {
   EXPECT_TRUE(absl::StrContains(bad_addr.status().message(), "0..65535"));
 }
 
+// Found by //tests/fuzz:coordinator_fuzzer: a length within a page of
+// 2^64 rounded up to 0 pages, and the coordinator handed out an empty
+// dataspace at the start of the global range, over whatever lived there.
+// A create longer than the global range is refused, naming the range.
+TEST(CoordinatorTest, CreateLongerThanTheGlobalRangeIsRefused) {
+  CoordinatorConfig config;
+  config.cluster_id = "job";
+  config.secret = "s";
+  config.nranks = 1;
+  config.global_size = 16 * 4096;
+  auto c = Coordinator::Create(config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  proto::JoinRequest join;
+  join.set_cluster_id("job");
+  join.set_protocol_version(kProtocolVersion);
+  join.set_requested_rank(0);
+  *join.mutable_proof() = ProveTo(**c, "Join", "s", JoinDetail(0), "job");
+  ASSERT_TRUE((*c)->Join(join).ok());
+  proto::CreateDataspaceRequest r;
+  r.set_rank(0);
+  r.set_length(4096);
+  auto first = (*c)->CreateDataspace(r);
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (uint64_t length : {~uint64_t{0} - 100, ~uint64_t{0}, uint64_t{16 * 4096 + 1}}) {
+    r.set_collective_seq(r.collective_seq() + 1);
+    r.set_length(length);
+    auto d = (*c)->CreateDataspace(r);
+    ASSERT_FALSE(d.ok()) << "length " << length << " gave [" << d->addr()
+                         << ", +" << d->length() << ")";
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(d.status().message(), "global range"))
+        << d.status();
+  }
+  // What is left of the range is still there.
+  r.set_collective_seq(r.collective_seq() + 1);
+  r.set_length(15 * 4096);
+  auto rest = (*c)->CreateDataspace(r);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(rest->addr(), first->addr() + 4096);
+  (*c)->Shutdown();
+}
+
 }  // namespace
 }  // namespace pagewire::control::testing
