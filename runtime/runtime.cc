@@ -218,7 +218,12 @@ Runtime::~Runtime() {
 absl::Status Runtime::Barrier() {
   if (absl::Status s = CheckStanding("pw_barrier"); !s.ok()) return s;
   if (!coherence_) return absl::OkStatus();  // a job of one
-  return coherence_->Barrier();
+  absl::Status s = coherence_->Barrier();
+  // Another rank called a control-plane collective instead: take this
+  // rank's turn in it with the failure, so that every rank gets the same
+  // error naming both calls, and the job goes on.
+  if (Coherence::IsCollectiveMismatch(s)) return FailCollective("pw_barrier", s);
+  return s;
 }
 
 absl::Status Runtime::Release() {

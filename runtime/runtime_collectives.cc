@@ -379,6 +379,9 @@ absl::Status Runtime::ControlBarrier(const std::string& call,
     absl::MutexLock lock(&mutex_);
     seq = ++barrier_seq_;
   }
+  // A rank waiting in pw_barrier meanwhile learns of it and fails instead
+  // of waiting for this rank forever (Coherence::EnterCollective).
+  if (coherence_ && started_) coherence_->EnterCollective(seq, call);
   return control_->Barrier(seq, local_outcome, call);
 }
 

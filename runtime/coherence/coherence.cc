@@ -41,6 +41,8 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
       home_(home),
       remote_written_barrier_(nranks),
       subscribe_(nranks),
+      announced_(nranks),
+      announced_call_(nranks),
       dead_(nranks),
       death_(nranks),
       scratch_(new uint64_t[kScratchSlots]()),
@@ -49,9 +51,13 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
   for (uint32_t i = 0; i < kStagingPages; ++i) free_staging_.push_back(i);
   absl::Status s = router_.Register(
       {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease,
-       hp::kLockDestroy, hp::kLockDestroyed},
+       hp::kLockDestroy, hp::kLockDestroyed, hp::kCollectiveEntered},
       [this](int peer, uint16_t type, absl::Span<const char> body) {
-        OnMessage(peer, type, body);
+        if (type == hp::kCollectiveEntered) {
+          OnCollectiveEntered(peer, body);
+        } else {
+          OnMessage(peer, type, body);
+        }
       });
   if (!s.ok()) Error("coherence: %s", s.message());
 }
@@ -59,7 +65,7 @@ Coherence::Coherence(int self, int nranks, Transport& transport,
 Coherence::~Coherence() {
   router_.Unregister(
       {hp::kEpochWrites, hp::kLockAcquire, hp::kLockGrant, hp::kLockRelease,
-       hp::kLockDestroy, hp::kLockDestroyed});
+       hp::kLockDestroy, hp::kLockDestroyed, hp::kCollectiveEntered});
   if (scratch_region_.length != 0) {
     (void)transport_.DeregisterMemory(scratch_region_);
   }
@@ -191,7 +197,7 @@ void Coherence::OnMessage(int peer, uint16_t type, absl::Span<const char> body) 
   absl::MutexLock lock(&mutex_);
   switch (type) {
     case hp::kEpochWrites:
-      OnEpochWrites(peer, h.epoch_or_lock, pages, contents, last);
+      OnEpochWrites(peer, h.epoch_or_lock, h.ticket, pages, contents, last);
       return;
     case hp::kLockAcquire:
       ManagerAcquire(h.epoch_or_lock, peer, h.ticket);
@@ -272,8 +278,12 @@ bool Coherence::ParsePageList(int peer, uint16_t type,
   return true;
 }
 
-void Coherence::OnEpochWrites(int peer, uint64_t epoch, const PageList& pages,
-                              const char* contents, bool last) {
+void Coherence::OnEpochWrites(int peer, uint64_t epoch, uint64_t generation,
+                              const PageList& pages, const char* contents,
+                              bool last) {
+  // A list from before a collective this rank has entered belongs to a
+  // barrier that failed; its sender sends it again.
+  if (generation < generation_) return;
   EpochState& st = epochs_[epoch];
   st.writes_from.resize(nranks_);
   for (const hp::PageRef& r : pages) {

@@ -166,7 +166,19 @@ class Coherence final : public WriteTracker, public DropAudit {
   // Drops every cached copy of another rank's page (pw_acquire: without a
   // lock or barrier there is no record of what changed).
   absl::Status AcquireAll();
+  // The data-plane barrier. FAILED_PRECONDITION, marked so that
+  // IsCollectiveMismatch is true, if a rank entered a control-plane
+  // collective (EnterCollective) instead: the barrier is then undone (the
+  // next one is the same epoch and sends this one's writes again), and the
+  // caller takes its turn in that collective with the failure, so that
+  // every rank gets the same error and the job goes on.
   absl::Status Barrier();
+  static bool IsCollectiveMismatch(const absl::Status& s);
+  // This rank enters control-plane collective `seq` (`call`): tells every
+  // rank, so that one waiting in Barrier() meanwhile fails instead of
+  // waiting forever, and forgets the barrier lists that reached it for
+  // barriers that must now fail (their senders send them again).
+  void EnterCollective(uint64_t seq, const std::string& call);
   absl::Status LockAcquire(uintptr_t lock_addr);
   absl::Status LockRelease(uintptr_t lock_addr);
   absl::Status LockCheck(uintptr_t lock_addr) const;
@@ -211,6 +223,7 @@ class Coherence final : public WriteTracker, public DropAudit {
   // One barrier's state from phase to phase (coherence_barrier.cc).
   struct EpochRound {
     uint64_t epoch = 0;
+    uint64_t generation = 0;  // generation_ when it began
     PageList mine;                   // pages this rank wrote (sorted, unique)
     std::vector<PageList> subscribe;  // by home: this rank's subscriptions
     // Per page of `mine` this rank homes: the ranks that cache it (null for
@@ -264,9 +277,18 @@ class Coherence final : public WriteTracker, public DropAudit {
   bool ParsePageList(int peer, uint16_t type, absl::Span<const char> body,
                      home_protocol::PageListHeader& h, PageList& pages,
                      const char*& contents) const;
+  void OnCollectiveEntered(int peer, absl::Span<const char> body);
+  // A rank that announced a collective this rank has not entered, or -1.
+  // (A rank whose list of `st`'s barrier arrived was in it: it entered the
+  // collective after the barrier, which is no mismatch.)
+  int MismatchedRankLocked(const EpochState& st) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Undoes BeginEpoch for a barrier that failed on a mismatch.
+  void UndoEpoch(EpochRound& round);
   // One part of `peer`'s list for barrier `epoch`; `contents`: its pushed
   // pages, in the order of their refs.
-  void OnEpochWrites(int peer, uint64_t epoch, const PageList& pages,
+  void OnEpochWrites(int peer, uint64_t epoch, uint64_t generation,
+                     const PageList& pages,
                      const char* contents, bool last)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   DistributedDataspace* Find(uint32_t id) const
@@ -501,6 +523,13 @@ class Coherence final : public WriteTracker, public DropAudit {
   }
 
   uint64_t epoch_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The control-plane collective this rank entered last (EnterCollective),
+  // and by rank the last one each peer announced, with its call.
+  uint64_t generation_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::vector<uint64_t> announced_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::string> announced_call_ ABSL_GUARDED_BY(mutex_);
+  // The writes of a barrier undone (UndoEpoch), told at the next one.
+  PageList resend_ ABSL_GUARDED_BY(mutex_);
   std::map<uint64_t, EpochState> epochs_ ABSL_GUARDED_BY(mutex_);
   std::vector<bool> dead_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> death_ ABSL_GUARDED_BY(mutex_);

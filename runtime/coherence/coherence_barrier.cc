@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_format.h"
+#include "runtime/base/log.h"
 #include "runtime/base/page.h"
 #include "runtime/coherence/coherence.h"
 #include "runtime/dsm/distributed_dataspace.h"
@@ -14,6 +16,8 @@ namespace pagewire {
 namespace hp = home_protocol;
 
 namespace {
+
+constexpr char kMismatchPayload[] = "pagewire/collective-mismatch";
 
 bool ByPage(const hp::PageRef& a, const hp::PageRef& b) {
   return std::tie(a.alloc_id, a.page) < std::tie(b.alloc_id, b.page);
@@ -27,7 +31,10 @@ absl::Status Coherence::Barrier() {
   FindCachers(round);
   PlanPushes(round);
   if (absl::Status s = SendEpochLists(round); !s.ok()) return s;
-  if (absl::Status s = AwaitEpochLists(round); !s.ok()) return s;
+  if (absl::Status s = AwaitEpochLists(round); !s.ok()) {
+    if (IsCollectiveMismatch(s)) UndoEpoch(round);
+    return s;
+  }
   if (absl::Status s = ProtectHomePages(round); !s.ok()) return s;
   return DropStaleCopies(round);
 }
@@ -38,7 +45,9 @@ Coherence::EpochRound Coherence::BeginEpoch() {
   {
     absl::MutexLock lock(&mutex_);
     const uint64_t epoch = round.epoch = ++epoch_;
+    round.generation = generation_;
     ++stats_.barriers;
+    round.mine.swap(resend_);
     for (PageList& l : remote_written_barrier_) {
       round.mine.insert(round.mine.end(), l.begin(), l.end());
     }
@@ -146,8 +155,8 @@ absl::Status Coherence::SendEpochLists(EpochRound& round) {
     contents.resize(list.size(), nullptr);
     const bool any_pushed = !round.push_to[peer].empty();
     const absl::Status sent =
-        SendPageList(peer, hp::kEpochWrites, round.epoch, 0, list, 0,
-                     any_pushed ? &contents : nullptr);
+        SendPageList(peer, hp::kEpochWrites, round.epoch, round.generation,
+                     list, 0, any_pushed ? &contents : nullptr);
     if (!sent.ok()) {
       // A rank the barrier cannot reach ends it, naming the rank.
       absl::MutexLock lock(&mutex_);
@@ -166,14 +175,25 @@ absl::Status Coherence::SendEpochLists(EpochRound& round) {
 absl::Status Coherence::AwaitEpochLists(EpochRound& round) {
   absl::MutexLock lock(&mutex_);
   EpochState& st = epochs_[round.epoch];
+  auto all_arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    for (int r = 0; r < nranks_; ++r) {
+      if (r != self_ && !st.writes_from[r]) return false;
+    }
+    return true;
+  };
   absl::Status s = AwaitPeers(
       [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        for (int r = 0; r < nranks_; ++r) {
-          if (r != self_ && !st.writes_from[r]) return false;
-        }
-        return true;
+        return all_arrived() || MismatchedRankLocked(st) >= 0;
       },
       "barrier");
+  if (s.ok() && !all_arrived()) {
+    const int r = MismatchedRankLocked(st);
+    s = absl::FailedPreconditionError(absl::StrFormat(
+        "rank %d called %s while rank %d called pw_barrier; every rank must "
+        "make the same collective calls in the same order",
+        r, announced_call_[r], self_));
+    s.SetPayload(kMismatchPayload, absl::Cord(announced_call_[r]));
+  }
   round.written.swap(st.written);
   round.pushed.swap(st.pushed);
   epochs_.erase(round.epoch);
@@ -263,6 +283,81 @@ absl::Status Coherence::DropStaleCopies(EpochRound& round) {
   if (stale.empty()) return absl::OkStatus();
   MarkDroppedForGood(stale, contents);
   return FlushAndDropCopies(stale, /*at_barrier=*/true, contents, round.epoch);
+}
+
+// ---------------------------------------------------------------------------
+// Barriers against control-plane collectives.
+
+bool Coherence::IsCollectiveMismatch(const absl::Status& s) {
+  return s.GetPayload(kMismatchPayload).has_value();
+}
+
+int Coherence::MismatchedRankLocked(const EpochState& st) const {
+  for (int r = 0; r < nranks_; ++r) {
+    if (r != self_ && !dead_[r] && announced_[r] > generation_ &&
+        !st.writes_from[r]) {
+      return r;
+    }
+  }
+  return -1;
+}
+
+void Coherence::UndoEpoch(EpochRound& round) {
+  absl::MutexLock lock(&mutex_);
+  // The next barrier is this epoch again, on every rank, and tells this
+  // one's writes and subscriptions with its own.
+  if (epoch_ == round.epoch) --epoch_;
+  resend_.insert(resend_.end(), round.mine.begin(), round.mine.end());
+  for (int peer = 0; peer < nranks_; ++peer) {
+    subscribe_[peer].insert(subscribe_[peer].end(),
+                            round.subscribe[peer].begin(),
+                            round.subscribe[peer].end());
+  }
+}
+
+void Coherence::EnterCollective(uint64_t seq, const std::string& call) {
+  std::vector<int> peers;
+  {
+    absl::MutexLock lock(&mutex_);
+    generation_ = std::max(generation_, seq);
+    // Lists of barriers this rank is not in: those barriers fail now.
+    epochs_.erase(epochs_.upper_bound(epoch_), epochs_.end());
+    for (int r = 0; r < nranks_; ++r) {
+      if (r != self_ && !dead_[r]) peers.push_back(r);
+    }
+  }
+  const std::string name = call.substr(0, hp::kMaxCallBytes);
+  std::vector<char> body(sizeof(hp::CollectiveEntered) + name.size());
+  hp::CollectiveEntered h{seq, static_cast<uint32_t>(name.size()), 0};
+  std::memcpy(body.data(), &h, sizeof(h));
+  std::memcpy(body.data() + sizeof(h), name.data(), name.size());
+  for (int peer : peers) {
+    // A peer that cannot be told is dead or going: membership fails what
+    // waits on it.
+    (void)transport_.SendMessage(peer, hp::kCollectiveEntered,
+                                 absl::MakeConstSpan(body));
+  }
+}
+
+void Coherence::OnCollectiveEntered(int peer, absl::Span<const char> body) {
+  hp::CollectiveEntered h;
+  if (peer < 0 || peer >= nranks_ || body.size() < sizeof(h)) {
+    Warning("coherence: rank %d sent a malformed collective notice; dropped",
+            peer);
+    return;
+  }
+  std::memcpy(&h, body.data(), sizeof(h));
+  if (h.call_bytes > hp::kMaxCallBytes ||
+      body.size() != sizeof(h) + h.call_bytes) {
+    Warning("coherence: rank %d sent a collective notice of %d bytes naming "
+            "%d; dropped",
+            peer, body.size(), h.call_bytes);
+    return;
+  }
+  absl::MutexLock lock(&mutex_);
+  if (h.seq <= announced_[peer]) return;
+  announced_[peer] = h.seq;
+  announced_call_[peer].assign(body.data() + sizeof(h), h.call_bytes);
 }
 
 }  // namespace pagewire

@@ -10,6 +10,7 @@
 //      its outcome, session tokens, kLockDestroy.
 //   5: the secret is never sent: Challenge, and a Proof in Join,
 //      DeclareDead and JobStatus; session tokens derived, not sent.
+//      kCollectiveEntered; kEpochWrites carries the collective generation.
 #ifndef PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 #define PAGEWIRE_RUNTIME_CONTROL_PROTOCOL_H_
 

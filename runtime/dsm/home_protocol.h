@@ -40,7 +40,18 @@ enum Type : uint16_t {
   kLockDestroy = 16,    // rank -> lock's home: may the lock go (nobody
                         // holds it or waits for it)?
   kLockDestroyed = 17,  // lock's home -> rank: the answer (kLockHeldBy)
+  kCollectiveEntered = 18,  // rank -> every rank: I entered control-plane
+                            // collective `seq` (CollectiveEntered)
 };
+
+// kCollectiveEntered: followed by `call_bytes` bytes naming the call
+// ("pw_alloc(4096 bytes, block)"), at most kMaxCallBytes.
+struct CollectiveEntered {
+  uint64_t seq;
+  uint32_t call_bytes;
+  uint32_t reserved;
+};
+inline constexpr uint32_t kMaxCallBytes = 512;
 
 struct ScRequest {
   uint32_t alloc_id;
@@ -103,7 +114,9 @@ inline constexpr uint32_t kRefSubscribe = 2;
 
 struct PageListHeader {
   uint64_t epoch_or_lock;  // barrier epoch, or the lock's global offset
-  uint64_t ticket;         // lock requests: the requester's ticket
+  uint64_t ticket;         // lock requests: the requester's ticket;
+                           // kEpochWrites: the sender's collective
+                           // generation (Coherence::EnterCollective)
   uint32_t count;          // PageRefs that follow
   uint32_t flags;          // kLastPart, kAllPages
 };

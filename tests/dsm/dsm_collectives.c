@@ -1,7 +1,8 @@
 /*
  * dsm_collectives.c - collective calls agree or fail together: when one
  * rank's part fails, or the ranks pass different arguments or call
- * different collectives at the same point, every rank gets the same
+ * different collectives at the same point (pw_barrier included), every
+ * rank gets the same
  * status and the same message (naming each rank and what it did), nobody
  * hangs, and the job goes on.
  *   pagewire-run -n 3 dsm_collectives
@@ -13,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static int status = 0;
 static int rank;
@@ -106,6 +108,52 @@ int main(int argc, char **argv) {
     ExpectFailure("kinds", pw_free(y));
   }
   ExpectJobGoesOn("kinds");
+
+  /* pw_barrier (data plane) against a control-plane collective: rank 0
+   * allocates while the others wait in pw_barrier. Everyone wrote first;
+   * the undone barrier's writes are told at the next one. */
+  uint64_t *w = pw_alloc(4096 * 3, PW_PLACE_CYCLIC);
+  if (w == NULL) {
+    printf("dsm_collectives: rank %d: pw_alloc: %s\n", rank, pw_last_error());
+    return 1;
+  }
+  if (pw_barrier() != PW_OK) status = 1;
+  /* Every rank caches every page, so a write not told would leave a stale
+   * copy behind. */
+  uint64_t sum = 0;
+  for (int r = 0; r < pw_nranks(); r++) sum += w[r * 512 + 1];
+  if (sum != 0) status = 1;
+  w[rank * 512 + 1] = 300 + (uint64_t)rank;
+  if (rank == 0) {
+    ExpectNull("barrier_vs_alloc", pw_alloc(4096, PW_PLACE_BLOCK));
+  } else {
+    ExpectFailure("barrier_vs_alloc", pw_barrier());
+  }
+  if (pw_barrier() != PW_OK) status = 1;
+  for (int r = 0; r < pw_nranks(); r++) {
+    if (w[r * 512 + 1] != 300 + (uint64_t)r) {
+      printf("dsm_collectives: barrier_vs_alloc: rank %d: read %llu from "
+             "rank %d after the next barrier\n",
+             rank, (unsigned long long)w[r * 512 + 1], r);
+      status = 1;
+    }
+  }
+  ExpectJobGoesOn("barrier_vs_alloc");
+
+  /* The other way round: two ranks free while one waits in pw_barrier,
+   * having arrived there first. */
+  if (rank == 2) {
+    ExpectFailure("alloc_vs_barrier", pw_barrier());
+  } else {
+    struct timespec pause = {0, 200 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    ExpectFailure("alloc_vs_barrier", pw_free(w));
+  }
+  ExpectJobGoesOn("alloc_vs_barrier");
+  if (pw_free(w) != PW_OK) {
+    printf("dsm_collectives: rank %d: pw_free(w): %s\n", rank, pw_last_error());
+    status = 1;
+  }
 
   if (pw_free(x) != PW_OK || pw_free(y) != PW_OK) {
     printf("dsm_collectives: rank %d: the final frees failed: %s\n", rank,

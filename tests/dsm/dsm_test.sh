@@ -161,7 +161,7 @@ case "$mode" in
   collectives)
     "$RUN" -n 3 "$ws/tests/dsm/dsm_collectives" >"$out" 2>&1 || { rc=$?; cat "$out"; fail "dsm_collectives exited $rc"; }
     expect_lines '^\[[0-2]\] dsm_collectives: rank [0-2] ok' 3
-    for c in attach_dir zero_bytes sizes free_mismatch kinds; do
+    for c in attach_dir zero_bytes sizes free_mismatch kinds barrier_vs_alloc alloc_vs_barrier; do
       expect_lines "^\\[[0-2]\\] dsm_collectives: $c: rank [0-2]: " 3
       # The same status and message on every rank.
       n="$(grep -E "^\[[0-2]\] dsm_collectives: $c: rank [0-2]: " "$out" |
@@ -170,6 +170,8 @@ case "$mode" in
     done
     expect_lines '^\[0\] dsm_collectives: attach_dir: .*rank 0: .*/tmp.*rank [12]: ' 1
     expect_lines '^\[0\] dsm_collectives: kinds: .*different collectives.*rank 0: pw_alloc.*rank 1: pw_free' 1
+    expect_lines '^\[0\] dsm_collectives: barrier_vs_alloc: .*different collectives.*rank 0: pw_alloc.*rank 1: pw_barrier.*rank 2: pw_barrier' 1
+    expect_lines '^\[0\] dsm_collectives: alloc_vs_barrier: .*different collectives.*rank 0: pw_free.*rank 2: pw_barrier' 1
     ;;
   coherence_*)
     test="${mode#coherence_}"
