@@ -11,8 +11,11 @@
 // The target of a one-sided operation serves it from registered memory on
 // the transport's own thread (TCP) or in the NIC (verbs), never on a home
 // manager's service loop. No operation has a timeout: a READ to a live peer
-// completes; a READ to a peer that dies completes with kPeerGone once the
-// connection breaks or membership declares the peer dead (PeerDied()).
+// completes; a READ to a peer that dies completes with kPeerGone once
+// membership declares the peer dead (PeerDied()). A TCP connection that
+// breaks is reconnected and what it carried is sent again, each operation
+// applied exactly once; a verbs queue pair that breaks still completes
+// what it carried with kPeerGone.
 //
 // Implementations: TcpTransport (runtime/transport/tcp/tcp_transport.h),
 // over sockets, and VerbsTransport

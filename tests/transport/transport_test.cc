@@ -23,6 +23,7 @@
 // transports themselves have no timeouts). Verbs sizes are for soft-RoCE
 // under TCG (~150 us per operation, ~15 MB/s).
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <infiniband/verbs.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -1172,6 +1173,9 @@ TEST_P(TransportFailureTest, RemoteAccessErrorIsACleanErrorCompletion) {
 // The victim is destroyed with READs outstanding: they complete, in posting
 // order, with success and then kPeerGone; the loss is logged naming the
 // peer; the bystander carries on; later READs to the victim fail at once.
+// On TCP a closed connection is not a death: what was outstanding waits
+// (its session tries to reconnect) until membership's word, PeerDied().
+// Verbs fails them when the NIC's retries run out.
 TEST_P(TransportFailureTest, PeerGoneMidReadIsReportedOthersCarryOn) {
   MakeOptions quick;
   quick.quick_peer_loss = true;
@@ -1180,7 +1184,30 @@ TEST_P(TransportFailureTest, PeerGoneMidReadIsReportedOthersCarryOn) {
   LogCapture logs;
   const int n = PostManyReads();
   victim_.reset();
-  ExpectSuccessThenPeerGone(WaitCompletions(*requester_, n), n);
+  if (GetParam() == Kind::kTcp) {
+    EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
+                             {"rank 0", "peer 1", "wait for a new connection"}));
+    // Whatever completes meanwhile (for 100 ms) is a READ served before the
+    // victim went.
+    std::vector<WorkCompletion> wcs;
+    WorkCompletion buf[256];
+    for (int i = 0; i < 50; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      for (int k; (k = requester_->PollCompletions(buf, 256)) > 0;) {
+        wcs.insert(wcs.end(), buf, buf + k);
+      }
+    }
+    for (const WorkCompletion& wc : wcs) {
+      EXPECT_EQ(wc.status, WcStatus::kSuccess)
+          << "wr_id " << wc.wr_id << " failed before membership said so";
+    }
+    requester_->PeerDied(1);
+    auto rest = WaitCompletions(*requester_, n - wcs.size());
+    wcs.insert(wcs.end(), rest.begin(), rest.end());
+    ExpectSuccessThenPeerGone(wcs, n);
+  } else {
+    ExpectSuccessThenPeerGone(WaitCompletions(*requester_, n), n);
+  }
   EXPECT_TRUE(logs.WaitFor(fabric_->PeerLostLog()));
   ExpectBystanderWorks();
   ExpectVictimFailsAtOnce();
@@ -1236,11 +1263,13 @@ bool ClosedByPeer(int fd) {
   }
 }
 
-tcp_handshake::ClientHello ValidHello(int rank, uint32_t version = 2) {
+tcp_handshake::ClientHello ValidHello(int rank, uint32_t version = 2,
+                                      uint64_t session = 0) {
   tcp_handshake::ClientHello h{};
   std::memcpy(h.magic, tcp_handshake::kClientMagic, sizeof(h.magic));
   h.protocol_version = version;
   h.rank = rank;
+  h.session = session != 0 ? session : 1000 + rank;
   for (size_t i = 0; i < sizeof(h.nonce); ++i) {
     h.nonce[i] = static_cast<uint8_t>(rank * 31 + i);
   }
@@ -1269,6 +1298,7 @@ struct RawHandshake {
   int fd = -1;
   bool got_challenge = false;
   bool target_proved = false;
+  uint64_t received = 0;  // the challenge's
   tcp_handshake::Nonce server_nonce{};
   tcp_handshake::ClientProof proof{};
 };
@@ -1288,12 +1318,13 @@ RawHandshake DoHandshake(const Transport& t, int target_rank,
   const Digest256 key = tcp_handshake::DataPlaneKey(secret);
   h.target_proved = tcp_handshake::CheckServerChallenge(
                         ch, hello.protocol_version, target_rank, hello.rank,
-                        client_nonce, key)
+                        client_nonce, hello.session, key)
                         .empty();
+  h.received = ch.received;
   std::memcpy(h.server_nonce.data(), ch.nonce, h.server_nonce.size());
-  const Digest256 proof =
-      tcp_handshake::Proof(key, tcp_handshake::Role::kClient, client_nonce,
-                           h.server_nonce, hello.rank, target_rank);
+  const Digest256 proof = tcp_handshake::Proof(
+      key, tcp_handshake::Role::kClient, client_nonce, h.server_nonce,
+      hello.rank, target_rank, hello.session, ch.received);
   std::memcpy(h.proof.proof, proof.data(), sizeof(h.proof.proof));
   if (send_proof) {
     EXPECT_EQ(::write(h.fd, &h.proof, sizeof(h.proof)), 32);
@@ -1356,7 +1387,7 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
   // The right magic with the wrong version.
   g = RawConnect(*target_);
   auto hello = ValidHello(9, 42);
-  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 32);
+  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 40);
   EXPECT_TRUE(ClosedByPeer(g));
   ::close(g);
   EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning, {"protocol version 42"}));
@@ -1371,7 +1402,7 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
   g = raw.fd;
   tcp_internal::RequestHeader h{};
   h.kind = 77;
-  ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
+  ASSERT_EQ(::write(g, &h, sizeof(h)), 48);
   EXPECT_TRUE(ClosedByPeer(g));
   ::close(g);
   EXPECT_TRUE(logs.WaitFor(LogLevel::kWarning,
@@ -1386,7 +1417,7 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
     h.kind = static_cast<uint8_t>(kind);
     h.opcode = static_cast<uint8_t>(WorkOpcode::kRead);
     h.length = 0xfffffff0u;
-    ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
+    ASSERT_EQ(::write(g, &h, sizeof(h)), 48);
     EXPECT_TRUE(ClosedByPeer(g));
     ::close(g);
   }
@@ -1406,7 +1437,7 @@ TEST_P(TcpWireTest, GarbageConnectionsAreRejectedOthersCarryOn) {
   h.length = 16;
   h.remote_addr = remote.mr.addr + 32;
   h.rkey = remote.mr.rkey;
-  ASSERT_EQ(::write(g, &h, sizeof(h)), 40);
+  ASSERT_EQ(::write(g, &h, sizeof(h)), 48);
   char resp[32];
   size_t got = 0;
   while (got < sizeof(resp)) {
@@ -1516,10 +1547,12 @@ std::string ForgedRequests(const Buffer& remote) {
   read.length = 16;
   read.remote_addr = remote.mr.addr;
   read.rkey = remote.mr.rkey;
+  read.seq = 0;
   tcp_internal::RequestHeader grant{};
   grant.kind = static_cast<uint8_t>(tcp_internal::FrameKind::kMessage);
   grant.msg_type = 9;
   grant.length = 8;
+  grant.seq = 1;
   std::string out(reinterpret_cast<const char*>(&read), sizeof(read));
   out.append(reinterpret_cast<const char*>(&grant), sizeof(grant));
   out.append(8, '\x01');
@@ -1632,7 +1665,7 @@ TEST_P(TcpWireTest, ClaimWaitsForMembership) {
   auto& tcp = static_cast<TcpTransport&>(*target_);
   int g = RawConnect(*target_);
   auto hello = ValidHello(8);
-  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 32);
+  ASSERT_EQ(::write(g, &hello, sizeof(hello)), 40);
   pollfd pf{g, POLLIN, 0};
   EXPECT_EQ(::poll(&pf, 1, 200), 0) << "answered before membership spoke";
   ASSERT_TRUE(tcp.ExpectPeer(8, "localhost").ok());
@@ -1642,12 +1675,15 @@ TEST_P(TcpWireTest, ClaimWaitsForMembership) {
   std::memcpy(cn.data(), hello.nonce, cn.size());
   std::memcpy(sn.data(), ch.nonce, sn.size());
   const Digest256 key = tcp_handshake::DataPlaneKey("transport-test-secret");
-  EXPECT_EQ(tcp_handshake::CheckServerChallenge(ch, 2, 1, 8, cn, key), "");
+  EXPECT_EQ(tcp_handshake::CheckServerChallenge(ch, 2, 1, 8, cn,
+                                                hello.session, key),
+            "");
   const Digest256 proof = tcp_handshake::Proof(
-      key, tcp_handshake::Role::kClient, cn, sn, 8, 1);
+      key, tcp_handshake::Role::kClient, cn, sn, 8, 1, hello.session,
+      ch.received);
   ASSERT_EQ(::write(g, proof.data(), proof.size()), 32);
-  const std::string req = ForgedRequests(remote).substr(0, 40);
-  ASSERT_EQ(::write(g, req.data(), req.size()), 40);
+  const std::string req = ForgedRequests(remote).substr(0, 48);
+  ASSERT_EQ(::write(g, req.data(), req.size()), 48);
   char resp[sizeof(tcp_internal::ResponseHeader) + 16];
   ASSERT_TRUE(ReadFull(g, resp, sizeof(resp)));
   EXPECT_EQ(std::memcmp(resp + 16, remote.data, 16), 0);
@@ -1690,7 +1726,7 @@ TEST_P(TcpWireTest, RequesterSendsNothingToAnUnprovenTarget) {
   std::memcpy(ch.magic, tcp_handshake::kServerMagic, sizeof(ch.magic));
   ch.protocol_version = 2;
   ch.rank = 7;
-  ASSERT_EQ(::write(g, &ch, sizeof(ch)), 64);
+  ASSERT_EQ(::write(g, &ch, sizeof(ch)), 72);
   EXPECT_EQ(ReadUntilClosed(g).size(), 0u) << "the WRITE's bytes were sent";
   auto wcs = WaitCompletions(*requester_, 1);
   ASSERT_EQ(wcs.size(), 1u);
@@ -1727,6 +1763,154 @@ TEST_P(TcpWireTest, HandshakesInProgressAreLimited) {
   EXPECT_EQ(wcs[0].status, WcStatus::kSuccess);
   EXPECT_EQ(std::memcmp(local.data, remote.data, 4096), 0);
   for (int fd : idle) ::close(fd);
+}
+
+// The sockets of this process connected to local port `port` (its
+// listener's accepted ones) or from it (connected to it), found through
+// /proc/self/fd.
+std::vector<int> SocketsOfPort(uint16_t port, bool accepted) {
+  std::vector<int> fds;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) return fds;
+  while (dirent* e = ::readdir(d)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2) continue;
+    sockaddr_in local{}, peer{};
+    socklen_t ll = sizeof(local), pl = sizeof(peer);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 ||
+        local.sin_family != AF_INET) {
+      continue;
+    }
+    const uint16_t want = htons(port);
+    if ((accepted ? local.sin_port : peer.sin_port) == want) fds.push_back(fd);
+  }
+  ::closedir(d);
+  return fds;
+}
+
+// Connections broken under live transports (the test shuts their sockets
+// down, on the requester's side and on the target's, over and over) lose
+// nothing and repeat nothing: every fetch-add is applied exactly once (its
+// old values are 0..N-1, each once), every READ brings the right bytes,
+// every WRITE lands, and every message arrives exactly once, in order. No
+// operation fails: only membership ends a session.
+TEST_P(TcpWireTest, BrokenConnectionsResumeExactlyOnce) {
+  LogCapture logs;
+  constexpr int kBatches = 2000, kAdds = 16, kReads = 16, kWrites = 4,
+                kMessages = 8;
+  Buffer remote = MakeBuffer(*target_, 1 << 20);
+  FillPattern(remote, 21);
+  Buffer counter = MakeBuffer(*target_, 4096);
+  Buffer written = MakeBuffer(*target_, kBatches * kWrites * 64);
+  Buffer local = MakeBuffer(*requester_, kReads * 4096);
+  Buffer olds = MakeBuffer(*requester_, kBatches * kAdds * 8);
+  Buffer sources = MakeBuffer(*requester_, kBatches * kWrites * 64);
+  FillPattern(sources, 22);
+  absl::Mutex mu;
+  std::vector<uint32_t> got_messages;
+  target_->SetMessageHandler([&](int, uint16_t, absl::Span<const char> body) {
+    uint32_t v = 0;
+    std::memcpy(&v, body.data(), std::min(body.size(), sizeof(v)));
+    absl::MutexLock lock(&mu);
+    got_messages.push_back(v);
+  });
+  const uint16_t port = static_cast<uint16_t>(target_->LocalEndpoint().port);
+  std::atomic<bool> stop{false};
+  std::atomic<int> breaks{0};
+  std::thread breaker([&] {
+    for (int i = 0; !stop.load() && i < 40; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      for (int fd : SocketsOfPort(port, /*accepted=*/i % 2 == 0)) {
+        if (::shutdown(fd, SHUT_RDWR) == 0) ++breaks;
+      }
+    }
+  });
+  uint32_t next_message = 0;
+  for (int b = 0; b < kBatches; ++b) {
+    std::vector<WorkRequest> wrs;
+    for (int i = 0; i < kAdds; ++i) {
+      WorkRequest wr;
+      wr.wr_id = wrs.size();
+      wr.opcode = WorkOpcode::kFetchAdd;
+      wr.local = olds.data + (b * kAdds + i) * 8;
+      wr.lkey = olds.mr.lkey;
+      wr.length = 8;
+      wr.remote_addr = counter.mr.addr;
+      wr.rkey = counter.mr.rkey;
+      wr.compare_add = 1;
+      wrs.push_back(wr);
+    }
+    for (int i = 0; i < kReads; ++i) {
+      wrs.push_back(Read(wrs.size(), local, i * 4096, remote,
+                         ((b * kReads + i) * 4099) % (1000 * 1024), 4096));
+    }
+    for (int i = 0; i < kWrites; ++i) {
+      WorkRequest wr;
+      wr.wr_id = wrs.size();
+      wr.opcode = WorkOpcode::kWrite;
+      wr.local = sources.data + (b * kWrites + i) * 64;
+      wr.lkey = sources.mr.lkey;
+      wr.length = 64;
+      wr.remote_addr = written.mr.addr + (b * kWrites + i) * 64;
+      wr.rkey = written.mr.rkey;
+      wrs.push_back(wr);
+    }
+    for (size_t i = 0; i < wrs.size(); ++i) {
+      wrs[i].next = i + 1 < wrs.size() ? &wrs[i + 1] : nullptr;
+    }
+    ASSERT_TRUE(requester_->PostSend(1, &wrs[0]).ok());
+    for (int i = 0; i < kMessages; ++i, ++next_message) {
+      ASSERT_TRUE(requester_
+                      ->SendMessage(1, 5, absl::Span<const char>(
+                                             reinterpret_cast<const char*>(
+                                                 &next_message),
+                                             sizeof(next_message)))
+                      .ok());
+    }
+    auto wcs = WaitCompletions(*requester_, wrs.size());
+    ASSERT_EQ(wcs.size(), wrs.size()) << "batch " << b;
+    for (size_t i = 0; i < wcs.size(); ++i) {
+      ASSERT_EQ(wcs[i].wr_id, i) << "batch " << b;
+      ASSERT_EQ(wcs[i].status, WcStatus::kSuccess)
+          << "batch " << b << " wr_id " << i << ": "
+          << WcStatusName(wcs[i].status);
+    }
+    for (int i = 0; i < kReads; ++i) {
+      ASSERT_EQ(std::memcmp(local.data + i * 4096,
+                            remote.data +
+                                ((b * kReads + i) * 4099) % (1000 * 1024),
+                            4096),
+                0)
+          << "batch " << b << " READ " << i;
+    }
+  }
+  stop = true;
+  breaker.join();
+  EXPECT_GT(breaks.load(), 10) << "the connections were hardly broken";
+  uint64_t total;
+  std::memcpy(&total, counter.data, sizeof(total));
+  EXPECT_EQ(total, uint64_t{kBatches} * kAdds) << "fetch-adds applied twice "
+                                                  "or lost";
+  std::vector<uint64_t> seen(kBatches * kAdds);
+  std::memcpy(seen.data(), olds.data, seen.size() * 8);
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i], i) << "an old value repeated or missing";
+  }
+  EXPECT_EQ(std::memcmp(written.data, sources.data, written.size), 0);
+  // Every message, once, in order (the last ones may still be arriving).
+  auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return got_messages.size() >= next_message;
+  };
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all),
+                                  absl::Milliseconds(kDeadlineMs)));
+  ASSERT_EQ(got_messages.size(), next_message);
+  for (uint32_t i = 0; i < next_message; ++i) {
+    ASSERT_EQ(got_messages[i], i) << "message " << i;
+  }
+  EXPECT_GT(logs.Count(LogLevel::kWarning, {"reconnected to peer 1"}), 0);
 }
 
 // The endpoint (a wildcard bind advertises loopback), the name, nonzero

@@ -14,8 +14,9 @@ Digest256 DataPlaneKey(absl::string_view secret) {
 
 Digest256 Proof(const Digest256& key, Role role, const Nonce& client_nonce,
                 const Nonce& server_nonce, int32_t client_rank,
-                int32_t server_rank) {
-  uint8_t msg[1 + 2 * kNonceBytes + 2 * sizeof(int32_t)];
+                int32_t server_rank, uint64_t session, uint64_t received) {
+  uint8_t msg[1 + 2 * kNonceBytes + 2 * sizeof(int32_t) +
+              2 * sizeof(uint64_t)];
   size_t at = 0;
   msg[at++] = static_cast<uint8_t>(role);
   std::memcpy(msg + at, client_nonce.data(), kNonceBytes);
@@ -26,6 +27,10 @@ Digest256 Proof(const Digest256& key, Role role, const Nonce& client_nonce,
   at += sizeof(client_rank);
   std::memcpy(msg + at, &server_rank, sizeof(server_rank));
   at += sizeof(server_rank);
+  std::memcpy(msg + at, &session, sizeof(session));
+  at += sizeof(session);
+  std::memcpy(msg + at, &received, sizeof(received));
+  at += sizeof(received);
   return HmacSha256(absl::MakeConstSpan(key.data(), key.size()),
                     absl::MakeConstSpan(msg, at));
 }
@@ -48,7 +53,7 @@ std::string CheckClientHello(const ClientHello& hello,
 std::string CheckServerChallenge(const ServerChallenge& challenge,
                                  uint32_t protocol_version,
                                  int32_t expected_rank, int32_t client_rank,
-                                 const Nonce& client_nonce,
+                                 const Nonce& client_nonce, uint64_t session,
                                  const Digest256& key) {
   if (std::memcmp(challenge.magic, kServerMagic, sizeof(challenge.magic)) !=
       0) {
@@ -68,8 +73,9 @@ std::string CheckServerChallenge(const ServerChallenge& challenge,
   std::memcpy(server_nonce.data(), challenge.nonce, kNonceBytes);
   Digest256 got;
   std::memcpy(got.data(), challenge.proof, got.size());
-  const Digest256 want = Proof(key, Role::kServer, client_nonce, server_nonce,
-                               client_rank, expected_rank);
+  const Digest256 want =
+      Proof(key, Role::kServer, client_nonce, server_nonce, client_rank,
+            expected_rank, session, challenge.received);
   if (!DigestsEqual(got, want)) {
     return "the other end failed to prove the job's secret (a different "
            "job, or PAGEWIRE_SECRET differs)";

@@ -238,9 +238,13 @@ TcpTransport::~TcpTransport() {
     absl::MutexLock lock(&c->mu);
     if (c->closed) continue;
     c->closed = true;
-    ::close(c->fd);
+    if (c->fd >= 0) ::close(c->fd);
     while (!c->pending.empty()) {
       const PendingOp& op = c->pending.Front();
+      if (op.probe) {
+        c->pending.PopFront();
+        continue;
+      }
       WorkCompletion wc;
       wc.wr_id = op.wr_id;
       wc.status = WcStatus::kFlushed;
@@ -328,6 +332,10 @@ absl::Status TcpTransport::Connect(int peer, const TransportEndpoint& endpoint) 
     }
   }
   if (absl::Status s = ExpectPeer(peer, endpoint.host); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    peers_[peer].endpoint = endpoint;  // where a broken session reconnects
+  }
   std::string remote;
   absl::StatusOr<UniqueFd> fd = Dial(peer, endpoint, remote);
   if (!fd.ok()) return fd.status();
@@ -406,6 +414,13 @@ absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
     return s;
   }
   std::memcpy(hello.nonce, conn->client_nonce.data(), sizeof(hello.nonce));
+  uint64_t session = 0;
+  if (absl::Status s = FillRandom(absl::MakeSpan(
+          reinterpret_cast<uint8_t*>(&session), sizeof(session)));
+      !s.ok()) {
+    return s;
+  }
+  hello.session = session;
   conn->auth = Connection::Auth::kAwaitChallenge;
   {
     absl::MutexLock lock(&mu_);
@@ -422,6 +437,7 @@ absl::Status TcpTransport::AdoptOutgoing(int peer, UniqueFd fd,
     ps.out = conn;
     conns_[conn.get()] = conn;
     absl::MutexLock conn_lock(&conn->mu);
+    conn->session = session;
     conn->out.Append(&hello, sizeof(hello));
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -536,10 +552,12 @@ void TcpTransport::CloseConnection(Connection* c, WcStatus status,
   {
     absl::MutexLock lock(&c->mu);
     c->closed = true;
-    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd, nullptr);
-    ::close(c->fd);
+    if (c->fd >= 0) {
+      ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd, nullptr);
+      ::close(c->fd);
+    }
     while (!c->pending.empty()) {
-      drained_.push_back(c->pending.Front());
+      if (!c->pending.Front().probe) drained_.push_back(c->pending.Front());
       c->pending.PopFront();
     }
   }
@@ -635,8 +653,10 @@ void TcpTransport::Loop() {
   BecomeServiceThread("pw-tcp");
   epoll_event events[kMaxEvents];
   for (;;) {
-    // No timeout: sockets and the wake eventfd are the only reasons to run.
-    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, -1);
+    // Sockets and the wake eventfd are the reasons to run, and a
+    // reconnection attempt falling due (no timeout otherwise).
+    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents,
+                         MillisUntilNextRetry());
     if (n < 0) {
       if (errno == EINTR) continue;
       Error("tcp: rank %d: epoll_wait: %s; transport thread stops",
@@ -659,6 +679,10 @@ void TcpTransport::Loop() {
       }
       auto* c = static_cast<Connection*>(ev.data.ptr);
       if (c->gone) continue;  // closed earlier in this round
+      if (c->auth == Connection::Auth::kConnecting) {
+        FinishConnect(c);
+        continue;
+      }
       if (c->read_paused && (ev.events & (EPOLLERR | EPOLLHUP))) {
         // Not reading (back-pressure), so the failure would never be seen
         // by a read: the requester is gone, close now.
@@ -674,6 +698,7 @@ void TcpTransport::Loop() {
       if (ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) HandleReadable(c);
       if (!c->gone && (ev.events & EPOLLOUT)) HandleWritable(c);
     }
+    RunDueRetries();
     FlushThreadCompletions();
     graveyard_.clear();
   }

@@ -21,16 +21,33 @@
 // their handshake are limited in number: when a new one would exceed the
 // limit, the oldest of them is closed (connection set-up, never a fault).
 //
+// A broken connection is not a dead peer. Every frame a requester sends is
+// numbered in its session with the target (a random id per peer, kept
+// across connections). When an outgoing connection breaks after its
+// handshake, its operations and unacknowledged messages wait; "pw-tcp"
+// connects again (backing off from 10 ms to 1 s between attempts, which
+// decides when to try, never whether to give up), and the new handshake
+// tells how many frames the target has taken. Everything not answered is
+// sent again and the target applies each frame exactly once: a repeated
+// WRITE or message is not applied again, a repeated atomic is answered
+// with the old value it returned the first time, a repeated READ reads
+// again. Only membership ends a session: PeerDied() completes what waits
+// with kPeerGone. A target closes a connection that names an unknown rkey
+// or an address outside its region, after answering that operation with
+// a remote access error (one log line per connection).
+//
 // Nothing on the data path has a wall-clock timeout: the thread sleeps in
-// epoll_wait(-1) and is woken by sockets or an eventfd. A peer is gone when
-// its connection breaks or the owner calls PeerDied(); its outstanding
-// operations then complete with kPeerGone while other peers carry on. Bad
+// epoll_wait and is woken by sockets or an eventfd (or when the next
+// reconnection attempt is due). Bad
 // input (garbage on the port, wrong magic or version, unknown rkey,
 // out-of-range address, oversized frame) is logged as a warning naming the
 // peer and closes at most that one connection.
 //
-// Files: setup and connections in tcp_transport.cc; posting, serving and
-// completions in tcp_transport_datapath.cc. The wire format is in
+// Files: setup, connections and the loop in tcp_transport.cc; the
+// handshake in tcp_transport_handshake.cc; posting, receiving and
+// completions in tcp_transport_datapath.cc; serving in
+// tcp_transport_serve.cc; sessions across connections in
+// tcp_transport_resume.cc. The wire format is in
 // tcp_internal below (tests build raw frames from it).
 #ifndef PAGEWIRE_RUNTIME_TRANSPORT_TCP_TCP_TRANSPORT_H_
 #define PAGEWIRE_RUNTIME_TRANSPORT_TCP_TCP_TRANSPORT_H_
@@ -38,7 +55,10 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <deque>
+#include <map>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -98,7 +118,9 @@ struct TcpTransportConfig {
 //                                     `length` body bytes
 //   Same connection, target -> requester, one per kOp in FIFO order:
 //     ResponseHeader   status; READ success: followed by `length` bytes;
-//                      atomics: old value in `value`
+//                      atomics: old value in `value`; READ and WRITE: the
+//                      frames of the session the target has taken, in
+//                      `value` (the requester's messages below it arrived)
 namespace tcp_internal {
 
 enum class FrameKind : uint8_t {
@@ -117,12 +139,15 @@ struct RequestHeader {
   uint32_t reserved;
   uint64_t compare_add;
   uint64_t swap;
+  uint64_t seq;  // the frame's number in the requester's session, from 0
 };
-static_assert(sizeof(RequestHeader) == 40, "RequestHeader is 40 bytes");
+static_assert(sizeof(RequestHeader) == 48, "RequestHeader is 48 bytes");
 
 enum class ResponseStatus : uint8_t {
   kOk = 0,
   kRemoteAccessError = 1,
+  // A repeated atomic whose first answer the target no longer keeps.
+  kResultLost = 2,
 };
 
 struct ResponseHeader {
@@ -236,12 +261,32 @@ class TcpTransport final : public Transport {
   // the wildcard).
   absl::Status BindSource(int fd, int family);
   // An operation posted and not yet answered, at its connection's FIFO.
+  // Everything needed to send it again after a reconnection.
   struct PendingOp {
     uint64_t wr_id = 0;
     char* local = nullptr;
     uint32_t length = 0;
     WorkOpcode opcode = WorkOpcode::kRead;
     bool signaled = false;
+    bool probe = false;  // an empty READ asking for the session's ack
+    uint32_t rkey = 0;
+    uint64_t remote_addr = 0;
+    uint64_t compare_add = 0;
+    uint64_t swap = 0;
+    uint64_t seq = 0;
+  };
+  // A message sent and not yet known to have arrived.
+  struct SentMessage {
+    uint64_t seq;
+    uint16_t type;
+    std::string body;
+  };
+  // The target's side of a requester's session.
+  struct InSession {
+    uint64_t id = 0;
+    uint64_t received = 0;  // frames taken: the next one's seq
+    // (seq, old value) of its latest atomics, for repeats.
+    std::deque<std::pair<uint64_t, uint64_t>> atomics;
   };
 
   // One TCP connection. Outgoing: this node is the requester (posters and
@@ -254,11 +299,13 @@ class TcpTransport final : public Transport {
 
     // Where the handshake stands ("pw-tcp" only). Incoming: kAwaitHello,
     // kAwaitMembership (the claimed rank's address is not known yet),
-    // kAwaitProof, kDone. Outgoing: kAwaitChallenge, kDone.
+    // kAwaitProof, kDone. Outgoing: kConnecting (a reconnection whose
+    // connect(2) is under way, or none yet: fd -1), kAwaitChallenge, kDone.
     enum class Auth {
       kAwaitHello,
       kAwaitMembership,
       kAwaitProof,
+      kConnecting,
       kAwaitChallenge,
       kDone
     };
@@ -273,14 +320,28 @@ class TcpTransport final : public Transport {
     uint32_t epoll_events ABSL_GUARDED_BY(mu) = 0;
     tcp_internal::ByteQueue out ABSL_GUARDED_BY(mu);
     Ring<PendingOp> pending ABSL_GUARDED_BY(mu);
-    // Outgoing: output waits in `out` until the target has proved the
-    // job's secret.
+    // Outgoing: nothing goes out but the handshake until the target has
+    // proved the job's secret; what is posted meanwhile is only recorded
+    // (pending, unacked) and sent once it has.
     bool output_held ABSL_GUARDED_BY(mu) = false;
+    // Outgoing: the session (moved to the next connection when this one
+    // breaks, which then supersedes this one).
+    uint64_t session ABSL_GUARDED_BY(mu) = 0;
+    uint64_t next_seq ABSL_GUARDED_BY(mu) = 0;
+    std::deque<SentMessage> unacked ABSL_GUARDED_BY(mu);
+    size_t unacked_bytes ABSL_GUARDED_BY(mu) = 0;
+    bool probe_posted ABSL_GUARDED_BY(mu) = false;
+    bool superseded ABSL_GUARDED_BY(mu) = false;
 
     // "pw-tcp" only.
     int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
     Auth auth = Auth::kAwaitHello;
     uint64_t accepted_seq = 0;  // incoming: order of accept, for eviction
+    uint64_t client_session = 0;  // incoming: from the hello
+    uint64_t challenged_received = 0;  // incoming: `received` it was told
+    InSession* in_session = nullptr;  // incoming, once authenticated
+    bool close_after_flush = false;  // incoming: a bad rkey was answered
+    bool reconnection = false;  // outgoing: not the session's first
     tcp_handshake::Nonce client_nonce{};
     tcp_handshake::Nonce server_nonce{};
     bool read_paused = false;  // incoming: too much output waits
@@ -300,6 +361,12 @@ class TcpTransport final : public Transport {
   struct PeerState {
     std::shared_ptr<Connection> out;
     bool dead = false;
+    TransportEndpoint endpoint;  // where Connect reached it
+    int attempts = 0;  // reconnection attempts since it last worked
+  };
+  struct Retry {
+    int peer;
+    std::chrono::steady_clock::time_point due;
   };
 
   explicit TcpTransport(const TcpTransportConfig& config);
@@ -315,6 +382,47 @@ class TcpTransport final : public Transport {
                        const std::string& reason, LogLevel level);
   bool SetEventsLocked(Connection* c, uint32_t events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+
+  // --- tcp_transport_resume.cc (sessions across connections) ---
+  // `c`, an outgoing connection, broke: its session waits on a new one.
+  // False if the session cannot go on (the peer is dead, or the job is
+  // ending, or the first handshake never finished): `c` is closed and
+  // what it carried completes with kPeerGone.
+  bool Resume(Connection* c, const std::string& reason);
+  // A successor of `from` for `peer` on `fd` (-1: not connected yet), with
+  // `from`'s session; `from` is superseded and closed.
+  std::shared_ptr<Connection> Succeed(Connection* from, int fd,
+                                      const std::string& remote);
+  void ScheduleRetry(int peer);
+  void RunDueRetries();
+  int MillisUntilNextRetry() const;
+  void StartAttempt(int peer);
+  void FinishConnect(Connection* c);
+  // The output after a handshake: the proof, then every pending operation
+  // and every message the target has not taken (below `received` it has),
+  // in frame order.
+  // Returns how many frames that is, the proof not counted.
+  size_t RebuildOutputLocked(Connection* c,
+                             const tcp_handshake::ClientProof& p,
+                             uint64_t received)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+  static void AppendOp(tcp_internal::ByteQueue& out, const PendingOp& op);
+  static void AppendMessage(tcp_internal::ByteQueue& out,
+                            const SentMessage& m);
+  // The target's answer to a frame it has taken before (seq below the
+  // session's received), or false to take it as new.
+  bool AnswerRepeat(Connection* c, const tcp_internal::RequestHeader& h);
+  // A broken connection: an outgoing one resumes (Resume), else it is
+  // closed and what it carried completes with kPeerGone.
+  void Broken(Connection* c, const std::string& reason, LogLevel level);
+  // `peer`'s current outgoing connection, locked, starting from `conn` and
+  // following the connections that superseded it; null (nothing locked)
+  // if it is closed for good.
+  std::shared_ptr<Connection> LockCurrent(int peer,
+                                          std::shared_ptr<Connection> conn)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Keeps an atomic's answer for a repeat (the latest kKeptAtomics).
+  static void KeepAtomicResult(InSession& s, uint64_t seq, uint64_t value);
 
   // --- tcp_transport_datapath.cc ---
   bool LocalOk(const WorkRequest& wr) const
@@ -361,8 +469,13 @@ class TcpTransport final : public Transport {
                                   size_t& payload);
   bool ParseResponses(Connection* c);
   bool FinishSink(Connection* c);
+  // (tcp_transport_serve.cc) A frame the target takes, in its session;
+  // an operation it serves from registered memory.
   void ServeRequest(Connection* c, const tcp_internal::RequestHeader& h,
                     const char* payload);
+  void ServeOp(Connection* c, const tcp_internal::RequestHeader& h,
+               const char* payload, InSession& session);
+  // (tcp_transport_datapath.cc again)
   // Matches a response to the head of `c`'s FIFO; false if `c` was closed.
   bool CompleteHead(Connection* c, const tcp_internal::ResponseHeader& r);
   // Payload bytes `r` carries for `op`, or -1 if `r` cannot answer `op`.
@@ -417,6 +530,9 @@ class TcpTransport final : public Transport {
   std::vector<PendingOp> plan_;
   uint64_t accepted_ = 0;
   LogSummary refusals_;
+  std::map<int, InSession> in_sessions_;  // by requester rank
+  std::vector<Retry> retries_;
+  LogSummary reconnect_failures_;
 
   std::atomic<bool> closes_expected_{false};
   std::thread thread_;

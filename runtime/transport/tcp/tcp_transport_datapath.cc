@@ -47,6 +47,11 @@ constexpr size_t kOutputHighWater = 8u << 20;
 constexpr size_t kOutputLowWater = 1u << 20;
 static_assert(kOutputLowWater < kOutputHighWater, "hysteresis");
 
+// Messages a requester keeps for resending before it asks the target for
+// an ack (an empty READ) rather than waiting for an operation's answer.
+constexpr size_t kMaxUnackedMessages = 1024;
+constexpr size_t kMaxUnackedBytes = 8u << 20;
+
 
 }  // namespace
 
@@ -92,8 +97,8 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
   };
   if (!gone) {
     absl::ReaderMutexLock regions_lock(&regions_mu_);
-    absl::MutexLock lock(&conn->mu);
-    if (conn->closed) {
+    conn = LockCurrent(peer, std::move(conn));
+    if (conn == nullptr) {
       gone = true;
     } else {
       const bool was_empty = conn->out.empty();
@@ -102,29 +107,26 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
           fail(*wr, WcStatus::kLocalProtectionError);
           continue;
         }
-        RequestHeader h{};
-        h.kind = static_cast<uint8_t>(FrameKind::kOp);
-        h.opcode = static_cast<uint8_t>(wr->opcode);
-        h.length = wr->length;
-        h.remote_addr = wr->remote_addr;
-        h.rkey = wr->rkey;
-        h.compare_add = wr->compare_add;
-        h.swap = wr->swap;
-        conn->out.Append(&h, sizeof(h));
-        if (wr->opcode == WorkOpcode::kWrite) {
-          conn->out.Append(wr->local, wr->length);
-        }
         PendingOp op;
         op.wr_id = wr->wr_id;
         op.local = static_cast<char*>(wr->local);
         op.length = wr->length;
         op.opcode = wr->opcode;
         op.signaled = wr->signaled;
+        op.rkey = wr->rkey;
+        op.remote_addr = wr->remote_addr;
+        op.compare_add = wr->compare_add;
+        op.swap = wr->swap;
+        op.seq = conn->next_seq++;
+        // While the connection is in its handshake (or being replaced),
+        // operations are only recorded; the handshake sends them.
+        if (!conn->output_held) AppendOp(conn->out, op);
         conn->pending.Push(op);
       }
       // One send for the whole chain. If output was already queued, EPOLLOUT
       // is armed and "pw-tcp" sends it in order.
       if (was_empty) FlushLocked(conn.get());
+      conn->mu.Unlock();
     }
   }
   if (gone) {
@@ -134,6 +136,26 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
   }
   PushCompletions(failed);
   return absl::OkStatus();
+}
+
+std::shared_ptr<TcpTransport::Connection> TcpTransport::LockCurrent(
+    int peer, std::shared_ptr<Connection> conn) {
+  for (;;) {
+    conn->mu.Lock();
+    if (!conn->superseded) {
+      if (!conn->closed) return conn;  // returned locked
+      conn->mu.Unlock();
+      return nullptr;
+    }
+    // Its session moved on to a new connection.
+    conn->mu.Unlock();
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || it->second.dead || it->second.out == nullptr) {
+      return nullptr;
+    }
+    conn = it->second.out;
+  }
 }
 
 absl::Status TcpTransport::SendMessage(int peer, uint16_t type,
@@ -157,19 +179,30 @@ absl::Status TcpTransport::SendMessage(int peer, uint16_t type,
     }
     conn = it->second.out;
   }
-  absl::MutexLock lock(&conn->mu);
-  if (conn->closed) {
+  conn = LockCurrent(peer, std::move(conn));
+  if (conn == nullptr) {
     return absl::UnavailableError(absl::StrFormat(
         "tcp: SendMessage to peer %d, whose connection is closed", peer));
   }
   const bool was_empty = conn->out.empty();
-  RequestHeader h{};
-  h.kind = static_cast<uint8_t>(FrameKind::kMessage);
-  h.msg_type = type;
-  h.length = static_cast<uint32_t>(body.size());
-  conn->out.Append(&h, sizeof(h));
-  conn->out.Append(body.data(), body.size());
+  // Kept until the target's answers show it arrived: a connection that
+  // breaks sends it again.
+  SentMessage m{conn->next_seq++, type, std::string(body.data(), body.size())};
+  if (!conn->output_held) AppendMessage(conn->out, m);
+  conn->unacked_bytes += m.body.size();
+  conn->unacked.push_back(std::move(m));
+  if (!conn->probe_posted && (conn->unacked.size() > kMaxUnackedMessages ||
+                              conn->unacked_bytes > kMaxUnackedBytes)) {
+    // No operation answered for a while: ask for the ack.
+    PendingOp probe;
+    probe.probe = true;
+    probe.seq = conn->next_seq++;
+    if (!conn->output_held) AppendOp(conn->out, probe);
+    conn->pending.Push(probe);
+    conn->probe_posted = true;
+  }
   if (was_empty) FlushLocked(conn.get());
+  conn->mu.Unlock();
   return absl::OkStatus();
 }
 
@@ -275,6 +308,7 @@ void TcpTransport::HandleWritable(Connection* c) {
   {
     absl::MutexLock lock(&c->mu);
     FlushLocked(c);
+    if (c->close_after_flush && c->out.empty()) resume = true;
     if (c->read_paused && c->out.size() <= kOutputLowWater) {
       c->read_paused = false;
       SetEventsLocked(c, c->epoll_events | EPOLLIN);
@@ -325,15 +359,12 @@ void TcpTransport::HandleReadable(Connection* c) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      CloseConnection(c, WcStatus::kPeerGone,
-                      absl::StrFormat("connection broke: %s",
-                                      std::strerror(errno)),
-                      broken_level);
+      Broken(c, absl::StrFormat("connection broke: %s", std::strerror(errno)),
+             broken_level);
       return;
     }
     if (n == 0) {
-      CloseConnection(c, WcStatus::kPeerGone,
-                      "connection closed by the other end", broken_level);
+      Broken(c, "connection closed by the other end", broken_level);
       return;
     }
     size_t got = static_cast<size_t>(n);
@@ -390,14 +421,12 @@ bool TcpTransport::ReadScattered(Connection* c, bool* drained) {
       *drained = errno != EINTR;
       return true;
     }
-    CloseConnection(c, WcStatus::kPeerGone,
-                    absl::StrFormat("connection broke: %s", std::strerror(errno)),
-                    LogLevel::kError);
+    Broken(c, absl::StrFormat("connection broke: %s", std::strerror(errno)),
+           LogLevel::kError);
     return true;
   }
   if (n == 0) {
-    CloseConnection(c, WcStatus::kPeerGone, "connection closed by the other end",
-                    LogLevel::kError);
+    Broken(c, "connection closed by the other end", LogLevel::kError);
     return true;
   }
   *drained = static_cast<size_t>(n) < sc.planned + sc.staging_len;
@@ -523,7 +552,9 @@ bool TcpTransport::ParseInput(Connection* c) {
 int64_t TcpTransport::ResponsePayload(const PendingOp& op,
                                       const ResponseHeader& r) {
   if (r.kind != static_cast<uint8_t>(FrameKind::kResponse)) return -1;
-  if (r.status == static_cast<uint8_t>(ResponseStatus::kRemoteAccessError)) {
+  if (r.status == static_cast<uint8_t>(ResponseStatus::kRemoteAccessError) ||
+      (r.status == static_cast<uint8_t>(ResponseStatus::kResultLost) &&
+       IsAtomic(op.opcode))) {
     return r.length == 0 ? 0 : -1;
   }
   if (r.status != static_cast<uint8_t>(ResponseStatus::kOk)) return -1;
@@ -539,10 +570,26 @@ bool TcpTransport::CompleteHead(Connection* c, const ResponseHeader& r) {
     absl::MutexLock lock(&c->mu);
     op = c->pending.Front();  // callers checked it is there
     c->pending.PopFront();
+    if (!IsAtomic(op.opcode)) {
+      // The target has taken every frame below r.value: those messages
+      // need no resending.
+      while (!c->unacked.empty() && c->unacked.front().seq < r.value) {
+        c->unacked_bytes -= c->unacked.front().body.size();
+        c->unacked.pop_front();
+      }
+    }
+    if (op.probe) c->probe_posted = false;
   }
+  if (op.probe) return true;
   WcStatus status = WcStatus::kSuccess;
   if (r.status == static_cast<uint8_t>(ResponseStatus::kRemoteAccessError)) {
     status = WcStatus::kRemoteAccessError;
+  } else if (r.status == static_cast<uint8_t>(ResponseStatus::kResultLost)) {
+    Error("tcp: rank %d: %s: %s wr_id %d was applied before the connection "
+          "broke, and the target no longer keeps its result; it completes "
+          "with an error",
+          config_.rank, Describe(*c), WorkOpcodeName(op.opcode), op.wr_id);
+    status = WcStatus::kTransportError;
   } else if (IsAtomic(op.opcode)) {
     std::memcpy(op.local, &r.value, sizeof(r.value));
   }
@@ -610,32 +657,6 @@ bool TcpTransport::FinishSink(Connection* c) {
   return !c->gone;
 }
 
-std::string TcpTransport::CheckRequest(const RequestHeader& h,
-                                       size_t& payload) {
-  payload = 0;
-  if (h.kind == static_cast<uint8_t>(FrameKind::kOp)) {
-    if (!ValidOpcode(h.opcode)) {
-      return absl::StrFormat("unknown opcode %d", h.opcode);
-    }
-    if (h.length > kMaxOpBytes) {
-      return absl::StrFormat("oversized frame: %s of %d bytes (limit %d)",
-                             WorkOpcodeName(WorkOpcode(h.opcode)), h.length,
-                             kMaxOpBytes);
-    }
-    if (WorkOpcode(h.opcode) == WorkOpcode::kWrite) payload = h.length;
-    return "";
-  }
-  if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
-    if (h.length > kMaxMessageBytes) {
-      return absl::StrFormat("oversized frame: message of %d bytes (limit %d)",
-                             h.length, kMaxMessageBytes);
-    }
-    payload = h.length;
-    return "";
-  }
-  return absl::StrFormat("unknown frame kind %d", h.kind);
-}
-
 bool TcpTransport::ParseRequests(Connection* c) {
   for (;;) {
     const size_t avail = c->in_tail - c->in_head;
@@ -657,6 +678,9 @@ bool TcpTransport::ParseRequests(Connection* c) {
       if (!AcceptProof(c, p)) return false;
       continue;
     }
+    // After a remote access error nothing more is served: the connection
+    // closes once the answers are out.
+    if (c->close_after_flush) break;
     {
       absl::MutexLock lock(&c->mu);
       if (c->out.size() > kOutputHighWater) {
@@ -697,84 +721,19 @@ bool TcpTransport::ParseRequests(Connection* c) {
     break;
   }
   // One send for all the responses of this batch.
-  absl::MutexLock lock(&c->mu);
-  if (!(c->epoll_events & EPOLLOUT)) FlushLocked(c);
-  return true;
-}
-
-const MemoryRegion* TcpTransport::FindRemote(uint32_t rkey, uint64_t addr,
-                                             uint64_t len) const {
-  auto it = by_rkey_.find(rkey);
-  if (it == by_rkey_.end()) return nullptr;
-  if (!InsideRegion(addr, len, it->second.addr, it->second.length)) return nullptr;
-  return &it->second;
-}
-
-void TcpTransport::ServeRequest(Connection* c, const RequestHeader& h,
-                                const char* payload) {
-  if (h.kind == static_cast<uint8_t>(FrameKind::kMessage)) {
-    absl::ReaderMutexLock lock(&handler_mu_);
-    if (handler_) {
-      handler_(c->peer_rank, h.msg_type, absl::MakeConstSpan(payload, h.length));
-    } else {
-      Warning("tcp: rank %d: message type %d from %s dropped: no handler set",
-              config_.rank, h.msg_type, Describe(*c));
-    }
-    return;
-  }
-  const WorkOpcode op = static_cast<WorkOpcode>(h.opcode);
-  ResponseHeader r{};
-  r.kind = static_cast<uint8_t>(FrameKind::kResponse);
-  r.status = static_cast<uint8_t>(ResponseStatus::kOk);
-  std::string problem;
+  bool done;
   {
-    absl::ReaderMutexLock regions_lock(&regions_mu_);
-    const MemoryRegion* mr = FindRemote(h.rkey, h.remote_addr, h.length);
-    if (mr == nullptr) {
-      problem = by_rkey_.contains(h.rkey) ? "address range outside the region"
-                                          : "unknown rkey";
-    } else if (IsAtomic(op) && (h.length != 8 || h.remote_addr % 8 != 0)) {
-      problem = "atomic not on an aligned 8-byte word";
-    } else {
-      char* target = reinterpret_cast<char*>(h.remote_addr);
-      switch (op) {
-        case WorkOpcode::kRead: {
-          r.length = h.length;
-          // Copied while the region is known to be registered.
-          absl::MutexLock lock(&c->mu);
-          c->out.Append(&r, sizeof(r));
-          c->out.Append(target, h.length);
-          return;
-        }
-        case WorkOpcode::kWrite:
-          std::memcpy(target, payload, h.length);
-          break;
-        case WorkOpcode::kFetchAdd:
-          r.value = __atomic_fetch_add(reinterpret_cast<uint64_t*>(target),
-                                       h.compare_add, __ATOMIC_SEQ_CST);
-          break;
-        case WorkOpcode::kCompareSwap: {
-          uint64_t expected = h.compare_add;
-          // On failure `expected` becomes the current value: the old value
-          // either way.
-          __atomic_compare_exchange_n(reinterpret_cast<uint64_t*>(target),
-                                      &expected, h.swap, false,
-                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-          r.value = expected;
-          break;
-        }
-      }
-    }
+    absl::MutexLock lock(&c->mu);
+    if (!(c->epoll_events & EPOLLOUT)) FlushLocked(c);
+    done = c->close_after_flush && c->out.empty();
   }
-  if (!problem.empty()) {
-    Warning("tcp: rank %d: %s: %s with %s (rkey 0x%x, addr 0x%x, length %d); "
-            "answered remote access error",
-            config_.rank, Describe(*c), WorkOpcodeName(op), problem, h.rkey,
-            h.remote_addr, h.length);
-    r.status = static_cast<uint8_t>(ResponseStatus::kRemoteAccessError);
+  if (done) {
+    CloseConnection(c, WcStatus::kPeerGone,
+                    "closed after answering a remote access error",
+                    LogLevel::kDebug);
+    return false;
   }
-  absl::MutexLock lock(&c->mu);
-  c->out.Append(&r, sizeof(r));
+  return true;
 }
 
 }  // namespace pagewire

@@ -61,6 +61,7 @@ bool TcpTransport::AcceptHello(Connection* c, const char* p) {
     return false;
   }
   c->peer_rank = hello.rank;
+  c->client_session = hello.session;
   std::memcpy(c->client_nonce.data(), hello.nonce, sizeof(hello.nonce));
   c->in_head += sizeof(hello);
   c->auth = Connection::Auth::kAwaitMembership;
@@ -101,18 +102,27 @@ bool TcpTransport::CheckClaim(Connection* c) {
                            absl::StrJoin(ips, ", ")));
     return false;
   }
+  // How much of the claimed session this node has taken (a hint: what
+  // arrives again is recognized by its number). Nothing about the session
+  // changes before the proof.
+  auto session_it = in_sessions_.find(c->peer_rank);
   ServerChallenge ch{};
   std::memcpy(ch.magic, tcp_handshake::kServerMagic, sizeof(ch.magic));
   ch.protocol_version = config_.protocol_version;
   ch.rank = config_.rank;
+  ch.received = c->challenged_received =
+      session_it != in_sessions_.end() &&
+              session_it->second.id == c->client_session
+          ? session_it->second.received
+          : 0;
   if (absl::Status s = FillRandom(absl::MakeSpan(c->server_nonce)); !s.ok()) {
     Refuse(c, "no random source", std::string(s.message()));
     return false;
   }
   std::memcpy(ch.nonce, c->server_nonce.data(), sizeof(ch.nonce));
-  const Digest256 proof =
-      tcp_handshake::Proof(key_, Role::kServer, c->client_nonce,
-                           c->server_nonce, c->peer_rank, config_.rank);
+  const Digest256 proof = tcp_handshake::Proof(
+      key_, Role::kServer, c->client_nonce, c->server_nonce, c->peer_rank,
+      config_.rank, c->client_session, ch.received);
   std::memcpy(ch.proof, proof.data(), sizeof(ch.proof));
   c->auth = Connection::Auth::kAwaitProof;
   absl::MutexLock lock(&c->mu);
@@ -126,9 +136,9 @@ bool TcpTransport::AcceptProof(Connection* c, const char* p) {
   std::memcpy(&got, p, sizeof(got));
   Digest256 have;
   std::memcpy(have.data(), got.proof, have.size());
-  const Digest256 want =
-      tcp_handshake::Proof(key_, Role::kClient, c->client_nonce,
-                           c->server_nonce, c->peer_rank, config_.rank);
+  const Digest256 want = tcp_handshake::Proof(
+      key_, Role::kClient, c->client_nonce, c->server_nonce, c->peer_rank,
+      config_.rank, c->client_session, c->challenged_received);
   if (!DigestsEqual(have, want)) {
     Refuse(c, "a wrong proof of the job's secret",
            absl::StrFormat("claims rank %d but failed to prove the job's "
@@ -139,6 +149,27 @@ bool TcpTransport::AcceptProof(Connection* c, const char* p) {
   }
   c->in_head += sizeof(got);
   c->auth = Connection::Auth::kDone;
+  // A new session of that rank (a new process) starts from frame 0. One
+  // connection per session: an older one (broken on the requester's side,
+  // or replaced) is closed; what it held unread arrives again on this one.
+  InSession& session = in_sessions_[c->peer_rank];
+  if (session.id != c->client_session) session = InSession{c->client_session};
+  std::vector<Connection*> older;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [ptr, conn] : conns_) {
+      if (ptr != c && conn->role == Connection::Role::kIncoming &&
+          !conn->gone && conn->in_session == &session) {
+        older.push_back(ptr);
+      }
+    }
+  }
+  for (Connection* o : older) {
+    CloseConnection(o, WcStatus::kPeerGone,
+                    "replaced by a new connection of the same session",
+                    LogLevel::kDebug);
+  }
+  c->in_session = &session;
   Debug("tcp: rank %d accepted peer %d from %s", config_.rank, c->peer_rank,
         c->remote);
   return true;
@@ -147,31 +178,46 @@ bool TcpTransport::AcceptProof(Connection* c, const char* p) {
 bool TcpTransport::AcceptChallenge(Connection* c, const char* p) {
   ServerChallenge ch;
   std::memcpy(&ch, p, sizeof(ch));
+  uint64_t session;
+  {
+    absl::MutexLock lock(&c->mu);
+    session = c->session;
+  }
   const std::string problem = tcp_handshake::CheckServerChallenge(
       ch, config_.protocol_version, c->peer_rank, config_.rank,
-      c->client_nonce, key_);
+      c->client_nonce, session, key_);
   if (!problem.empty()) {
-    CloseConnection(c, WcStatus::kPeerGone,
-                    absl::StrFormat("refused the other end: %s", problem),
-                    LogLevel::kError);
+    const std::string reason =
+        absl::StrFormat("refused the other end: %s", problem);
+    // A session that worked before waits for one that works again.
+    if (c->reconnection && Resume(c, reason)) return false;
+    CloseConnection(c, WcStatus::kPeerGone, reason, LogLevel::kError);
     return false;
   }
   c->in_head += sizeof(ch);
   std::memcpy(c->server_nonce.data(), ch.nonce, sizeof(ch.nonce));
   ClientProof proof;
-  const Digest256 d =
-      tcp_handshake::Proof(key_, Role::kClient, c->client_nonce,
-                           c->server_nonce, config_.rank, c->peer_rank);
+  const Digest256 d = tcp_handshake::Proof(
+      key_, Role::kClient, c->client_nonce, c->server_nonce, config_.rank,
+      c->peer_rank, session, ch.received);
   std::memcpy(proof.proof, d.data(), sizeof(proof.proof));
   c->auth = Connection::Auth::kDone;
-  absl::MutexLock lock(&c->mu);
-  // The proof goes first, then whatever was posted while we waited.
-  tcp_internal::ByteQueue held(sizeof(proof) + c->out.size());
-  held.Append(&proof, sizeof(proof));
-  held.Append(c->out.data(), c->out.size());
-  std::swap(c->out, held);
-  c->output_held = false;
-  FlushLocked(c);
+  size_t resent = 0;
+  {
+    absl::MutexLock lock(&c->mu);
+    resent = RebuildOutputLocked(c, proof, ch.received);
+    c->output_held = false;
+    FlushLocked(c);
+  }
+  if (c->reconnection) {
+    {
+      absl::MutexLock lock(&mu_);
+      peers_[c->peer_rank].attempts = 0;
+    }
+    Warning("tcp: rank %d: reconnected to peer %d (%s); the target had taken "
+            "%d frames of the session, the %d not answered are sent again",
+            config_.rank, c->peer_rank, c->remote, ch.received, resent);
+  }
   return true;
 }
 
