@@ -276,6 +276,10 @@ class TcpTransport final : public Transport {
     // Outgoing: output waits in `out` until the target has proved the
     // job's secret.
     bool output_held ABSL_GUARDED_BY(mu) = false;
+    // Closed, and the completions of the operations it carried are not
+    // delivered yet: operations posted now join `pending` and complete
+    // after them (CompleteLatePosts), never before.
+    bool completions_undelivered ABSL_GUARDED_BY(mu) = false;
 
     // "pw-tcp" only.
     int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
@@ -315,6 +319,9 @@ class TcpTransport final : public Transport {
                        const std::string& reason, LogLevel level);
   bool SetEventsLocked(Connection* c, uint32_t events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+  // At the end of a round, once the completions of the connections closed
+  // in it are delivered: what was posted to them meanwhile, kPeerGone.
+  void CompleteLatePosts();
 
   // --- tcp_transport_datapath.cc ---
   bool LocalOk(const WorkRequest& wr) const

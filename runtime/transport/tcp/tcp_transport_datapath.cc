@@ -93,7 +93,10 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
   if (!gone) {
     absl::ReaderMutexLock regions_lock(&regions_mu_);
     absl::MutexLock lock(&conn->mu);
-    if (conn->closed) {
+    // Closed by "pw-tcp", whose completions for the operations it carried
+    // are not delivered yet: these queue behind them, so that completions
+    // stay in posting order (FlushLocked sends nothing on a closed one).
+    if (conn->closed && !conn->completions_undelivered) {
       gone = true;
     } else {
       const bool was_empty = conn->out.empty();
