@@ -157,3 +157,100 @@ write('runtime_config_fuzzer', 'tuning', env(
     DEAD_AFTER_MS='10000', SERVICE_SLICE_US='50'))
 write('runtime_config_fuzzer', 'bad_rank', env(
     COORDINATOR='h:1', RANK='4', NRANKS='4'))
+
+
+# tcp_frames_fuzzer: a mode byte (0 raw bytes to a target, 1 request frames
+# after a correct handshake, 2 responses from a fake target), then that
+# mode's choices (see tcp_frames_fuzzer.cc).
+def tcp(name, data):
+    write('tcp_frames_fuzzer', name, data)
+
+# Mode 0: shape (bit 0: a hello first; bits 1-2: its rank 5, the target's
+# own, an unknown one, any), the chunk size less one, the bytes.
+tcp('raw_garbage', u8(0) + u8(0) + u8(6) + bytes((i * 37) & 0xff for i in range(200)))
+tcp('raw_hello_wrong_proof', u8(0) + u8(1) + u8(31) + b'\x00' * 32)
+tcp('raw_hello_own_rank', u8(0) + u8(1 | 2) + u8(0))
+tcp('raw_hello_unknown_rank_then_data', u8(0) + u8(1 | 4) + u8(255) + b'early')
+
+# Mode 1: the region's seed, then actions: 0 an operation (opcode, steer:
+# bit 0 any rkey, bit 1 any address, bit 2 align, bits 4-5 the length's
+# width; then length, rkey, address or offset, operands, WRITE seed),
+# 3 a message (type, width, length, seed), 4 raw bytes, 5 a write of part
+# of what is built (how much, pause), 7 a write of all of it (pause).
+READ, WRITE, FADD, CAS = range(4)
+def req_op(opcode, offset, length=None, seed=None, rkey=None, operands=b''):
+    if length is None:
+        steer, body = 0x04, b''                       # 8 bytes, aligned
+    else:
+        steer, body = 0x20, u16(length)
+    if rkey is not None:
+        steer |= 1
+        body += u32(rkey)
+    body += u16(offset) + operands
+    if seed is not None:
+        body += u8(seed)
+    return u8(0) + u8(opcode) + u8(steer) + body
+def req_msg(msg_type, length, seed):
+    return u8(3) + u16(msg_type) + u8(0) + u16(length) + u8(seed)
+def req_flush(part=None, pause=1):
+    return (u8(7) if part is None else u8(5) + u16(part)) + u8(pause)
+
+tcp('request_read', u8(1) + u8(3) + req_op(READ, 128, 64))
+tcp('request_write_then_read', u8(1) + u8(4) +
+    req_op(WRITE, 256, 100, seed=9) + req_op(READ, 200, 200))
+tcp('request_atomics', u8(1) + u8(5) +
+    req_op(FADD, 64, operands=u64(5)) +
+    req_op(CAS, 64, operands=u64(5) + u64(77)) + req_op(READ, 64, 8))
+tcp('request_message', u8(1) + u8(6) + req_msg(7, 300, 3) + req_op(READ, 0, 16))
+tcp('request_split_frames', u8(1) + u8(7) + req_op(READ, 0, 4096) +
+    req_flush(10) + req_op(WRITE, 4096, 3000, seed=2) + req_flush(500) +
+    req_msg(9, 2000, 1) + req_flush(1) + req_flush())
+tcp('request_bad_rkey_and_range', u8(1) + u8(8) +
+    req_op(READ, 0, 16, rkey=0x1234) + req_op(READ, 65530, 64) +
+    req_op(FADD, 3, operands=u64(1)))
+tcp('request_malformed_frame', u8(1) + u8(9) + req_op(READ, 0, 16) + req_flush() +
+    u8(0) + u8(0x90) + u8(0))
+tcp('request_oversized_message', u8(1) + u8(9) +
+    u8(3) + u16(1) + u8(1) + u32(0x10000000))
+
+# Mode 2: ops less one; per op a selector (opcode in bits 0-1, its length's
+# width in bits 2-3, bit 7 unsignalled) and a length; how many are posted
+# before the handshake; how the challenge goes (low nibble 15: spoiled,
+# then offset and xor; bit 4: in two pieces, then where); then actions:
+# 0 a good answer to the next op (atomic: old value; READ: seed), 4 an
+# error answer, 5 a header of any fields, 6 raw bytes, 7 a write of part of
+# what is built (how much, pause).
+def rsp_op(opcode, length, unsignalled=False):
+    if length < 256:
+        width, enc = 0, u8(length)
+    elif length <= 8192:
+        width, enc = 1, u16(length)
+    else:
+        width, enc = 2, u16(length - 120 * 1024)
+    return u8(opcode | (width << 2) | (0x80 if unsignalled else 0)) + enc
+def rsp_chain(ops, before=0, challenge=u8(0)):
+    return u8(2) + u8(len(ops) - 1) + b''.join(ops) + u8(before) + challenge
+GOOD, ERROR, HEADER, RAW, PART = 0, 4, 5, 6, 7
+
+tcp('response_read', rsp_chain([rsp_op(READ, 64)]) + u8(GOOD) + u8(5))
+tcp('response_write', rsp_chain([rsp_op(WRITE, 100)]) + u8(GOOD))
+tcp('response_atomics', rsp_chain([rsp_op(FADD, 8), rsp_op(CAS, 8)], before=1) +
+    u8(GOOD) + u64(41) + u8(GOOD) + u64(42))
+tcp('response_errors', rsp_chain([rsp_op(READ, 64), rsp_op(WRITE, 64)]) +
+    u8(ERROR) + u8(ERROR))
+tcp('response_chain_split', rsp_chain(
+        [rsp_op(READ, 5000), rsp_op(WRITE, 300), rsp_op(READ, 130000),
+         rsp_op(FADD, 8)], before=2, challenge=u8(0x10) + u8(20)) +
+    u8(GOOD) + u8(1) + u8(PART) + u16(100) + u8(1) + u8(GOOD) +
+    u8(GOOD) + u8(2) + u8(PART) + u16(60000) + u8(1) + u8(GOOD) + u64(7))
+tcp('response_error_then_reads', rsp_chain(
+        [rsp_op(READ, 4096), rsp_op(READ, 4096), rsp_op(READ, 100)]) +
+    u8(ERROR) + u8(GOOD) + u8(3) + u8(GOOD) + u8(4))
+tcp('response_malformed', rsp_chain([rsp_op(READ, 64), rsp_op(READ, 64)]) +
+    u8(GOOD) + u8(1) + u8(HEADER) + u8(0x90) + u8(0) + u8(64) + u64(0))
+tcp('response_spoiled_challenge',
+    rsp_chain([rsp_op(READ, 64)], challenge=u8(0x0f) + u8(40) + u8(1)) +
+    u8(GOOD) + u8(1))
+tcp('response_unsignalled', rsp_chain(
+        [rsp_op(READ, 32, unsignalled=True), rsp_op(WRITE, 32, unsignalled=True),
+         rsp_op(READ, 32)]) + u8(GOOD) + u8(1) + u8(GOOD) + u8(GOOD) + u8(2))

@@ -1737,6 +1737,108 @@ TEST_P(TcpWireTest, RequesterSendsNothingToAnUnprovenTarget) {
   ::close(lfd);
 }
 
+// A raw target on loopback for the requester to connect to as rank
+// `rank`: Accept() takes the connection and, with `secret`, completes the
+// handshake as a real target would.
+class FakeTarget {
+ public:
+  explicit FakeTarget(int rank) : rank_(rank) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof(sa);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    EXPECT_EQ(::listen(listen_fd_, 1), 0);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+    endpoint_.host = "127.0.0.1";
+    endpoint_.port = ntohs(sa.sin_port);
+  }
+  ~FakeTarget() { ::close(listen_fd_); }
+  const TransportEndpoint& endpoint() const { return endpoint_; }
+
+  // The accepted connection after the handshake, or -1.
+  int Accept(const std::string& secret) {
+    int fd = ::accept(listen_fd_, nullptr, nullptr);
+    tcp_handshake::ClientHello hello;
+    if (fd < 0 || !ReadFull(fd, &hello, sizeof(hello))) return -1;
+    tcp_handshake::Nonce cn, sn{};
+    std::memcpy(cn.data(), hello.nonce, cn.size());
+    const Digest256 key = tcp_handshake::DataPlaneKey(secret);
+    tcp_handshake::ServerChallenge ch{};
+    std::memcpy(ch.magic, tcp_handshake::kServerMagic, sizeof(ch.magic));
+    ch.protocol_version = hello.protocol_version;
+    ch.rank = rank_;
+    const Digest256 proof =
+        tcp_handshake::Proof(key, tcp_handshake::Role::kServer, cn, sn,
+                             hello.rank, rank_, hello.session, 0);
+    std::memcpy(ch.proof, proof.data(), sizeof(ch.proof));
+    tcp_handshake::ClientProof client_proof;
+    if (::write(fd, &ch, sizeof(ch)) != sizeof(ch) ||
+        !ReadFull(fd, &client_proof, sizeof(client_proof))) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
+ private:
+  const int rank_;
+  int listen_fd_ = -1;
+  TransportEndpoint endpoint_;
+};
+
+// Completions stay in posting order when a post races with "pw-tcp"
+// closing the connection (here on a malformed answer; a broken one would
+// reconnect instead): an operation posted after the connection was closed,
+// but before the kPeerGone completions of what it carried were delivered,
+// completes after those, not before. Found by tcp_frames_fuzzer (its
+// sentinel READ completed ahead of the chain).
+TEST_P(TcpWireTest, PostRacingACloseCompletesInPostingOrder) {
+  FakeTarget fake(7);
+  ASSERT_TRUE(requester_->Connect(7, fake.endpoint()).ok());
+  const int g = fake.Accept("transport-test-secret");
+  ASSERT_GE(g, 0);
+  Buffer local = MakeBuffer(*requester_, 4096);
+  WorkRequest first{};
+  first.wr_id = 1;
+  first.local = local.data;
+  first.lkey = local.mr.lkey;
+  first.length = 64;
+  first.remote_addr = 0x1000;
+  first.rkey = 1;
+  ASSERT_TRUE(requester_->PostSend(7, &first).ok());
+  tcp_internal::RequestHeader sent;
+  ASSERT_TRUE(ReadFull(g, &sent, sizeof(sent)));  // outstanding now
+  // "pw-tcp" logs the close after closing the connection and before the
+  // end of its round, where it delivers the first READ's completion: the
+  // second is posted right then.
+  WorkRequest second = first;
+  second.wr_id = 2;
+  second.local = local.data + 1024;
+  std::atomic<bool> posted{false};
+  LogSink previous = SetLogSink([&](LogLevel, absl::string_view line) {
+    if (absl::StrContains(line, "peer 7") &&
+        absl::StrContains(line, "malformed response") && !posted) {
+      EXPECT_TRUE(requester_->PostSend(7, &second).ok());
+      posted = true;
+    }
+  });
+  tcp_internal::ResponseHeader bad{};
+  bad.kind = 99;
+  ASSERT_EQ(::write(g, &bad, sizeof(bad)), 16);
+  auto wcs = WaitCompletions(*requester_, 2);
+  SetLogSink(previous);
+  EXPECT_TRUE(posted.load());
+  ASSERT_EQ(wcs.size(), 2u);
+  EXPECT_EQ(wcs[0].wr_id, 1u) << "the later post completed first";
+  EXPECT_EQ(wcs[1].wr_id, 2u);
+  EXPECT_EQ(wcs[0].status, WcStatus::kPeerGone);
+  EXPECT_EQ(wcs[1].status, WcStatus::kPeerGone);
+  EXPECT_EQ(requester_->Outstanding(7), 0u);
+  ::close(g);
+}
+
 // Connections that never finish their handshake are limited: past the
 // limit the oldest is closed, and a real peer still connects and is served.
 TEST_P(TcpWireTest, HandshakesInProgressAreLimited) {

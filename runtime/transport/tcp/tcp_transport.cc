@@ -226,7 +226,8 @@ TcpTransport::~TcpTransport() {
     thread_.join();
   }
   // The thread is gone: every connection is ours alone now.
-  std::vector<std::shared_ptr<Connection>> conns;
+  // Connections closed in the thread's last round may hold late posts.
+  std::vector<std::shared_ptr<Connection>> conns = std::move(graveyard_);
   {
     absl::MutexLock lock(&mu_);
     for (auto& [ptr, conn] : conns_) conns.push_back(conn);
@@ -236,9 +237,10 @@ TcpTransport::~TcpTransport() {
   std::vector<WorkCompletion> flushed;
   for (auto& c : conns) {
     absl::MutexLock lock(&c->mu);
-    if (c->closed) continue;
-    c->closed = true;
-    if (c->fd >= 0) ::close(c->fd);
+    if (!c->closed) {
+      c->closed = true;
+      if (c->fd >= 0) ::close(c->fd);
+    }
     while (!c->pending.empty()) {
       const PendingOp& op = c->pending.Front();
       if (op.probe) {
@@ -552,6 +554,7 @@ void TcpTransport::CloseConnection(Connection* c, WcStatus status,
   {
     absl::MutexLock lock(&c->mu);
     c->closed = true;
+    c->completions_undelivered = true;
     if (c->fd >= 0) {
       ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd, nullptr);
       ::close(c->fd);
@@ -700,8 +703,28 @@ void TcpTransport::Loop() {
     }
     RunDueRetries();
     FlushThreadCompletions();
+    CompleteLatePosts();
     graveyard_.clear();
   }
+}
+
+void TcpTransport::CompleteLatePosts() {
+  if (graveyard_.empty()) return;
+  for (const std::shared_ptr<Connection>& c : graveyard_) {
+    drained_.clear();
+    {
+      absl::MutexLock lock(&c->mu);
+      c->completions_undelivered = false;  // later posts fail at once
+      while (!c->pending.empty()) {
+        if (!c->pending.Front().probe) drained_.push_back(c->pending.Front());
+        c->pending.PopFront();
+      }
+    }
+    for (const PendingOp& op : drained_) {
+      Complete(op, WcStatus::kPeerGone, c->peer_rank);
+    }
+  }
+  FlushThreadCompletions();
 }
 
 }  // namespace pagewire

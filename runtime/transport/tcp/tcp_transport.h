@@ -332,6 +332,10 @@ class TcpTransport final : public Transport {
     size_t unacked_bytes ABSL_GUARDED_BY(mu) = 0;
     bool probe_posted ABSL_GUARDED_BY(mu) = false;
     bool superseded ABSL_GUARDED_BY(mu) = false;
+    // Closed, and the completions of the operations it carried are not
+    // delivered yet: operations posted now join `pending` and complete
+    // after them (CompleteLatePosts), never before.
+    bool completions_undelivered ABSL_GUARDED_BY(mu) = false;
 
     // "pw-tcp" only.
     int peer_rank;  // outgoing: the target; incoming: from the hello, or -1
@@ -382,6 +386,9 @@ class TcpTransport final : public Transport {
                        const std::string& reason, LogLevel level);
   bool SetEventsLocked(Connection* c, uint32_t events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+  // At the end of a round, once the completions of the connections closed
+  // in it are delivered: what was posted to them meanwhile, kPeerGone.
+  void CompleteLatePosts();
 
   // --- tcp_transport_resume.cc (sessions across connections) ---
   // `c`, an outgoing connection, broke: its session waits on a new one.
@@ -417,9 +424,11 @@ class TcpTransport final : public Transport {
   void Broken(Connection* c, const std::string& reason, LogLevel level);
   // `peer`'s current outgoing connection, locked, starting from `conn` and
   // following the connections that superseded it; null (nothing locked)
-  // if it is closed for good.
+  // if it is closed for good. `join_closed`: also one just closed whose
+  // completions are not delivered yet (completions_undelivered).
   std::shared_ptr<Connection> LockCurrent(int peer,
-                                          std::shared_ptr<Connection> conn)
+                                          std::shared_ptr<Connection> conn,
+                                          bool join_closed = false)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Keeps an atomic's answer for a repeat (the latest kKeptAtomics).
   static void KeepAtomicResult(InSession& s, uint64_t seq, uint64_t value);

@@ -97,7 +97,10 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
   };
   if (!gone) {
     absl::ReaderMutexLock regions_lock(&regions_mu_);
-    conn = LockCurrent(peer, std::move(conn));
+    // A connection closed by "pw-tcp" whose completions for what it
+    // carried are not delivered yet takes these behind them, so that
+    // completions stay in posting order (it sends nothing).
+    conn = LockCurrent(peer, std::move(conn), /*join_closed=*/true);
     if (conn == nullptr) {
       gone = true;
     } else {
@@ -139,11 +142,13 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
 }
 
 std::shared_ptr<TcpTransport::Connection> TcpTransport::LockCurrent(
-    int peer, std::shared_ptr<Connection> conn) {
+    int peer, std::shared_ptr<Connection> conn, bool join_closed) {
   for (;;) {
     conn->mu.Lock();
     if (!conn->superseded) {
-      if (!conn->closed) return conn;  // returned locked
+      if (!conn->closed || (join_closed && conn->completions_undelivered)) {
+        return conn;  // returned locked
+      }
       conn->mu.Unlock();
       return nullptr;
     }
