@@ -21,7 +21,14 @@
 # its own output tree): any finding fails its test. Those results are
 # counted on their own, as "asan //target".
 #
-# A fourth step (fuzzing) builds the libFuzzer targets of tests/fuzz/ with
+# A fourth step (ThreadSanitizer) runs the tests tagged "tsan" (the fault
+# service, the completion queue, the transports' TCP cases, and the
+# annotations that make Debian's uninstrumented absl::Mutex visible to TSan,
+# bazel/tsan/) built with --config=tsan (gcc's TSan, its own output tree;
+# only those targets are built): any report fails its test. Counted as
+# "tsan //target".
+#
+# A fifth step (fuzzing) builds the libFuzzer targets of tests/fuzz/ with
 # Debian's clang, ASan and UBSan (--config=fuzz, its own output tree) and
 # runs each test tagged "fuzz": its checked-in corpus once, then fuzzing
 # for a bounded time (20 s each, two at a time). A crash, leak, timeout or
@@ -35,6 +42,8 @@
 #                        --test_env; tests that need the VM check it).
 #   PAGEWIRE_SKIP_SANITIZE=1  skip the sanitizer step (its tests are listed
 #                        as skipped).
+#   PAGEWIRE_SKIP_TSAN=1 skip the ThreadSanitizer step (its tests are listed
+#                        as skipped).
 #   PAGEWIRE_SKIP_FUZZ=1 skip the fuzzing step (its tests are listed as
 #                        skipped).
 #   PAGEWIRE_REQUIRE_NETNS=1  the network-namespace tests fail instead of
@@ -47,8 +56,9 @@ bash scripts/install-deps.sh
 
 log="$(mktemp -t pagewire-test.XXXXXX.log)"
 asan_log="$(mktemp -t pagewire-asan.XXXXXX.log)"
+tsan_log="$(mktemp -t pagewire-tsan.XXXXXX.log)"
 fuzz_log="$(mktemp -t pagewire-fuzz.XXXXXX.log)"
-trap 'rm -f "$log" "$asan_log" "$fuzz_log"' EXIT
+trap 'rm -f "$log" "$asan_log" "$tsan_log" "$fuzz_log"' EXIT
 
 args=(--test_output=errors --nocache_test_results)
 for v in PAGEWIRE_SKIP_VM PAGEWIRE_REQUIRE_NETNS; do
@@ -136,7 +146,25 @@ else
   [[ $status == 0 ]] && status=$asan_status
 fi
 
-# Step 4 (fuzzing): the tests tagged "fuzz" (tests/fuzz/), built with
+# Step 4 (ThreadSanitizer): the tests tagged "tsan", built with
+# --config=tsan; only those targets and their dependencies are built.
+echo
+echo "== ThreadSanitizer step (--config=tsan; tests tagged tsan)"
+tsan_note=""
+tsan_skipped=()
+if [[ "${PAGEWIRE_SKIP_TSAN:-}" == 1 ]]; then
+  tsan_note="ThreadSanitizer step SKIPPED (PAGEWIRE_SKIP_TSAN=1): nothing ran under TSan"
+  echo "$tsan_note"
+  mapfile -t tsan_skipped < <(bazel query 'attr(tags, tsan, tests(//...))' 2>/dev/null)
+else
+  tsan_start=$SECONDS
+  tsan_status=0
+  RUN_LOG="$tsan_log" run_bazel_test --config=tsan --build_tests_only --test_tag_filters=tsan "$@" || tsan_status=$?
+  tsan_note="ThreadSanitizer step: bazel status $tsan_status in $((SECONDS - tsan_start)) s"
+  [[ $status == 0 ]] && status=$tsan_status
+fi
+
+# Step 5 (fuzzing): the tests tagged "fuzz" (tests/fuzz/), built with
 # libFuzzer by clang (--config=fuzz); only those targets are built.
 echo
 echo "== fuzzing step (libFuzzer + ASan + UBSan, --config=fuzz; tests/fuzz/)"
@@ -181,6 +209,10 @@ for target in "${asan_skipped[@]}"; do
   skipped=$((skipped + 1))
   skipped_lines+=("  asan $target: not run (PAGEWIRE_SKIP_SANITIZE=1)")
 done
+for target in "${tsan_skipped[@]}"; do
+  skipped=$((skipped + 1))
+  skipped_lines+=("  tsan $target: not run (PAGEWIRE_SKIP_TSAN=1)")
+done
 for target in "${fuzz_skipped[@]}"; do
   skipped=$((skipped + 1))
   skipped_lines+=("  fuzz $target: not run (PAGEWIRE_SKIP_FUZZ=1)")
@@ -219,6 +251,9 @@ count_results "$log" "$(bazel info bazel-testlogs 2>/dev/null)" ""
 if [[ -s "$asan_log" ]]; then
   count_results "$asan_log" "$(bazel info --config=asan bazel-testlogs 2>/dev/null)" "asan "
 fi
+if [[ -s "$tsan_log" ]]; then
+  count_results "$tsan_log" "$(bazel info --config=tsan bazel-testlogs 2>/dev/null)" "tsan "
+fi
 if [[ -s "$fuzz_log" ]]; then
   count_results "$fuzz_log" "$(bazel info --config=fuzz bazel-testlogs 2>/dev/null)" "fuzz "
 fi
@@ -233,6 +268,7 @@ if [[ ${#partial_lines[@]} -gt 0 ]]; then
 fi
 [[ -n "$vm_note" ]] && echo "$vm_note"
 [[ -n "$asan_note" ]] && echo "$asan_note"
+[[ -n "$tsan_note" ]] && echo "$tsan_note"
 [[ -n "$fuzz_note" ]] && echo "$fuzz_note"
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"

@@ -50,11 +50,26 @@ class LogCapture {
   std::vector<std::string> lines_;
 };
 
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer (x86-64 Linux) allows application memory only in
+// 0x1000-0x0080'0000'0000, around the PIE binaries (0x5500'0000'0000-
+// 0x5680'0000'0000), in its heap and near the top (modules and stacks); the
+// rest is its shadow and metadata, or refused. A mapping elsewhere fails
+// (MAP_FIXED) or ends the process (MAP_FIXED_NOREPLACE, which TSan does not
+// check: the kernel maps the range at address 0 and TSan aborts). 256 GiB is
+// in the low range with 256 GiB above it, far from the low mappings
+// (a non-PIE binary, MAP_32BIT).
+inline constexpr uintptr_t kTestGlobalBase = uintptr_t{0x40} << 32;
+#else
+inline constexpr uintptr_t kTestGlobalBase = uintptr_t{0x3000} << 32;
+#endif
+
 // A root region map of `size` bytes and a fault service over it at `base`.
 class FaultServiceFixture : public ::testing::Test {
  protected:
-  static constexpr uintptr_t kBase = uintptr_t{0x3000} << 32;
+  static constexpr uintptr_t kBase = kTestGlobalBase;
   static constexpr uint64_t kSize = uint64_t{2} << 30;
+  static_assert(kBase % (uint64_t{1} << 30) == 0, "a 1 GiB-aligned range");
 
   void SetUp() override {
     std::string why;

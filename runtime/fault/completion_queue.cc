@@ -66,19 +66,22 @@ void CompletionQueue::PostQuietly(PageCompletion completion) {
 void CompletionQueue::Drain(std::vector<PageCompletion>& out,
                             bool bell_rang) {
   out.clear();
-  bool was_signalled;
-  {
-    absl::MutexLock lock(&mutex_);
-    // Swap keeps both vectors' capacity: no allocation in the steady state.
-    posted_.swap(out);
-    was_signalled = signalled_;
-    signalled_ = false;
-  }
-  if (was_signalled || bell_rang) {
+  absl::MutexLock lock(&mutex_);
+  // Swap keeps both vectors' capacity: no allocation in the steady state.
+  posted_.swap(out);
+  // The bell is reset under the lock: a post that comes after the swap
+  // sets signalled_ and rings only once this drain let go of the lock, so
+  // this read can consume rings of posts drained here (or of late writers
+  // whose completions it drained), never the ring of a completion it left
+  // in the queue. (Read after unlocking, it could take the ring of such a
+  // post, whose completion would then wait with signalled_ set and no
+  // ring to come.) The read does not block: the eventfd is non-blocking.
+  if (signalled_ || bell_rang) {
     uint64_t count;
     ssize_t n = ::read(event_fd_, &count, sizeof(count));
     (void)n;
   }
+  signalled_ = false;
 }
 
 }  // namespace pagewire

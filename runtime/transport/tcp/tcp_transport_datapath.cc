@@ -225,8 +225,14 @@ void TcpTransport::FlushLocked(Connection* c) {
     // "pw-tcp", which closes the connection and completes what it carried.
     break;
   }
+  // A connection that stopped reading for back-pressure starts again in
+  // HandleWritable, on EPOLLOUT: ask for it while reading is paused even if
+  // this flush emptied the output (the requester read it all at once),
+  // else nothing would ever resume the connection and its requests would
+  // wait forever.
   const uint32_t in = c->epoll_events & EPOLLIN;
-  if (!SetEventsLocked(c, in | (c->out.empty() ? 0u : uint32_t{EPOLLOUT}))) {
+  const bool want_out = !c->out.empty() || c->read_paused;
+  if (!SetEventsLocked(c, in | (want_out ? uint32_t{EPOLLOUT} : 0u))) {
     Warning("tcp: rank %d: epoll_ctl for %s: %s", config_.rank, c->remote,
             std::strerror(errno));
   }
