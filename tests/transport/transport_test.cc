@@ -1899,8 +1899,10 @@ std::vector<int> SocketsOfPort(uint16_t port, bool accepted) {
 // operation fails: only membership ends a session.
 TEST_P(TcpWireTest, BrokenConnectionsResumeExactlyOnce) {
   LogCapture logs;
-  constexpr int kBatches = 2000, kAdds = 16, kReads = 16, kWrites = 4,
-                kMessages = 8;
+  // At least kMinBatches, and on until the breaker is done (kBatches at
+  // most).
+  constexpr int kMinBatches = 500, kBatches = 20000, kAdds = 16, kReads = 16,
+                kWrites = 4, kMessages = 8, kBreaks = 30;
   Buffer remote = MakeBuffer(*target_, 1 << 20);
   FillPattern(remote, 21);
   Buffer counter = MakeBuffer(*target_, 4096);
@@ -1918,18 +1920,21 @@ TEST_P(TcpWireTest, BrokenConnectionsResumeExactlyOnce) {
     got_messages.push_back(v);
   });
   const uint16_t port = static_cast<uint16_t>(target_->LocalEndpoint().port);
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, breaker_done{false};
   std::atomic<int> breaks{0};
   std::thread breaker([&] {
-    for (int i = 0; !stop.load() && i < 40; ++i) {
+    for (int i = 0; !stop.load() && breaks.load() < kBreaks; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(3));
       for (int fd : SocketsOfPort(port, /*accepted=*/i % 2 == 0)) {
         if (::shutdown(fd, SHUT_RDWR) == 0) ++breaks;
       }
     }
+    breaker_done = true;
   });
   uint32_t next_message = 0;
-  for (int b = 0; b < kBatches; ++b) {
+  int batches = 0;
+  for (int b = 0; b < kBatches && (b < kMinBatches || !breaker_done.load());
+       ++b, ++batches) {
     std::vector<WorkRequest> wrs;
     for (int i = 0; i < kAdds; ++i) {
       WorkRequest wr;
@@ -1989,18 +1994,18 @@ TEST_P(TcpWireTest, BrokenConnectionsResumeExactlyOnce) {
   }
   stop = true;
   breaker.join();
-  EXPECT_GT(breaks.load(), 10) << "the connections were hardly broken";
+  EXPECT_GE(breaks.load(), kBreaks) << "the connections were hardly broken";
   uint64_t total;
   std::memcpy(&total, counter.data, sizeof(total));
-  EXPECT_EQ(total, uint64_t{kBatches} * kAdds) << "fetch-adds applied twice "
-                                                  "or lost";
-  std::vector<uint64_t> seen(kBatches * kAdds);
+  EXPECT_EQ(total, uint64_t{batches} * kAdds) << "fetch-adds applied twice "
+                                                 "or lost";
+  std::vector<uint64_t> seen(batches * kAdds);
   std::memcpy(seen.data(), olds.data, seen.size() * 8);
   std::sort(seen.begin(), seen.end());
   for (size_t i = 0; i < seen.size(); ++i) {
     ASSERT_EQ(seen[i], i) << "an old value repeated or missing";
   }
-  EXPECT_EQ(std::memcmp(written.data, sources.data, written.size), 0);
+  EXPECT_EQ(std::memcmp(written.data, sources.data, batches * kWrites * 64), 0);
   // Every message, once, in order (the last ones may still be arriving).
   auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return got_messages.size() >= next_message;
