@@ -1839,6 +1839,32 @@ TEST_P(TcpWireTest, PostRacingACloseCompletesInPostingOrder) {
   ::close(g);
 }
 
+// A post right after PeerDied, before "pw-tcp" has closed the connection:
+// it completes after what the connection carried, never before.
+TEST_P(TcpWireTest, PostAfterPeerDiedCompletesInPostingOrder) {
+  Buffer remote = MakeBuffer(*target_, 1 << 20);
+  Buffer local = MakeBuffer(*requester_, 64 * 1024);
+  constexpr int kReads = 500;
+  std::vector<WorkRequest> wrs(kReads);
+  for (int i = 0; i < kReads; ++i) {
+    wrs[i] = Read(i, local, 0, remote, (i * 4096) % (960 * 1024), 64 * 1024);
+    wrs[i].next = i + 1 < kReads ? &wrs[i + 1] : nullptr;
+  }
+  ASSERT_TRUE(requester_->PostSend(1, &wrs[0]).ok());
+  requester_->PeerDied(1);
+  WorkRequest late = Read(kReads, local, 0, remote, 0, 4096);
+  ASSERT_TRUE(requester_->PostSend(1, &late).ok());
+  auto wcs = WaitCompletions(*requester_, kReads + 1);
+  ASSERT_EQ(wcs.size(), static_cast<size_t>(kReads + 1));
+  for (int i = 0; i <= kReads; ++i) {
+    ASSERT_EQ(wcs[i].wr_id, static_cast<uint64_t>(i)) << "out of posting order";
+  }
+  EXPECT_EQ(wcs[kReads].status, WcStatus::kPeerGone);
+  // The target may still be serving the READs nobody waits for: its
+  // memory goes only after deregistration (which waits for them).
+  EXPECT_TRUE(target_->DeregisterMemory(remote.mr).ok());
+}
+
 // Connections that never finish their handshake are limited: past the
 // limit the oldest is closed, and a real peer still connects and is served.
 TEST_P(TcpWireTest, HandshakesInProgressAreLimited) {

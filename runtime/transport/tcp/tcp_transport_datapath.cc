@@ -82,7 +82,9 @@ absl::Status TcpTransport::PostSend(int peer, WorkRequest* chain) {
           "first)",
           peer));
     }
-    gone = it->second.dead;
+    // Declared dead, but "pw-tcp" has not closed the connection yet: these
+    // join what it carries and complete after it, in posting order.
+    gone = it->second.dead && it->second.out == nullptr;
     conn = it->second.out;
   }
 

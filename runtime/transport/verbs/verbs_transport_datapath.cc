@@ -287,8 +287,10 @@ absl::Status VerbsTransport::PostSend(int peer, WorkRequest* chain) {
       c->backlog.Push(q);
     }
     PostChainLocked(c, n);
+    // Still under the pair's lock: another poster's later failures cannot
+    // reach the completion queue ahead of these.
+    PushSoftware(failed);
   }
-  PushSoftware(failed);
   return absl::OkStatus();
 }
 
