@@ -42,6 +42,14 @@ static void ExpectFailure(const char *what, pw_status_t s) {
   Report(what, s);
 }
 
+static void Barrier(const char *what) {
+  if (pw_barrier() != PW_OK) {
+    printf("dsm_collectives: %s: rank %d: pw_barrier: %s\n", what, rank,
+           pw_last_error());
+    status = 1;
+  }
+}
+
 /* The job goes on: a collective allocation works, its memory is shared. */
 static void ExpectJobGoesOn(const char *what) {
   uint64_t *a = pw_alloc(4096 * 3, PW_PLACE_CYCLIC);
@@ -52,7 +60,7 @@ static void ExpectJobGoesOn(const char *what) {
     return;
   }
   a[rank * 512] = 100 + (uint64_t)rank;
-  if (pw_barrier() != PW_OK) status = 1;
+  Barrier(what);
   for (int r = 0; r < pw_nranks(); r++) {
     if (a[r * 512] != 100 + (uint64_t)r) {
       printf("dsm_collectives: %s: rank %d: read %llu from rank %d\n", what,
@@ -117,19 +125,25 @@ int main(int argc, char **argv) {
     printf("dsm_collectives: rank %d: pw_alloc: %s\n", rank, pw_last_error());
     return 1;
   }
-  if (pw_barrier() != PW_OK) status = 1;
+  Barrier("barrier_vs_alloc");
   /* Every rank caches every page, so a write not told would leave a stale
    * copy behind. */
-  uint64_t sum = 0;
-  for (int r = 0; r < pw_nranks(); r++) sum += w[r * 512 + 1];
-  if (sum != 0) status = 1;
+  for (int r = 0; r < pw_nranks(); r++) {
+    if (w[r * 512 + 1] != 0) {
+      printf("dsm_collectives: barrier_vs_alloc: rank %d: a new allocation "
+             "read %llu from rank %d, not 0\n",
+             rank, (unsigned long long)w[r * 512 + 1], r);
+      status = 1;
+    }
+  }
+  Barrier("barrier_vs_alloc (all cached)");  /* nobody writes before all read */
   w[rank * 512 + 1] = 300 + (uint64_t)rank;
   if (rank == 0) {
     ExpectNull("barrier_vs_alloc", pw_alloc(4096, PW_PLACE_BLOCK));
   } else {
     ExpectFailure("barrier_vs_alloc", pw_barrier());
   }
-  if (pw_barrier() != PW_OK) status = 1;
+  Barrier("barrier_vs_alloc (the next barrier)");
   for (int r = 0; r < pw_nranks(); r++) {
     if (w[r * 512 + 1] != 300 + (uint64_t)r) {
       printf("dsm_collectives: barrier_vs_alloc: rank %d: read %llu from "

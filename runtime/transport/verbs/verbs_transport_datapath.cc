@@ -535,14 +535,17 @@ void VerbsTransport::RequestNotificationIfBusy() {
   // A completion that arrived after the consumer's last poll and before the
   // request raised no event: take it now and ring the software bell. One
   // that arrives after the request raises the event.
+  // Each one goes to the software queue as it is retired: retiring a failed
+  // pair's last flush queues its backlog's failures there too, and those
+  // must follow it, not overtake it.
   ibv_wc wcs[kCompletionBurst];
-  WorkCompletion made[kCompletionBurst];
+  WorkCompletion made;
   for (;;) {
     const int k = ibv_poll_cq(send_cq_.get(), kCompletionBurst, wcs);
     if (k <= 0) return;
-    int m = 0;
-    for (int i = 0; i < k; ++i) m += Retire(wcs[i], made + m);
-    PushSoftware(absl::MakeConstSpan(made, m));
+    for (int i = 0; i < k; ++i) {
+      if (Retire(wcs[i], &made) > 0) PushSoftware(absl::MakeConstSpan(&made, 1));
+    }
     if (k < kCompletionBurst) return;
   }
 }
