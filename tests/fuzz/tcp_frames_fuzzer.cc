@@ -421,7 +421,7 @@ void Expect(TargetModel& m, const std::string& response) {
 }
 
 // The target closes the connection once this answer is out (an unknown
-// rkey, an address outside the region).
+// rkey, an address outside the region, a misaligned atomic).
 void ClosesAfterAnswer(TargetModel& m) {
   m.closed = true;
   if (!m.target_closes) m.answers_exact = true;
@@ -457,9 +457,11 @@ void ModelOp(TargetModel& m, const RequestHeader& h, const std::string& frame,
       h.rkey == world->region_mr.rkey && h.remote_addr >= base &&
       h.length <= kRegionBytes && h.remote_addr - base <= kRegionBytes - h.length;
   if (!inside || (atomic && (h.length != 8 || h.remote_addr % 8 != 0))) {
+    // Any remote access error closes the connection once it is answered
+    // (a misaligned atomic too).
     r.status = 1;
     Expect(m, AsBytes(r));
-    if (!inside) ClosesAfterAnswer(m);
+    ClosesAfterAnswer(m);
     return;
   }
   char* at = m.region.data() + (h.remote_addr - base);
@@ -896,7 +898,9 @@ void ExpectRequests(int fd, const std::string& want, const char* what) {
 // The fake target's view of the session across connections.
 struct FakeSession {
   size_t next = 0;  // the op the next well-formed response answers (index)
-  uint64_t acked = 0;  // the highest ack the requester took
+  // The highest ack the requester took, or `received` it was told: its
+  // messages below are dropped.
+  uint64_t acked = 0;
   bool in_sync = true;
 };
 
@@ -986,7 +990,8 @@ std::string ResentFrames(const std::vector<PostedItem>& items,
   return s;
 }
 
-// Collects completions until wr_id `until`'s; checks each as it comes.
+// Collects completions until wr_id `until`'s (or a later one's); checks
+// each as it comes.
 // `last`: the latest wr_id completed (-1: none yet), kept across calls.
 void CollectCompletions(std::vector<PostedItem>& items, int rank,
                         uint64_t until, int64_t& last) {
@@ -1026,7 +1031,8 @@ void CollectCompletions(std::vector<PostedItem>& items, int rank,
         Fail("wr_id %d: byte_len %d of %d", wc.wr_id, wc.byte_len, op.wr.length);
       }
     }
-    if (last == static_cast<int64_t>(until)) return;
+    // (The sentinel's wr_id is above every op's.)
+    if (last >= static_cast<int64_t>(until)) return;
     if (k == 64) continue;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
@@ -1098,6 +1104,7 @@ bool FirstConnection(FuzzInput& in, int rank, std::vector<PostedItem>& items,
   // everything.
   std::vector<PostedItem> held(items.begin(), items.begin() + before);
   std::string want = ResentFrames(held, fs, received);
+  fs.acked = received;
   Post(items, rank, before, static_cast<int>(items.size()), false);
   for (size_t i = before; i < items.size(); ++i) want += ItemFrame(items, i);
   ExpectRequests(fc.fd, want, "the items posted");
@@ -1132,24 +1139,35 @@ void Responses(FuzzInput& in) {
       }
       ExpectRequests(fc.fd, ResentFrames(items, fs, received),
                      "the frames not answered");
+      // Messages below `received` are dropped for good.
+      fs.acked = std::max(fs.acked, received);
     }
   }
-  // The answers sent are taken before the session ends: the last
-  // signalled op answered in sync completes first.
+  // The answers sent are taken before the session ends: the requester's
+  // FIFO shrinks to the ops not answered in sync (those answered before
+  // anything malformed, which it reads after them; unsignalled ones show
+  // no completion, hence the FIFO).
+  size_t unanswered = 0;
+  for (const PostedItem& item : items) {
+    unanswered += !item.message && !item.answered_in_sync;
+  }
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (world->requester->Outstanding(rank) > unanswered) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      Fail("the requester took no answer for %d ms (%d ops wait, %d expected)",
+           kWaitMs, world->requester->Outstanding(rank), unanswered);
+    }
+    ::usleep(50);
+  }
   int64_t last = -1;
-  for (int i = static_cast<int>(fs.next) - 1; fs.in_sync && i >= 0; --i) {
-    if (!items[i].message && items[i].wr.signaled && items[i].answered_in_sync) {
-      CollectCompletions(items, rank, i, last);
-      break;
-    }
-  }
   // Only membership ends a session.
   world->requester->PeerDied(rank);
   ReadUntilClosed(fc.fd, nullptr, "a dead peer's connection");
   ::close(fc.fd);
   // Once the last op completed, the sentinel (refused at once: the peer
   // is dead) completes after everything, which shows no late duplicates.
-  if (last != n - 1) CollectCompletions(items, rank, n - 1, last);
+  CollectCompletions(items, rank, n - 1, last);
   WorkRequest sentinel;
   sentinel.wr_id = kSentinelId;
   sentinel.local = Slot(kMaxOps) + kSlotLead;
