@@ -725,6 +725,9 @@ struct PostedItem {
   std::string read_data;  // READ: what was sent
   uint64_t value = 0;     // atomics: what was sent
   int completions = 0;
+  // A message the requester no longer keeps: acked, or below the received
+  // of a handshake that found it waiting (messages sent later are not).
+  bool dropped = false;
 };
 
 char* Slot(int i) { return world->arena + i * kSlotBytes; }
@@ -898,9 +901,7 @@ void ExpectRequests(int fd, const std::string& want, const char* what) {
 // The fake target's view of the session across connections.
 struct FakeSession {
   size_t next = 0;  // the op the next well-formed response answers (index)
-  // The highest ack the requester took, or `received` it was told: its
-  // messages below are dropped.
-  uint64_t acked = 0;
+  uint64_t acked = 0;  // the highest ack the requester took
   bool in_sync = true;
 };
 
@@ -984,10 +985,19 @@ std::string ResentFrames(const std::vector<PostedItem>& items,
   std::string s;
   for (size_t i = 0; i < items.size(); ++i) {
     const bool unanswered = !items[i].message && i >= fs.next;
-    const bool unacked = items[i].message && i >= std::max(received, fs.acked);
+    const bool unacked = items[i].message && !items[i].dropped &&
+                         i >= std::max(received, fs.acked);
     if (unanswered || unacked) s += ItemFrame(items, i);
   }
   return s;
+}
+
+// After a handshake that found them waiting, the requester drops the
+// messages below `seq` for good.
+void DropMessagesBelow(std::vector<PostedItem>& items, uint64_t seq) {
+  for (size_t i = 0; i < items.size() && i < seq; ++i) {
+    if (items[i].message) items[i].dropped = true;
+  }
 }
 
 // Collects completions until wr_id `until`'s (or a later one's); checks
@@ -1104,7 +1114,8 @@ bool FirstConnection(FuzzInput& in, int rank, std::vector<PostedItem>& items,
   // everything.
   std::vector<PostedItem> held(items.begin(), items.begin() + before);
   std::string want = ResentFrames(held, fs, received);
-  fs.acked = received;
+  DropMessagesBelow(held, received);
+  for (int i = 0; i < before; ++i) items[i].dropped = held[i].dropped;
   Post(items, rank, before, static_cast<int>(items.size()), false);
   for (size_t i = before; i < items.size(); ++i) want += ItemFrame(items, i);
   ExpectRequests(fc.fd, want, "the items posted");
@@ -1139,8 +1150,7 @@ void Responses(FuzzInput& in) {
       }
       ExpectRequests(fc.fd, ResentFrames(items, fs, received),
                      "the frames not answered");
-      // Messages below `received` are dropped for good.
-      fs.acked = std::max(fs.acked, received);
+      DropMessagesBelow(items, std::max(received, fs.acked));
     }
   }
   // The answers sent are taken before the session ends: the requester's
