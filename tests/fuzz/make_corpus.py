@@ -172,11 +172,16 @@ tcp('raw_hello_wrong_proof', u8(0) + u8(1) + u8(31) + b'\x00' * 32)
 tcp('raw_hello_own_rank', u8(0) + u8(1 | 2) + u8(0))
 tcp('raw_hello_unknown_rank_then_data', u8(0) + u8(1 | 4) + u8(255) + b'early')
 
-# Mode 1: the region's seed, then actions: 0 an operation (opcode, steer:
-# bit 0 any rkey, bit 1 any address, bit 2 align, bits 4-5 the length's
-# width; then length, rkey, address or offset, operands, WRITE seed),
-# 3 a message (type, width, length, seed), 4 raw bytes, 5 a write of part
-# of what is built (how much, pause), 7 a write of all of it (pause).
+# Mode 1: the region's seed, then actions on a connection of the input's
+# session (a session of its own; frames numbered from what the challenge
+# says the target took): 0 or 1 a new operation (opcode, steer: bit 0 any
+# rkey, bit 1 any address, bit 2 align, bits 4-5 the length's width; then
+# length, rkey, address or offset, operands, WRITE seed), 2 a frame taken
+# before sent again (which, u16), 3 a new message (type, width, length,
+# seed), 4 raw bytes, 5 a write of part of what is built (how much,
+# pause), 6 a byte: even, end this connection and go on on a new one; odd,
+# a frame from the future (seq received + 1 + byte/2), 7 a write of all of
+# it (pause).
 READ, WRITE, FADD, CAS = range(4)
 def req_op(opcode, offset, length=None, seed=None, rkey=None, operands=b''):
     if length is None:
@@ -194,6 +199,12 @@ def req_msg(msg_type, length, seed):
     return u8(3) + u16(msg_type) + u8(0) + u16(length) + u8(seed)
 def req_flush(part=None, pause=1):
     return (u8(7) if part is None else u8(5) + u16(part)) + u8(pause)
+def req_repeat(index):
+    return u8(2) + u16(index)
+def req_reconnect():
+    return u8(6) + u8(0)
+def req_future(ahead=0):
+    return u8(6) + u8(1 | (ahead << 1))
 
 tcp('request_read', u8(1) + u8(3) + req_op(READ, 128, 64))
 tcp('request_write_then_read', u8(1) + u8(4) +
@@ -205,52 +216,105 @@ tcp('request_message', u8(1) + u8(6) + req_msg(7, 300, 3) + req_op(READ, 0, 16))
 tcp('request_split_frames', u8(1) + u8(7) + req_op(READ, 0, 4096) +
     req_flush(10) + req_op(WRITE, 4096, 3000, seed=2) + req_flush(500) +
     req_msg(9, 2000, 1) + req_flush(1) + req_flush())
-tcp('request_bad_rkey_and_range', u8(1) + u8(8) +
-    req_op(READ, 0, 16, rkey=0x1234) + req_op(READ, 65530, 64) +
-    req_op(FADD, 3, operands=u64(1)))
+tcp('request_bad_rkey_closes', u8(1) + u8(8) +
+    req_op(READ, 0, 16) + req_op(READ, 0, 16, rkey=0x1234) + req_op(READ, 32, 8))
+tcp('request_bad_range_then_reconnect', u8(1) + u8(8) +
+    req_op(WRITE, 0, 16, seed=4) + req_op(READ, 65530, 64) + req_flush() +
+    req_reconnect() + req_op(READ, 0, 32) + req_repeat(1) + req_op(FADD, 3, operands=u64(1)))
+tcp('request_empty_read_probe', u8(1) + u8(8) +
+    req_op(READ, 0, 0, rkey=0x999) + req_msg(3, 10, 1) + req_op(READ, 0, 0))
 tcp('request_malformed_frame', u8(1) + u8(9) + req_op(READ, 0, 16) + req_flush() +
     u8(0) + u8(0x90) + u8(0))
 tcp('request_oversized_message', u8(1) + u8(9) +
     u8(3) + u16(1) + u8(1) + u32(0x10000000))
+tcp('request_repeats', u8(1) + u8(10) +
+    req_op(WRITE, 512, 64, seed=3) + req_op(FADD, 64, operands=u64(5)) +
+    req_msg(11, 40, 2) + req_op(CAS, 64, operands=u64(5) + u64(77)) +
+    req_op(WRITE, 512, 64, seed=4) + req_flush() +
+    req_repeat(0) + req_repeat(1) + req_repeat(2) + req_repeat(3) +
+    req_op(READ, 512, 64))
+tcp('request_repeats_across_connections', u8(1) + u8(11) +
+    req_op(FADD, 128, operands=u64(9)) + req_msg(12, 5, 5) +
+    req_op(WRITE, 0, 256, seed=6) + req_reconnect() +
+    req_repeat(0) + req_repeat(1) + req_op(WRITE, 0, 256, seed=7) +
+    req_repeat(2) + req_op(READ, 0, 256) + req_reconnect() +
+    req_repeat(3) + req_op(READ, 128, 8))
+tcp('request_repeated_bad_atomic', u8(1) + u8(12) +
+    req_op(FADD, 3, operands=u64(1)) + req_op(FADD, 8, operands=u64(2)) +
+    req_repeat(0) + req_repeat(1))
+tcp('request_future_seq', u8(1) + u8(13) + req_op(READ, 0, 16) +
+    req_future(3) + req_op(READ, 0, 16))
+tcp('request_future_seq_then_reconnect', u8(1) + u8(13) +
+    req_op(WRITE, 64, 8, seed=1) + req_flush() + req_future() + req_reconnect() +
+    req_repeat(0) + req_op(READ, 64, 8))
 
-# Mode 2: ops less one; per op a selector (opcode in bits 0-1, its length's
-# width in bits 2-3, bit 7 unsignalled) and a length; how many are posted
-# before the handshake; how the challenge goes (low nibble 15: spoiled,
+# Mode 2: items less one; per item a selector (opcode in bits 0-1, its
+# length's width in bits 2-3, bit 6 a message (not the last), bit 7
+# unsignalled) and a length; how many are posted before the handshake; how
+# the challenge goes (bit 5: `received` follows; low nibble 15: spoiled,
 # then offset and xor; bit 4: in two pieces, then where); then actions:
-# 0 a good answer to the next op (atomic: old value; READ: seed), 4 an
-# error answer, 5 a header of any fields, 6 raw bytes, 7 a write of part of
-# what is built (how much, pause).
-def rsp_op(opcode, length, unsignalled=False):
+# 0-2 a good answer to the next op (READ: ack, seed; WRITE: ack; atomic:
+# old value), 4 an error answer (READ, WRITE: ack), 3 a byte: odd, break
+# the connection here (FIN) and take the reconnection (a challenge as
+# above, then actions), even, the end, 5 a header of any fields, 6 raw
+# bytes, 7 a write of part of what is built (how much, pause).
+def rsp_op(opcode, length, unsignalled=False, message=False):
     if length < 256:
         width, enc = 0, u8(length)
     elif length <= 8192:
         width, enc = 1, u16(length)
     else:
         width, enc = 2, u16(length - 120 * 1024)
-    return u8(opcode | (width << 2) | (0x80 if unsignalled else 0)) + enc
+    return u8(opcode | (width << 2) | (0x80 if unsignalled else 0) |
+              (0x40 if message else 0)) + enc
+def rsp_msg(length):
+    return rsp_op(READ, length, message=True)
 def rsp_chain(ops, before=0, challenge=u8(0)):
     return u8(2) + u8(len(ops) - 1) + b''.join(ops) + u8(before) + challenge
-GOOD, ERROR, HEADER, RAW, PART = 0, 4, 5, 6, 7
+def challenge(received=None):
+    return u8(0) if received is None else u8(0x20) + u8(received)
+GOOD, ERROR, BREAK, HEADER, RAW, PART = 0, 4, 3, 5, 6, 7
+def brk(): return u8(BREAK) + u8(1)
+def end(): return u8(BREAK) + u8(0)
 
-tcp('response_read', rsp_chain([rsp_op(READ, 64)]) + u8(GOOD) + u8(5))
-tcp('response_write', rsp_chain([rsp_op(WRITE, 100)]) + u8(GOOD))
+tcp('response_read', rsp_chain([rsp_op(READ, 64)]) + u8(GOOD) + u8(1) + u8(5))
+tcp('response_write', rsp_chain([rsp_op(WRITE, 100)]) + u8(GOOD) + u8(1))
 tcp('response_atomics', rsp_chain([rsp_op(FADD, 8), rsp_op(CAS, 8)], before=1) +
     u8(GOOD) + u64(41) + u8(GOOD) + u64(42))
 tcp('response_errors', rsp_chain([rsp_op(READ, 64), rsp_op(WRITE, 64)]) +
-    u8(ERROR) + u8(ERROR))
+    u8(ERROR) + u8(1) + u8(ERROR) + u8(2))
 tcp('response_chain_split', rsp_chain(
         [rsp_op(READ, 5000), rsp_op(WRITE, 300), rsp_op(READ, 130000),
          rsp_op(FADD, 8)], before=2, challenge=u8(0x10) + u8(20)) +
-    u8(GOOD) + u8(1) + u8(PART) + u16(100) + u8(1) + u8(GOOD) +
-    u8(GOOD) + u8(2) + u8(PART) + u16(60000) + u8(1) + u8(GOOD) + u64(7))
+    u8(GOOD) + u8(1) + u8(1) + u8(PART) + u16(100) + u8(1) + u8(GOOD) + u8(2) +
+    u8(GOOD) + u8(3) + u8(2) + u8(PART) + u16(60000) + u8(1) + u8(GOOD) + u64(7))
 tcp('response_error_then_reads', rsp_chain(
         [rsp_op(READ, 4096), rsp_op(READ, 4096), rsp_op(READ, 100)]) +
-    u8(ERROR) + u8(GOOD) + u8(3) + u8(GOOD) + u8(4))
+    u8(ERROR) + u8(1) + u8(GOOD) + u8(2) + u8(3) + u8(GOOD) + u8(3) + u8(4))
 tcp('response_malformed', rsp_chain([rsp_op(READ, 64), rsp_op(READ, 64)]) +
-    u8(GOOD) + u8(1) + u8(HEADER) + u8(0x90) + u8(0) + u8(64) + u64(0))
+    u8(GOOD) + u8(1) + u8(1) + u8(HEADER) + u8(0x90) + u8(0) + u8(64) + u64(0))
 tcp('response_spoiled_challenge',
     rsp_chain([rsp_op(READ, 64)], challenge=u8(0x0f) + u8(40) + u8(1)) +
-    u8(GOOD) + u8(1))
+    u8(GOOD) + u8(1) + u8(1))
 tcp('response_unsignalled', rsp_chain(
         [rsp_op(READ, 32, unsignalled=True), rsp_op(WRITE, 32, unsignalled=True),
-         rsp_op(READ, 32)]) + u8(GOOD) + u8(1) + u8(GOOD) + u8(GOOD) + u8(2))
+         rsp_op(READ, 32)]) + u8(GOOD) + u8(1) + u8(1) + u8(GOOD) + u8(2) +
+    u8(GOOD) + u8(3) + u8(2))
+tcp('response_messages_interleaved', rsp_chain(
+        [rsp_msg(10), rsp_op(WRITE, 16), rsp_msg(300), rsp_op(READ, 16)],
+        before=3, challenge=challenge(1)) +
+    u8(GOOD) + u8(2) + u8(GOOD) + u8(4) + u8(9) + end())
+tcp('response_break_and_resume', rsp_chain(
+        [rsp_op(WRITE, 64), rsp_msg(20), rsp_op(FADD, 8), rsp_msg(30),
+         rsp_op(READ, 5000), rsp_op(CAS, 8)], before=2) +
+    u8(GOOD) + u8(1) + brk() + challenge(1) +
+    u8(GOOD) + u64(5) + u8(GOOD) + u8(5) + u8(7) + u8(GOOD) + u64(6) + end())
+tcp('response_break_twice', rsp_chain(
+        [rsp_msg(8), rsp_op(READ, 64), rsp_msg(9), rsp_op(WRITE, 200),
+         rsp_op(READ, 130000), rsp_msg(10), rsp_op(FADD, 8)]) +
+    brk() + challenge(0) + u8(GOOD) + u8(1) + u8(3) + brk() + challenge(2) +
+    u8(ERROR) + u8(3) + u8(PART) + u16(8) + u8(0) + brk() + u8(0) +
+    u8(GOOD) + u8(5) + u8(4) + u8(GOOD) + u64(1))
+tcp('response_break_then_spoiled', rsp_chain(
+        [rsp_op(READ, 64), rsp_op(WRITE, 64)]) +
+    u8(GOOD) + u8(1) + u8(2) + brk() + u8(0x0f) + u8(3) + u8(1))

@@ -6,39 +6,55 @@
 //
 //   0  raw bytes onto a fresh connection to a target transport (its hello
 //      and handshake parsing), optionally after a well-formed hello.
-//   1  a raw client that completes the handshake as rank 5 (with a real
-//      proof), then writes request frames built from the input: READ,
-//      WRITE and atomics with rkeys and addresses steered into (and just
-//      past) the target's registered region, messages of any type and
-//      length, raw bytes; split across several writes at input-chosen
-//      points, so frames arrive in pieces.
-//   2  a fake target (a raw listening socket) that answers a real
-//      requester's hello with a correct ServerChallenge (it knows the
-//      secret), checks what the requester then sends against the chain of
-//      READ/WRITE/atomic work requests posted to it, and answers with
-//      response frames built from the input (well-formed, error, fuzzed
-//      headers, raw bytes), split across writes.
+//   1  a raw client, rank 5, in a session of its own (a new id per input,
+//      so nothing of the target's state for it outlives the input), that
+//      completes the handshake (a real proof) on up to 4 connections one
+//      after the other and writes request frames built from the input:
+//      READ, WRITE and atomics with rkeys and addresses steered into (and
+//      just past) the target's registered region, messages of any type and
+//      length, raw bytes, frames it sent before (repeats, by their seq),
+//      a frame from the future; split across several writes at
+//      input-chosen points, so frames arrive in pieces.
+//   2  a fake target (a raw listening socket) of a new rank per input that
+//      answers a real requester's hello with a correct ServerChallenge (it
+//      knows the secret; `received` from the input), checks the frames the
+//      requester then sends against the items posted to it (READ/WRITE/
+//      atomic work requests and messages, numbered in posting order), and
+//      answers with response frames built from the input (well-formed,
+//      error, fuzzed headers, raw bytes), split across writes; it may break
+//      the connection after some answers and take the requester's
+//      reconnection, up to 4 connections. The input ends with PeerDied.
 //
 // Beyond "no crash, no sanitizer finding, no hang":
 //   target (modes 0, 1): every connection ends with the target closing it
-//     once the client has shut down its side; while the client's frames
-//     are well formed, the responses are byte for byte what a model of the
-//     region predicts (READ data, atomics' old values, error answers) and
-//     the region equals the model's; messages reach the handler as sent;
-//     the guard pages around the region are never written.
-//   requester (mode 2): the bytes sent are exactly the posted chain (after
-//     a correct proof); every signalled wr_id completes exactly once, an
-//     unsignalled one at most once, all in posting order, no completion for
-//     an unknown wr_id; an operation answered by a well-formed response
-//     before anything malformed was sent completes with that response's
-//     status, and a successful READ or atomic holds what was sent for it;
-//     no byte outside a READ's or atomic's own buffer changes (guard
-//     areas, WRITE sources).
+//     (by itself after a remote access error, a protocol violation or a
+//     frame from the future; else once the client has shut down its side);
+//     while the client's frames are well formed, the responses are byte
+//     for byte what a model of the region and the session predicts (READ
+//     data, atomics' old values, acks, error answers; a repeated WRITE
+//     answered and not applied, a repeated atomic answered with its first
+//     old value or kResultLost, a repeated message not delivered again,
+//     every answer sent before a close after a remote access error) and
+//     the region equals the model's; the `received` of each challenge is
+//     the number of frames the model says were taken; messages reach the
+//     handler once, as sent; the guard pages around the region are never
+//     written.
+//   requester (mode 2): the bytes sent are exactly the posted items, as
+//     48-byte headers numbered in the session (after a correct proof); on
+//     a reconnection, exactly the ops not answered and the messages
+//     neither acked nor below `received`, in seq order, with the same
+//     session; every signalled wr_id completes exactly once, an
+//     unsignalled one at most once, all in posting order, no completion
+//     for an unknown wr_id; an operation answered by a well-formed
+//     response before anything malformed was sent completes with that
+//     response's status, and a successful READ or atomic holds what was
+//     sent for it; no byte outside a READ's or atomic's own buffer changes
+//     (guard areas, WRITE sources, messages).
 //
 // The transports and the fake listener are made once (LLVMFuzzerInitialize);
-// each input costs a connection and ends with it closed on both sides.
-// Waiting is bounded (kWaitMs) so that a transport that stops making
-// progress is reported as a finding instead of hanging the fuzzer.
+// each input costs a few connections and ends with them closed on both
+// sides. Waiting is bounded (kWaitMs) so that a transport that stops
+// making progress is reported as a finding instead of hanging the fuzzer.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -57,6 +73,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "runtime/base/hmac_sha256.h"
 #include "runtime/base/log.h"
@@ -75,7 +92,8 @@ constexpr char kSecret[] = "tcp-frames-fuzzer-secret";
 constexpr int kTargetRank = 1;     // the target transport (modes 0, 1)
 constexpr int kRawPeerRank = 5;    // the raw client of mode 1
 constexpr int kRequesterRank = 0;  // the requester transport (mode 2)
-constexpr int kFakeRank = 7;       // the fake target of mode 2
+// The fake target of mode 2: a new rank per input, from this one.
+constexpr int kFirstFakeRank = 100;
 // Far longer than any step takes; a step that does not finish in this
 // time is a transport that stopped (libFuzzer's own -timeout is longer).
 constexpr int kWaitMs = 5000;
@@ -243,8 +261,10 @@ struct World {
   // WRITE's payload says whose it is).
   std::vector<std::string> slot_fill;
   MemoryRegion arena_mr;
-  int fake_listen = -1;
+  int fake_listen = -1;  // non-blocking
   uint16_t fake_port = 0;
+  uint64_t sessions = 0;  // mode 1's sessions so far
+  int fake_ranks = 0;     // mode 2's fake targets so far
 };
 
 World* world = nullptr;
@@ -292,7 +312,7 @@ void MakeWorld() {
   w.arena_mr = *mr;
   for (int i = 0; i < kMaxOps; ++i) w.slot_fill.push_back(Pattern(kSlotBytes, 1000 + i));
 
-  w.fake_listen = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  w.fake_listen = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
@@ -305,6 +325,16 @@ void MakeWorld() {
   w.fake_port = ntohs(sa.sin_port);
 }
 
+// Connections to the fake target that nobody took (a reconnection the
+// input did not wait for): closed, so the next input's accept is its own.
+void DrainFakeBacklog() {
+  for (;;) {
+    const int fd = ::accept4(world->fake_listen, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) return;
+    CloseWithoutTimeWait(fd);
+  }
+}
+
 void CheckTargetGuards() {
   const char* all = world->region - kGuardBytes;
   for (size_t i = 0; i < kGuardBytes; ++i) {
@@ -315,8 +345,9 @@ void CheckTargetGuards() {
   }
 }
 
-tcp_handshake::ClientHello Hello(int32_t rank) {
+tcp_handshake::ClientHello Hello(int32_t rank, uint64_t session) {
   tcp_handshake::ClientHello h{};
+  h.session = session;
   std::memcpy(h.magic, tcp_handshake::kClientMagic, sizeof(h.magic));
   h.protocol_version = 2;
   h.rank = rank;
@@ -337,7 +368,7 @@ void RawBytes(FuzzInput& in) {
     // (waits for membership) or any.
     const int32_t ranks[] = {kRawPeerRank, kTargetRank, 6,
                              static_cast<int32_t>(in.U32())};
-    bytes = AsBytes(Hello(ranks[(shape >> 1) & 3]));
+    bytes = AsBytes(Hello(ranks[(shape >> 1) & 3], 0x1234));
   }
   const size_t chunk = 1 + in.U8();
   bytes += in.Rest();
@@ -351,17 +382,37 @@ void RawBytes(FuzzInput& in) {
 }
 
 // ---------------------------------------------------------------------------
-// Mode 1: request frames from a client that proved the secret.
+// Mode 1: request frames from a client that proved the secret, in one
+// session across up to kMaxConnections connections.
 
-// What the target should answer, from a copy of the region.
+constexpr int kMaxConnections = 4;
+constexpr int kMaxFramesPerConnection = 64;
+
+// A frame the target took, by its seq: what a repeat of it sends and what
+// the target answers to that.
+struct TakenFrame {
+  std::string bytes;  // header and payload, as first sent
+  bool atomic_kept = false;  // an atomic served: its old value is kept
+  uint64_t atomic_old = 0;
+};
+
+// What the target should answer and hold, from a copy of the region and
+// the session's frames.
 struct TargetModel {
   std::vector<char> region;
-  std::string expected;   // the responses to the frames sent in sync
-  bool in_sync = true;    // every frame sent so far was modelled
-  bool closed = false;    // a frame the target must refuse was sent
+  std::vector<TakenFrame> taken;  // taken[seq]; taken.size() == received
+  bool session_known = true;      // `taken` is what the target took
   uint64_t messages = 0;
   uint64_t message_sum = 0;
+  // Per connection:
+  std::string expected;      // the responses to the frames sent in sync
+  bool in_sync = true;       // every frame sent so far was modelled
+  bool closed = false;       // no further frame is taken on it
+  bool target_closes = false;  // the target closes it on its own
+  bool answers_exact = false;  // and sends every answer before it does
 };
+
+uint64_t Received(const TargetModel& m) { return m.taken.size(); }
 
 // Responses are expected only while the stream is in sync: after raw
 // bytes, nothing that follows is predicted.
@@ -369,11 +420,90 @@ void Expect(TargetModel& m, const std::string& response) {
   if (m.in_sync) m.expected += response;
 }
 
-// The frame for an operation, and what the target answers to it.
+// The target closes the connection once this answer is out (an unknown
+// rkey, an address outside the region, a misaligned atomic).
+void ClosesAfterAnswer(TargetModel& m) {
+  m.closed = true;
+  if (!m.target_closes) m.answers_exact = true;
+  m.target_closes = true;
+}
+
+// The target's answer to a well-formed op frame `h` (WRITE payload after
+// the header in `frame`), applied to the model. `repeat`: taken before.
+void ModelOp(TargetModel& m, const RequestHeader& h, const std::string& frame,
+             bool repeat) {
+  const uint64_t base = world->region_mr.addr;
+  const auto op = static_cast<WorkOpcode>(h.opcode);
+  const bool atomic = op == WorkOpcode::kFetchAdd || op == WorkOpcode::kCompareSwap;
+  ResponseHeader r{};
+  r.kind = 3;
+  r.value = Received(m);  // READ and WRITE answers carry the ack
+  if (repeat && op == WorkOpcode::kWrite) {  // not applied again
+    Expect(m, AsBytes(r));
+    return;
+  }
+  if (repeat && atomic) {  // its first old value, or kResultLost
+    const TakenFrame& t = m.taken[h.seq];
+    r.value = t.atomic_kept ? t.atomic_old : 0;
+    r.status = t.atomic_kept ? 0 : 2;
+    Expect(m, AsBytes(r));
+    return;
+  }
+  if (op == WorkOpcode::kRead && h.length == 0) {  // an ack probe
+    Expect(m, AsBytes(r));
+    return;
+  }
+  const bool inside =
+      h.rkey == world->region_mr.rkey && h.remote_addr >= base &&
+      h.length <= kRegionBytes && h.remote_addr - base <= kRegionBytes - h.length;
+  if (!inside || (atomic && (h.length != 8 || h.remote_addr % 8 != 0))) {
+    // Any remote access error closes the connection once it is answered
+    // (a misaligned atomic too).
+    r.status = 1;
+    Expect(m, AsBytes(r));
+    ClosesAfterAnswer(m);
+    return;
+  }
+  char* at = m.region.data() + (h.remote_addr - base);
+  if (op == WorkOpcode::kRead) {
+    r.length = h.length;
+    Expect(m, AsBytes(r) + std::string(at, h.length));
+    return;
+  }
+  if (op == WorkOpcode::kWrite) {
+    std::memcpy(at, frame.data() + sizeof(h), h.length);
+  } else {
+    uint64_t old;
+    std::memcpy(&old, at, 8);
+    r.value = old;
+    uint64_t now = op == WorkOpcode::kFetchAdd ? old + h.compare_add
+                   : old == h.compare_add      ? h.swap
+                                               : old;
+    std::memcpy(at, &now, 8);
+    m.taken[h.seq].atomic_kept = true;
+    m.taken[h.seq].atomic_old = old;
+  }
+  Expect(m, AsBytes(r));
+}
+
+// A new frame the target takes (seq == received).
+void Take(TargetModel& m, const RequestHeader& h, const std::string& frame) {
+  m.taken.push_back(TakenFrame{frame});
+  if (h.kind == 2) {
+    ++m.messages;
+    m.message_sum += MessageDigest(h.msg_type, absl::MakeConstSpan(
+                                                   frame.data() + sizeof(h), h.length));
+    return;
+  }
+  ModelOp(m, h, frame, /*repeat=*/false);
+}
+
+// A new op frame from the input, numbered `seq`, and its effect.
 std::string OpFrame(FuzzInput& in, TargetModel& m) {
   const uint64_t base = world->region_mr.addr;
   RequestHeader h{};
   h.kind = 1;
+  h.seq = Received(m);
   const uint8_t sel = in.U8();
   h.opcode = sel < 0x80 ? sel % 4 : sel;
   const uint8_t steer = in.U8();
@@ -397,71 +527,72 @@ std::string OpFrame(FuzzInput& in, TargetModel& m) {
   if (valid_op && op == WorkOpcode::kCompareSwap) h.swap = in.U64();
   std::string frame = AsBytes(h);
   if (!valid_op || h.length > tcp_internal::kMaxOpBytes) {
-    m.closed = true;  // a protocol violation: the target closes
+    // A protocol violation: the target closes at once, and may drop the
+    // answers it had not sent yet.
+    m.closed = m.target_closes = true;
     return frame;
   }
   if (op == WorkOpcode::kWrite) {
-    // Beyond a bound the payload is cut short: the frame never completes.
+    // Beyond a bound the payload is cut short: the frame never completes
+    // (and is not taken).
     const size_t sent = std::min<size_t>(h.length, kRegionBytes + 4096);
     frame += Pattern(sent, in.U8());
     if (sent < h.length) {
-      m.in_sync = false;
       m.closed = true;
       return frame;
     }
   }
-  ResponseHeader r{};
-  r.kind = 3;
-  const bool inside =
-      h.rkey == world->region_mr.rkey && h.remote_addr >= base &&
-      h.length <= kRegionBytes && h.remote_addr - base <= kRegionBytes - h.length;
-  if (!inside || (atomic && (h.length != 8 || h.remote_addr % 8 != 0))) {
-    r.status = 1;
-    Expect(m, AsBytes(r));
-    return frame;
-  }
-  char* at = m.region.data() + (h.remote_addr - base);
-  if (op == WorkOpcode::kRead) {
-    r.length = h.length;
-    Expect(m, AsBytes(r) + std::string(at, h.length));
-    return frame;
-  }
-  if (op == WorkOpcode::kWrite) {
-    std::memcpy(at, frame.data() + sizeof(h), h.length);
-  } else {
-    uint64_t old;
-    std::memcpy(&old, at, 8);
-    r.value = old;
-    uint64_t now = op == WorkOpcode::kFetchAdd ? old + h.compare_add
-                   : old == h.compare_add      ? h.swap
-                                               : old;
-    std::memcpy(at, &now, 8);
-  }
-  Expect(m, AsBytes(r));
+  Take(m, h, frame);
   return frame;
 }
 
 std::string MessageFrame(FuzzInput& in, TargetModel& m) {
   RequestHeader h{};
   h.kind = 2;
+  h.seq = Received(m);
   h.msg_type = in.U16();
   h.length = (in.U8() & 1) ? in.U32() : in.U16();
   std::string frame = AsBytes(h);
   if (h.length > Transport::kMaxMessageBytes) {
-    m.closed = true;
+    m.closed = m.target_closes = true;
     return frame;
   }
-  const std::string body = Pattern(h.length, in.U8());
-  frame += body;
-  ++m.messages;
-  m.message_sum += MessageDigest(h.msg_type, body);
+  frame += Pattern(h.length, in.U8());
+  Take(m, h, frame);
   return frame;
 }
 
-// The client's half of the handshake as rank 5; checks the target's proof.
-int HandshakeAsRawPeer() {
+// A frame the target took before, sent again with its seq: a message is
+// dropped, a WRITE answered without applying it, an atomic with its first
+// old value, a READ read again.
+std::string RepeatFrame(FuzzInput& in, TargetModel& m) {
+  const uint16_t pick = in.U16();
+  if (m.taken.empty()) return "";
+  const std::string frame = m.taken[pick % m.taken.size()].bytes;
+  RequestHeader h;
+  std::memcpy(&h, frame.data(), sizeof(h));
+  if (h.kind == 1) ModelOp(m, h, frame, /*repeat=*/true);
+  return frame;
+}
+
+// A frame from the future (seq above received): a protocol violation.
+std::string FutureFrame(uint8_t ahead, TargetModel& m) {
+  RequestHeader h{};
+  h.kind = 1;
+  h.opcode = static_cast<uint8_t>(WorkOpcode::kRead);
+  h.length = 8;
+  h.rkey = world->region_mr.rkey;
+  h.remote_addr = world->region_mr.addr;
+  h.seq = Received(m) + 1 + ahead;
+  m.closed = m.target_closes = true;
+  return AsBytes(h);
+}
+
+// The client's half of the handshake as rank 5 in `session`; checks the
+// target's proof and returns the `received` it tells.
+int HandshakeAsRawPeer(uint64_t session, uint64_t* received) {
   const int fd = ConnectTo(world->target->LocalEndpoint().port);
-  const tcp_handshake::ClientHello hello = Hello(kRawPeerRank);
+  const tcp_handshake::ClientHello hello = Hello(kRawPeerRank, session);
   if (!SendAll(fd, AsBytes(hello), nullptr)) Fail("hello not taken");
   tcp_handshake::ServerChallenge ch;
   if (!ReadExactly(fd, &ch, sizeof(ch))) Fail("no challenge for a valid hello");
@@ -478,6 +609,7 @@ int HandshakeAsRawPeer() {
   tcp_handshake::ClientProof p;
   std::memcpy(p.proof, proof.data(), sizeof(p.proof));
   if (!SendAll(fd, AsBytes(p), nullptr)) Fail("proof not taken");
+  *received = ch.received;
   return fd;
 }
 
@@ -485,7 +617,8 @@ int HandshakeAsRawPeer() {
 // closes the connection for a malformed frame may drop the answers to the
 // frames before it that it had not sent yet (the requester sees a broken
 // connection either way): then, and after raw bytes, what arrived and what
-// the model expects need only agree as far as both go.
+// the model expects need only agree as far as both go. After a remote
+// access error every answer is out before the close.
 void CheckAnswers(const TargetModel& m, const std::string& got,
                   uint64_t messages0, uint64_t sum0) {
   const size_t common = std::min(got.size(), m.expected.size());
@@ -495,10 +628,10 @@ void CheckAnswers(const TargetModel& m, const std::string& got,
          got.size(), m.expected.size());
   }
   if (!m.in_sync) return;
-  if (m.closed ? got.size() > m.expected.size()
-               : got.size() != m.expected.size()) {
+  const bool fewer = m.closed && !m.answers_exact;
+  if (fewer ? got.size() > m.expected.size() : got.size() != m.expected.size()) {
     Fail("the target sent %d bytes, the model %d%s", got.size(),
-         m.expected.size(), m.closed ? " or fewer" : "");
+         m.expected.size(), fewer ? " or fewer" : "");
   }
   // Everything before a malformed frame was served, answered or not.
   if (std::memcmp(world->region, m.region.data(), kRegionBytes) != 0) {
@@ -506,9 +639,61 @@ void CheckAnswers(const TargetModel& m, const std::string& got,
   }
   if (world->messages.load() - messages0 != m.messages ||
       world->message_sum.load() - sum0 != m.message_sum) {
-    Fail("%d messages delivered, %d sent", world->messages.load() - messages0,
+    Fail("%d messages delivered, %d taken", world->messages.load() - messages0,
          m.messages);
   }
+}
+
+// One connection of the session: frames from the input until it says to
+// reconnect or ends. False when the session's state is no longer known.
+bool RequestsOnOneConnection(FuzzInput& in, TargetModel& m, uint64_t session,
+                             uint64_t messages0, uint64_t sum0) {
+  uint64_t received;
+  const int fd = HandshakeAsRawPeer(session, &received);
+  if (m.session_known && received != Received(m)) {
+    Fail("the target says it took %d frames of the session, the model %d",
+         received, Received(m));
+  }
+  m.expected.clear();
+  m.in_sync = true;
+  m.closed = m.target_closes = m.answers_exact = false;
+  std::string pending, got;
+  bool open = true, reconnect = false;
+  int pauses = 0;
+  for (int frames = 0; open && !reconnect && !in.empty() &&
+                       frames < kMaxFramesPerConnection;
+       ++frames) {
+    const uint8_t a = in.U8() % 8;
+    if (a == 4) {
+      pending += in.String(64);
+      m.in_sync = m.session_known = false;
+    } else if (a == 5 || a == 7) {
+      // A write, of all or part of what is built: frames arrive in pieces.
+      const size_t k = a == 7 ? pending.size() : in.U16() % (pending.size() + 1);
+      open = SendAll(fd, pending.substr(0, k), &got);
+      pending.erase(0, k);
+      if ((in.U8() & 1) && pauses++ < 8) ::usleep(200);
+    } else if (a == 6) {
+      const uint8_t b = in.U8();
+      if ((b & 1) == 0) {
+        reconnect = true;
+      } else if (!m.closed) {
+        pending += FutureFrame(b >> 1, m);
+      }
+    } else if (!m.closed) {
+      pending += a == 3   ? MessageFrame(in, m)
+                 : a == 2 ? RepeatFrame(in, m)
+                          : OpFrame(in, m);
+    }
+  }
+  if (open) SendAll(fd, pending, &got);
+  // A target that must close on its own is not helped by our FIN.
+  if (!(m.in_sync && m.target_closes)) ::shutdown(fd, SHUT_WR);
+  ReadUntilClosed(fd, &got, "request frames");
+  CloseWithoutTimeWait(fd);
+  CheckAnswers(m, got, messages0, sum0);
+  CheckTargetGuards();
+  return m.session_known;
 }
 
 void Requests(FuzzInput& in) {
@@ -517,63 +702,57 @@ void Requests(FuzzInput& in) {
   m.region.assign(world->region, world->region + kRegionBytes);
   const uint64_t messages0 = world->messages.load();
   const uint64_t sum0 = world->message_sum.load();
-  const int fd = HandshakeAsRawPeer();
-
-  std::string pending, got;
-  bool open = true;
-  int pauses = 0;
-  for (int frames = 0; open && !in.empty() && frames < 64; ++frames) {
-    const uint8_t a = in.U8() % 8;
-    if (a == 4) {
-      pending += in.String(64);
-      m.in_sync = false;
-    } else if (a == 5 || a == 7) {
-      // A write, of all or part of what is built: frames arrive in pieces.
-      const size_t k = a == 7 ? pending.size() : in.U16() % (pending.size() + 1);
-      open = SendAll(fd, pending.substr(0, k), &got);
-      pending.erase(0, k);
-      if ((in.U8() & 1) && pauses++ < 8) ::usleep(200);
-    } else if (!m.closed) {
-      pending += a == 3 ? MessageFrame(in, m) : OpFrame(in, m);
-    }
+  // A session of its own per input: the target's state for rank 5 starts
+  // over when it proves itself, so inputs do not depend on each other.
+  const uint64_t session = 0x5e55'0000'0000'0000ull + ++world->sessions;
+  for (int c = 0; c < kMaxConnections && (c == 0 || !in.empty()); ++c) {
+    if (!RequestsOnOneConnection(in, m, session, messages0, sum0)) break;
   }
-  if (open) SendAll(fd, pending, &got);
-  ::shutdown(fd, SHUT_WR);
-  ReadUntilClosed(fd, &got, "request frames");
-  CloseWithoutTimeWait(fd);
-
-  CheckAnswers(m, got, messages0, sum0);
-  CheckTargetGuards();
 }
 
 // ---------------------------------------------------------------------------
 // Mode 2: responses from a fake target to a real requester.
 
-struct PostedOp {
+// One item of the requester's session: an operation (wr_id = its index)
+// or a message; its seq is its index.
+struct PostedItem {
+  bool message = false;
   WorkRequest wr;
+  std::string body;  // a message's
+  uint16_t type = 0;
   bool answered_in_sync = false;  // a well-formed response, nothing bad before
   bool error_answer = false;
   std::string read_data;  // READ: what was sent
   uint64_t value = 0;     // atomics: what was sent
   int completions = 0;
+  // A message the requester no longer keeps: acked, or below the received
+  // of a handshake that found it waiting (messages sent later are not).
+  bool dropped = false;
 };
 
 char* Slot(int i) { return world->arena + i * kSlotBytes; }
 
-std::vector<PostedOp> MakeChain(FuzzInput& in) {
+std::vector<PostedItem> MakeItems(FuzzInput& in) {
   const int n = 1 + in.U8() % kMaxOps;
-  std::vector<PostedOp> ops(n);
+  std::vector<PostedItem> items(n);
   for (int i = 0; i < n; ++i) {
     const uint8_t sel = in.U8();
-    WorkRequest& wr = ops[i].wr;
+    PostedItem& item = items[i];
+    WorkRequest& wr = item.wr;
     wr.wr_id = i;
     wr.opcode = static_cast<WorkOpcode>(sel % 4);
     wr.signaled = (sel & 0x80) == 0 || i == n - 1;  // the last one always
+    item.message = (sel & 0x40) != 0 && i != n - 1;  // the last: an op
     switch ((sel >> 2) & 3) {
       case 0: wr.length = in.U8(); break;
       case 1: wr.length = in.U16() % 8193; break;
       case 2: wr.length = 120 * 1024 + in.U16(); break;
       default: wr.length = in.U32() % (kMaxReadBytes + 1); break;
+    }
+    if (item.message) {
+      item.type = static_cast<uint16_t>(i * 3 + 1);
+      item.body = Pattern(std::min<size_t>(wr.length, Transport::kMaxMessageBytes), 500 + i);
+      continue;
     }
     if (wr.opcode == WorkOpcode::kFetchAdd || wr.opcode == WorkOpcode::kCompareSwap) {
       wr.length = 8;
@@ -585,110 +764,196 @@ std::vector<PostedOp> MakeChain(FuzzInput& in) {
     wr.remote_addr = 0x10000 * (i + 1);
     wr.rkey = 0x77;
   }
-  return ops;
+  return items;
 }
 
-// What the requester must send for `ops`: headers, WRITE payloads.
-std::string RequestBytes(const std::vector<PostedOp>& ops) {
-  std::string s;
-  for (const PostedOp& op : ops) {
-    RequestHeader h{};
-    h.kind = 1;
-    h.opcode = static_cast<uint8_t>(op.wr.opcode);
-    h.length = op.wr.length;
-    h.remote_addr = op.wr.remote_addr;
-    h.rkey = op.wr.rkey;
-    h.compare_add = op.wr.compare_add;
-    h.swap = op.wr.swap;
-    s += AsBytes(h);
-    if (op.wr.opcode == WorkOpcode::kWrite) {
-      s.append(static_cast<const char*>(op.wr.local), op.wr.length);
-    }
+// The frame the requester sends for items[i]: a 48-byte header numbered
+// i, then a WRITE's payload or a message's body.
+std::string ItemFrame(const std::vector<PostedItem>& items, size_t i) {
+  const PostedItem& item = items[i];
+  RequestHeader h{};
+  h.seq = i;
+  if (item.message) {
+    h.kind = 2;
+    h.msg_type = item.type;
+    h.length = static_cast<uint32_t>(item.body.size());
+    return AsBytes(h) + item.body;
+  }
+  const WorkRequest& wr = item.wr;
+  h.kind = 1;
+  h.opcode = static_cast<uint8_t>(wr.opcode);
+  h.length = wr.length;
+  h.remote_addr = wr.remote_addr;
+  h.rkey = wr.rkey;
+  h.compare_add = wr.compare_add;
+  h.swap = wr.swap;
+  std::string s = AsBytes(h);
+  if (wr.opcode == WorkOpcode::kWrite) {
+    s.append(static_cast<const char*>(wr.local), wr.length);
   }
   return s;
 }
 
-void Post(std::vector<PostedOp>& ops, int from, int to) {
-  if (from >= to) return;
-  for (int i = from; i < to; ++i) {
-    ops[i].wr.next = i + 1 < to ? &ops[i + 1].wr : nullptr;
+// Posts items [from, to): runs of operations as one chain each, messages
+// one by one. A message to a session whose first handshake failed may be
+// refused.
+void Post(std::vector<PostedItem>& items, int rank, int from, int to,
+          bool may_be_closed) {
+  for (int i = from; i < to;) {
+    if (items[i].message) {
+      absl::Status s = world->requester->SendMessage(rank, items[i].type,
+                                                      items[i].body);
+      if (!s.ok() && !(may_be_closed && absl::IsUnavailable(s))) {
+        Fail("SendMessage: %s", s.ToString());
+      }
+      ++i;
+      continue;
+    }
+    int j = i;
+    while (j + 1 < to && !items[j + 1].message) {
+      items[j].wr.next = &items[j + 1].wr;
+      ++j;
+    }
+    items[j].wr.next = nullptr;
+    absl::Status s = world->requester->PostSend(rank, &items[i].wr);
+    if (!s.ok()) Fail("PostSend: %s", s.ToString());
+    i = j + 1;
   }
-  absl::Status s = world->requester->PostSend(kFakeRank, &ops[from].wr);
-  if (!s.ok()) Fail("PostSend: %s", s.ToString());
 }
 
-// The fake target's answer to the requester's hello; false if it was
-// spoiled on purpose (the requester must then refuse it).
-bool AnswerHello(FuzzInput& in, int fd, tcp_handshake::Nonce& cn,
-                 tcp_handshake::Nonce& sn) {
+// One connection from the requester, as the fake target sees it.
+struct FakeConnection {
+  int fd = -1;
+  uint64_t session = 0;
+  bool proved = false;  // the handshake succeeded
+};
+
+// Accepts the requester's connection and answers its hello with a correct
+// ServerChallenge telling `received` (spoiled on purpose if the input says
+// so: the requester must then refuse it); then reads and checks the proof.
+FakeConnection AcceptRequester(FuzzInput& in, int rank, uint64_t* received,
+                               const uint64_t* session) {
+  FakeConnection fc;
+  if (!WaitFor(world->fake_listen, POLLIN)) Fail("no connection to the fake target");
+  fc.fd = ::accept4(world->fake_listen, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fc.fd < 0) Fail("accept: %s", std::strerror(errno));
+  NoDelay(fc.fd);
   tcp_handshake::ClientHello hello;
-  if (!ReadExactly(fd, &hello, sizeof(hello))) Fail("no hello from the requester");
+  if (!ReadExactly(fc.fd, &hello, sizeof(hello))) Fail("no hello from the requester");
   if (!tcp_handshake::CheckClientHello(hello, 2).empty() ||
       hello.rank != kRequesterRank) {
     Fail("a malformed hello from the requester");
   }
+  if (session != nullptr && hello.session != *session) {
+    Fail("the requester reconnected with another session");
+  }
+  fc.session = hello.session;
+  tcp_handshake::Nonce cn, sn;
   std::memcpy(cn.data(), hello.nonce, cn.size());
   for (size_t i = 0; i < sn.size(); ++i) sn[i] = static_cast<uint8_t>(i + 77);
+  const uint8_t how = in.U8();
+  if (how & 0x20) *received = in.U8();
   tcp_handshake::ServerChallenge ch{};
   std::memcpy(ch.magic, tcp_handshake::kServerMagic, sizeof(ch.magic));
   ch.protocol_version = 2;
-  ch.rank = kFakeRank;
+  ch.rank = rank;
   std::memcpy(ch.nonce, sn.data(), sizeof(ch.nonce));
+  ch.received = *received;
+  const Digest256 key = tcp_handshake::DataPlaneKey(kSecret);
   const Digest256 proof =
-      tcp_handshake::Proof(tcp_handshake::DataPlaneKey(kSecret),
-                           tcp_handshake::Role::kServer, cn, sn, kRequesterRank,
-                           kFakeRank, hello.session, 0);
+      tcp_handshake::Proof(key, tcp_handshake::Role::kServer, cn, sn,
+                           kRequesterRank, rank, hello.session, *received);
   std::memcpy(ch.proof, proof.data(), sizeof(ch.proof));
-  const uint8_t how = in.U8();
-  bool good = true;
+  fc.proved = true;
   if ((how & 0x0f) == 0x0f) {
     reinterpret_cast<uint8_t*>(&ch)[in.U8() % sizeof(ch)] ^= in.U8() | 1;
-    good = false;
+    fc.proved = false;
   }
   std::string bytes = AsBytes(ch);
   if (how & 0x10) {  // in two pieces
     const size_t k = 1 + in.U8() % (sizeof(ch) - 1);
-    SendAll(fd, bytes.substr(0, k), nullptr);
+    SendAll(fc.fd, bytes.substr(0, k), nullptr);
     ::usleep(100);
     bytes.erase(0, k);
   }
-  SendAll(fd, bytes, nullptr);
-  return good;
+  SendAll(fc.fd, bytes, nullptr);
+  if (!fc.proved) return fc;
+  tcp_handshake::ClientProof got;
+  if (!ReadExactly(fc.fd, &got, sizeof(got))) Fail("no proof from the requester");
+  const Digest256 want =
+      tcp_handshake::Proof(key, tcp_handshake::Role::kClient, cn, sn,
+                           kRequesterRank, rank, hello.session, *received);
+  if (std::memcmp(got.proof, want.data(), want.size()) != 0) {
+    Fail("the requester's proof is wrong");
+  }
+  return fc;
+}
+
+// Reads exactly `want` from the requester.
+void ExpectRequests(int fd, const std::string& want, const char* what) {
+  std::string got(want.size(), '\0');
+  if (!ReadExactly(fd, got.data(), got.size()) || got != want) {
+    Fail("the requester sent other bytes than %s (%d expected)", what,
+         want.size());
+  }
+}
+
+// The fake target's view of the session across connections.
+struct FakeSession {
+  size_t next = 0;  // the op the next well-formed response answers (index)
+  uint64_t acked = 0;  // the highest ack the requester took
+  bool in_sync = true;
+};
+
+// The next op without an answer, from items[from].
+size_t NextOp(const std::vector<PostedItem>& items, size_t from) {
+  while (from < items.size() && items[from].message) ++from;
+  return from;
 }
 
 // Builds and sends the responses; marks what each op should complete with.
-void SendResponses(FuzzInput& in, int fd, std::vector<PostedOp>& ops) {
+// True if the input asks to break the connection (and resume) here.
+bool SendResponses(FuzzInput& in, int fd, std::vector<PostedItem>& items,
+                   FakeSession& fs) {
   std::string pending;
-  size_t next = 0;  // the op the next well-formed response answers
-  bool in_sync = true, open = true;
+  bool open = true, brk = false;
   int pauses = 0;
-  for (int steps = 0; open && !in.empty() && steps < 64; ++steps) {
+  const uint64_t n = items.size();
+  for (int steps = 0; open && !brk && !in.empty() && steps < 64; ++steps) {
     const uint8_t a = in.U8() % 8;
     ResponseHeader r{};
     r.kind = 3;
-    if (a <= 4) {
-      if (next == ops.size()) {
-        in_sync = false;  // one response too many
-      }
-      PostedOp* op = next < ops.size() ? &ops[next++] : nullptr;
+    if (a <= 2 || a == 4) {
+      fs.next = NextOp(items, fs.next);
+      if (fs.next == n) fs.in_sync = false;  // one response too many
+      PostedItem* op = fs.next < n ? &items[fs.next++] : nullptr;
       const WorkOpcode code = op ? op->wr.opcode : WorkOpcode::kWrite;
+      const bool acks = code == WorkOpcode::kRead || code == WorkOpcode::kWrite;
       if (a == 4) {
         r.status = 1;
       } else if (code == WorkOpcode::kRead) {
         r.length = op->wr.length;
-      } else if (code != WorkOpcode::kWrite) {
+      }
+      if (acks) {
+        const uint8_t b = in.U8();
+        r.value = b == 0xff ? n : b % (n + 1);  // frames taken
+      } else if (a != 4) {
         r.value = in.U64();
       }
       pending += AsBytes(r);
       std::string data;
       if (r.length > 0) data = Pattern(r.length, in.U8());
       pending += data;
-      if (op != nullptr && in_sync) {
+      if (op != nullptr && fs.in_sync) {
         op->answered_in_sync = true;
         op->error_answer = a == 4;
         op->read_data = std::move(data);
         op->value = r.value;
+        if (acks) fs.acked = std::max(fs.acked, r.value);
       }
+    } else if (a == 3) {
+      brk = (in.U8() & 1) != 0;
+      if (!brk) break;  // the end of the input's answers
     } else if (a == 5) {
       const uint8_t kind = in.U8();
       r.kind = kind < 0x80 ? 3 : kind;
@@ -697,10 +962,10 @@ void SendResponses(FuzzInput& in, int fd, std::vector<PostedOp>& ops) {
       r.length = ls < 0x80 ? ls : ls < 0xc0 ? in.U16() : in.U32();
       r.value = in.U64();
       pending += AsBytes(r) + Pattern(std::min<uint32_t>(r.length, kMaxReadBytes), ls);
-      in_sync = false;
+      fs.in_sync = false;
     } else if (a == 6) {
       pending += in.String(64);
-      in_sync = false;
+      fs.in_sync = false;
     } else {
       const size_t k = in.U16() % (pending.size() + 1);
       open = SendAll(fd, pending.substr(0, k), nullptr);
@@ -709,31 +974,59 @@ void SendResponses(FuzzInput& in, int fd, std::vector<PostedOp>& ops) {
     }
   }
   if (open) SendAll(fd, pending, nullptr);
+  return brk && open;
 }
 
-// Collects completions until the sentinel's; checks each as it comes.
-void CollectCompletions(std::vector<PostedOp>& ops) {
+// What a requester resends on a connection whose target says it took
+// `received` frames: every op not answered, every message neither acked
+// nor taken, in seq order.
+std::string ResentFrames(const std::vector<PostedItem>& items,
+                         const FakeSession& fs, uint64_t received) {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const bool unanswered = !items[i].message && i >= fs.next;
+    const bool unacked = items[i].message && !items[i].dropped &&
+                         i >= std::max(received, fs.acked);
+    if (unanswered || unacked) s += ItemFrame(items, i);
+  }
+  return s;
+}
+
+// After a handshake that found them waiting, the requester drops the
+// messages below `seq` for good.
+void DropMessagesBelow(std::vector<PostedItem>& items, uint64_t seq) {
+  for (size_t i = 0; i < items.size() && i < seq; ++i) {
+    if (items[i].message) items[i].dropped = true;
+  }
+}
+
+// Collects completions until wr_id `until`'s (or a later one's); checks
+// each as it comes.
+// `last`: the latest wr_id completed (-1: none yet), kept across calls.
+void CollectCompletions(std::vector<PostedItem>& items, int rank,
+                        uint64_t until, int64_t& last) {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
-  int64_t last = -1;
   WorkCompletion wcs[64];
   for (;;) {
     const int k = world->requester->PollCompletions(wcs, 64);
     for (int i = 0; i < k; ++i) {
       const WorkCompletion& wc = wcs[i];
-      if (wc.peer != kFakeRank) Fail("a completion from peer %d", wc.peer);
+      if (wc.peer != rank) Fail("a completion from peer %d", wc.peer);
       if (wc.wr_id == kSentinelId) {
         if (last == static_cast<int64_t>(kSentinelId)) Fail("the sentinel completed twice");
         last = kSentinelId;
         continue;
       }
-      if (wc.wr_id >= ops.size()) Fail("a completion for unknown wr_id %d", wc.wr_id);
+      if (wc.wr_id >= items.size() || items[wc.wr_id].message) {
+        Fail("a completion for unknown wr_id %d", wc.wr_id);
+      }
       if (last == static_cast<int64_t>(kSentinelId) ||
           static_cast<int64_t>(wc.wr_id) <= last) {
         Fail("wr_id %d completed after %d (posting order)", wc.wr_id, last);
       }
       last = static_cast<int64_t>(wc.wr_id);
-      PostedOp& op = ops[wc.wr_id];
+      PostedItem& op = items[wc.wr_id];
       ++op.completions;
       if (wc.opcode != op.wr.opcode) Fail("wr_id %d: wrong opcode", wc.wr_id);
       if (op.answered_in_sync) {
@@ -748,40 +1041,43 @@ void CollectCompletions(std::vector<PostedOp>& ops) {
         Fail("wr_id %d: byte_len %d of %d", wc.wr_id, wc.byte_len, op.wr.length);
       }
     }
-    if (last == static_cast<int64_t>(kSentinelId)) return;
+    // (The sentinel's wr_id is above every op's.)
+    if (last >= static_cast<int64_t>(until)) return;
     if (k == 64) continue;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
                           .count();
-    if (left <= 0) Fail("the sentinel did not complete within %d ms", kWaitMs);
+    if (left <= 0) Fail("wr_id %d did not complete within %d ms", until, kWaitMs);
     pollfd p{world->requester->completion_fd(), POLLIN, 0};
     ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 50)));
   }
 }
 
 // Every op's slot: its buffer holds what it should, the rest is untouched.
-void CheckSlots(const std::vector<PostedOp>& ops) {
-  for (size_t i = 0; i < ops.size(); ++i) {
-    const PostedOp& op = ops[i];
+void CheckSlots(const std::vector<PostedItem>& items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const PostedItem& op = items[i];
     const char* slot = Slot(static_cast<int>(i));
-    const char* buf = static_cast<const char*>(op.wr.local);
-    const bool dest = op.wr.opcode != WorkOpcode::kWrite;
     const char* fill = world->slot_fill[i].data();
+    const bool dest = !op.message && op.wr.opcode != WorkOpcode::kWrite;
     // A READ's or atomic's own buffer may change; nothing else may (a
-    // WRITE's buffer is only read).
+    // WRITE's buffer is only read; a message has none).
     const size_t hole = dest ? op.wr.length : 0;
     const size_t after = kSlotLead + hole;
     if (std::memcmp(slot, fill, kSlotLead) != 0 ||
         std::memcmp(slot + after, fill + after, kSlotBytes - after) != 0) {
-      Fail("wr_id %d (%s of %d bytes): its slot was written outside its "
+      Fail("item %d (%s of %d bytes): its slot was written outside its "
            "buffer",
-           i, WorkOpcodeName(op.wr.opcode), op.wr.length);
+           i, op.message ? "message" : WorkOpcodeName(op.wr.opcode),
+           op.wr.length);
     }
+    if (op.message) continue;
     if (op.wr.signaled && op.completions != 1) {
       Fail("signalled wr_id %d completed %d times", i, op.completions);
     }
     if (op.completions > 1) Fail("wr_id %d completed %d times", i, op.completions);
     if (!op.answered_in_sync || op.error_answer) continue;
+    const char* buf = static_cast<const char*>(op.wr.local);
     if (op.wr.opcode == WorkOpcode::kRead &&
         std::memcmp(buf, op.read_data.data(), op.wr.length) != 0) {
       Fail("wr_id %d: a successful READ of %d bytes holds other bytes", i,
@@ -794,64 +1090,106 @@ void CheckSlots(const std::vector<PostedOp>& ops) {
   }
 }
 
+// Connections the fake target may see in one input (the first and the
+// resumed ones).
+constexpr int kMaxFakeConnections = 4;
+
+// The first connection: items [0, before) posted during the handshake,
+// the rest once it is done. False if the handshake was spoiled.
+bool FirstConnection(FuzzInput& in, int rank, std::vector<PostedItem>& items,
+                     int before, FakeSession& fs, FakeConnection& fc) {
+  TransportEndpoint fake{"127.0.0.1", world->fake_port};
+  if (absl::Status s = world->requester->Connect(rank, fake); !s.ok()) {
+    Fail("Connect: %s", s.ToString());
+  }
+  Post(items, rank, 0, before, false);
+  uint64_t received = 0;
+  fc = AcceptRequester(in, rank, &received, nullptr);
+  if (!fc.proved) {
+    Post(items, rank, before, static_cast<int>(items.size()), true);
+    ReadUntilClosed(fc.fd, nullptr, "a spoiled challenge");
+    return false;
+  }
+  // Held during the handshake: what the target has not taken; after it:
+  // everything.
+  std::vector<PostedItem> held(items.begin(), items.begin() + before);
+  std::string want = ResentFrames(held, fs, received);
+  DropMessagesBelow(held, received);
+  for (int i = 0; i < before; ++i) items[i].dropped = held[i].dropped;
+  Post(items, rank, before, static_cast<int>(items.size()), false);
+  for (size_t i = before; i < items.size(); ++i) want += ItemFrame(items, i);
+  ExpectRequests(fc.fd, want, "the items posted");
+  return true;
+}
+
 void Responses(FuzzInput& in) {
-  std::vector<PostedOp> ops = MakeChain(in);
-  const int n = static_cast<int>(ops.size());
+  DrainFakeBacklog();
+  std::vector<PostedItem> items = MakeItems(in);
+  const int n = static_cast<int>(items.size());
   const int before = in.U8() % (n + 1);  // posted before the handshake ends
   for (int i = 0; i < n; ++i) {
     std::memcpy(Slot(i), world->slot_fill[i].data(), kSlotBytes);
   }
-
-  TransportEndpoint fake{"127.0.0.1", world->fake_port};
-  if (absl::Status s = world->requester->Connect(kFakeRank, fake); !s.ok()) {
-    Fail("Connect: %s", s.ToString());
-  }
-  if (!WaitFor(world->fake_listen, POLLIN)) Fail("no connection to the fake target");
-  const int fd = ::accept4(world->fake_listen, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd < 0) Fail("accept: %s", std::strerror(errno));
-  NoDelay(fd);
-  Post(ops, 0, before);
-  tcp_handshake::Nonce cn, sn;
-  if (AnswerHello(in, fd, cn, sn)) {
-    tcp_handshake::ClientProof got;
-    if (!ReadExactly(fd, &got, sizeof(got))) Fail("no proof from the requester");
-    const Digest256 want =
-        tcp_handshake::Proof(tcp_handshake::DataPlaneKey(kSecret),
-                             tcp_handshake::Role::kClient, cn, sn,
-                             kRequesterRank, kFakeRank, 0, 0);
-    if (std::memcmp(got.proof, want.data(), want.size()) != 0) {
-      Fail("the requester's proof is wrong");
+  // A peer of its own per input: its session ends with PeerDied below, so
+  // nothing of it outlives the input.
+  const int rank = kFirstFakeRank + world->fake_ranks++;
+  FakeSession fs;
+  FakeConnection fc;
+  if (FirstConnection(in, rank, items, before, fs, fc)) {
+    for (int c = 1;; ++c) {
+      const bool brk = SendResponses(in, fc.fd, items, fs);
+      if (!brk || !fs.in_sync || c == kMaxFakeConnections) break;
+      // Break it (a FIN after every answer): the requester takes them
+      // all, then connects again and resends what is unanswered.
+      ::close(fc.fd);
+      uint64_t received = n;  // a target that took every frame
+      fc = AcceptRequester(in, rank, &received, &fc.session);
+      if (!fc.proved) {
+        ReadUntilClosed(fc.fd, nullptr, "a spoiled challenge");
+        break;
+      }
+      ExpectRequests(fc.fd, ResentFrames(items, fs, received),
+                     "the frames not answered");
+      DropMessagesBelow(items, std::max(received, fs.acked));
     }
-    Post(ops, before, n);
-    const std::string want_requests = RequestBytes(ops);
-    std::string requests(want_requests.size(), '\0');
-    if (!ReadExactly(fd, requests.data(), requests.size()) ||
-        requests != want_requests) {
-      Fail("the requester sent other bytes than the chain posted");
-    }
-    SendResponses(in, fd, ops);
-    // Everything sent reaches the requester before our FIN, which it
-    // answers by closing (if it has not closed already).
-    ::shutdown(fd, SHUT_WR);
-    ReadUntilClosed(fd, nullptr, "responses");
-  } else {
-    Post(ops, before, n);
-    ReadUntilClosed(fd, nullptr, "a spoiled challenge");
   }
-  ::close(fd);
-  // The requester has closed its connection: the sentinel completes after
-  // every op, though the ops' completions may not be delivered yet.
+  // The answers sent are taken before the session ends: the requester's
+  // FIFO shrinks to the ops not answered in sync (those answered before
+  // anything malformed, which it reads after them; unsignalled ones show
+  // no completion, hence the FIFO).
+  size_t unanswered = 0;
+  for (const PostedItem& item : items) {
+    unanswered += !item.message && !item.answered_in_sync;
+  }
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (world->requester->Outstanding(rank) > unanswered) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      Fail("the requester took no answer for %d ms (%d ops wait, %d expected)",
+           kWaitMs, world->requester->Outstanding(rank), unanswered);
+    }
+    ::usleep(50);
+  }
+  int64_t last = -1;
+  // Only membership ends a session.
+  world->requester->PeerDied(rank);
+  ReadUntilClosed(fc.fd, nullptr, "a dead peer's connection");
+  ::close(fc.fd);
+  // Once the last op completed, the sentinel (refused at once: the peer
+  // is dead) completes after everything, which shows no late duplicates.
+  CollectCompletions(items, rank, n - 1, last);
   WorkRequest sentinel;
   sentinel.wr_id = kSentinelId;
   sentinel.local = Slot(kMaxOps) + kSlotLead;
   sentinel.lkey = world->arena_mr.lkey;
   sentinel.length = 8;
-  if (!world->requester->PostSend(kFakeRank, &sentinel).ok()) Fail("PostSend");
-  CollectCompletions(ops);
-  if (world->requester->Outstanding(kFakeRank) != 0) {
-    Fail("operations outstanding after the connection closed");
+  if (!world->requester->PostSend(rank, &sentinel).ok()) Fail("PostSend");
+  CollectCompletions(items, rank, kSentinelId, last);
+  if (world->requester->Outstanding(rank) != 0) {
+    Fail("operations outstanding after the peer died");
   }
-  CheckSlots(ops);
+  CheckSlots(items);
+  DrainFakeBacklog();
 }
 
 }  // namespace
