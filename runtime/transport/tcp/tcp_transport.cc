@@ -723,6 +723,13 @@ void TcpTransport::CompleteLatePosts() {
     for (const PendingOp& op : drained_) {
       Complete(op, WcStatus::kPeerGone, c->peer_rank);
     }
+    // A dead peer's connection goes now (its buffers with it); later posts
+    // to the peer fail at once.
+    absl::MutexLock lock(&mu_);
+    auto it = peers_.find(c->peer_rank);
+    if (it != peers_.end() && it->second.dead && it->second.out == c) {
+      it->second.out = nullptr;
+    }
   }
   FlushThreadCompletions();
 }
