@@ -38,25 +38,6 @@ const char* const kWords[] = {
     "127.0.0.1:0", "[::1]:7070", "4", "0x200000000000", "1T", "64G",
     "/dev/null", "-1", "2147483648", "--listen=", "--nranks="};
 
-// The input as words: a leading byte below the table's size picks a
-// known word (plus the bytes up to the next NUL appended), anything else
-// is taken as it is.
-std::vector<std::string> Words(const std::string& text) {
-  std::vector<std::string> words;
-  size_t start = 0;
-  while (start <= text.size() && words.size() < 24) {
-    size_t end = text.find('\0', start);
-    if (end == std::string::npos) end = text.size();
-    std::string w = text.substr(start, end - start);
-    if (!w.empty() && static_cast<uint8_t>(w[0]) < std::size(kWords)) {
-      w = kWords[static_cast<uint8_t>(w[0])] + w.substr(1);
-    }
-    words.push_back(w);
-    start = end + 1;
-  }
-  return words;
-}
-
 bool ReadableWithoutBlocking(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return true;  // an error, at once
@@ -79,7 +60,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace pagewire::fuzz;
   FuzzInput in(data, size);
   const uint8_t tool = in.U8() % 3;
-  const std::vector<std::string> args = Words(in.Rest());
+  const std::vector<std::string> args = SplitWords(in.Rest(), kWords);
   if (tool == 0) {
     auto flags = cluster::ParseCoordinatorFlags(args);
     if (!flags.ok()) return 0;

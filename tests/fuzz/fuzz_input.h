@@ -11,8 +11,30 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace pagewire::fuzz {
+
+// An argument list from `text`: NUL-separated words (at most 24). A word
+// whose first byte is below the table's size starts with that known word
+// (`words[byte]`), the rest of it appended; any other is taken as it is.
+template <size_t N>
+std::vector<std::string> SplitWords(const std::string& text,
+                                    const char* const (&words)[N]) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size() && out.size() < 24) {
+    size_t end = text.find('\0', start);
+    if (end == std::string::npos) end = text.size();
+    std::string w = text.substr(start, end - start);
+    if (!w.empty() && static_cast<uint8_t>(w[0]) < N) {
+      w = words[static_cast<uint8_t>(w[0])] + w.substr(1);
+    }
+    out.push_back(w);
+    start = end + 1;
+  }
+  return out;
+}
 
 class FuzzInput {
  public:

@@ -35,22 +35,6 @@ const char* const kWords[] = {
     "--bind-to", "--", "-h", "core", "none", "4", "./prog", "-n4",
     "--netns=", "--coordinator-port=", "--grace-ms=", "4096", "65535"};
 
-std::vector<std::string> Words(const std::string& text) {
-  std::vector<std::string> words;
-  size_t start = 0;
-  while (start <= text.size() && words.size() < 24) {
-    size_t end = text.find('\0', start);
-    if (end == std::string::npos) end = text.size();
-    std::string w = text.substr(start, end - start);
-    if (!w.empty() && static_cast<uint8_t>(w[0]) < std::size(kWords)) {
-      w = kWords[static_cast<uint8_t>(w[0])] + w.substr(1);
-    }
-    words.push_back(w);
-    start = end + 1;
-  }
-  return words;
-}
-
 void LaunchOptions(const std::vector<std::string>& args) {
   auto o = launcher::ParseLaunchOptions(args);
   if (!o.ok() || o->help) return;
@@ -101,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (which & 1) {
     NetnsHosts(1 + in.U8() % 8, in.Rest());
   } else {
-    LaunchOptions(Words(in.Rest()));
+    LaunchOptions(SplitWords(in.Rest(), kWords));
   }
   return 0;
 }
