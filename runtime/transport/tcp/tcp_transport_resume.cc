@@ -215,7 +215,10 @@ void TcpTransport::FinishConnect(Connection* c) {
   socklen_t len = sizeof(err);
   ::getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
-    Resume(c, absl::StrFormat("connect: %s", std::strerror(err)));
+    // A session that can no longer go on (its peer died, the job ends)
+    // closes the attempt, which epoll would otherwise report forever.
+    Broken(c, absl::StrFormat("connect: %s", std::strerror(err)),
+           LogLevel::kWarning);
     return;
   }
   int one = 1;
@@ -225,7 +228,7 @@ void TcpTransport::FinishConnect(Connection* c) {
   hello.protocol_version = config_.protocol_version;
   hello.rank = config_.rank;
   if (!FillRandom(absl::MakeSpan(c->client_nonce)).ok()) {
-    Resume(c, "no random source for the handshake");
+    Broken(c, "no random source for the handshake", LogLevel::kError);
     return;
   }
   std::memcpy(hello.nonce, c->client_nonce.data(), sizeof(hello.nonce));
